@@ -1,0 +1,204 @@
+"""DualEntry's wire format for ``PATCH /public/v2/customers/{id}/``, without any I/O.
+
+Requests carry ``X-API-KEY``; a success is the bare customer object, an error
+is ``{"success": false, "errors": {field: [messages]}}``.  Custom fields go by
+name (``{"Partner": true}``) or by id (``{"field": {"id": 42}, "value": {...}}``),
+mixed freely in one list.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, Literal
+
+from customer_patch import Adapter, Address, Customer, RateLimit, WireField
+from customer_patch.wire import address, optional_str, parse_datetime, text, type_name
+
+_PHONE_PATTERN = r"[0-9\s\+\-\.\(\)]*"
+
+
+def _custom_fields(value: Any) -> list[str]:
+    if not isinstance(value, Mapping):
+        return [f"must be a mapping, not {type_name(value)}"]
+    problems = []
+    for key, field_value in value.items():
+        if isinstance(key, bool) or not isinstance(key, str | int):
+            problems.append(f"key {key!r} must be a name (str) or an id (int)")
+        elif isinstance(key, str) and not 2 <= len(key) <= 32:
+            problems.append(f"name {key!r} must be 2 to 32 characters long")
+        elif isinstance(key, int) and key <= 0:
+            problems.append(f"id {key} must be a positive integer")
+        try:
+            json.dumps(field_value)
+        except (TypeError, ValueError):
+            problems.append(f"[{key!r}] value of type {type_name(field_value)} is not JSON")
+    return problems
+
+
+def _encode_custom_fields(value: Mapping[str | int, Any]) -> list[dict[str, Any]]:
+    return [
+        {key: v}
+        if isinstance(key, str)
+        else {"field": {"id": key}, "value": {"custom_field_id": key, "value": v}}
+        for key, v in value.items()
+    ]
+
+
+def _encode_address(value: Address) -> dict[str, str]:
+    encoded = {
+        "street": value.street,
+        "city": value.city,
+        "postal_code": value.postal_code,
+        "state": value.state,
+        "second_line": value.second_line,
+        "country": value.country,
+    }
+    if value.name is not None:
+        encoded["name"] = value.name
+    return encoded
+
+
+def _address_from(value: Any) -> Address | None:
+    if value is None:
+        return None
+    return Address(
+        street=value["street"],
+        city=value["city"],
+        postal_code=value["postal_code"],
+        state=value.get("state", ""),
+        second_line=value.get("second_line", ""),
+        country=value.get("country", ""),
+        name=value.get("name"),
+    )
+
+
+def _custom_fields_from(items: Any) -> dict[str | int, Any] | None:
+    if items is None:
+        return None
+    entries = []
+    for item in items:
+        field = item["field"]
+        value = item.get("value")
+        entries.append((field.get("name"), field["id"], value["value"] if value else None))
+    names = [name for name, _, _ in entries if name]
+    # Keyed by name, which people know; two fields sharing a name go by id.
+    return {
+        name if name and names.count(name) == 1 else field_id: value
+        for name, field_id, value in entries
+    }
+
+
+def _actor_time(data: Mapping[str, Any], key: str) -> Any:
+    actor = data.get(key)
+    return actor.get("timestamp") if isinstance(actor, dict) else None
+
+
+class DualEntryAdapter(Adapter):
+    """DualEntry: integer customer ids, custom fields by name or id, per-key rate limits."""
+
+    provider = "dualentry"
+    default_base_url = "https://api.dualentry.com"
+    fields: ClassVar[Mapping[str, WireField]] = {
+        # What null does on name is undocumented, so clearing it is refused.
+        "name": WireField(wire="name", nullable=False, check=text()),
+        "unique_id": WireField(wire="unique_id", check=text(min_len=1, max_len=64)),
+        "email": WireField(wire="email", check=text()),
+        "address": WireField(wire="address", check=text()),
+        "country": WireField(wire="country", check=text()),
+        "website": WireField(wire="website", check=text()),
+        "phone": WireField(wire="phone", check=text(max_len=32, pattern=_PHONE_PATTERN)),
+        "billing_address": WireField(wire="full_address", check=address, encode=_encode_address),
+        "shipping_address": WireField(
+            wire="shipping_address", check=address, encode=_encode_address
+        ),
+        "custom_fields": WireField(
+            wire="custom_fields",
+            nullable=False,
+            check=_custom_fields,
+            encode=_encode_custom_fields,
+        ),
+    }
+    read_only = frozenset(
+        {
+            "customer_type",
+            "is_active",
+            "is_taxable",
+            "default_tax_code",
+            "tax_registration_number",
+            "default_currency",
+            "record_status",
+        }
+    )
+    # Per API key: this route and method, then all endpoints.
+    rate_limits = (RateLimit(burst=10, per_second=1.0), RateLimit(burst=50, per_second=5.0))
+    customer_id_type = int
+
+    def __init__(self, *, api_version: Literal["v1", "v2"] = "v2") -> None:
+        if api_version not in ("v1", "v2"):
+            raise ValueError(f"api_version must be 'v1' or 'v2', not {api_version!r}")
+        self.api_version = api_version
+
+    def __repr__(self) -> str:
+        return f"DualEntryAdapter(api_version={self.api_version!r})"
+
+    def update_path(self, segment: str) -> str:
+        return f"/public/{self.api_version}/customers/{segment}/"
+
+    def auth_headers(self, token: str) -> Mapping[str, str]:
+        return {"X-API-KEY": token}
+
+    def error_details(
+        self, status: int, data: Any
+    ) -> tuple[str, Mapping[str, Sequence[str]]] | None:
+        if not isinstance(data, dict):
+            return None
+        if data.get("success") is not False and not (status >= 400 and "errors" in data):
+            if status >= 400 and isinstance(data.get("detail"), str):
+                return data["detail"], {}
+            return None
+        errors = data.get("errors")
+        field_errors = (
+            {
+                str(k): [str(m) for m in (v if isinstance(v, list) else [v])]
+                for k, v in errors.items()
+            }
+            if isinstance(errors, dict)
+            else {}
+        )
+        general = field_errors.get("__all__")
+        message = "; ".join(general) if general else "request rejected"
+        return message, field_errors
+
+    def unknown_custom_fields(
+        self, field_errors: Mapping[str, Sequence[str]], sent: Mapping[str, Any]
+    ) -> list[str]:
+        messages = [*field_errors.get("custom_fields", ()), *field_errors.get("__all__", ())]
+        sent_names = [
+            name
+            for item in sent.get("custom_fields") or ()
+            if isinstance(item, dict) and len(item) == 1
+            for name in item
+        ]
+        return [name for name in sent_names if any(name in m for m in messages)]
+
+    def customer_from(self, data: Any) -> Customer:
+        if not isinstance(data, dict):
+            raise TypeError(f"the customer should be an object, got {type_name(data)}")
+        return Customer(
+            id=data["id"],
+            provider=self.provider,
+            name=optional_str(data, "name"),
+            unique_id=optional_str(data, "unique_id"),
+            email=optional_str(data, "email"),
+            phone=optional_str(data, "phone"),
+            website=optional_str(data, "website"),
+            address=optional_str(data, "address"),
+            country=optional_str(data, "country"),
+            billing_address=_address_from(data.get("full_address")),
+            shipping_address=_address_from(data.get("shipping_address")),
+            custom_fields=_custom_fields_from(data.get("custom_fields")),
+            created_at=parse_datetime(_actor_time(data, "created_by")),
+            updated_at=parse_datetime(_actor_time(data, "updated_by")),
+            raw=data,
+        )

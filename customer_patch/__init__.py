@@ -1,0 +1,85 @@
+"""customer-patch: safe, fast partial updates of customer records at SaaS providers.
+
+Everything public is importable from here; the modules behind it are private.
+Adapter authors also use :mod:`customer_patch.wire`.
+"""
+
+from customer_patch._adapter import Adapter, Request, Response, WireField
+from customer_patch._client import Client
+from customer_patch._errors import (
+    AdapterRegistrationError,
+    AuthenticationError,
+    CustomerPatchError,
+    NotFoundError,
+    PermissionDeniedError,
+    Problem,
+    ProviderError,
+    RateLimitedError,
+    ResponseFormatError,
+    ServerError,
+    TransportError,
+    UnknownAdapterError,
+    UnknownCustomFieldError,
+    UnprocessableEntityError,
+    UnsupportedFieldError,
+    ValidationError,
+)
+from customer_patch._model import (
+    UNSET,
+    Address,
+    Customer,
+    CustomerPatch,
+    ExternalIds,
+    TaxId,
+    Unset,
+)
+from customer_patch._pacing import RateLimit
+from customer_patch._registry import (
+    AdapterRegistry,
+    available_adapters,
+    default_registry,
+    get_adapter,
+    register_adapter,
+)
+from customer_patch._transport import AiohttpTransport, Transport
+from customer_patch._version import __version__
+
+__all__ = [
+    "UNSET",
+    "Adapter",
+    "AdapterRegistrationError",
+    "AdapterRegistry",
+    "Address",
+    "AiohttpTransport",
+    "AuthenticationError",
+    "Client",
+    "Customer",
+    "CustomerPatch",
+    "CustomerPatchError",
+    "ExternalIds",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "Problem",
+    "ProviderError",
+    "RateLimit",
+    "RateLimitedError",
+    "Request",
+    "Response",
+    "ResponseFormatError",
+    "ServerError",
+    "TaxId",
+    "Transport",
+    "TransportError",
+    "UnknownAdapterError",
+    "UnknownCustomFieldError",
+    "UnprocessableEntityError",
+    "Unset",
+    "UnsupportedFieldError",
+    "ValidationError",
+    "WireField",
+    "__version__",
+    "available_adapters",
+    "default_registry",
+    "get_adapter",
+    "register_adapter",
+]

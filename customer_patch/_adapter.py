@@ -1,0 +1,337 @@
+"""The adapter contract: how a provider's wire format plugs into the core.
+
+Adapters are sans-I/O.  Building a request and reading a response are plain
+functions of plain values; the client hands the :class:`Request` to the
+transport and the :class:`Response` back here.  An adapter *declares* its
+provider (field map, limits, paths, auth) and fills in two small hooks; the
+machinery below (unset filtering, unsupported fields, nullability, checks,
+``extra`` clashes, path safety, status-to-exception mapping) is shared by
+every adapter so none of them can get it subtly wrong.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.utils
+import json
+import math
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar
+from urllib.parse import quote
+
+from attrs import field, frozen
+
+from customer_patch._errors import (
+    Problem,
+    ProviderError,
+    RateLimitedError,
+    ResponseFormatError,
+    UnknownCustomFieldError,
+    UnsupportedFieldError,
+    ValidationError,
+    error_class_for,
+)
+from customer_patch._model import Customer, CustomerPatch
+from customer_patch._pacing import RateLimit
+from customer_patch.wire import Check, type_name
+
+CustomerId = str | int | uuid.UUID
+
+_MASK = "********"
+
+
+def _no_problems(value: Any) -> list[str]:
+    return []
+
+
+def _as_is(value: Any) -> Any:
+    return value
+
+
+@frozen(kw_only=True)
+class WireField:
+    """How one neutral field travels to a provider."""
+
+    wire: str
+    """The key in the provider's JSON body."""
+    nullable: bool = True
+    """Whether ``None`` (clear the field) is allowed."""
+    check: Check = _no_problems
+    """What makes a (non-``None``) value acceptable; see :mod:`customer_patch.wire`."""
+    encode: Callable[[Any], Any] = _as_is
+    """Turns a valid neutral value into its JSON form."""
+
+
+@frozen(kw_only=True)
+class Request:
+    """An HTTP request, ready to send.  Its repr never shows secret headers."""
+
+    method: str
+    url: str
+    headers: Mapping[str, str] = field(repr=False)
+    body: bytes = field(repr=False)
+    secret_headers: frozenset[str] = field(default=frozenset(), repr=False)
+    """Names (lower case) of the headers whose values are credentials."""
+
+    def redacted_headers(self) -> dict[str, str]:
+        """The headers with every credential masked, for display and logs."""
+        return {
+            k: (_MASK if k.lower() in self.secret_headers else v) for k, v in self.headers.items()
+        }
+
+    def json(self) -> Any:
+        """The body, parsed."""
+        return json.loads(self.body)
+
+
+@frozen(kw_only=True)
+class Response:
+    """An HTTP response as received: status, headers and the raw body."""
+
+    status: int
+    headers: Mapping[str, str] = field(factory=dict)
+    body: bytes = b""
+
+
+class Adapter(ABC):
+    """The base of every provider adapter.
+
+    A subclass declares its provider as class attributes and implements
+    :meth:`update_path`, :meth:`auth_headers`, :meth:`customer_from` and
+    :meth:`error_details`.  Everything else has a shared implementation.
+    """
+
+    provider: ClassVar[str]
+    """The provider's name as people write it, used in messages."""
+    default_base_url: ClassVar[str]
+    method: ClassVar[str] = "PATCH"
+    fields: ClassVar[Mapping[str, WireField]]
+    """Neutral field path (``"name"``, ``"external_ids.crm"``) to its wire form.
+    A neutral field not listed here cannot be patched at this provider."""
+    read_only: ClassVar[frozenset[str]] = frozenset()
+    """Wire keys the provider documents as not patchable; refused in ``extra``."""
+    rate_limits: ClassVar[tuple[RateLimit, ...]] = ()
+    """The provider's documented limits for this request; the client paces to all of them."""
+    customer_id_type: ClassVar[type] = str
+    """``str`` or ``int``: what kind of customer id the provider uses."""
+
+    # -- what a subclass provides -------------------------------------------------
+
+    @abstractmethod
+    def update_path(self, segment: str) -> str:
+        """The path (below the base URL) to patch a customer.
+
+        ``segment`` is the customer id already percent-encoded as one path segment.
+        """
+
+    @abstractmethod
+    def auth_headers(self, token: str) -> Mapping[str, str]:
+        """The headers that carry the credentials (masked wherever they are shown)."""
+
+    @abstractmethod
+    def customer_from(self, data: Any) -> Customer:
+        """Read the neutral customer from a successful response's JSON.
+
+        May raise ``KeyError``, ``TypeError`` or ``ValueError`` on a body of the
+        wrong shape: that becomes a :class:`ResponseFormatError`.
+        """
+
+    @abstractmethod
+    def error_details(
+        self, status: int, data: Any
+    ) -> tuple[str, Mapping[str, Sequence[str]]] | None:
+        """``(message, field_errors)`` if the JSON body reports an error, else ``None``."""
+
+    def check_customer_id(self, customer_id: object) -> list[str]:
+        """What is wrong with a customer id, by the provider's rules."""
+        if self.customer_id_type is int:
+            if isinstance(customer_id, bool) or not isinstance(customer_id, int):
+                return [f"must be an integer, not {type_name(customer_id)}"]
+            return [] if customer_id > 0 else ["must be a positive integer"]
+        if not isinstance(customer_id, str):
+            return [f"must be a string, not {type_name(customer_id)}"]
+        return [] if customer_id else ["must not be empty"]
+
+    def unknown_custom_fields(
+        self, field_errors: Mapping[str, Sequence[str]], sent: Mapping[str, Any]
+    ) -> list[str]:
+        """Names of sent custom fields that a 422 says are unknown (default: none)."""
+        return []
+
+    # -- shared machinery ------------------------------------------------------------
+
+    def encode_patch(self, patch: CustomerPatch) -> dict[str, Any]:
+        """The JSON body for ``patch``, after checking it against the provider's rules.
+
+        Raises :class:`UnsupportedFieldError` for fields this provider cannot
+        patch, then :class:`ValidationError` listing every other problem.
+        """
+        return self._encode(patch, [])
+
+    def _encode(self, patch: CustomerPatch, problems: list[Problem]) -> dict[str, Any]:
+        values = list(patch.set_fields())
+        unsupported = [path for path, _ in values if path not in self.fields]
+        unsupported += [f"extra.{k}" for k in patch.extra if k in self.read_only]
+        if unsupported:
+            raise UnsupportedFieldError(unsupported, provider=self.provider)
+
+        body: dict[str, Any] = {}
+        for path, value in values:
+            spec = self.fields[path]
+            if value is None:
+                if spec.nullable:
+                    body[spec.wire] = None
+                else:
+                    problems.append(Problem(path, "cannot be cleared (None) at " + self.provider))
+                continue
+            found = spec.check(value)
+            problems.extend(Problem(path, message) for message in found)
+            if not found:
+                body[spec.wire] = spec.encode(value)
+
+        mapped = {spec.wire: path for path, spec in self.fields.items()}
+        for key, value in patch.extra.items():
+            if not isinstance(key, str):
+                problems.append(Problem("extra", f"keys must be strings, not {type_name(key)}"))
+            elif key in mapped:
+                problems.append(Problem(f"extra.{key}", f"is the mapped field {mapped[key]!r}"))
+            else:
+                try:
+                    json.dumps(value)
+                except (TypeError, ValueError) as e:
+                    problems.append(Problem(f"extra.{key}", f"is not JSON: {e}"))
+                else:
+                    body[key] = value
+        if problems:
+            raise ValidationError(problems, provider=self.provider)
+        return body
+
+    def build_request(
+        self,
+        customer_id: CustomerId,
+        patch: CustomerPatch,
+        *,
+        base_url: str,
+        token: str,
+        headers: Mapping[str, str] | None = None,
+    ) -> Request:
+        """Validate ``patch`` for ``customer_id`` and build the request; pure, no I/O."""
+        if not isinstance(patch, CustomerPatch):
+            raise TypeError(f"expected a CustomerPatch, got {type_name(patch)}")
+        if isinstance(customer_id, uuid.UUID):
+            customer_id = str(customer_id)
+        problems = [Problem("id", m) for m in self.check_customer_id(customer_id)]
+        segment = quote(str(customer_id), safe="")
+        # quote() keeps dots; "." and ".." would climb out of the resource.
+        if not problems and segment in {"", ".", ".."}:
+            problems.append(Problem("id", f"{customer_id!r} is not a usable path segment"))
+        body = self._encode(patch, problems)  # raises with the id problems included
+        auth = dict(self.auth_headers(token))
+        all_headers = {
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            **(headers or {}),
+            **auth,
+        }
+        return Request(
+            method=self.method,
+            url=base_url.rstrip("/") + self.update_path(segment),
+            headers=all_headers,
+            body=json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode(),
+            secret_headers=frozenset(k.lower() for k in auth),
+        )
+
+    def parse_response(self, response: Response, *, request: Request) -> Customer:
+        """The updated customer, or the typed error the response stands for.
+
+        ``request`` is what was sent, so a 422 can name the custom fields it is about.
+        """
+        status = response.status
+        try:
+            data: Any = json.loads(response.body)
+        except ValueError:
+            data = _NOT_JSON
+        details = self.error_details(status, data) if data is not _NOT_JSON else None
+        if status >= 300 or details is not None:
+            raise self._error(response, details, request)
+        if data is _NOT_JSON:
+            raise ResponseFormatError(
+                "the body is not JSON", provider=self.provider, status=status, body=response.body
+            )
+        try:
+            return self.customer_from(data)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ResponseFormatError(
+                f"{type(e).__name__}: {e}",
+                provider=self.provider,
+                status=status,
+                body=response.body,
+            ) from e
+
+    def _error(
+        self,
+        response: Response,
+        details: tuple[str, Mapping[str, Sequence[str]]] | None,
+        request: Request,
+    ) -> ProviderError:
+        status = response.status
+        if details is not None:
+            message, field_errors = details
+        elif 300 <= status < 400:
+            location = response.headers.get("Location", "elsewhere")
+            message, field_errors = f"redirect to {location} not followed", {}
+        else:
+            message, field_errors = _status_text(status), {}
+        common: dict[str, Any] = {
+            "provider": self.provider,
+            "status": status,
+            "field_errors": field_errors,
+            "body": response.body,
+            "headers": response.headers,
+        }
+        if status == 429:
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            return RateLimitedError(message, retry_after=retry_after, **common)
+        if status == 422:
+            names = self.unknown_custom_fields(field_errors, request.json())
+            if names:
+                return UnknownCustomFieldError(message, names=names, **common)
+        return error_class_for(status)(message, **common)
+
+
+class _NotJson:
+    pass
+
+
+_NOT_JSON: Any = _NotJson()
+
+
+def _status_text(status: int) -> str:
+    from http import HTTPStatus
+
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return f"HTTP {status}"
+
+
+def parse_retry_after(value: str | None, *, now: dt.datetime | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delay-seconds or an HTTP date)."""
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=dt.UTC)
+        seconds = (when - (now or dt.datetime.now(dt.UTC))).total_seconds()
+    if not math.isfinite(seconds):
+        return None
+    return max(0.0, seconds)

@@ -1,0 +1,176 @@
+"""Every error the library raises, under one root: :class:`CustomerPatchError`.
+
+Errors carry data (status, provider, field errors, the raw body) rather than
+only text, so code can act on them.  None of them ever holds a token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from attrs import frozen
+
+
+class CustomerPatchError(Exception):
+    """The root of every error raised by customer-patch."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keyword-only constructors do not survive the default
+        # Exception pickling; restore the instance state directly instead.
+        return (_rebuild, (type(self), self.args, self.__dict__))
+
+
+def _rebuild(
+    cls: type[CustomerPatchError], args: tuple[Any, ...], state: dict[str, Any]
+) -> CustomerPatchError:
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
+
+
+@frozen
+class Problem:
+    """One thing wrong with an input: where (``field``) and what (``message``)."""
+
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}" if self.field else self.message
+
+
+class ValidationError(CustomerPatchError, ValueError):
+    """An update is invalid; nothing was sent.  ``problems`` lists every issue."""
+
+    problems: tuple[Problem, ...]
+
+    def __init__(self, problems: Iterable[Problem], *, provider: str | None = None) -> None:
+        self.problems = tuple(problems)
+        self.provider = provider
+        where = f" for {provider}" if provider else ""
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"{len(self.problems)} problem(s){where}:\n{lines}")
+
+
+class UnsupportedFieldError(CustomerPatchError, ValueError):
+    """The patch sets fields the provider cannot patch; nothing was sent."""
+
+    def __init__(self, fields: Sequence[str], *, provider: str) -> None:
+        self.fields = tuple(fields)
+        self.provider = provider
+        super().__init__(f"{provider} cannot patch: {', '.join(self.fields)}")
+
+
+class UnknownAdapterError(CustomerPatchError, LookupError):
+    """No adapter is registered under that name."""
+
+    def __init__(self, name: str, *, available: Sequence[str]) -> None:
+        self.name = name
+        self.available = tuple(available)
+        listed = ", ".join(self.available) or "none"
+        super().__init__(f"no adapter named {name!r}; available: {listed}")
+
+
+class AdapterRegistrationError(CustomerPatchError):
+    """An adapter could not be registered or loaded."""
+
+
+class ProviderError(CustomerPatchError):
+    """The provider answered with an error.
+
+    Raised as is for statuses without a subclass, including a ``200`` whose
+    body says ``success: false``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str,
+        status: int,
+        field_errors: Mapping[str, Sequence[str]] | None = None,
+        body: bytes = b"",
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self.message = message
+        self.provider = provider
+        self.status = status
+        self.field_errors = {k: tuple(v) for k, v in (field_errors or {}).items()}
+        self.body = body
+        self.headers = dict(headers or {})
+        details = "; ".join(f"{k}: {' '.join(v)}" for k, v in self.field_errors.items())
+        text = f"{provider} answered {status}: {message}"
+        super().__init__(f"{text} ({details})" if details else text)
+
+
+class AuthenticationError(ProviderError):
+    """401: the credentials are missing or not accepted."""
+
+
+class PermissionDeniedError(ProviderError):
+    """403: the credentials may not do this."""
+
+
+class NotFoundError(ProviderError):
+    """404: no such customer."""
+
+
+class UnprocessableEntityError(ProviderError):
+    """422: the provider rejected the content of the update."""
+
+
+class UnknownCustomFieldError(UnprocessableEntityError):
+    """422 because custom field names are unknown to the provider; see ``names``."""
+
+    def __init__(self, message: str, *, names: Sequence[str], **kwargs: Any) -> None:
+        self.names = tuple(names)
+        super().__init__(message, **kwargs)
+
+
+class RateLimitedError(ProviderError):
+    """429: too many requests.  ``retry_after`` is the wait asked for, in seconds."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Any) -> None:
+        self.retry_after = retry_after
+        super().__init__(message, **kwargs)
+
+
+class ServerError(ProviderError):
+    """5xx: the provider failed."""
+
+
+class TransportError(CustomerPatchError):
+    """The request did not complete: connection refused or dropped, or a timeout."""
+
+    def __init__(self, message: str, *, provider: str) -> None:
+        self.provider = provider
+        super().__init__(f"{provider}: {message}")
+
+
+class ResponseFormatError(CustomerPatchError):
+    """The provider's answer is not what it documents (not JSON, wrong shape, too large)."""
+
+    def __init__(self, message: str, *, provider: str, status: int, body: bytes = b"") -> None:
+        self.message = message
+        self.provider = provider
+        self.status = status
+        self.body = body
+        super().__init__(f"{provider} answered {status} with an unexpected body: {message}")
+
+
+_BY_STATUS: dict[int, type[ProviderError]] = {
+    401: AuthenticationError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    422: UnprocessableEntityError,
+    429: RateLimitedError,
+}
+
+
+def error_class_for(status: int) -> type[ProviderError]:
+    """The :class:`ProviderError` subclass for an HTTP status."""
+    if status >= 500:
+        return ServerError
+    return _BY_STATUS.get(status, ProviderError)

@@ -1,0 +1,204 @@
+"""The provider-neutral partial-update model and the neutral customer result.
+
+A patch field is tri-state: ``UNSET`` (leave it alone, nothing is sent),
+``None`` (clear it, sent as JSON ``null``) or a value (set it).  Translating a
+patch into a provider's body is the adapters' job; this module knows no
+provider.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from collections.abc import Iterator, Mapping
+from typing import Any, Final, Literal, TypeAlias, TypeVar
+
+import attrs
+from attrs import field, frozen
+
+
+class _UnsetType(enum.Enum):
+    # An enum member is a true singleton: identity survives copy, deepcopy
+    # and pickle without any extra code, and mypy narrows on ``is UNSET``.
+    UNSET = "UNSET"
+
+    def __bool__(self) -> Literal[False]:
+        return False
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET: Final = _UnsetType.UNSET
+"""Marks a patch field as *left alone*: it is not sent to the provider."""
+
+Unset: TypeAlias = Literal[_UnsetType.UNSET]
+"""The type of :data:`UNSET`, for annotations such as ``str | None | Unset``."""
+
+T = TypeVar("T")
+
+
+def _tuple_or_keep(value: Any) -> Any:
+    # Lists become tuples so a frozen patch is immutable all the way down;
+    # anything else (UNSET, None, a wrong type) is left for validation to
+    # report, because construction never raises on content.
+    if isinstance(value, list):
+        return tuple(value)
+    return value
+
+
+def _dict_or_keep(value: Any) -> Any:
+    # A private copy, so mutating the caller's dict later cannot change a patch.
+    if isinstance(value, Mapping):
+        return dict(value)
+    return value
+
+
+@frozen
+class TaxId:
+    """One tax identifier, e.g. ``TaxId("VAT", "FR98765432100")``."""
+
+    tax: str
+    """The kind of tax id, e.g. ``"VAT"``."""
+    value: str
+    """The identifier itself."""
+
+
+@frozen(kw_only=True)
+class ExternalIds:
+    """Ids of the customer in other systems; each one is tri-state."""
+
+    crm: str | Unset | None = UNSET
+    erp: str | Unset | None = UNSET
+    accounting: str | Unset | None = UNSET
+
+
+@frozen(kw_only=True)
+class Address:
+    """A postal address.
+
+    An address is replaced as a whole: ``street``, ``city`` and ``postal_code``
+    are required; ``country`` is ``""`` or an ISO 3166-1 alpha-2 code.
+    """
+
+    street: str
+    city: str
+    postal_code: str
+    state: str = ""
+    second_line: str = ""
+    country: str = ""
+    name: str | None = None
+    """An optional label for the address (not sent when ``None``)."""
+
+
+#: The keys of :attr:`CustomerPatch.custom_fields`: a ``str`` names a custom
+#: field, an ``int`` is its id (for when two fields share a name).
+CustomFieldKey: TypeAlias = str | int
+
+
+@frozen(kw_only=True)
+class CustomerPatch:
+    """A partial update of one customer, in provider-neutral terms.
+
+    Every field defaults to :data:`UNSET` and is then not sent.  ``None``
+    clears a field; any other value sets it.  Which fields a provider can
+    patch, and what it accepts, is checked by its adapter before anything is
+    sent.
+    """
+
+    name: str | Unset | None = UNSET
+    type: str | Unset | None = UNSET
+    """``"company"`` or ``"individual"``."""
+    segment_id: str | Unset | None = UNSET
+    logo: str | Unset | None = UNSET
+    """A URL."""
+    tax_ids: tuple[TaxId, ...] | Unset | None = field(default=UNSET, converter=_tuple_or_keep)
+    """Replaces *all* tax ids: ``[]`` removes every one, UNSET keeps them."""
+    external_ids: ExternalIds | Unset = UNSET
+    unique_id: str | Unset | None = UNSET
+    email: str | Unset | None = UNSET
+    phone: str | Unset | None = UNSET
+    website: str | Unset | None = UNSET
+    address: str | Unset | None = UNSET
+    """The address as free text."""
+    country: str | Unset | None = UNSET
+    billing_address: Address | Unset | None = UNSET
+    shipping_address: Address | Unset | None = UNSET
+    custom_fields: Mapping[CustomFieldKey, Any] | Unset = field(
+        default=UNSET, converter=_dict_or_keep
+    )
+    """Custom field values by name (``str`` key) or by id (``int`` key); ``None`` clears."""
+    extra: Mapping[str, Any] = field(factory=dict, converter=_dict_or_keep)
+    """Provider-specific raw fields, sent verbatim.  A key that a mapped field
+    already covers is an error."""
+
+    def set_fields(self) -> Iterator[tuple[str, Any]]:
+        """Yield ``(path, value)`` for every field that is not UNSET.
+
+        :class:`ExternalIds` members appear as ``external_ids.crm`` and so on,
+        so an adapter can support them one by one.  ``extra`` is not included.
+        """
+        for a in attrs.fields(CustomerPatch):
+            if a.name == "extra":
+                continue
+            value = getattr(self, a.name)
+            if value is UNSET:
+                continue
+            if a.name == "external_ids" and isinstance(value, ExternalIds):
+                for sub in attrs.fields(ExternalIds):
+                    sub_value = getattr(value, sub.name)
+                    if sub_value is not UNSET:
+                        yield f"external_ids.{sub.name}", sub_value
+            else:
+                yield a.name, value
+
+    def is_empty(self) -> bool:
+        """True when the patch would change nothing."""
+        return not self.extra and next(self.set_fields(), None) is None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CustomerPatch:
+        """Build a patch from its JSON-ready neutral form.
+
+        An absent key is UNSET and ``null`` clears.  Every problem is reported
+        at once in one :class:`~customer_patch.ValidationError`.
+        """
+        from customer_patch._convert import structure_patch
+
+        return structure_patch(data)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-ready neutral form; ``from_dict(p.to_dict()) == p``."""
+        from customer_patch._convert import unstructure_patch
+
+        return unstructure_patch(self)
+
+
+@frozen(kw_only=True)
+class Customer:
+    """A customer as a provider returned it, in neutral terms.
+
+    Fields the provider did not return are ``None``; ``raw`` is the
+    provider's own JSON object for the customer, untouched.
+    """
+
+    id: str | int
+    provider: str
+    name: str | None = None
+    type: str | None = None
+    segment_id: str | None = None
+    logo: str | None = None
+    tax_ids: tuple[TaxId, ...] | None = None
+    external_ids: ExternalIds | None = None
+    unique_id: str | None = None
+    email: str | None = None
+    phone: str | None = None
+    website: str | None = None
+    address: str | None = None
+    country: str | None = None
+    billing_address: Address | None = None
+    shipping_address: Address | None = None
+    custom_fields: Mapping[CustomFieldKey, Any] | None = None
+    created_at: dt.datetime | None = None
+    updated_at: dt.datetime | None = None
+    raw: Mapping[str, Any] = field(factory=dict, repr=False)

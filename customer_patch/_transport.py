@@ -1,0 +1,108 @@
+"""The one place that does network I/O: send a :class:`Request`, get a :class:`Response`.
+
+Everything above this seam works on plain values; tests can replace the
+transport with a fake (anything with ``send`` and ``aclose``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol
+
+import aiohttp
+from yarl import URL
+
+from customer_patch._adapter import Request, Response
+from customer_patch._errors import ResponseFormatError, TransportError
+
+DEFAULT_MAX_RESPONSE_BYTES = 8 * 1024 * 1024
+
+
+class Transport(Protocol):
+    """What the client needs from the network."""
+
+    async def send(self, request: Request) -> Response:
+        """Send ``request``; raise :class:`TransportError` if no complete answer comes."""
+
+    async def aclose(self) -> None:
+        """Release what the transport holds."""
+
+
+class AiohttpTransport:
+    """Sends requests with one reused :class:`aiohttp.ClientSession`.
+
+    A session passed in belongs to the caller and is never closed here.
+    Redirects are not followed (credentials must not travel to another host),
+    and a body larger than ``max_response_bytes`` is refused, not read.
+    """
+
+    def __init__(
+        self,
+        *,
+        provider: str,
+        timeout: float,
+        session: aiohttp.ClientSession | None = None,
+        max_connections: int = 100,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+    ) -> None:
+        self._provider = provider
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._session = session
+        self._owns_session = session is None
+        self._max_connections = max_connections
+        self._max_bytes = max_response_bytes
+
+    def _open(self) -> aiohttp.ClientSession:
+        # Created on first use, inside the running loop, as aiohttp requires.
+        if self._session is None or (self._owns_session and self._session.closed):
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self._max_connections),
+                cookie_jar=aiohttp.DummyCookieJar(),
+            )
+        return self._session
+
+    async def send(self, request: Request) -> Response:
+        try:
+            async with self._open().request(
+                request.method,
+                # encoded=True: the adapter already encoded the path; letting
+                # yarl re-normalise it could turn %2E%2E back into "..".
+                URL(request.url, encoded=True),
+                data=request.body,
+                headers=request.headers,
+                allow_redirects=False,
+                timeout=self._timeout,
+            ) as resp:
+                body = await self._read(resp)
+                return Response(status=resp.status, headers=resp.headers, body=body)
+        except TimeoutError:
+            raise TransportError(
+                f"no complete answer within {self._timeout.total}s", provider=self._provider
+            ) from None
+        except aiohttp.ClientError as e:
+            raise TransportError(f"{type(e).__name__}: {e}", provider=self._provider) from None
+
+    async def _read(self, resp: aiohttp.ClientResponse) -> bytes:
+        if resp.content_length is not None and resp.content_length > self._max_bytes:
+            raise self._too_large(resp.status)
+        chunks = []
+        size = 0
+        async for chunk in resp.content.iter_chunked(64 * 1024):
+            size += len(chunk)
+            if size > self._max_bytes:
+                raise self._too_large(resp.status)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _too_large(self, status: int) -> ResponseFormatError:
+        return ResponseFormatError(
+            f"the body is larger than {self._max_bytes} bytes; not read",
+            provider=self._provider,
+            status=status,
+        )
+
+    async def aclose(self) -> None:
+        if self._owns_session and self._session is not None:
+            await self._session.close()
+            # Lets the connector's transports finish closing before the loop ends.
+            await asyncio.sleep(0)
