@@ -5,17 +5,20 @@ Adapter authors also use :mod:`customer_patch.wire`.
 """
 
 from customer_patch._adapter import Adapter, Request, Response, WireField
+from customer_patch._bulk import BulkReport, Progress, ProgressHook, UpdateResult
 from customer_patch._client import Client
 from customer_patch._errors import (
     AdapterRegistrationError,
     AuthenticationError,
     CustomerPatchError,
+    NotAttemptedError,
     NotFoundError,
     PermissionDeniedError,
     Problem,
     ProviderError,
     RateLimitedError,
     ResponseFormatError,
+    ResponseTooLargeError,
     ServerError,
     TransportError,
     UnknownAdapterError,
@@ -41,10 +44,12 @@ from customer_patch._registry import (
     get_adapter,
     register_adapter,
 )
+from customer_patch._retry import RETRY_STATUSES, RetryPolicy
 from customer_patch._transport import AiohttpTransport, Transport
 from customer_patch._version import __version__
 
 __all__ = [
+    "RETRY_STATUSES",
     "UNSET",
     "Adapter",
     "AdapterRegistrationError",
@@ -52,20 +57,26 @@ __all__ = [
     "Address",
     "AiohttpTransport",
     "AuthenticationError",
+    "BulkReport",
     "Client",
     "Customer",
     "CustomerPatch",
     "CustomerPatchError",
     "ExternalIds",
+    "NotAttemptedError",
     "NotFoundError",
     "PermissionDeniedError",
     "Problem",
+    "Progress",
+    "ProgressHook",
     "ProviderError",
     "RateLimit",
     "RateLimitedError",
     "Request",
     "Response",
     "ResponseFormatError",
+    "ResponseTooLargeError",
+    "RetryPolicy",
     "ServerError",
     "TaxId",
     "Transport",
@@ -75,6 +86,7 @@ __all__ = [
     "UnprocessableEntityError",
     "Unset",
     "UnsupportedFieldError",
+    "UpdateResult",
     "ValidationError",
     "WireField",
     "__version__",

@@ -40,6 +40,8 @@ from customer_patch.wire import Check, type_name
 CustomerId = str | int | uuid.UUID
 
 _MASK = "********"
+# json.dumps() with options builds a new encoder per call; reuse one instead.
+_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
 def _no_problems(value: Any) -> list[str]:
@@ -191,7 +193,7 @@ class Adapter(ABC):
             if not found:
                 body[spec.wire] = spec.encode(value)
 
-        mapped = {spec.wire: path for path, spec in self.fields.items()}
+        mapped = {spec.wire: path for path, spec in self.fields.items()} if patch.extra else {}
         for key, value in patch.extra.items():
             if not isinstance(key, str):
                 problems.append(Problem("extra", f"keys must be strings, not {type_name(key)}"))
@@ -208,16 +210,12 @@ class Adapter(ABC):
             raise ValidationError(problems, provider=self.provider)
         return body
 
-    def build_request(
-        self,
-        customer_id: CustomerId,
-        patch: CustomerPatch,
-        *,
-        base_url: str,
-        token: str,
-        headers: Mapping[str, str] | None = None,
-    ) -> Request:
-        """Validate ``patch`` for ``customer_id`` and build the request; pure, no I/O."""
+    def encode(self, customer_id: CustomerId, patch: CustomerPatch) -> tuple[str, bytes]:
+        """Validate an update and return its path (below the base URL) and JSON body.
+
+        Raises :class:`UnsupportedFieldError`, then :class:`ValidationError`
+        listing every problem of the id and the patch at once.
+        """
         if not isinstance(patch, CustomerPatch):
             raise TypeError(f"expected a CustomerPatch, got {type_name(patch)}")
         if isinstance(customer_id, uuid.UUID):
@@ -228,19 +226,40 @@ class Adapter(ABC):
         if not problems and segment in {"", ".", ".."}:
             problems.append(Problem("id", f"{customer_id!r} is not a usable path segment"))
         body = self._encode(patch, problems)  # raises with the id problems included
-        auth = dict(self.auth_headers(token))
-        all_headers = {
+        encoded = _JSON.encode(body).encode()
+        return self.update_path(segment), encoded
+
+    def headers(
+        self, token: str, extra: Mapping[str, str] | None = None
+    ) -> tuple[dict[str, str], frozenset[str]]:
+        """Every request header, and the (lower-case) names of those that are secret."""
+        auth = self.auth_headers(token)
+        headers = {
             "Content-Type": "application/json",
             "Accept": "application/json",
-            **(headers or {}),
+            **(extra or {}),
             **auth,
         }
+        return headers, frozenset(k.lower() for k in auth)
+
+    def build_request(
+        self,
+        customer_id: CustomerId,
+        patch: CustomerPatch,
+        *,
+        base_url: str,
+        token: str,
+        headers: Mapping[str, str] | None = None,
+    ) -> Request:
+        """Validate ``patch`` for ``customer_id`` and build the whole request; pure, no I/O."""
+        path, body = self.encode(customer_id, patch)
+        all_headers, secret = self.headers(token, headers)
         return Request(
             method=self.method,
-            url=base_url.rstrip("/") + self.update_path(segment),
+            url=base_url.rstrip("/") + path,
             headers=all_headers,
-            body=json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode(),
-            secret_headers=frozenset(k.lower() for k in auth),
+            body=body,
+            secret_headers=secret,
         )
 
     def parse_response(self, response: Response, *, request: Request) -> Customer:

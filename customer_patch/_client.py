@@ -5,30 +5,39 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
+from collections.abc import AsyncIterator
 from types import TracebackType
-from typing import Any
+from typing import Generic, TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
+import stamina
 
 from customer_patch._adapter import Adapter, CustomerId, Request
-from customer_patch._model import Customer, CustomerPatch
+from customer_patch._bulk import BulkReport, ProgressCallback, UpdateResult, Updates, run_bulk
+from customer_patch._errors import CustomerPatchError, RateLimitedError
+from customer_patch._model import UNSET, Customer, CustomerPatch, Unset
+from customer_patch._pacing import Pacer, RateLimit
 from customer_patch._registry import AdapterRegistry, default_registry
+from customer_patch._retry import NO_RETRY, RetryPolicy, is_retryable, retry_after
 from customer_patch._transport import AiohttpTransport, Transport
 from customer_patch._version import __version__
 
 log = logging.getLogger("customer_patch")
 
 
-class _Secret:
-    """A credential that never shows itself in a repr or a traceback's locals."""
+T = TypeVar("T")
+
+
+class _Secret(Generic[T]):
+    """Holds a credential so that no repr, log or traceback display shows it."""
 
     __slots__ = ("_value",)
 
-    def __init__(self, value: str) -> None:
+    def __init__(self, value: T) -> None:
         self._value = value
 
-    def reveal(self) -> str:
+    def reveal(self) -> T:
         return self._value
 
     def __repr__(self) -> str:
@@ -64,9 +73,15 @@ class Client:
     """Applies partial updates to customers at one provider.
 
     ``adapter`` is a registered name (see :func:`available_adapters`) or an
-    :class:`Adapter` instance.  Use it as an async context
-    manager, or call :meth:`aclose` when done.  A ``session`` passed in is
-    used for every request and never closed by the client.
+    :class:`Adapter` instance.  Use it as an async context manager, or call
+    :meth:`aclose` when done.  A ``session`` passed in is used for every
+    request and never closed by the client.
+
+    ``retry`` applies to every update, single or bulk (``None``: no retries).
+    ``rate_limit`` left alone paces to the adapter's declared limits; a
+    :class:`RateLimit` replaces them (for raised limits); ``None`` turns pacing
+    off.  Whatever the setting, a 429's ``Retry-After`` pauses every request
+    of the client.
     """
 
     def __init__(
@@ -80,6 +95,8 @@ class Client:
         session: aiohttp.ClientSession | None = None,
         user_agent: str | None = None,
         max_connections: int = 100,
+        retry: RetryPolicy | None = RetryPolicy(),  # noqa: B008 - frozen, shared safely
+        rate_limit: RateLimit | Unset | None = UNSET,
         registry: AdapterRegistry | None = None,
         transport: Transport | None = None,
     ) -> None:
@@ -95,9 +112,18 @@ class Client:
             raise ValueError("token must not contain line breaks or NUL characters")
         if timeout <= 0:
             raise ValueError(f"timeout must be positive, got {timeout!r}")
-        self._token = _Secret(token)
         self.base_url = _check_base_url(base_url or self.adapter.default_base_url)
         self.user_agent = user_agent or f"customer-patch/{__version__}"
+        # Built once: the same for every request.  Kept out of repr and vars()
+        # display through _Secret, since the auth header holds the token.
+        self._headers = _Secret(self.adapter.headers(token, {"User-Agent": self.user_agent}))
+        self.retry = retry or NO_RETRY
+        if rate_limit is UNSET:
+            self._pacer = Pacer(self.adapter.rate_limits, adaptive=True)
+        elif rate_limit is None:
+            self._pacer = Pacer((), adaptive=False)
+        else:
+            self._pacer = Pacer((rate_limit,), adaptive=True)
         self._transport: Transport = transport or AiohttpTransport(
             provider=self.adapter.provider,
             timeout=timeout,
@@ -134,24 +160,128 @@ class Client:
         Raises :class:`~customer_patch.UnsupportedFieldError` or
         :class:`~customer_patch.ValidationError`; useful for dry runs.
         """
-        return self.adapter.build_request(
-            customer_id,
-            patch,
-            base_url=self.base_url,
-            token=self._token.reveal(),
-            headers={"User-Agent": self.user_agent},
+        path, body = self.adapter.encode(customer_id, patch)
+        headers, secret = self._headers.reveal()
+        return Request(
+            method=self.adapter.method,
+            url=self.base_url + path,
+            headers=headers,
+            body=body,
+            secret_headers=secret,
         )
 
     async def update(self, customer_id: CustomerId, patch: CustomerPatch) -> Customer:
         """Apply ``patch`` to one customer and return the customer as the provider has it now.
 
         Nothing is sent for an invalid patch.  Provider errors are raised as
-        :class:`~customer_patch.ProviderError` subclasses.
+        :class:`~customer_patch.ProviderError` subclasses once retries are spent.
         """
-        request = self.prepare(customer_id, patch)
-        return await self._send(request)
+        customer, error, _ = await self._update(customer_id, patch)
+        if error is not None:
+            raise error
+        assert customer is not None
+        return customer
 
-    async def _send(self, request: Request, **log_extra: Any) -> Customer:
+    def iter_updates(
+        self,
+        updates: Updates,
+        *,
+        concurrency: int = 8,
+        progress: ProgressCallback | None = None,
+        total: int | None = None,
+    ) -> AsyncIterator[UpdateResult]:
+        """Apply many updates concurrently; yield each :class:`UpdateResult` as it finishes.
+
+        ``updates`` is an iterable or async iterable of ``(customer_id, patch)``,
+        consumed lazily: at most ``concurrency`` records are in flight or held.
+        Every record yields exactly one result; a failure never stops the
+        others, except a 401/403, after which the remaining records are
+        reported with :class:`NotAttemptedError` and nothing more is sent.
+        """
+        return run_bulk(
+            self._update, updates, concurrency=concurrency, progress=progress, total=total
+        )
+
+    async def update_many(
+        self,
+        updates: Updates,
+        *,
+        concurrency: int = 8,
+        progress: ProgressCallback | None = None,
+        total: int | None = None,
+    ) -> BulkReport:
+        """Like :meth:`iter_updates`, collecting every result into a :class:`BulkReport`.
+
+        The report holds every result; for very large runs prefer
+        :meth:`iter_updates`, whose memory does not grow with the input.
+        """
+        succeeded: list[UpdateResult] = []
+        failed: list[UpdateResult] = []
+        async for result in self.iter_updates(
+            updates, concurrency=concurrency, progress=progress, total=total
+        ):
+            (succeeded if result.ok else failed).append(result)
+        succeeded.sort(key=lambda r: r.index)
+        failed.sort(key=lambda r: r.index)
+        return BulkReport(succeeded=succeeded, failed=failed)
+
+    async def _update(
+        self, customer_id: CustomerId, patch: CustomerPatch
+    ) -> tuple[Customer | None, CustomerPatchError | None, int]:
+        """One update with retries, as ``(customer, error, attempts)``.
+
+        Never raises a :class:`CustomerPatchError`, so a bulk run can report it.
+        """
+        try:
+            request = self.prepare(customer_id, patch)
+        except CustomerPatchError as e:
+            return None, e, 0
+        policy = self.retry
+        attempts = 0
+
+        def backoff(error: Exception) -> bool | float:
+            if not is_retryable(error):
+                return False
+            wait = retry_after(error, policy)
+            if wait is None:
+                wait = policy.backoff(attempts)
+            if isinstance(error, RateLimitedError):
+                # The pacer holds every request of this client, this one included.
+                self._pacer.on_rate_limited(wait)
+                return 0.0
+            return wait
+
+        # Most updates succeed at once, and setting up stamina's retry loop
+        # costs more than our whole request path; so the first attempt runs
+        # bare, and only a retryable failure enters the loop, where it is
+        # replayed as attempt 1 so stamina does every wait, hook and limit.
+        try:
+            attempts = 1
+            return await self._send(request), None, attempts
+        except CustomerPatchError as e:
+            if policy.attempts == 1 or not is_retryable(e):
+                return None, e, attempts
+            replay: CustomerPatchError | None = e
+        try:
+            async for attempt in stamina.retry_context(
+                on=backoff,
+                attempts=policy.attempts,
+                timeout=policy.timeout,
+                wait_initial=policy.wait_initial,
+                wait_max=policy.wait_max,
+            ):
+                with attempt:
+                    if replay is not None:
+                        error, replay = replay, None
+                        raise error
+                    attempts += 1
+                    return await self._send(request), None, attempts
+        except CustomerPatchError as e:
+            return None, e, attempts
+        raise AssertionError("unreachable: stamina either returns or raises")
+
+    async def _send(self, request: Request) -> Customer:
+        await self._pacer.acquire()
         started = time.perf_counter()
         response = await self._transport.send(request)
         if log.isEnabledFor(logging.DEBUG):
@@ -162,4 +292,6 @@ class Client:
                 response.status,
                 (time.perf_counter() - started) * 1000,
             )
-        return self.adapter.parse_response(response, request=request)
+        customer = self.adapter.parse_response(response, request=request)
+        self._pacer.on_success()
+        return customer

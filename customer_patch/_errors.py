@@ -77,6 +77,14 @@ class AdapterRegistrationError(CustomerPatchError):
     """An adapter could not be registered or loaded."""
 
 
+class NotAttemptedError(CustomerPatchError):
+    """A bulk record was not sent because the run stopped first; ``cause`` says why."""
+
+    def __init__(self, cause: BaseException) -> None:
+        self.cause = cause
+        super().__init__(f"not attempted: the run stopped after {type(cause).__name__}: {cause}")
+
+
 class ProviderError(CustomerPatchError):
     """The provider answered with an error.
 
@@ -158,6 +166,10 @@ class ResponseFormatError(CustomerPatchError):
         self.status = status
         self.body = body
         super().__init__(f"{provider} answered {status} with an unexpected body: {message}")
+
+
+class ResponseTooLargeError(ResponseFormatError):
+    """The body is larger than the client is willing to read; it was not read."""
 
 
 _BY_STATUS: dict[int, type[ProviderError]] = {

@@ -1,6 +1,29 @@
-"""Rate limits as data."""
+"""Pacing one client's requests to its provider's rate limits.
+
+Three things, one object per client, shared by every concurrent update:
+
+* the declared limits (token buckets, as data from the adapter or the user);
+* one shared pause: a 429 with ``Retry-After`` holds *every* request of the
+  client until then, not just the one that was refused;
+* an adaptive ceiling that engages on 429s: it drops to just under the rate
+  the provider was actually accepting, then probes upward again.  For a
+  provider that documents no numbers it starts low and doubles each second
+  (slow start) until the first 429, so an unknown limit is found without
+  hammering it.
+
+Buckets use GCRA, the token bucket written as one "theoretical arrival
+time" per bucket: it needs no timer task and no waiter queue, and its rate
+can change between two requests.  (aiolimiter, the usual choice, offers
+neither a rate change nor a shared pause through its public API.)
+"""
 
 from __future__ import annotations
+
+import asyncio
+import collections
+import math
+import time
+from collections.abc import Sequence
 
 from attrs import field, frozen, validators
 
@@ -11,3 +34,122 @@ class RateLimit:
 
     burst: int = field(validator=validators.gt(0))
     per_second: float = field(validator=validators.gt(0))
+
+
+class _Bucket:
+    __slots__ = ("interval", "tat", "tolerance")
+
+    def __init__(self, burst: int, per_second: float) -> None:
+        self.tat = -math.inf  # theoretical arrival time of the next request
+        self.set_rate(burst, per_second)
+
+    def set_rate(self, burst: int, per_second: float) -> None:
+        self.interval = 1.0 / per_second
+        self.tolerance = (burst - 1) * self.interval
+
+    def earliest(self, now: float) -> float:
+        return max(self.tat, now) - self.tolerance
+
+    def commit(self, send_at: float) -> None:
+        self.tat = max(self.tat, send_at) + self.interval
+
+
+class _Adaptive:
+    """The 429-driven ceiling: multiplicative cut to what got through, slow climb back."""
+
+    WINDOW = 2.0  # seconds of successes that estimate what the provider accepts
+    CUT = 0.95  # below the measured accepted rate, to drain the provider's bucket
+    PROBE = 1.03  # per second of being throttled, after the first 429
+    START_RATE = 10.0  # where an unknown limit's slow start begins
+    MIN_RATE = 0.1
+
+    def __init__(self, *, start_slow: bool) -> None:
+        self.bucket: _Bucket | None = _Bucket(1, self.START_RATE) if start_slow else None
+        self.rate = self.START_RATE if start_slow else math.inf
+        self.slow_start = start_slow
+        self.throttled = False
+        self._successes: collections.deque[float] = collections.deque()
+        self._last_change = time.monotonic()
+        self._quiet_until = -math.inf
+
+    def on_success(self, now: float) -> None:
+        self._successes.append(now)
+        while self._successes and self._successes[0] < now - self.WINDOW:
+            self._successes.popleft()
+        # Only raise the ceiling when it held requests back: an idle client
+        # must not "earn" an unlimited rate by waiting.
+        if self.bucket is not None and self.throttled and now - self._last_change >= 1.0:
+            self._set(self.rate * (2.0 if self.slow_start else self.PROBE), now)
+            self.throttled = False
+
+    def on_rate_limited(self, now: float, pause_end: float) -> None:
+        if now < self._quiet_until:
+            return  # answers to requests sent before the last cut
+        while self._successes and self._successes[0] < now - self.WINDOW:
+            self._successes.popleft()
+        accepted = len(self._successes) / self.WINDOW
+        target = self.CUT * accepted if accepted > 0 else self.rate / 2
+        if math.isfinite(self.rate):
+            target = min(target, self.CUT * self.rate)
+        self.slow_start = False
+        self._set(max(self.MIN_RATE, target), now)
+        self._quiet_until = max(pause_end, now) + 1.0
+
+    def _set(self, rate: float, now: float) -> None:
+        self.rate = rate
+        self._last_change = now
+        if self.bucket is None:
+            self.bucket = _Bucket(1, rate)
+        else:
+            self.bucket.set_rate(1, rate)
+
+
+class Pacer:
+    """Decides when each request of one client may go."""
+
+    def __init__(self, limits: Sequence[RateLimit], *, adaptive: bool) -> None:
+        self._buckets = [_Bucket(limit.burst, limit.per_second) for limit in limits]
+        # With declared limits the ceiling waits for a 429; without, it starts slow.
+        self._adaptive = _Adaptive(start_slow=not limits) if adaptive else None
+        self._paused_until = -math.inf
+
+    @property
+    def rate(self) -> float | None:
+        """The sustained rate the pacer allows now, or ``None`` when unpaced."""
+        rates = [1.0 / b.interval for b in self._buckets]
+        if self._adaptive is not None and self._adaptive.bucket is not None:
+            rates.append(self._adaptive.rate)
+        return min(rates) if rates else None
+
+    async def acquire(self) -> None:
+        """Wait until one more request may be sent."""
+        now = time.monotonic()
+        buckets = self._buckets
+        adaptive = self._adaptive
+        if adaptive is not None and adaptive.bucket is not None:
+            buckets = [*buckets, adaptive.bucket]
+        send_at = max(now, self._paused_until)
+        for bucket in buckets:
+            send_at = max(send_at, bucket.earliest(send_at))
+        for bucket in buckets:
+            bucket.commit(send_at)
+        if adaptive is not None and send_at > now:
+            adaptive.throttled = True
+        # Re-checked after every sleep: a 429 during the wait moves the pause.
+        # An Event cannot express "until a deadline that may move"; sleep-and-recheck can.
+        while (delay := max(send_at, self._paused_until) - time.monotonic()) > 0:  # noqa: ASYNC110
+            await asyncio.sleep(delay)
+
+    def pause(self, seconds: float) -> None:
+        """Hold every request of this client for ``seconds`` from now."""
+        self._paused_until = max(self._paused_until, time.monotonic() + seconds)
+
+    def on_success(self) -> None:
+        if self._adaptive is not None:
+            self._adaptive.on_success(time.monotonic())
+
+    def on_rate_limited(self, pause: float) -> None:
+        """A 429 arrived: pause everyone for ``pause`` seconds and lower the ceiling."""
+        self.pause(pause)
+        if self._adaptive is not None:
+            self._adaptive.on_rate_limited(time.monotonic(), self._paused_until)

@@ -13,7 +13,7 @@ import aiohttp
 from yarl import URL
 
 from customer_patch._adapter import Request, Response
-from customer_patch._errors import ResponseFormatError, TransportError
+from customer_patch._errors import ResponseTooLargeError, TransportError
 
 DEFAULT_MAX_RESPONSE_BYTES = 8 * 1024 * 1024
 
@@ -83,8 +83,10 @@ class AiohttpTransport:
             raise TransportError(f"{type(e).__name__}: {e}", provider=self._provider) from None
 
     async def _read(self, resp: aiohttp.ClientResponse) -> bytes:
-        if resp.content_length is not None and resp.content_length > self._max_bytes:
-            raise self._too_large(resp.status)
+        if resp.content_length is not None:
+            if resp.content_length > self._max_bytes:
+                raise self._too_large(resp.status)
+            return await resp.read()
         chunks = []
         size = 0
         async for chunk in resp.content.iter_chunked(64 * 1024):
@@ -94,8 +96,8 @@ class AiohttpTransport:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def _too_large(self, status: int) -> ResponseFormatError:
-        return ResponseFormatError(
+    def _too_large(self, status: int) -> ResponseTooLargeError:
+        return ResponseTooLargeError(
             f"the body is larger than {self._max_bytes} bytes; not read",
             provider=self._provider,
             status=status,

@@ -25,6 +25,6 @@ def mocked(monkeypatch):
 @pytest.fixture(autouse=True)
 def _no_retry_waits():
     """Retries keep their count but skip their backoff waits, so tests stay fast."""
-    stamina.set_testing(True, attempts=3)
+    stamina.set_testing(True, attempts=5, cap=True)
     yield
     stamina.set_testing(False)

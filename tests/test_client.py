@@ -87,14 +87,14 @@ async def test_provider_errors_are_typed_and_never_show_the_token(mocked):
 
 
 async def test_connection_failures_are_transport_errors(mocked):
-    mocked.patch(QWOTY_URL, exception=aiohttp.ClientConnectionError("refused"))
+    mocked.patch(QWOTY_URL, exception=aiohttp.ClientConnectionError("refused"), repeat=True)
     async with Client("qwoty", token=TOKEN) as qwoty:
         with pytest.raises(TransportError, match="refused"):
             await qwoty.update(seeds.QWOTY_CUSTOMER_ID, CustomerPatch(name="A"))
 
 
 async def test_timeouts_are_transport_errors(mocked):
-    mocked.patch(QWOTY_URL, exception=TimeoutError())
+    mocked.patch(QWOTY_URL, exception=TimeoutError(), repeat=True)
     async with Client("qwoty", token=TOKEN, timeout=2) as qwoty:
         with pytest.raises(TransportError, match="within 2"):
             await qwoty.update(seeds.QWOTY_CUSTOMER_ID, CustomerPatch(name="A"))

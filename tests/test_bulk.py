@@ -1,0 +1,297 @@
+"""Bulk updates against a real aiohttp server on loopback."""
+
+import asyncio
+import time
+
+import pytest
+
+from customer_patch import (
+    AuthenticationError,
+    Client,
+    CustomerPatch,
+    NotAttemptedError,
+    NotFoundError,
+    RateLimit,
+    RetryPolicy,
+    ServerError,
+    TransportError,
+    UnsupportedFieldError,
+    ValidationError,
+)
+from tests.scripted_server import Reply, ok, scripted
+
+
+def client(base, **kwargs):
+    kwargs.setdefault("rate_limit", None)
+    return Client("dualentry", token="k", base_url=base, **kwargs)
+
+
+def updates(n, start=1):
+    return [(i, CustomerPatch(name=f"N{i}")) for i in range(start, start + n)]
+
+
+async def test_every_record_gets_exactly_one_result():
+    failed_once = set()
+
+    def script(number, cid):
+        if cid % 10 == 0:
+            return Reply(404, {"success": False, "errors": {"__all__": ["Not found."]}})
+        if cid % 7 == 0 and cid not in failed_once:
+            failed_once.add(cid)
+            return Reply(503)  # fails once, then succeeds on retry
+        return Reply()
+
+    items = updates(100) + [(101, CustomerPatch(type="company")), ("x", CustomerPatch(name="A"))]
+    async with scripted(script) as (base, server), client(base) as de:
+        report = await de.update_many(items, concurrency=8)
+    results = report.results
+    assert [r.index for r in results] == list(range(102))
+    assert [r.customer_id for r in results] == [cid for cid, _ in items]
+    assert {r.customer_id for r in report.failed} == {
+        10,
+        20,
+        30,
+        40,
+        50,
+        60,
+        70,
+        80,
+        90,
+        100,
+        101,
+        "x",
+    }
+    for r in report.failed:
+        expected = {101: UnsupportedFieldError, "x": ValidationError}.get(
+            r.customer_id, NotFoundError
+        )
+        assert type(r.error) is expected
+    sevens = [r for r in report.succeeded if r.customer_id % 7 == 0]
+    assert sevens
+    assert all(r.attempts == 2 for r in sevens)
+    assert all(r.customer.name == f"N{r.customer_id}" for r in report.succeeded)
+    assert server.count == 100 + len(sevens)  # nothing sent for the two invalid records
+
+
+async def test_in_flight_is_bounded_by_concurrency():
+    async with scripted(lambda n, c: Reply(delay=0.02)) as (base, server), client(base) as de:
+        report = await de.update_many(updates(60), concurrency=5)
+    assert len(report.succeeded) == 60
+    assert server.max_in_flight == 5
+
+
+async def test_input_is_consumed_lazily():
+    pulled = 0
+    high_water = 0
+
+    def source():
+        nonlocal pulled
+        for item in updates(40):
+            pulled += 1
+            yield item
+
+    async with scripted(lambda n, c: Reply(delay=0.01)) as (base, server), client(base) as de:
+        async for result in de.iter_updates(source(), concurrency=4):
+            high_water = max(high_water, pulled - (result.index + 1))
+    # Items taken but not yet reported: in flight plus the few parked in the queue.
+    assert pulled == 40
+    assert high_water <= 2 * 4
+
+
+async def test_async_iterables_work_and_total_comes_from_len():
+    async def source():
+        for item in updates(5):
+            yield item
+
+    seen = []
+    async with scripted(ok) as (base, _), client(base) as de:
+        report = await de.update_many(source(), concurrency=2, progress=seen.append)
+        assert len(report.succeeded) == 5
+        await de.update_many(updates(3), progress=seen.append)
+    assert [p.done for p in seen] == [1, 2, 3, 4, 5, 1, 2, 3]
+    assert [p.total for p in seen] == [None] * 5 + [3] * 3
+    assert all(p.last.ok for p in seen)
+
+
+async def test_progress_hook_may_be_an_object_with_a_method():
+    class Bar:
+        def __init__(self):
+            self.calls = []
+
+        def on_progress(self, progress):
+            self.calls.append((progress.done, progress.failed, progress.rate >= 0))
+
+    bar = Bar()
+    async with scripted(ok) as (base, _), client(base) as de:
+        await de.update_many(updates(3) + [(0, CustomerPatch(name="x"))], progress=bar)
+    assert [done for done, _, _ in bar.calls] == [1, 2, 3, 4]
+    assert bar.calls[-1][1] == 1  # the invalid record, reported without a request
+    assert all(rate_ok for _, _, rate_ok in bar.calls)
+
+
+@pytest.mark.parametrize("status", [400, 403, 404, 409, 422])
+async def test_other_4xx_are_never_retried(status):
+    async with (
+        scripted(lambda n, c: Reply(status, {"success": False, "errors": {}})) as (
+            base,
+            server,
+        ),
+        client(base) as de,
+    ):
+        report = await de.update_many(updates(1))
+    [result] = report.failed
+    assert result.attempts == 1
+    assert result.error.status == status
+    assert server.count == 1
+
+
+@pytest.mark.parametrize("status", [408, 429, 500, 502, 503, 504])
+async def test_transient_statuses_are_retried(status):
+    script = lambda n, c: Reply(status, {"success": False, "errors": {}}) if n < 2 else Reply()
+    async with scripted(script) as (base, server), client(base) as de:
+        customer = await de.update(1, CustomerPatch(name="A"))
+    assert customer.name == "A"
+    assert server.count == 3
+
+
+async def test_attempts_are_bounded_and_the_last_error_is_reported():
+    async with scripted(lambda n, c: Reply(500)) as (base, server):
+        async with client(base, retry=RetryPolicy(attempts=3)) as de:
+            report = await de.update_many(updates(1))
+    [result] = report.failed
+    assert isinstance(result.error, ServerError)
+    assert result.attempts == 3
+    assert server.count == 3
+
+
+async def test_dropped_connections_are_retried():
+    script = lambda n, c: Reply(drop=True) if n == 0 else Reply()
+    async with scripted(script) as (base, server), client(base) as de:
+        assert (await de.update(1, CustomerPatch(name="A"))).name == "A"
+    assert server.count == 2
+
+
+async def test_retry_none_means_one_attempt():
+    async with scripted(lambda n, c: Reply(drop=True)) as (base, server):
+        async with client(base, retry=None) as de:
+            with pytest.raises(TransportError):
+                await de.update(1, CustomerPatch(name="A"))
+    assert server.count == 1
+
+
+async def test_retry_after_is_honoured():
+    script = lambda n, c: Reply(429, {}, headers={"Retry-After": "0.4"}) if n == 0 else Reply()
+    async with scripted(script) as (base, server), client(base) as de:
+        await de.update(1, CustomerPatch(name="A"))
+    (first, _), (second, _) = server.arrivals
+    assert second - first >= 0.4
+
+
+async def test_a_429_pauses_every_worker_of_the_client():
+    def script(number, cid):
+        if number == 3:
+            return Reply(429, {}, headers={"Retry-After": "0.5"})
+        return Reply(delay=0.01)
+
+    async with scripted(script) as (base, server), client(base) as de:
+        report = await de.update_many(updates(30), concurrency=4)
+    assert len(report.succeeded) == 30
+    refused_at = server.arrivals[3][0]
+    # Requests already in flight may land just after the 429; none sent later.
+    later = [t for t, _ in server.arrivals[4:] if refused_at + 0.05 < t < refused_at + 0.5]
+    assert later == []
+
+
+async def test_retry_after_is_capped():
+    script = lambda n, c: Reply(429, {}, headers={"Retry-After": "3600"}) if n == 0 else Reply()
+    async with scripted(script) as (base, server):
+        async with client(base, retry=RetryPolicy(max_retry_after=0.2)) as de:
+            started = time.monotonic()
+            await de.update(1, CustomerPatch(name="A"))
+    assert time.monotonic() - started < 2
+
+
+async def test_a_401_stops_the_run_and_reports_the_rest_as_not_attempted():
+    body = {
+        "success": False,
+        "errors": {"__all__": ["Authentication credentials were not provided."]},
+    }
+    async with scripted(lambda n, c: Reply(401, body, delay=0.01)) as (base, server):
+        async with client(base) as de:
+            report = await de.update_many(updates(500), concurrency=4)
+    assert not report.succeeded
+    assert len(report.failed) == 500
+    auth = [r for r in report.failed if isinstance(r.error, AuthenticationError)]
+    skipped = [r for r in report.failed if isinstance(r.error, NotAttemptedError)]
+    assert 1 <= len(auth) <= 4
+    assert len(auth) + len(skipped) == 500
+    assert all(r.attempts == 0 for r in skipped)
+    assert all(isinstance(r.error.cause, AuthenticationError) for r in skipped)
+    assert server.count == len(auth)
+
+
+async def test_cancelling_stops_cleanly():
+    closed = asyncio.Event()
+    results = []
+
+    def source():
+        try:
+            yield from updates(1000)
+        finally:
+            closed.set()
+
+    async def consume(de):
+        async for result in de.iter_updates(source(), concurrency=4):
+            results.append(result)
+
+    async with scripted(lambda n, c: Reply(delay=0.05)) as (base, server), client(base) as de:
+        task = asyncio.create_task(consume(de))
+        await asyncio.sleep(0.3)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        sent_at_cancel = server.count
+        await asyncio.sleep(0.2)
+        assert server.count == sent_at_cancel  # nothing more is sent
+    assert closed.is_set()  # the caller's generator was closed
+    assert 0 < len(results) < 1000
+    assert all(r.ok for r in results)
+    # What was yielded is exactly what is done: a prefix-free set of distinct records.
+    assert len({r.index for r in results}) == len(results)
+
+
+async def test_declared_rate_limits_pace_requests():
+    async with scripted(ok) as (base, server):
+        async with client(base, rate_limit=RateLimit(burst=2, per_second=10)) as de:
+            await de.update_many(updates(6), concurrency=6)
+    times = [t for t, _ in server.arrivals]
+    # A burst of 2, then one every 0.1 s: the 6th goes 0.4 s after the first.
+    assert times[-1] - times[0] >= 0.35
+
+
+async def test_the_adapters_declared_limits_apply_by_default():
+    async with scripted(ok) as (base, server), Client("dualentry", token="k", base_url=base) as de:
+        assert de._pacer.rate == 1.0  # DualEntry: burst 10, then 1/s for PATCH customers
+        started = time.monotonic()
+        await de.update_many(updates(11), concurrency=11)
+    assert time.monotonic() - started >= 0.9
+
+
+async def test_iter_updates_rejects_bad_concurrency():
+    async with scripted(ok) as (base, _), client(base) as de:
+        with pytest.raises(ValueError, match="concurrency"):
+            async for _ in de.iter_updates(updates(1), concurrency=0):
+                pass
+
+
+async def test_an_input_that_raises_is_reraised_after_reporting_what_was_taken():
+    def source():
+        yield from updates(3)
+        raise RuntimeError("bad input file")
+
+    results = []
+    async with scripted(ok) as (base, _), client(base) as de:
+        with pytest.raises(RuntimeError, match="bad input file"):
+            async for result in de.iter_updates(source(), concurrency=2):
+                results.append(result)
+    assert sorted(r.customer_id for r in results) == [1, 2, 3]
