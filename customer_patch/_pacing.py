@@ -21,11 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import math
 import time
 from collections.abc import Sequence
 
 from attrs import field, frozen, validators
+
+log = logging.getLogger("customer_patch.pacing")
 
 
 @frozen
@@ -57,10 +60,11 @@ class _Bucket:
 class _Adaptive:
     """The 429-driven ceiling: multiplicative cut to what got through, slow climb back."""
 
-    WINDOW = 2.0  # seconds of successes that estimate what the provider accepts
-    CUT = 0.95  # below the measured accepted rate, to drain the provider's bucket
-    PROBE = 1.03  # per second of being throttled, after the first 429
-    START_RATE = 10.0  # where an unknown limit's slow start begins
+    WINDOW = 1.0  # seconds of successes that estimate what the provider accepts
+    MIN_SPAN = 0.25  # a shorter sample (right after a pause) is not trusted
+    CUT = 0.9  # below the measured accepted rate, to drain the provider's bucket
+    PROBE = 1.01  # per second of being throttled, after the first 429
+    START_RATE = 20.0  # where an unknown limit's slow start begins
     MIN_RATE = 0.1
 
     def __init__(self, *, start_slow: bool) -> None:
@@ -71,6 +75,7 @@ class _Adaptive:
         self._successes: collections.deque[float] = collections.deque()
         self._last_change = time.monotonic()
         self._quiet_until = -math.inf
+        self._pause_end = -math.inf
 
     def on_success(self, now: float) -> None:
         self._successes.append(now)
@@ -85,17 +90,23 @@ class _Adaptive:
     def on_rate_limited(self, now: float, pause_end: float) -> None:
         if now < self._quiet_until:
             return  # answers to requests sent before the last cut
-        while self._successes and self._successes[0] < now - self.WINDOW:
+        # What got through since the last pause ended: a window spanning the
+        # pause would count its silence as the provider's limit.
+        since = max(now - self.WINDOW, self._pause_end)
+        while self._successes and self._successes[0] < since:
             self._successes.popleft()
-        accepted = len(self._successes) / self.WINDOW
+        span = now - since
+        accepted = len(self._successes) / span if span >= self.MIN_SPAN else 0.0
         target = self.CUT * accepted if accepted > 0 else self.rate / 2
         if math.isfinite(self.rate):
             target = min(target, self.CUT * self.rate)
         self.slow_start = False
         self._set(max(self.MIN_RATE, target), now)
-        self._quiet_until = max(pause_end, now) + 1.0
+        self._pause_end = max(pause_end, now)
+        self._quiet_until = self._pause_end + 1.0
 
     def _set(self, rate: float, now: float) -> None:
+        log.debug("pace set to %.2f requests/s", rate)
         self.rate = rate
         self._last_change = now
         if self.bucket is None:
@@ -108,7 +119,9 @@ class Pacer:
     """Decides when each request of one client may go."""
 
     def __init__(self, limits: Sequence[RateLimit], *, adaptive: bool) -> None:
-        self._buckets = [_Bucket(limit.burst, limit.per_second) for limit in limits]
+        # One token kept in hand: pacing exactly at the provider's bucket leaves
+        # it empty, and then any jitter that bunches two requests costs a 429.
+        self._buckets = [_Bucket(max(1, limit.burst - 1), limit.per_second) for limit in limits]
         # With declared limits the ceiling waits for a 429; without, it starts slow.
         self._adaptive = _Adaptive(start_slow=not limits) if adaptive else None
         self._paused_until = -math.inf
@@ -123,11 +136,23 @@ class Pacer:
 
     async def acquire(self) -> None:
         """Wait until one more request may be sent."""
+        while True:
+            send_at = self._reserve()
+            while (delay := send_at - time.monotonic()) > 0:
+                await asyncio.sleep(delay)
+                if self._paused_until > send_at:
+                    break  # a 429 arrived meanwhile: take a new slot after the pause
+            else:
+                return
+
+    def _reserve(self) -> float:
         now = time.monotonic()
         buckets = self._buckets
         adaptive = self._adaptive
         if adaptive is not None and adaptive.bucket is not None:
             buckets = [*buckets, adaptive.bucket]
+        # Slots are spaced from the end of any pause, so the requests it held
+        # leave one by one rather than all at once into the provider's bucket.
         send_at = max(now, self._paused_until)
         for bucket in buckets:
             send_at = max(send_at, bucket.earliest(send_at))
@@ -135,10 +160,7 @@ class Pacer:
             bucket.commit(send_at)
         if adaptive is not None and send_at > now:
             adaptive.throttled = True
-        # Re-checked after every sleep: a 429 during the wait moves the pause.
-        # An Event cannot express "until a deadline that may move"; sleep-and-recheck can.
-        while (delay := max(send_at, self._paused_until) - time.monotonic()) > 0:  # noqa: ASYNC110
-            await asyncio.sleep(delay)
+        return send_at
 
     def pause(self, seconds: float) -> None:
         """Hold every request of this client for ``seconds`` from now."""
