@@ -118,6 +118,10 @@ class Adapter(ABC):
     """The provider's documented limits for this request; the client paces to all of them."""
     customer_id_type: ClassVar[type] = str
     """``str`` or ``int``: what kind of customer id the provider uses."""
+    token_env: ClassVar[str | None] = None
+    """The environment variable the command line reads the token from."""
+    sandbox: ClassVar[str | None] = None
+    """``"pkg.mod:Class"`` of this provider's fake (a ``FakeProvider``), if it ships one."""
 
     # -- what a subclass provides -------------------------------------------------
 

@@ -5,6 +5,8 @@ import aioresponses.core
 import pytest
 import stamina
 
+pytest_plugins = ["customer_patch.testing"]
+
 
 class _CompatResponse(aiohttp.ClientResponse):
     # aioresponses 0.7.9 predates aiohttp 3.14's required ``stream_writer``

@@ -133,6 +133,8 @@ class DualEntryAdapter(Adapter):
     # Per API key: this route and method, then all endpoints.
     rate_limits = (RateLimit(burst=10, per_second=1.0), RateLimit(burst=50, per_second=5.0))
     customer_id_type = int
+    token_env = "DUALENTRY_API_KEY"  # noqa: S105 - a variable name, not a secret
+    sandbox = "customer_patch_dualentry._fake:DualEntryFake"
 
     def __init__(self, *, api_version: Literal["v1", "v2"] = "v2") -> None:
         if api_version not in ("v1", "v2"):

@@ -66,6 +66,8 @@ class QwotyAdapter(Adapter):
     # to declare, so the client adapts to its 429s instead.
     rate_limits = ()
     customer_id_type = str
+    token_env = "QWOTY_TOKEN"  # noqa: S105 - a variable name, not a secret
+    sandbox = "customer_patch_qwoty._fake:QwotyFake"
 
     def check_customer_id(self, customer_id: object) -> list[str]:
         return uuid_text(customer_id)

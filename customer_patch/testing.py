@@ -1,0 +1,79 @@
+"""pytest fixtures for testing your code against fake providers on loopback.
+
+Enable the plugin in your ``conftest.py``::
+
+    pytest_plugins = ["customer_patch.testing"]
+
+then ask for the ``sandbox`` fixture (it needs pytest-asyncio)::
+
+    async def test_renames(sandbox):
+        sb = await sandbox("your-provider", customers=3)
+        customer = await sb.client.update(sb.ids[0], CustomerPatch(name="Renamed"))
+        assert sb.fake.customers[sb.ids[0]]["name"] == "Renamed"
+
+Every fake and client the fixture started is closed when the test ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest_asyncio
+from attrs import frozen
+
+from customer_patch._adapter import Adapter
+from customer_patch._client import Client
+from customer_patch._pacing import RateLimit
+from customer_patch._registry import get_adapter
+from customer_patch.sandbox import FakeProvider, Faults, fake_for
+
+__all__ = ["Sandbox", "SandboxFactory", "sandbox"]
+
+
+@frozen
+class Sandbox:
+    """A running fake provider and a client pointed at it."""
+
+    fake: FakeProvider
+    """The fake: its ``customers`` store and ``requests`` log are yours to inspect."""
+    client: Client
+    base_url: str
+    ids: list[Any]
+    """The ids of the customers seeded with ``customers=``."""
+
+
+SandboxFactory = Callable[..., Awaitable[Sandbox]]
+
+
+@pytest_asyncio.fixture
+async def sandbox() -> AsyncIterator[SandboxFactory]:
+    """Start a fake provider: ``await sandbox(provider, *, customers=0, faults=None,
+    limits=None, token="sandbox-token", **client_options)``.
+
+    ``limits`` replaces the limits the fake enforces (default: the provider's
+    documented ones); client options (``rate_limit=``, ``retry=``...) go to
+    :class:`~customer_patch.Client`.
+    """
+    started: list[tuple[FakeProvider, Client]] = []
+
+    async def start(
+        provider: str | Adapter,
+        *,
+        customers: int = 0,
+        faults: Faults | None = None,
+        limits: tuple[RateLimit, ...] | None = None,
+        token: str = "sandbox-token",  # noqa: S107 - the sandbox's own token
+        **client_options: Any,
+    ) -> Sandbox:
+        adapter = get_adapter(provider) if isinstance(provider, str) else provider
+        fake = fake_for(adapter)(token=token, faults=faults, limits=limits)
+        base_url = await fake.start()
+        client = Client(adapter, token=token, base_url=base_url, **client_options)
+        started.append((fake, client))
+        return Sandbox(fake=fake, client=client, base_url=base_url, ids=fake.seed_demo(customers))
+
+    yield start
+    for fake, client in reversed(started):
+        await client.aclose()
+        await fake.stop()
