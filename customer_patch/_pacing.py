@@ -76,6 +76,7 @@ class _Adaptive:
         self._last_change = time.monotonic()
         self._quiet_until = -math.inf
         self._pause_end = -math.inf
+        self._created = time.monotonic()
 
     def on_success(self, now: float) -> None:
         self._successes.append(now)
@@ -92,7 +93,7 @@ class _Adaptive:
             return  # answers to requests sent before the last cut
         # What got through since the last pause ended: a window spanning the
         # pause would count its silence as the provider's limit.
-        since = max(now - self.WINDOW, self._pause_end)
+        since = max(now - self.WINDOW, self._pause_end, self._created)
         while self._successes and self._successes[0] < since:
             self._successes.popleft()
         span = now - since
@@ -118,10 +119,22 @@ class _Adaptive:
 class Pacer:
     """Decides when each request of one client may go."""
 
+    HEADROOM = 0.98
+    JITTER = 0.05
+
     def __init__(self, limits: Sequence[RateLimit], *, adaptive: bool) -> None:
-        # One token kept in hand: pacing exactly at the provider's bucket leaves
-        # it empty, and then any jitter that bunches two requests costs a 429.
-        self._buckets = [_Bucket(max(1, limit.burst - 1), limit.per_second) for limit in limits]
+        # Pacing exactly at the provider's bucket leaves it empty, and then any
+        # jitter that bunches requests costs a 429.  So keep tokens in hand for
+        # 50 ms of jitter (at least one; connection set-up alone delays the
+        # first requests by milliseconds), and run 2% under the rate so the
+        # provider's bucket refills over time.
+        self._buckets = [
+            _Bucket(
+                max(1, limit.burst - max(1, math.ceil(limit.per_second * self.JITTER))),
+                limit.per_second * self.HEADROOM,
+            )
+            for limit in limits
+        ]
         # With declared limits the ceiling waits for a 429; without, it starts slow.
         self._adaptive = _Adaptive(start_slow=not limits) if adaptive else None
         self._paused_until = -math.inf

@@ -189,7 +189,9 @@ class FakeProvider:
         waits = []
         for i, limit in enumerate(self.limits):
             scope = scopes[min(i, len(scopes) - 1)]
-            bucket = self._buckets.setdefault((i, scope), TokenBucket(limit))
+            bucket = self._buckets.get((i, scope))
+            if bucket is None:
+                bucket = self._buckets[i, scope] = TokenBucket(limit)
             wait = bucket.take()
             if wait is not None:
                 waits.append(wait)

@@ -1,0 +1,19 @@
+"""The ``customer-patch`` command (install the ``cli`` extra for it)."""
+
+from __future__ import annotations
+
+import sys
+
+
+def main() -> None:
+    """Entry point of the ``customer-patch`` command."""
+    try:
+        from customer_patch.cli._commands import cli
+    except ImportError as e:  # click or rich missing: the extra is not installed
+        print(
+            f"customer-patch: the command line needs the 'cli' extra ({e.name} is missing):\n"
+            "    pip install 'customer-patch[cli]'",
+            file=sys.stderr,
+        )
+        raise SystemExit(2) from None
+    cli()
