@@ -35,8 +35,8 @@ from customer_patch.sandbox import FakeProvider, Faults, fake_for
 
 DEMO_CUSTOMERS = 300
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def _fail(message: str) -> None:
@@ -139,9 +139,12 @@ def apply_command(
     target = report or resume
     mode = "a" if resume is not None and target == resume else "w"
     with contextlib.ExitStack() as stack:
-        sink: IO[str] | None = (
-            stack.enter_context(target.open(mode, encoding="utf-8")) if target else None
-        )
+        sink: IO[str] | None = None
+        if target is not None:
+            torn = mode == "a" and _ends_torn(target)
+            sink = stack.enter_context(target.open(mode, encoding="utf-8"))
+            if torn:
+                sink.write("\n")  # a crash mid-write left half a line: end it first
         tally = Tally(total=total)
         try:
             asyncio.run(_run(client, lines, tally, concurrency, sink, skip, f"{adapter.provider}"))
@@ -155,6 +158,15 @@ def apply_command(
             _fail(str(e))
     _summary(tally)
     raise SystemExit(tally.exit_status())
+
+
+def _ends_torn(path: Path) -> bool:
+    with path.open("rb") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() == 0:
+            return False
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) != b"\n"
 
 
 def _checked_first(lines: list[Line], *, strict: bool) -> Iterator[Line]:

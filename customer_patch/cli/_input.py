@@ -92,8 +92,8 @@ def _jsonl(path: Path) -> Iterator[tuple[int, Any, Any]]:
                 continue
             try:
                 record = json.loads(text)
-            except ValueError as e:
-                yield number, None, Problem("", f"not valid JSON: {e}")
+            except json.JSONDecodeError as e:
+                yield number, None, Problem("", f"not valid JSON: {e.msg} at column {e.pos + 1}")
                 continue
             if not isinstance(record, dict) or set(record) != {"id", "patch"}:
                 keys = sorted(record) if isinstance(record, dict) else type(record).__name__

@@ -1,0 +1,3 @@
+from customer_patch.cli import main
+
+main()

@@ -1,0 +1,269 @@
+"""The command line, in-process (click's runner) and as a real subprocess."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from customer_patch.cli._commands import cli
+from tests.threaded_fake import threaded_fake
+
+TOKEN = "sandbox-token"
+FAST = {"limits": ()}
+
+
+def jsonl(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def run(args, env=None):
+    return CliRunner().invoke(
+        cli, args, env=env or {"DUALENTRY_API_KEY": TOKEN, "QWOTY_TOKEN": TOKEN}
+    )
+
+
+def report_lines(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_apply_jsonl_with_a_report(tmp_path):
+    with threaded_fake("dualentry", customers=5, **FAST) as (fake, base, ids):
+        updates = jsonl(
+            tmp_path / "u.jsonl",
+            [{"id": i, "patch": {"name": f"N{i}"}} for i in ids]
+            + [{"id": 99, "patch": {"name": "x"}}],
+        )
+        result = run(
+            [
+                "apply",
+                str(updates),
+                "--provider",
+                "dualentry",
+                "--base-url",
+                base,
+                "--report",
+                str(tmp_path / "r.jsonl"),
+            ]
+        )
+        stored = {i: fake.customers[i]["name"] for i in ids}
+    assert result.exit_code == 1, result.output  # one record failed
+    assert stored == {i: f"N{i}" for i in ids}
+    report = report_lines(tmp_path / "r.jsonl")
+    assert sorted(r["line"] for r in report) == [1, 2, 3, 4, 5, 6]
+    failed = [r for r in report if not r["ok"]]
+    assert failed == [
+        {
+            "line": 6,
+            "id": 99,
+            "ok": False,
+            "attempts": 1,
+            "error": "NotFoundError",
+            "message": failed[0]["message"],
+            "status": 404,
+        }
+    ]
+    assert "5 succeeded; 1 failed" in result.output
+
+
+def test_apply_csv_with_custom_fields_null_and_empty_cells(tmp_path):
+    csv = tmp_path / "u.csv"
+    csv.write_text(
+        'id,name,email,custom_fields.Partner,custom_fields.Tier\n1001,Renamed,null,true,\n1002,,a@b.example,,"""Gold"""\n'
+    )
+    with threaded_fake("dualentry", customers=2, **FAST) as (fake, base, ids):
+        fake.customers[1001]["email"] = "old@x.example"
+        result = run(["apply", str(csv), "--provider", "dualentry", "--base-url", base])
+        bodies = [r.body for r in fake.requests]
+    assert result.exit_code == 0, result.output
+    assert {"name": "Renamed", "email": None, "custom_fields": [{"Partner": True}]} in bodies
+    assert {"email": "a@b.example", "custom_fields": [{"Tier": "Gold"}]} in bodies
+
+
+def test_dry_run_prints_each_request_masks_the_token_and_sends_nothing(tmp_path):
+    updates = jsonl(
+        tmp_path / "u.jsonl", [{"id": 1234, "patch": {"phone": None}}, {"id": "x", "patch": {}}]
+    )
+    with threaded_fake("dualentry", **FAST) as (fake, base, _):
+        result = run(
+            ["apply", str(updates), "--provider", "dualentry", "--base-url", base, "--dry-run"],
+            env={"DUALENTRY_API_KEY": "real-secret-key"},
+        )
+        assert fake.requests == []
+    assert result.exit_code == 2  # line 2 is invalid
+    assert f"PATCH {base}/public/v2/customers/1234/" in result.output
+    assert "X-API-KEY: ********" in result.output
+    assert '{"phone":null}' in result.output
+    assert "line 2: id: must be an integer, not str (nothing sent)" in result.output
+    assert "real-secret-key" not in result.output
+
+
+def test_bad_lines_are_reported_with_their_number_and_the_rest_runs(tmp_path):
+    lines = [json.dumps({"id": 1001 + i, "patch": {"name": f"N{i}"}}) for i in range(6)]
+    lines.insert(2, '{"id": 1, "patch": {"name": "broken"')  # line 3
+    lines.insert(4, json.dumps({"id": 1002, "patch": {"colour": "red"}}))  # line 5
+    lines.insert(6, json.dumps({"id": "1003", "patch": {"name": "x"}}))  # line 7
+    path = tmp_path / "u.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    with threaded_fake("dualentry", customers=6, **FAST) as (fake, base, _):
+        result = run(
+            [
+                "apply",
+                str(path),
+                "--provider",
+                "dualentry",
+                "--base-url",
+                base,
+                "--report",
+                str(tmp_path / "r.jsonl"),
+            ]
+        )
+        sent = len(fake.requests)
+    assert result.exit_code == 2
+    assert "line 3: not valid JSON: Expecting ',' delimiter at column 38" in result.output
+    assert "line 5: patch: unknown field(s): colour" in result.output
+    assert "line 7: id: must be an integer, not str" in result.output
+    assert sent == 6
+    assert sorted(r["line"] for r in report_lines(tmp_path / "r.jsonl")) == list(range(1, 10))
+
+
+def test_strict_sends_nothing_when_any_line_is_bad(tmp_path):
+    path = jsonl(
+        tmp_path / "u.jsonl",
+        [{"id": 1001, "patch": {"name": "ok"}}, {"id": 1001, "patch": {"phone": "abc"}}],
+    )
+    with threaded_fake("dualentry", customers=1, **FAST) as (fake, base, _):
+        result = run(
+            ["apply", str(path), "--provider", "dualentry", "--base-url", base, "--strict"]
+        )
+        assert fake.requests == []
+    assert result.exit_code == 2
+    assert "line 2: phone: must match" in result.output
+
+
+def test_resume_skips_what_the_report_shows_as_done(tmp_path):
+    path = jsonl(
+        tmp_path / "u.jsonl", [{"id": 1001 + i, "patch": {"name": f"N{i}"}} for i in range(10)]
+    )
+    report = tmp_path / "r.jsonl"
+    done = [{"line": n, "id": 1000 + n, "ok": True, "attempts": 1} for n in range(1, 5)]
+    report.write_text(
+        "".join(json.dumps(d) + "\n" for d in done) + '{"line": 5, "id": 1005, "ok": tr'
+    )  # torn last line
+    with threaded_fake("dualentry", customers=10, **FAST) as (fake, base, _):
+        result = run(
+            [
+                "apply",
+                str(path),
+                "--provider",
+                "dualentry",
+                "--base-url",
+                base,
+                "--resume",
+                str(report),
+            ]
+        )
+        sent_ids = sorted(int(r.path.split("/")[-2]) for r in fake.requests)
+    assert result.exit_code == 0, result.output
+    assert sent_ids == list(range(1005, 1011))
+    assert "4 skipped" in result.output
+    ok_lines = {r["line"] for r in report_lines_tolerant(report) if r["ok"]}
+    assert ok_lines == set(range(1, 11))
+
+
+def report_lines_tolerant(path):
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
+
+
+def test_missing_token_is_a_usage_error(tmp_path):
+    path = jsonl(tmp_path / "u.jsonl", [{"id": 1, "patch": {"name": "x"}}])
+    result = run(["apply", str(path), "--provider", "dualentry"], env={"DUALENTRY_API_KEY": ""})
+    assert result.exit_code == 2
+    assert "set DUALENTRY_API_KEY" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--provider", "nope"], "no adapter named 'nope'"),
+        (["--provider", "dualentry", "--base-url", "http://example.com"], "refusing plain http"),
+        (["--provider", "dualentry", "--rate-limit", "fast"], "BURST/PER_SECOND"),
+    ],
+)
+def test_usage_errors_exit_2(tmp_path, args, message):
+    path = jsonl(tmp_path / "u.jsonl", [{"id": 1, "patch": {"name": "x"}}])
+    result = run(["apply", str(path), *args])
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+def test_unknown_csv_column_is_refused_before_sending(tmp_path):
+    path = tmp_path / "u.csv"
+    path.write_text("id,colour\n1001,red\n")
+    result = run(["apply", str(path), "--provider", "dualentry"])
+    assert result.exit_code == 2
+    assert "u.csv:1: unknown column(s): colour" in result.output
+
+
+def test_providers_lists_the_adapters():
+    result = run(["providers"])
+    assert "qwoty" in result.output
+    assert "DUALENTRY_API_KEY" in result.output
+
+
+def test_apply_as_a_subprocess_never_prints_the_token(tmp_path):
+    secret = "qwoty_super_secret_value_123"
+    with threaded_fake("qwoty", customers=3, token=secret) as (fake, base, ids):
+        path = jsonl(
+            tmp_path / "u.jsonl",
+            [{"id": i, "patch": {"name": "S"}} for i in ids]
+            + [{"id": ids[0], "patch": {"name": None}}],
+        )
+        env = {**os.environ, "QWOTY_TOKEN": secret}
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "customer_patch.cli",
+                "apply",
+                str(path),
+                "--provider",
+                "qwoty",
+                "--base-url",
+                base,
+                "--report",
+                str(tmp_path / "r.jsonl"),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+        names = [fake.customers[i]["name"] for i in ids]
+    assert proc.returncode == 2, proc.stderr  # the last line is invalid
+    assert names == ["S", "S", "S"]
+    assert "line 4: name: cannot be cleared" in proc.stderr
+    for text in (proc.stdout, proc.stderr, (tmp_path / "r.jsonl").read_text()):
+        assert secret not in text
+
+
+def test_demo_runs_and_exits_0():
+    proc = subprocess.run(
+        [sys.executable, "-m", "customer_patch.cli", "demo"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "every record ends with exactly one result" in proc.stdout
+    assert "dualentry" in proc.stdout
+    assert "qwoty" in proc.stdout
