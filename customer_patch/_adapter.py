@@ -140,8 +140,8 @@ class Adapter(ABC):
     def customer_from(self, data: Any) -> Customer:
         """Read the neutral customer from a successful response's JSON.
 
-        May raise ``KeyError``, ``TypeError`` or ``ValueError`` on a body of the
-        wrong shape: that becomes a :class:`ResponseFormatError`.
+        May raise (``KeyError``, ``TypeError``, ``ValueError``...) on a body of
+        the wrong shape: that becomes a :class:`ResponseFormatError`.
         """
 
     @abstractmethod
@@ -285,7 +285,7 @@ class Adapter(ABC):
             )
         try:
             return self.customer_from(data)
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
+        except Exception as e:  # any way the provider's data defeats the parser
             raise ResponseFormatError(
                 f"{type(e).__name__}: {e}",
                 provider=self.provider,

@@ -52,7 +52,9 @@ class UpdateResult:
     customer: Customer | None = None
     """The customer as the provider returned it, on success."""
     error: Exception | None = None
-    """The typed error, on failure; :class:`NotAttemptedError` if never sent."""
+    """The typed error, on failure; :class:`NotAttemptedError` if never sent.
+    (An exception that is not a :class:`CustomerPatchError` means a bug, and is
+    reported here rather than lost.)"""
     attempts: int = 0
     """Requests sent for this record (0 when it failed validation or was not attempted)."""
 
@@ -152,7 +154,10 @@ async def run_bulk(
             return UpdateResult(
                 index=index, customer_id=customer_id, patch=patch, error=NotAttemptedError(stop[0])
             )
-        customer, error, attempts = await send(customer_id, patch)
+        try:
+            customer, error, attempts = await send(customer_id, patch)
+        except Exception as e:  # a bug, e.g. in a third-party adapter: still one result
+            customer, error, attempts = None, e, 1
         if isinstance(error, AuthenticationError | PermissionDeniedError) and not stop:
             stop.append(error)
         return UpdateResult(

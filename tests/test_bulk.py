@@ -296,3 +296,23 @@ async def test_an_input_that_raises_is_reraised_after_reporting_what_was_taken()
             async for result in de.iter_updates(source(), concurrency=2):
                 results.append(result)
     assert sorted(r.customer_id for r in results) == [1, 2, 3]
+
+
+async def test_a_bug_in_an_adapter_still_gives_each_record_its_result():
+    from customer_patch_dualentry import DualEntryAdapter
+
+    class Buggy(DualEntryAdapter):
+        def encode(self, customer_id, patch):
+            if customer_id == 2:
+                raise RuntimeError("adapter bug")
+            return super().encode(customer_id, patch)
+
+    async with (
+        scripted(ok) as (base, server),
+        Client(Buggy(), token="k", base_url=base, rate_limit=None) as de,
+    ):
+        report = await de.update_many(updates(3))
+    assert [r.customer_id for r in report.succeeded] == [1, 3]
+    [failed] = report.failed
+    assert isinstance(failed.error, RuntimeError)
+    assert server.count == 2

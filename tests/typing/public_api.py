@@ -24,13 +24,13 @@ from customer_patch import (
     RateLimit,
     RetryPolicy,
     TaxId,
-    Unset,
     UnknownCustomFieldError,
+    Unset,
     UpdateResult,
     ValidationError,
     register_adapter,
 )
-from customer_patch.sandbox import Faults, FakeProvider, fake_for
+from customer_patch.sandbox import FakeProvider, Faults, fake_for
 
 
 async def single() -> None:
