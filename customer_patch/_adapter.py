@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 from urllib.parse import quote
 
 from attrs import field, frozen
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from customer_patch._errors import (
     Problem,
@@ -41,7 +42,8 @@ CustomerId = str | int | uuid.UUID
 
 _MASK = "********"
 # json.dumps() with options builds a new encoder per call; reuse one instead.
-_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+# allow_nan=False: NaN and Infinity are not JSON, whatever Python's json allows.
+_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def _no_problems(value: Any) -> list[str]:
@@ -88,12 +90,18 @@ class Request:
         return json.loads(self.body)
 
 
+def _case_insensitive(headers: Mapping[str, str]) -> Mapping[str, str]:
+    # HTTP header names are case-insensitive; a transport may hand them over
+    # in any case, and "retry-after" must still be found.
+    return headers if isinstance(headers, CIMultiDictProxy | CIMultiDict) else CIMultiDict(headers)
+
+
 @frozen(kw_only=True)
 class Response:
     """An HTTP response as received: status, headers and the raw body."""
 
     status: int
-    headers: Mapping[str, str] = field(factory=dict)
+    headers: Mapping[str, str] = field(factory=CIMultiDict, converter=_case_insensitive)
     body: bytes = b""
 
 
@@ -109,6 +117,7 @@ class Adapter(ABC):
     """The provider's name as people write it, used in messages."""
     default_base_url: ClassVar[str]
     method: ClassVar[str] = "PATCH"
+    """Must be idempotent (PATCH or PUT): failed attempts are sent again."""
     fields: ClassVar[Mapping[str, WireField]]
     """Neutral field path (``"name"``, ``"external_ids.crm"``) to its wire form.
     A neutral field not listed here cannot be patched at this provider."""
@@ -168,14 +177,6 @@ class Adapter(ABC):
 
     # -- shared machinery ------------------------------------------------------------
 
-    def encode_patch(self, patch: CustomerPatch) -> dict[str, Any]:
-        """The JSON body for ``patch``, after checking it against the provider's rules.
-
-        Raises :class:`UnsupportedFieldError` for fields this provider cannot
-        patch, then :class:`ValidationError` listing every other problem.
-        """
-        return self._encode(patch, [])
-
     def _encode(self, patch: CustomerPatch, problems: list[Problem]) -> dict[str, Any]:
         values = list(patch.set_fields())
         unsupported = [path for path, _ in values if path not in self.fields]
@@ -205,7 +206,7 @@ class Adapter(ABC):
                 problems.append(Problem(f"extra.{key}", f"is the mapped field {mapped[key]!r}"))
             else:
                 try:
-                    json.dumps(value)
+                    _JSON.encode(value)
                 except (TypeError, ValueError) as e:
                     problems.append(Problem(f"extra.{key}", f"is not JSON: {e}"))
                 else:
@@ -225,12 +226,22 @@ class Adapter(ABC):
         if isinstance(customer_id, uuid.UUID):
             customer_id = str(customer_id)
         problems = [Problem("id", m) for m in self.check_customer_id(customer_id)]
-        segment = quote(str(customer_id), safe="")
+        try:
+            segment = quote(str(customer_id), safe="")
+        except UnicodeEncodeError:
+            segment = ""
+            problems.append(Problem("id", "contains text that is not valid Unicode"))
         # quote() keeps dots; "." and ".." would climb out of the resource.
         if not problems and segment in {"", ".", ".."}:
             problems.append(Problem("id", f"{customer_id!r} is not a usable path segment"))
+        if patch.is_empty():
+            problems.append(Problem("", "the patch sets no field: there is nothing to send"))
         body = self._encode(patch, problems)  # raises with the id problems included
-        encoded = _JSON.encode(body).encode()
+        try:
+            encoded = _JSON.encode(body).encode()
+        except UnicodeEncodeError:
+            problem = Problem("", "contains text that is not valid Unicode (a lone surrogate)")
+            raise ValidationError([problem], provider=self.provider) from None
         return self.update_path(segment), encoded
 
     def headers(

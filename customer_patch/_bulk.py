@@ -60,6 +60,7 @@ class UpdateResult:
 
     @property
     def ok(self) -> bool:
+        """Whether the update succeeded."""
         return self.error is None
 
 
@@ -72,6 +73,7 @@ class BulkReport:
 
     @property
     def results(self) -> list[UpdateResult]:
+        """Every result, in input order."""
         return sorted(self.succeeded + self.failed, key=lambda r: r.index)
 
 
@@ -93,7 +95,8 @@ class Progress:
 class ProgressHook(Protocol):
     """An object whose ``on_progress`` method receives each :class:`Progress`."""
 
-    def on_progress(self, progress: Progress) -> None: ...
+    def on_progress(self, progress: Progress) -> None:
+        """Called after each result with a fresh :class:`Progress`."""
 
 
 ProgressCallback: TypeAlias = "Callable[[Progress], None] | ProgressHook"
@@ -189,7 +192,9 @@ async def run_bulk(
                 await results.put(await one(index, item))
         except Exception as e:  # the caller's iterable raised: re-raised below
             broken.append(e)
-        await results.put(None)
+        finally:
+            # Whatever ends a worker, the consumer must hear of it or wait forever.
+            await results.put(None)
 
     workers = [asyncio.create_task(worker()) for _ in range(concurrency)]
     rate = _Rate()
@@ -225,6 +230,10 @@ async def run_bulk(
         if broken:
             # Every item taken before the input failed has its result above.
             raise broken[0]
+        for task in workers:
+            # Anything graver than an Exception killed a worker: never end quietly.
+            if not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
     finally:
         for task in workers:
             task.cancel()

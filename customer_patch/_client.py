@@ -7,7 +7,6 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from types import TracebackType
-from typing import Generic, TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -26,18 +25,15 @@ from customer_patch._version import __version__
 log = logging.getLogger("customer_patch")
 
 
-T = TypeVar("T")
-
-
-class _Secret(Generic[T]):
+class _Secret:
     """Holds a credential so that no repr, log or traceback display shows it."""
 
     __slots__ = ("_value",)
 
-    def __init__(self, value: T) -> None:
+    def __init__(self, value: str) -> None:
         self._value = value
 
-    def reveal(self) -> T:
+    def reveal(self) -> str:
         return self._value
 
     def __repr__(self) -> str:
@@ -114,9 +110,7 @@ class Client:
             raise ValueError(f"timeout must be positive, got {timeout!r}")
         self.base_url = _check_base_url(base_url or self.adapter.default_base_url)
         self.user_agent = user_agent or f"customer-patch/{__version__}"
-        # Built once: the same for every request.  Kept out of repr and vars()
-        # display through _Secret, since the auth header holds the token.
-        self._headers = _Secret(self.adapter.headers(token, {"User-Agent": self.user_agent}))
+        self._token = _Secret(token)
         self.retry = retry or NO_RETRY
         if rate_limit is UNSET:
             self._pacer = Pacer(self.adapter.rate_limits, adaptive=True)
@@ -160,14 +154,12 @@ class Client:
         Raises :class:`~customer_patch.UnsupportedFieldError` or
         :class:`~customer_patch.ValidationError`; useful for dry runs.
         """
-        path, body = self.adapter.encode(customer_id, patch)
-        headers, secret = self._headers.reveal()
-        return Request(
-            method=self.adapter.method,
-            url=self.base_url + path,
-            headers=headers,
-            body=body,
-            secret_headers=secret,
+        return self.adapter.build_request(
+            customer_id,
+            patch,
+            base_url=self.base_url,
+            token=self._token.reveal(),
+            headers={"User-Agent": self.user_agent},
         )
 
     async def update(self, customer_id: CustomerId, patch: CustomerPatch) -> Customer:
@@ -193,7 +185,8 @@ class Client:
         """Apply many updates concurrently; yield each :class:`UpdateResult` as it finishes.
 
         ``updates`` is an iterable or async iterable of ``(customer_id, patch)``,
-        consumed lazily: at most ``concurrency`` records are in flight or held.
+        consumed lazily: ``concurrency`` records are in flight, and at most as
+        many finished ones wait for the caller to take them.
         Every record yields exactly one result; a failure never stops the
         others, except a 401/403, after which the remaining records are
         reported with :class:`NotAttemptedError` and nothing more is sent.
@@ -238,8 +231,16 @@ class Client:
             return None, e, 0
         policy = self.retry
         attempts = 0
+        replay: CustomerPatchError | None = None
+        replay_wait = 0.0
 
         def backoff(error: Exception) -> bool | float:
+            """stamina's hook: whether to retry, and after how long."""
+            if error is replay:
+                return replay_wait  # already judged (and paced) on the fast path
+            return wait_for(error)
+
+        def wait_for(error: Exception) -> bool | float:
             if not is_retryable(error):
                 return False
             wait = retry_after(error, policy)
@@ -259,21 +260,18 @@ class Client:
             attempts = 1
             return await self._send(request), None, attempts
         except CustomerPatchError as e:
-            if policy.attempts == 1 or not is_retryable(e):
+            # Judged even when retries are off: a 429 must still pause the client.
+            judged = wait_for(e)
+            if judged is False or policy.attempts == 1:
                 return None, e, attempts
-            replay: CustomerPatchError | None = e
+            replay, replay_wait = e, float(judged)
         try:
             async for attempt in stamina.retry_context(
-                on=backoff,
-                attempts=policy.attempts,
-                timeout=policy.timeout,
-                wait_initial=policy.wait_initial,
-                wait_max=policy.wait_max,
+                on=backoff, attempts=policy.attempts, timeout=policy.timeout
             ):
                 with attempt:
-                    if replay is not None:
-                        error, replay = replay, None
-                        raise error
+                    if replay is not None and attempt.num == 1:
+                        raise replay
                     attempts += 1
                     return await self._send(request), None, attempts
         except CustomerPatchError as e:

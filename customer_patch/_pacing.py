@@ -98,7 +98,10 @@ class _Adaptive:
             self._successes.popleft()
         span = now - since
         accepted = len(self._successes) / span if span >= self.MIN_SPAN else 0.0
-        target = self.CUT * accepted if accepted > 0 else self.rate / 2
+        if accepted > 0:
+            target = self.CUT * accepted
+        else:  # nothing got through to measure: halve, or start slow if unpaced so far
+            target = self.rate / 2 if math.isfinite(self.rate) else self.START_RATE
         if math.isfinite(self.rate):
             target = min(target, self.CUT * self.rate)
         self.slow_start = False
@@ -160,19 +163,22 @@ class Pacer:
 
     def _reserve(self) -> float:
         now = time.monotonic()
-        buckets = self._buckets
-        adaptive = self._adaptive
-        if adaptive is not None and adaptive.bucket is not None:
-            buckets = [*buckets, adaptive.bucket]
         # Slots are spaced from the end of any pause, so the requests it held
         # leave one by one rather than all at once into the provider's bucket.
         send_at = max(now, self._paused_until)
-        for bucket in buckets:
+        for bucket in self._buckets:
             send_at = max(send_at, bucket.earliest(send_at))
+        buckets = self._buckets
+        adaptive = self._adaptive
+        if adaptive is not None and adaptive.bucket is not None:
+            ceiling = adaptive.bucket.earliest(send_at)
+            if ceiling > send_at:
+                # The ceiling itself held this request: only then may it rise.
+                adaptive.throttled = True
+                send_at = ceiling
+            buckets = [*buckets, adaptive.bucket]
         for bucket in buckets:
             bucket.commit(send_at)
-        if adaptive is not None and send_at > now:
-            adaptive.throttled = True
         return send_at
 
     def pause(self, seconds: float) -> None:

@@ -62,6 +62,7 @@ class AiohttpTransport:
         return self._session
 
     async def send(self, request: Request) -> Response:
+        """Send ``request``; raise :class:`TransportError` if no complete answer comes."""
         try:
             async with self._open().request(
                 request.method,
@@ -71,6 +72,8 @@ class AiohttpTransport:
                 data=request.body,
                 headers=request.headers,
                 allow_redirects=False,
+                # A caller's session may raise on 4xx/5xx; statuses are the adapter's to read.
+                raise_for_status=False,
                 timeout=self._timeout,
             ) as resp:
                 body = await self._read(resp)
@@ -104,6 +107,7 @@ class AiohttpTransport:
         )
 
     async def aclose(self) -> None:
+        """Close the session, if this transport opened it."""
         if self._owns_session and self._session is not None:
             await self._session.close()
             # Lets the connector's transports finish closing before the loop ends.

@@ -161,9 +161,11 @@ class FakeProvider:
     # -- for subclasses -------------------------------------------------------
 
     def routes(self) -> list[web.RouteDef]:
+        """The provider's routes, as aiohttp route definitions."""
         raise NotImplementedError
 
     def error_body(self, status: int, message: str, field: str | None = None) -> dict[str, Any]:
+        """An error in the provider's own format."""
         raise NotImplementedError
 
     def seed_demo(self, count: int) -> list[Any]:
@@ -175,6 +177,7 @@ class FakeProvider:
     def error(
         self, status: int, message: str, field: str | None = None, **headers: str
     ) -> web.Response:
+        """An error response in the provider's format, with extra headers."""
         return web.json_response(
             self.error_body(status, message, field), status=status, headers=headers
         )
@@ -237,6 +240,7 @@ class FakeProvider:
         return response
 
     def app(self) -> web.Application:
+        """The aiohttp application: the routes behind the fault middleware."""
         app = web.Application(middlewares=[self._middleware], client_max_size=1024**2)
         app.add_routes(self.routes())
         return app
@@ -255,6 +259,7 @@ class FakeProvider:
         return self.base_url
 
     async def stop(self) -> None:
+        """Stop serving."""
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

@@ -275,6 +275,7 @@ ISO_COUNTRIES = frozenset(
 
 
 def type_name(value: object) -> str:
+    """The name of ``value``'s type, for messages."""
     return type(value).__name__
 
 
@@ -310,9 +311,13 @@ def uuid_text(value: Any) -> list[str]:
     if not isinstance(value, str):
         return [f"must be a UUID string, not {type_name(value)}"]
     try:
-        uuid.UUID(value)
+        canonical = str(uuid.UUID(value))
     except ValueError:
         return [f"must be a UUID, got {value!r}"]
+    # uuid.UUID() also reads "{...}", "urn:uuid:..." and hex without dashes,
+    # none of which a provider's path or field expects.
+    if value.lower() != canonical:
+        return [f"must be a UUID in its usual form ({canonical}), got {value!r}"]
     return []
 
 
@@ -357,3 +362,12 @@ def optional_str(data: Mapping[str, Any], key: str) -> str | None:
     if value is None or isinstance(value, str):
         return value
     raise TypeError(f"{key} should be a string, got {type_name(value)}")
+
+
+def field_errors(value: Any) -> dict[str, list[str]]:
+    """``{field: [messages]}`` from a provider's errors object; tolerant of odd shapes."""
+    if not isinstance(value, Mapping):
+        return {}
+    return {
+        str(k): [str(m) for m in (v if isinstance(v, list) else [v])] for k, v in value.items()
+    }

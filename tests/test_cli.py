@@ -85,7 +85,8 @@ def test_apply_csv_with_custom_fields_null_and_empty_cells(tmp_path):
 
 def test_dry_run_prints_each_request_masks_the_token_and_sends_nothing(tmp_path):
     updates = jsonl(
-        tmp_path / "u.jsonl", [{"id": 1234, "patch": {"phone": None}}, {"id": "x", "patch": {}}]
+        tmp_path / "u.jsonl",
+        [{"id": 1234, "patch": {"phone": None}}, {"id": "x", "patch": {"name": "A"}}],
     )
     with threaded_fake("dualentry", **FAST) as (fake, base, _):
         result = run(
@@ -335,3 +336,14 @@ def test_sigkill_half_way_then_resume_applies_every_record_once(tmp_path):
     assert sum(n - 1 for n in sent.values()) <= 4
     ok_lines = {r["line"] for r in report_lines_tolerant(report) if r["ok"]}
     assert ok_lines == set(range(1, records + 1))  # the report accounts for every record
+
+
+def test_a_csv_id_that_is_not_ascii_digits_is_an_invalid_line_not_a_crash(tmp_path):
+    path = tmp_path / "u.csv"
+    path.write_text("id,name\n\u00b2,A\n1001,B\n")
+    with threaded_fake("dualentry", customers=1, **FAST) as (fake, base, _):
+        result = run(["apply", str(path), "--provider", "dualentry", "--base-url", base])
+        sent = len(fake.requests)
+    assert result.exit_code == 2
+    assert "line 2: id: must be an integer, not str" in result.output
+    assert sent == 1

@@ -18,10 +18,12 @@ from customer_patch import (
     ProviderError,
     Response,
     ResponseFormatError,
+    RetryPolicy,
     TransportError,
     ValidationError,
 )
 from customer_patch.sandbox import Faults
+from customer_patch_dualentry import DualEntryAdapter
 from customer_patch_qwoty import QwotyAdapter
 
 TOKEN = "tok_5ecret_never_shown_0123456789"
@@ -303,7 +305,10 @@ async def test_the_token_never_appears_anywhere(sandbox, caplog):
         retry_after=0,
         seed=3,
     )
-    sb = await sandbox("qwoty", customers=30, faults=faults, token=TOKEN, retry=None)
+    # Retries on, so stamina's retry records are among the captured logs too.
+    sb = await sandbox(
+        "qwoty", customers=30, faults=faults, token=TOKEN, retry=RetryPolicy(attempts=2)
+    )
     updates = [(i, CustomerPatch(name="x")) for i in sb.ids] + [
         ("bad id", CustomerPatch(name=None))
     ]
@@ -339,3 +344,64 @@ def test_errors_pickle_with_their_data():
         error.field_errors,
         str(error),
     )
+
+
+def test_values_that_are_not_json_are_refused():
+    for patch in (
+        CustomerPatch(custom_fields={"Tier": float("nan")}),
+        CustomerPatch(name="A", extra={"x": float("inf")}),
+    ):
+        with pytest.raises(ValidationError, match="not JSON"):
+            DualEntryAdapter().build_request(1, patch, base_url="https://h", token="t")
+
+
+def test_lone_surrogates_are_a_validation_error():
+    with pytest.raises(ValidationError, match="not valid Unicode"):
+        DualEntryAdapter().build_request(
+            1, CustomerPatch(name="\ud800"), base_url="https://h", token="t"
+        )
+    with pytest.raises(ValidationError, match="not valid Unicode"):
+        AnyId().build_request("\ud800", CustomerPatch(name="A"), base_url="https://h", token="t")
+
+
+@pytest.mark.parametrize(
+    "customer_id",
+    [
+        "{550e8400-e29b-41d4-a716-446655440000}",
+        "urn:uuid:550e8400-e29b-41d4-a716-446655440000",
+        "550e8400e29b41d4a716446655440000",
+    ],
+)
+def test_only_the_usual_uuid_form_is_accepted(customer_id):
+    with pytest.raises(ValidationError, match="usual form"):
+        QwotyAdapter().build_request(
+            customer_id, CustomerPatch(name="A"), base_url="https://h", token="t"
+        )
+
+
+def test_an_upper_case_uuid_is_the_usual_form_too():
+    upper = "550E8400-E29B-41D4-A716-446655440000"
+    request = QwotyAdapter().build_request(
+        upper, CustomerPatch(name="A"), base_url="https://h", token="t"
+    )
+    assert request.url.endswith(upper)
+
+
+def test_response_headers_are_case_insensitive():
+    from customer_patch import RateLimitedError
+
+    adapter = DualEntryAdapter()
+    request = adapter.build_request(1, CustomerPatch(name="A"), base_url="https://h", token="t")
+    with pytest.raises(RateLimitedError) as info:
+        adapter.parse_response(
+            Response(status=429, body=b"{}", headers={"retry-after": "7"}), request=request
+        )
+    assert info.value.retry_after == 7
+
+
+def test_unknown_custom_field_names_match_whole_words_only():
+    adapter = DualEntryAdapter()
+    sent = {"custom_fields": [{"ab": 1}, {"Tier": 2}]}
+    assert adapter.unknown_custom_fields(
+        {"custom_fields": ["Unknown custom field: 'Tier' (Tablet)"]}, sent
+    ) == ["Tier"]

@@ -2,7 +2,8 @@
 
 The report is JSONL, one line per record, written and flushed as each result
 arrives, so a crash loses nothing already done; ``--resume`` skips the
-records a report already shows as succeeded.
+records a report already shows as succeeded and appends the rest, so a record
+retried by a resumed run has several lines: the last one is its outcome.
 """
 
 from __future__ import annotations

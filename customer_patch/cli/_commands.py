@@ -137,7 +137,8 @@ def apply_command(
         raise SystemExit(_dry_run(client, lines))
     skip = done_records(resume) if resume else set()
     target = report or resume
-    mode = "a" if resume is not None and target == resume else "w"
+    same_file = resume is not None and target is not None and target.resolve() == resume.resolve()
+    mode = "a" if same_file else "w"
     with contextlib.ExitStack() as stack:
         sink: IO[str] | None = None
         if target is not None:

@@ -75,11 +75,11 @@ def _check(number: int, customer_id: Any, data: Any, adapter: Adapter) -> Line:
         return Line(number, customer_id, error=ValidationError([data]))
     try:
         patch = CustomerPatch.from_dict(data)
+    except ValidationError as e:  # paths are relative to the patch: say so
+        problems = [Problem(f"patch.{p.field}".rstrip("."), p.message) for p in e.problems]
+        return Line(number, customer_id, error=ValidationError(problems))
+    try:
         adapter.encode(customer_id, patch)  # every provider rule, before anything is sent
-    except ValidationError as e:
-        prefix = "patch." if not isinstance(e.provider, str) else ""
-        problems = [Problem(f"{prefix}{p.field}".rstrip("."), p.message) for p in e.problems]
-        return Line(number, customer_id, error=ValidationError(problems, provider=e.provider))
     except CustomerPatchError as e:
         return Line(number, customer_id, error=e)
     return Line(number, customer_id, patch)
@@ -134,9 +134,8 @@ def _csv(path: Path, adapter: Adapter) -> Iterator[tuple[int, Any, Any]]:
                 continue
             cells = dict(zip(header, row, strict=True))
             raw_id = cells.pop("id").strip()
-            customer_id: Any = (
-                int(raw_id) if adapter.customer_id_type is int and raw_id.isdigit() else raw_id
-            )
+            as_int = adapter.customer_id_type is int and raw_id.isascii() and raw_id.isdigit()
+            customer_id: Any = int(raw_id) if as_int else raw_id
             try:
                 yield number, customer_id, _row_to_patch(cells)
             except ValueError as e:

@@ -9,10 +9,11 @@ mixed freely in one list.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
-from customer_patch import Adapter, Address, Customer, RateLimit, WireField
+from customer_patch import Adapter, Address, Customer, RateLimit, WireField, wire
 from customer_patch.wire import address, optional_str, parse_datetime, text, type_name
 
 _PHONE_PATTERN = r"[0-9\s\+\-\.\(\)]*"
@@ -30,7 +31,7 @@ def _custom_fields(value: Any) -> list[str]:
         elif isinstance(key, int) and key <= 0:
             problems.append(f"id {key} must be a positive integer")
         try:
-            json.dumps(field_value)
+            json.dumps(field_value, allow_nan=False)
         except (TypeError, ValueError):
             problems.append(f"[{key!r}] value of type {type_name(field_value)} is not JSON")
     return problems
@@ -159,15 +160,7 @@ class DualEntryAdapter(Adapter):
             if status >= 400 and isinstance(data.get("detail"), str):
                 return data["detail"], {}
             return None
-        errors = data.get("errors")
-        field_errors = (
-            {
-                str(k): [str(m) for m in (v if isinstance(v, list) else [v])]
-                for k, v in errors.items()
-            }
-            if isinstance(errors, dict)
-            else {}
-        )
+        field_errors = wire.field_errors(data.get("errors"))
         general = field_errors.get("__all__")
         message = "; ".join(general) if general else "request rejected"
         return message, field_errors
@@ -182,7 +175,12 @@ class DualEntryAdapter(Adapter):
             if isinstance(item, dict) and len(item) == 1
             for name in item
         ]
-        return [name for name in sent_names if any(name in m for m in messages)]
+        # Whole words only: a field named "ab" is not named by "Tablet".
+        return [
+            name
+            for name in sent_names
+            if any(re.search(rf"(?<!\w){re.escape(name)}(?!\w)", m) for m in messages)
+        ]
 
     def customer_from(self, data: Any) -> Customer:
         if not isinstance(data, dict):

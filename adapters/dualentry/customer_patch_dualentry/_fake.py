@@ -17,9 +17,9 @@ from typing import Any, ClassVar
 
 from aiohttp import web
 
-from customer_patch import RateLimit
 from customer_patch.sandbox import FakeProvider
 from customer_patch.wire import ISO_COUNTRIES
+from customer_patch_dualentry._adapter import DualEntryAdapter
 
 _TEXT = {"name", "unique_id", "email", "address", "country", "website", "phone"}
 _ADDRESSES = {"full_address", "shipping_address"}
@@ -57,7 +57,7 @@ def _actor() -> dict[str, Any]:
 class DualEntryFake(FakeProvider):
     provider = "dualentry"
     # Per key: the PATCH-customers route (checked first), then all endpoints.
-    rate_limits = (RateLimit(burst=10, per_second=1.0), RateLimit(burst=50, per_second=5.0))
+    rate_limits = DualEntryAdapter.rate_limits
     demo_file: ClassVar[str | None] = "customer_patch_dualentry:demo/updates.csv"
 
     def routes(self) -> list[web.RouteDef]:
@@ -127,7 +127,7 @@ class DualEntryFake(FakeProvider):
         customer = self._customer(request)
         if customer is None:
             return self.error(404, "Not found.")
-        return web.json_response(customer)
+        return web.json_response(_shown(customer))
 
     async def custom_fields(self, request: web.Request) -> web.Response:
         if (denied := self._auth(request, "GET custom-fields")) is not None:
@@ -165,7 +165,13 @@ class DualEntryFake(FakeProvider):
                     None if v is None else {"custom_field_id": entry["field"]["id"], "value": v}
                 )
         customer["updated_by"] = _actor()
-        return web.json_response(customer)
+        return web.json_response(_shown(customer))
+
+
+def _shown(customer: dict[str, Any]) -> dict[str, Any]:
+    # full_address is patchable but absent from the documented answer; a fake
+    # that returned it would hide that the real API does not.
+    return {k: v for k, v in customer.items() if k != "full_address"}
 
 
 def _check(body: dict[str, Any]) -> dict[str, list[str]]:

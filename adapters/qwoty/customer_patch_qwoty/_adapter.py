@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
-from customer_patch import Adapter, Customer, ExternalIds, TaxId, WireField
+from customer_patch import Adapter, Customer, ExternalIds, TaxId, WireField, wire
 from customer_patch.wire import optional_str, parse_datetime, text, type_name, uuid_text
 
 
@@ -86,15 +86,7 @@ class QwotyAdapter(Adapter):
         if data.get("success") is False or (status >= 400 and "error" in data):
             error = data.get("error")
             message = error if isinstance(error, str) else str(error or "request failed")
-            errors = data.get("errors")
-            field_errors = (
-                {
-                    str(k): [str(m) for m in (v if isinstance(v, list) else [v])]
-                    for k, v in errors.items()
-                }
-                if isinstance(errors, dict)
-                else {}
-            )
+            field_errors = wire.field_errors(data.get("errors"))
             return message, field_errors
         return None
 
