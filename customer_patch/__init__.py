@@ -10,6 +10,7 @@ from customer_patch._client import Client
 from customer_patch._errors import (
     AdapterRegistrationError,
     AuthenticationError,
+    BadRequestError,
     CustomerPatchError,
     NotAttemptedError,
     NotFoundError,
@@ -57,6 +58,7 @@ __all__ = [
     "Address",
     "AiohttpTransport",
     "AuthenticationError",
+    "BadRequestError",
     "BulkReport",
     "Client",
     "Customer",

@@ -113,6 +113,10 @@ class ProviderError(CustomerPatchError):
         super().__init__(f"{text} ({details})" if details else text)
 
 
+class BadRequestError(ProviderError):
+    """400: the provider rejected the request as malformed; see ``field_errors``."""
+
+
 class AuthenticationError(ProviderError):
     """401: the credentials are missing or not accepted."""
 
@@ -173,6 +177,7 @@ class ResponseTooLargeError(ResponseFormatError):
 
 
 _BY_STATUS: dict[int, type[ProviderError]] = {
+    400: BadRequestError,
     401: AuthenticationError,
     403: PermissionDeniedError,
     404: NotFoundError,

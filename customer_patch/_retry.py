@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import random
+from typing import Any
 
-from attrs import field, frozen, validators
+from attrs import Attribute, field, frozen, validators
 
 from customer_patch._errors import (
     ProviderError,
@@ -23,6 +24,11 @@ RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 """HTTP statuses worth another attempt; every other 4xx is final."""
 
 
+def _positive_or_none(instance: object, attribute: Attribute[Any], value: Any) -> None:
+    if value is not None and not value > 0:
+        raise ValueError(f"{attribute.name} must be positive or None, got {value!r}")
+
+
 @frozen(kw_only=True)
 class RetryPolicy:
     """How the client retries one update (a bulk run applies it to each record).
@@ -34,7 +40,7 @@ class RetryPolicy:
 
     attempts: int = field(default=5, validator=validators.ge(1))
     """Attempts in all, the first included; ``1`` turns retries off."""
-    timeout: float | None = field(default=300.0)
+    timeout: float | None = field(default=300.0, validator=_positive_or_none)
     """Seconds an update may take, waits included, before no new attempt starts."""
     wait_initial: float = field(default=0.5, validator=validators.gt(0))
     wait_max: float = field(default=30.0, validator=validators.gt(0))

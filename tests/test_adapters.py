@@ -7,6 +7,7 @@ import pytest
 from customer_patch import (
     Address,
     AuthenticationError,
+    BadRequestError,
     CustomerPatch,
     ExternalIds,
     NotFoundError,
@@ -119,7 +120,8 @@ def test_qwoty_refuses_fields_it_cannot_patch(patch):
         (429, {"success": False, "error": "Slow down"}, RateLimitedError, "Slow down"),
         (503, "Service Unavailable", ServerError, "Service Unavailable"),
         (200, {"success": False, "error": "Nope"}, ProviderError, "Nope"),
-        (400, {"success": False, "error": {"code": 7}}, ProviderError, "code"),
+        (400, {"success": False, "error": {"code": 7}}, BadRequestError, "code"),
+        (409, {"success": False, "error": "Conflict"}, ProviderError, "Conflict"),
     ],
 )
 def test_qwoty_errors_are_typed(status, payload, error, message):

@@ -347,3 +347,46 @@ def test_a_csv_id_that_is_not_ascii_digits_is_an_invalid_line_not_a_crash(tmp_pa
     assert result.exit_code == 2
     assert "line 2: id: must be an integer, not str" in result.output
     assert sent == 1
+
+
+def test_resuming_into_a_new_report_carries_the_done_records_over(tmp_path):
+    path = jsonl(
+        tmp_path / "u.jsonl", [{"id": 1001 + i, "patch": {"name": f"N{i}"}} for i in range(4)]
+    )
+    first = tmp_path / "a.jsonl"
+    first.write_text(json.dumps({"line": 1, "id": 1001, "ok": True, "attempts": 1}) + "\n")
+    second = tmp_path / "b.jsonl"
+    with threaded_fake("dualentry", customers=4, **FAST) as (fake, base, _):
+        result = run(
+            [
+                "apply",
+                str(path),
+                "--provider",
+                "dualentry",
+                "--base-url",
+                base,
+                "--resume",
+                str(first),
+                "--report",
+                str(second),
+            ]
+        )
+        assert len(fake.requests) == 3
+    assert result.exit_code == 0, result.output
+    assert sorted(r["line"] for r in report_lines(second) if r["ok"]) == [1, 2, 3, 4]
+
+
+def test_an_adapter_without_a_token_variable_reads_the_generic_one(tmp_path, monkeypatch):
+    from customer_patch import AdapterRegistry
+    from customer_patch_dualentry import DualEntryAdapter
+
+    class NoEnv(DualEntryAdapter):
+        token_env = None
+
+    registry = AdapterRegistry()
+    registry.register("noenv", NoEnv)
+    monkeypatch.setattr("customer_patch.cli._commands.get_adapter", registry.get)
+    path = jsonl(tmp_path / "u.jsonl", [{"id": 1001, "patch": {"name": "x"}}])
+    result = run(["apply", str(path), "--provider", "noenv"], env={"CUSTOMER_PATCH_TOKEN": ""})
+    assert result.exit_code == 2
+    assert "set CUSTOMER_PATCH_TOKEN" in result.output

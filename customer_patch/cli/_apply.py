@@ -25,13 +25,9 @@ from customer_patch.cli._input import Line
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 
-def done_records(report: Path) -> set[tuple[int, str]]:
-    """``(line, id)`` of every record ``report`` shows as succeeded.
-
-    A torn last line (the process was killed mid-write) is ignored: that
-    record is simply done again, which a PATCH makes harmless.
-    """
-    done = set()
+def done_lines(report: Path) -> list[str]:
+    """The lines of ``report`` that record a success, as written."""
+    lines = []
     with report.open(encoding="utf-8") as f:
         for text in f:
             try:
@@ -39,8 +35,18 @@ def done_records(report: Path) -> set[tuple[int, str]]:
             except ValueError:
                 continue
             if isinstance(entry, dict) and entry.get("ok") is True:
-                done.add((entry["line"], json.dumps(entry["id"])))
-    return done
+                lines.append(text if text.endswith("\n") else text + "\n")
+    return lines
+
+
+def done_records(report: Path) -> set[tuple[int, str]]:
+    """``(line, id)`` of every record ``report`` shows as succeeded.
+
+    A torn last line (the process was killed mid-write) is ignored: that
+    record is simply done again, which a PATCH makes harmless.
+    """
+    entries = (json.loads(line) for line in done_lines(report))
+    return {(entry["line"], json.dumps(entry["id"])) for entry in entries}
 
 
 def report_entry(

@@ -27,6 +27,7 @@ from customer_patch.cli._apply import (
     Tally,
     apply,
     describe_invalid,
+    done_lines,
     done_records,
 )
 from customer_patch.cli._input import InputError, Line, count_records, read_updates
@@ -34,6 +35,8 @@ from customer_patch.cli._progress import ProgressView
 from customer_patch.sandbox import FakeProvider, Faults, fake_for
 
 DEMO_CUSTOMERS = 300
+GENERIC_TOKEN_ENV = "CUSTOMER_PATCH_TOKEN"  # noqa: S105 - a variable's name, not a secret
+"""Where the token is read from for an adapter that names no variable of its own."""
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -121,9 +124,10 @@ def apply_command(
     """
     adapter = _adapter(provider)
     limit = _rate_limit(rate_limit)
-    token = os.environ.get(adapter.token_env or "", "")
+    token_env = adapter.token_env or GENERIC_TOKEN_ENV
+    token = os.environ.get(token_env, "")
     if not token and not dry_run:
-        _fail(f"set {adapter.token_env} in the environment (tokens are never taken as flags)")
+        _fail(f"set {token_env} in the environment (tokens are never taken as flags)")
     try:
         total = count_records(file)
         lines = read_updates(file, adapter)
@@ -146,6 +150,10 @@ def apply_command(
             sink = stack.enter_context(target.open(mode, encoding="utf-8"))
             if torn:
                 sink.write("\n")  # a crash mid-write left half a line: end it first
+            if resume is not None and not same_file:
+                # The new report must account for every record on its own, so
+                # that resuming from it later does not redo the ones done before.
+                sink.writelines(done_lines(resume))
         tally = Tally(total=total)
         try:
             asyncio.run(_run(client, lines, tally, concurrency, sink, skip, f"{adapter.provider}"))
@@ -235,11 +243,21 @@ def _summary(tally: Tally) -> None:
 @click.option("--port", default=0, type=click.IntRange(0, 65535), help="0 picks a free port.")
 @click.option("--faults", default="", help="e.g. latency=0.05,429=0.05,500=0.1,drop=0.02")
 @click.option("--customers", default=20, show_default=True, help="Demo customers to seed.")
-def sandbox(provider: str, port: int, faults: str, customers: int) -> None:
+@click.option(
+    "--limits",
+    default="documented",
+    show_default=True,
+    help="'documented', 'off', or BURST/PER_SECOND for the route (a raised limit).",
+)
+def sandbox(provider: str, port: int, faults: str, customers: int, limits: str) -> None:
     """Run a fake provider on 127.0.0.1 in the foreground (Ctrl-C stops it)."""
     adapter = _adapter(provider)
+    enforced: tuple[RateLimit, ...] | None = None  # the provider's documented limits
+    if limits != "documented":
+        parsed = _rate_limit(limits)
+        enforced = (parsed,) if isinstance(parsed, RateLimit) else ()
     try:
-        fake = fake_for(adapter)(faults=Faults.parse(faults))
+        fake = fake_for(adapter)(faults=Faults.parse(faults), limits=enforced)
     except (CustomerPatchError, ValueError) as e:
         _fail(str(e))
         raise

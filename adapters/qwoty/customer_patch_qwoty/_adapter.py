@@ -62,6 +62,10 @@ class QwotyAdapter(Adapter):
         "external_ids.erp": WireField(wire="id_erp", check=text()),
         "external_ids.accounting": WireField(wire="id_accounting", check=text()),
     }
+    # In answers only: sent through `extra`, they would be refused by Qwoty.
+    read_only = frozenset(
+        {"id", "workspace_id", "contact_ids", "address_ids", "created_at", "updated_at"}
+    )
     # Qwoty documents "workspace-level rate limits" without numbers: nothing
     # to declare, so the client adapts to its 429s instead.
     rate_limits = ()
