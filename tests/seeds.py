@@ -55,3 +55,15 @@ DUALENTRY_CUSTOM_BY_NAME = '{"custom_fields": [{"Partner": true}, {"Tier": "Gold
 DUALENTRY_CUSTOM_BY_ID = (
     '{"custom_fields": [{"field": {"id": 42}, "value": {"custom_field_id": 42, "value": "Acme"}}]}'
 )
+
+
+def dualentry_examples() -> list[tuple[object, str]]:
+    """Each DualEntry example body with the neutral patch that must produce it."""
+    from customer_patch import CustomerPatch
+
+    return [
+        (CustomerPatch(name="Acme Holdings, Inc."), DUALENTRY_RENAME),
+        (CustomerPatch(phone="555-0199", website="https://acme.example"), DUALENTRY_PHONE_WEBSITE),
+        (CustomerPatch(custom_fields={"Partner": True, "Tier": "Gold"}), DUALENTRY_CUSTOM_BY_NAME),
+        (CustomerPatch(custom_fields={42: "Acme"}), DUALENTRY_CUSTOM_BY_ID),
+    ]

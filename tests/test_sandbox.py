@@ -59,21 +59,7 @@ async def test_qwoty_null_unsets_and_empty_tax_ids_remove_all(sandbox):
     assert stored["name"] == "Demo Customer 1"  # untouched
 
 
-@pytest.mark.parametrize(
-    ("patch", "literal"),
-    [
-        (CustomerPatch(name="Acme Holdings, Inc."), seeds.DUALENTRY_RENAME),
-        (
-            CustomerPatch(phone="555-0199", website="https://acme.example"),
-            seeds.DUALENTRY_PHONE_WEBSITE,
-        ),
-        (
-            CustomerPatch(custom_fields={"Partner": True, "Tier": "Gold"}),
-            seeds.DUALENTRY_CUSTOM_BY_NAME,
-        ),
-        (CustomerPatch(custom_fields={42: "Acme"}), seeds.DUALENTRY_CUSTOM_BY_ID),
-    ],
-)
+@pytest.mark.parametrize(("patch", "literal"), seeds.dualentry_examples())
 async def test_dualentry_seed_examples_end_to_end(sandbox, patch, literal):
     sb = await sandbox("dualentry", **FAST)
     sb.fake.add(id=1234, name="Acme")

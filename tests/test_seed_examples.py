@@ -73,20 +73,6 @@ def test_qwoty_response_parses_through_the_full_response_path():
     assert adapter.parse_response(response, request=request).name == "Acme Corp (Renamed)"
 
 
-@pytest.mark.parametrize(
-    ("patch", "expected"),
-    [
-        (CustomerPatch(name="Acme Holdings, Inc."), seeds.DUALENTRY_RENAME),
-        (
-            CustomerPatch(phone="555-0199", website="https://acme.example"),
-            seeds.DUALENTRY_PHONE_WEBSITE,
-        ),
-        (
-            CustomerPatch(custom_fields={"Partner": True, "Tier": "Gold"}),
-            seeds.DUALENTRY_CUSTOM_BY_NAME,
-        ),
-        (CustomerPatch(custom_fields={42: "Acme"}), seeds.DUALENTRY_CUSTOM_BY_ID),
-    ],
-)
+@pytest.mark.parametrize(("patch", "expected"), seeds.dualentry_examples())
 def test_dualentry_examples(patch, expected):
     assert body(DualEntryAdapter(), 1234, patch) == json.loads(expected)
