@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
 from urllib.parse import urlsplit
 
@@ -75,9 +75,9 @@ class Client:
 
     ``retry`` applies to every update, single or bulk (``None``: no retries).
     ``rate_limit`` left alone paces to the adapter's declared limits; a
-    :class:`RateLimit` replaces them (for raised limits); ``None`` turns pacing
-    off.  Whatever the setting, a 429's ``Retry-After`` pauses every request
-    of the client.
+    :class:`RateLimit` (or several, all kept) replaces them, for raised
+    limits; ``None`` turns pacing off.  Whatever the setting, a 429's
+    ``Retry-After`` pauses every request of the client.
     """
 
     def __init__(
@@ -92,7 +92,7 @@ class Client:
         user_agent: str | None = None,
         max_connections: int = 100,
         retry: RetryPolicy | None = RetryPolicy(),  # noqa: B008 - frozen, shared safely
-        rate_limit: RateLimit | Unset | None = UNSET,
+        rate_limit: RateLimit | Sequence[RateLimit] | Unset | None = UNSET,
         registry: AdapterRegistry | None = None,
         transport: Transport | None = None,
     ) -> None:
@@ -117,7 +117,8 @@ class Client:
         elif rate_limit is None:
             self._pacer = Pacer((), adaptive=False)
         else:
-            self._pacer = Pacer((rate_limit,), adaptive=True)
+            limits = (rate_limit,) if isinstance(rate_limit, RateLimit) else tuple(rate_limit)
+            self._pacer = Pacer(limits, adaptive=True)
         self._transport: Transport = transport or AiohttpTransport(
             provider=self.adapter.provider,
             timeout=timeout,

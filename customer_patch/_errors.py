@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from attrs import frozen
+from multidict import CIMultiDict
 
 
 class CustomerPatchError(Exception):
@@ -107,7 +108,8 @@ class ProviderError(CustomerPatchError):
         self.status = status
         self.field_errors = {k: tuple(v) for k, v in (field_errors or {}).items()}
         self.body = body
-        self.headers = dict(headers or {})
+        # A copy that stays case-insensitive, as HTTP header names are.
+        self.headers: Mapping[str, str] = CIMultiDict(headers or {})
         details = "; ".join(f"{k}: {' '.join(v)}" for k, v in self.field_errors.items())
         text = f"{provider} answered {status}: {message}"
         super().__init__(f"{text} ({details})" if details else text)

@@ -12,6 +12,7 @@ from typing import Any
 
 from attrs import Attribute, field, frozen, validators
 
+from customer_patch._adapter import parse_retry_after
 from customer_patch._errors import (
     ProviderError,
     RateLimitedError,
@@ -70,10 +71,16 @@ def is_retryable(error: BaseException) -> bool:
 
 
 def retry_after(error: BaseException, policy: RetryPolicy) -> float | None:
-    """The provider's ``Retry-After`` for ``error``, capped, if it gave one."""
-    if isinstance(error, RateLimitedError) and error.retry_after is not None:
-        return min(error.retry_after, policy.max_retry_after)
-    return None
+    """The provider's ``Retry-After`` for ``error``, capped, if it gave one.
+
+    HTTP sends it with 429 and with 503 (service unavailable, back at ...).
+    """
+    seconds = None
+    if isinstance(error, RateLimitedError):
+        seconds = error.retry_after
+    elif isinstance(error, ProviderError) and error.status == 503:
+        seconds = parse_retry_after(error.headers.get("Retry-After"))
+    return None if seconds is None else min(seconds, policy.max_retry_after)
 
 
 def _is_json(body: bytes) -> bool:

@@ -16,6 +16,7 @@ from typing import Any
 from customer_patch._model import Address
 
 Check = Callable[[Any], list[str]]
+"""A check: a (non-``None``) value in, the list of what is wrong with it out."""
 
 # ISO 3166-1 alpha-2, the 249 officially assigned codes (checked against
 # pycountry's database when this list was written).

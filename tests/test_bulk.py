@@ -385,3 +385,22 @@ async def test_the_time_budget_per_update_is_enforced_with_real_waits():
                 elapsed = time.monotonic() - started
     assert elapsed < 2
     assert 2 < server.count < 1000
+
+
+async def test_a_503s_retry_after_is_honoured_for_that_request():
+    script = lambda n, c: Reply(503, {}, headers={"Retry-After": "0.4"}) if n == 0 else Reply()
+    async with scripted(script) as (base, server), client(base) as de:
+        import stamina
+
+        with stamina.set_testing(False):  # the wait comes through stamina's backoff
+            await de.update(1, CustomerPatch(name="A"))
+    (first, _), (second, _) = server.arrivals
+    assert second - first >= 0.4
+
+
+async def test_several_rate_limits_are_all_kept():
+    limits = [RateLimit(burst=20, per_second=100), RateLimit(burst=2, per_second=10)]
+    async with scripted(ok) as (base, server), client(base, rate_limit=limits) as de:
+        await de.update_many(updates(6), concurrency=6)
+    times = [t for t, _ in server.arrivals]
+    assert times[-1] - times[0] >= 0.45  # the tighter bucket governs

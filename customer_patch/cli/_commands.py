@@ -55,16 +55,22 @@ def _adapter(name: str) -> Adapter:
         raise  # unreachable: _fail exits
 
 
-def _rate_limit(text: str | None) -> RateLimit | Unset | None:
+def _rate_limit(text: str | None) -> tuple[RateLimit, ...] | Unset | None:
+    """``None`` (the adapter's limits), ``off``, or ``BURST/PER_SECOND[,BURST/PER_SECOND...]``."""
     if text is None:
         return UNSET
     if text == "off":
         return None
     try:
-        burst, per_second = text.split("/")
-        return RateLimit(burst=int(burst), per_second=float(per_second))
+        limits = []
+        for part in text.split(","):
+            burst, per_second = part.split("/")
+            limits.append(RateLimit(burst=int(burst), per_second=float(per_second)))
     except ValueError:
-        raise click.BadParameter("expected BURST/PER_SECOND (e.g. 50/5) or 'off'") from None
+        raise click.BadParameter(
+            "expected BURST/PER_SECOND (e.g. 50/5, or 10/1,50/5 for two buckets) or 'off'"
+        ) from None
+    return tuple(limits)
 
 
 @click.group()
@@ -104,7 +110,9 @@ def providers() -> None:
 )
 @click.option("--strict", is_flag=True, help="Send nothing if any line is invalid.")
 @click.option("--base-url", help="Another host for the provider (https, or http to loopback).")
-@click.option("--rate-limit", help="BURST/PER_SECOND for raised limits, or 'off'.")
+@click.option(
+    "--rate-limit", help="BURST/PER_SECOND[,BURST/PER_SECOND] for raised limits, or 'off'."
+)
 def apply_command(
     file: Path,
     provider: str,
@@ -247,7 +255,7 @@ def _summary(tally: Tally) -> None:
     "--limits",
     default="documented",
     show_default=True,
-    help="'documented', 'off', or BURST/PER_SECOND for the route (a raised limit).",
+    help="'documented', 'off', or BURST/PER_SECOND[,...] (raised limits).",
 )
 def sandbox(provider: str, port: int, faults: str, customers: int, limits: str) -> None:
     """Run a fake provider on 127.0.0.1 in the foreground (Ctrl-C stops it)."""
@@ -255,7 +263,7 @@ def sandbox(provider: str, port: int, faults: str, customers: int, limits: str) 
     enforced: tuple[RateLimit, ...] | None = None  # the provider's documented limits
     if limits != "documented":
         parsed = _rate_limit(limits)
-        enforced = (parsed,) if isinstance(parsed, RateLimit) else ()
+        enforced = parsed if isinstance(parsed, tuple) else ()
     try:
         fake = fake_for(adapter)(faults=Faults.parse(faults), limits=enforced)
     except (CustomerPatchError, ValueError) as e:

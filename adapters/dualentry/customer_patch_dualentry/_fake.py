@@ -23,15 +23,7 @@ from customer_patch_dualentry._adapter import DualEntryAdapter
 
 _TEXT = {"name", "unique_id", "email", "address", "country", "website", "phone"}
 _ADDRESSES = {"full_address", "shipping_address"}
-_READ_ONLY = {
-    "customer_type",
-    "is_active",
-    "is_taxable",
-    "default_tax_code",
-    "tax_registration_number",
-    "default_currency",
-    "record_status",
-}
+_READ_ONLY = DualEntryAdapter.read_only
 _PHONE = re.compile(r"[0-9\s\+\-\.\(\)]*")
 
 CUSTOM_FIELDS: list[dict[str, Any]] = [
