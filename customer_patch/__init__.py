@@ -4,8 +4,15 @@ Everything public is importable from here; the modules behind it are private.
 Adapter authors also use :mod:`customer_patch.wire`.
 """
 
-from customer_patch._adapter import Adapter, Request, Response, WireField
-from customer_patch._bulk import BulkReport, Progress, ProgressHook, UpdateResult
+from customer_patch._adapter import Adapter, CustomerId, Request, Response, WireField
+from customer_patch._bulk import (
+    BulkReport,
+    Progress,
+    ProgressCallback,
+    ProgressHook,
+    UpdateResult,
+    Updates,
+)
 from customer_patch._client import Client
 from customer_patch._errors import (
     AdapterRegistrationError,
@@ -62,6 +69,7 @@ __all__ = [
     "BulkReport",
     "Client",
     "Customer",
+    "CustomerId",
     "CustomerPatch",
     "CustomerPatchError",
     "ExternalIds",
@@ -70,6 +78,7 @@ __all__ = [
     "PermissionDeniedError",
     "Problem",
     "Progress",
+    "ProgressCallback",
     "ProgressHook",
     "ProviderError",
     "RateLimit",
@@ -89,6 +98,7 @@ __all__ = [
     "Unset",
     "UnsupportedFieldError",
     "UpdateResult",
+    "Updates",
     "ValidationError",
     "WireField",
     "__version__",

@@ -39,6 +39,7 @@ from customer_patch._pacing import RateLimit
 from customer_patch.wire import Check, type_name
 
 CustomerId = str | int | uuid.UUID
+"""A customer id as a provider uses it: a string (a UUID object is read as one) or an integer."""
 
 _MASK = "********"
 # json.dumps() with options builds a new encoder per call; reuse one instead.

@@ -21,10 +21,11 @@ from collections.abc import (
     Iterable,
     Sized,
 )
-from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
+from typing import Any, Protocol, TypeAlias
 
 from attrs import field, frozen
 
+from customer_patch._adapter import CustomerId
 from customer_patch._errors import (
     AuthenticationError,
     NotAttemptedError,
@@ -34,11 +35,9 @@ from customer_patch._errors import (
 )
 from customer_patch._model import Customer, CustomerPatch
 
-if TYPE_CHECKING:
-    from customer_patch._adapter import CustomerId
-
-Update: TypeAlias = "tuple[CustomerId, CustomerPatch]"
-Updates: TypeAlias = "Iterable[Update] | AsyncIterable[Update]"
+Update: TypeAlias = tuple[CustomerId, CustomerPatch]
+Updates: TypeAlias = Iterable[Update] | AsyncIterable[Update]
+"""What the bulk methods take: ``(customer_id, patch)`` pairs, plain or async."""
 
 
 @frozen(kw_only=True)
@@ -99,7 +98,8 @@ class ProgressHook(Protocol):
         """Called after each result with a fresh :class:`Progress`."""
 
 
-ProgressCallback: TypeAlias = "Callable[[Progress], None] | ProgressHook"
+ProgressCallback: TypeAlias = Callable[[Progress], None] | ProgressHook
+"""A progress hook: a callable taking a :class:`Progress`, or a :class:`ProgressHook`."""
 
 
 class _Rate:

@@ -54,10 +54,7 @@ nitpick_ignore_regex = [
     (r"py:.*", r"(aiohttp|attrs|multidict|yarl|pytest|_pytest|pytest_asyncio)(\..*)?"),
 ]
 nitpick_ignore = [
-    # Private type aliases and type variables that appear in signatures; the
-    # pages explain them in words (bulk.md: "updates", "progress").
-    ("py:class", "Updates"),
-    ("py:class", "ProgressCallback"),
+    # A type variable of the registry's decorator overloads.
     ("py:class", "customer_patch._registry.S"),
 ]
 
