@@ -180,6 +180,8 @@ class Adapter(ABC):
 
     def _encode(self, patch: CustomerPatch, problems: list[Problem]) -> dict[str, Any]:
         values = list(patch.set_fields())
+        if not values and not patch.extra:
+            problems.append(Problem("", "the patch sets no field: there is nothing to send"))
         unsupported = [path for path, _ in values if path not in self.fields]
         unsupported += [f"extra.{k}" for k in patch.extra if k in self.read_only]
         if unsupported:
@@ -235,8 +237,6 @@ class Adapter(ABC):
         # quote() keeps dots; "." and ".." would climb out of the resource.
         if not problems and segment in {"", ".", ".."}:
             problems.append(Problem("id", f"{customer_id!r} is not a usable path segment"))
-        if patch.is_empty():
-            problems.append(Problem("", "the patch sets no field: there is nothing to send"))
         body = self._encode(patch, problems)  # raises with the id problems included
         try:
             encoded = _JSON.encode(body).encode()

@@ -138,19 +138,17 @@ class CustomerPatch:
         :class:`ExternalIds` members appear as ``external_ids.crm`` and so on,
         so an adapter can support them one by one.  ``extra`` is not included.
         """
-        for a in attrs.fields(CustomerPatch):
-            if a.name == "extra":
-                continue
-            value = getattr(self, a.name)
+        for name in _PATCH_FIELDS:
+            value = getattr(self, name)
             if value is UNSET:
                 continue
-            if a.name == "external_ids" and isinstance(value, ExternalIds):
-                for sub in attrs.fields(ExternalIds):
-                    sub_value = getattr(value, sub.name)
+            if name == "external_ids" and isinstance(value, ExternalIds):
+                for sub in _EXTERNAL_ID_FIELDS:
+                    sub_value = getattr(value, sub)
                     if sub_value is not UNSET:
-                        yield f"external_ids.{sub.name}", sub_value
+                        yield f"external_ids.{sub}", sub_value
             else:
-                yield a.name, value
+                yield name, value
 
     def is_empty(self) -> bool:
         """True when the patch would change nothing."""
@@ -172,6 +170,11 @@ class CustomerPatch:
         from customer_patch._convert import unstructure_patch
 
         return unstructure_patch(self)
+
+
+# Looked up once: set_fields runs for every record sent.
+_PATCH_FIELDS = tuple(a.name for a in attrs.fields(CustomerPatch) if a.name != "extra")
+_EXTERNAL_ID_FIELDS = tuple(a.name for a in attrs.fields(ExternalIds))
 
 
 @frozen(kw_only=True)
