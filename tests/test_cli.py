@@ -26,6 +26,11 @@ def run(args, env=None):
     )
 
 
+def apply_dualentry(path, base):
+    """The start of an apply command against a DualEntry fake at ``base``."""
+    return ["apply", str(path), "--provider", "dualentry", "--base-url", base]
+
+
 def report_lines(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
@@ -39,12 +44,7 @@ def test_apply_jsonl_with_a_report(tmp_path):
         )
         result = run(
             [
-                "apply",
-                str(updates),
-                "--provider",
-                "dualentry",
-                "--base-url",
-                base,
+                *apply_dualentry(updates, base),
                 "--report",
                 str(tmp_path / "r.jsonl"),
             ]
@@ -76,7 +76,7 @@ def test_apply_csv_with_custom_fields_null_and_empty_cells(tmp_path):
     )
     with threaded_fake("dualentry", customers=2, **FAST) as (fake, base, ids):
         fake.customers[1001]["email"] = "old@x.example"
-        result = run(["apply", str(csv), "--provider", "dualentry", "--base-url", base])
+        result = run([*apply_dualentry(csv, base)])
         bodies = [r.body for r in fake.requests]
     assert result.exit_code == 0, result.output
     assert {"name": "Renamed", "email": None, "custom_fields": [{"Partner": True}]} in bodies
@@ -90,7 +90,7 @@ def test_dry_run_prints_each_request_masks_the_token_and_sends_nothing(tmp_path)
     )
     with threaded_fake("dualentry", **FAST) as (fake, base, _):
         result = run(
-            ["apply", str(updates), "--provider", "dualentry", "--base-url", base, "--dry-run"],
+            [*apply_dualentry(updates, base), "--dry-run"],
             env={"DUALENTRY_API_KEY": "real-secret-key"},
         )
         assert fake.requests == []
@@ -112,12 +112,7 @@ def test_bad_lines_are_reported_with_their_number_and_the_rest_runs(tmp_path):
     with threaded_fake("dualentry", customers=6, **FAST) as (fake, base, _):
         result = run(
             [
-                "apply",
-                str(path),
-                "--provider",
-                "dualentry",
-                "--base-url",
-                base,
+                *apply_dualentry(path, base),
                 "--report",
                 str(tmp_path / "r.jsonl"),
             ]
@@ -137,9 +132,7 @@ def test_strict_sends_nothing_when_any_line_is_bad(tmp_path):
         [{"id": 1001, "patch": {"name": "ok"}}, {"id": 1001, "patch": {"phone": "abc"}}],
     )
     with threaded_fake("dualentry", customers=1, **FAST) as (fake, base, _):
-        result = run(
-            ["apply", str(path), "--provider", "dualentry", "--base-url", base, "--strict"]
-        )
+        result = run([*apply_dualentry(path, base), "--strict"])
         assert fake.requests == []
     assert result.exit_code == 2
     assert "line 2: phone: must match" in result.output
@@ -157,12 +150,7 @@ def test_resume_skips_what_the_report_shows_as_done(tmp_path):
     with threaded_fake("dualentry", customers=10, **FAST) as (fake, base, _):
         result = run(
             [
-                "apply",
-                str(path),
-                "--provider",
-                "dualentry",
-                "--base-url",
-                base,
+                *apply_dualentry(path, base),
                 "--resume",
                 str(report),
             ]
@@ -342,7 +330,7 @@ def test_a_csv_id_that_is_not_ascii_digits_is_an_invalid_line_not_a_crash(tmp_pa
     path = tmp_path / "u.csv"
     path.write_text("id,name\n\u00b2,A\n1001,B\n")
     with threaded_fake("dualentry", customers=1, **FAST) as (fake, base, _):
-        result = run(["apply", str(path), "--provider", "dualentry", "--base-url", base])
+        result = run([*apply_dualentry(path, base)])
         sent = len(fake.requests)
     assert result.exit_code == 2
     assert "line 2: id: must be an integer, not str" in result.output
@@ -359,12 +347,7 @@ def test_resuming_into_a_new_report_carries_the_done_records_over(tmp_path):
     with threaded_fake("dualentry", customers=4, **FAST) as (fake, base, _):
         result = run(
             [
-                "apply",
-                str(path),
-                "--provider",
-                "dualentry",
-                "--base-url",
-                base,
+                *apply_dualentry(path, base),
                 "--resume",
                 str(first),
                 "--report",
