@@ -231,7 +231,8 @@ async def _run(
                 concurrency=concurrency,
                 report=sink,
                 skip=skip,
-                on_invalid=lambda line: err.print(describe_invalid(line)),
+                # Through the view: a write to stderr would land inside the live bar.
+                on_invalid=lambda line: view.note(describe_invalid(line), err),
                 on_result=view.update,
             )
 

@@ -43,6 +43,13 @@ class ProgressView:
             self._task = self._bar.add_task(self.label, total=self.total, rate=0.0, failed=0)
         return self
 
+    def note(self, text: str, fallback: Console) -> None:
+        """Print a line above the live bar, or to ``fallback`` when there is none."""
+        if self._bar is not None:
+            self._bar.console.print(text, highlight=False, soft_wrap=True)
+        else:
+            fallback.print(text)
+
     def update(self, tally: Tally) -> None:
         failed = tally.failed + tally.invalid
         if self._bar is not None and self._task is not None:
