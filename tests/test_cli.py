@@ -13,6 +13,7 @@ from tests.threaded_fake import threaded_fake
 
 TOKEN = "sandbox-token"
 FAST = {"limits": ()}
+CLI = [sys.executable, "-m", "customer_patch.cli"]  # the command, as a subprocess
 
 
 def jsonl(path, records):
@@ -220,9 +221,7 @@ def test_apply_as_a_subprocess_never_prints_the_token(tmp_path):
         env = {**os.environ, "QWOTY_TOKEN": secret}
         proc = subprocess.run(
             [
-                sys.executable,
-                "-m",
-                "customer_patch.cli",
+                *CLI,
                 "apply",
                 str(path),
                 "--provider",
@@ -247,7 +246,7 @@ def test_apply_as_a_subprocess_never_prints_the_token(tmp_path):
 
 def test_demo_runs_and_exits_0():
     proc = subprocess.run(
-        [sys.executable, "-m", "customer_patch.cli", "demo"],
+        [*CLI, "demo"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -280,9 +279,7 @@ def test_sigkill_half_way_then_resume_applies_every_record_once(tmp_path):
         report = tmp_path / "r.jsonl"
         env = {**os.environ, "DUALENTRY_API_KEY": TOKEN}
         args = [
-            sys.executable,
-            "-m",
-            "customer_patch.cli",
+            *CLI,
             "apply",
             str(path),
             "--provider",
