@@ -1,10 +1,12 @@
 """Bulk updates: many records, run concurrently at the provider's pace.
 
-``concurrency`` worker tasks pull from the input one item at a time, so a
-generator of a million updates never has more than ``concurrency`` of them
-in flight or in memory, and every item taken produces exactly one
-:class:`UpdateResult`.  A 401 or 403 stops the run: every later record would
-fail the same way, so they are reported as not attempted instead of sent.
+The input is pulled one item at a time, only when one of ``concurrency``
+slots is free, so a generator of a million updates never has more than
+``concurrency`` of them in flight or in memory, and every item taken produces
+exactly one :class:`UpdateResult`.  Updates to one customer are applied in
+input order.  A 401 or 403 stops the run (every later record would fail the
+same way), and so can a failure threshold: the records left are reported as
+not attempted instead of sent.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from customer_patch._errors import (
     NotAttemptedError,
     PermissionDeniedError,
     Problem,
+    TooManyFailuresError,
     ValidationError,
 )
 from customer_patch._model import Customer, CustomerPatch
@@ -120,30 +123,97 @@ class _Rate:
         return sum(n for _, n in self._slots) / span if span > 0 else 0.0
 
 
+_Send: TypeAlias = Callable[
+    [Any, CustomerPatch], Awaitable[tuple[Customer | None, Exception | None, int]]
+]
+
+
+def _customer_key(customer_id: Any) -> str:
+    # Conservative on purpose: two spellings of one id ("5" and 5, or a UUID in
+    # upper and lower case) share a key.  Serialising two customers costs a
+    # little concurrency; failing to serialise one customer costs its data.
+    return str(customer_id).casefold()
+
+
+class _Stop:
+    """Why a run stops sending: a 401/403, or a failure threshold crossed."""
+
+    def __init__(self, max_failures: int | None, max_consecutive: int | None) -> None:
+        for name, value in (
+            ("max_failures", max_failures),
+            ("max_consecutive_failures", max_consecutive),
+        ):
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1 or None, got {value}")
+        self.max_failures = max_failures
+        self.max_consecutive = max_consecutive
+        self.cause: BaseException | None = None
+        self._failures = 0
+        self._streak = 0
+        self._kind: tuple[type, int | None] | None = None
+
+    def record(self, result: UpdateResult) -> None:
+        """Count ``result`` (in completion order) and decide whether the run stops."""
+        error = result.error
+        if error is None:
+            self._streak = 0
+            return
+        if result.attempts == 0 or self.cause is not None:
+            return  # nothing was sent for it (invalid, or not attempted): no evidence
+        if isinstance(error, AuthenticationError | PermissionDeniedError):
+            self.cause = error  # every later record would fail the same way
+            return
+        self._failures += 1
+        kind = (type(error), getattr(error, "status", None))
+        self._streak = self._streak + 1 if kind == self._kind else 1
+        self._kind = kind
+        if self.max_failures is not None and self._failures >= self.max_failures:
+            self.cause = TooManyFailuresError(
+                f"{self._failures} records failed (max_failures={self.max_failures})",
+                failures=self._failures,
+                last=error,
+            )
+        elif self.max_consecutive is not None and self._streak >= self.max_consecutive:
+            self.cause = TooManyFailuresError(
+                f"{self._streak} records in a row failed with {type(error).__name__} "
+                f"(max_consecutive_failures={self.max_consecutive})",
+                failures=self._failures,
+                last=error,
+            )
+
+
 async def run_bulk(
-    send: Callable[[Any, CustomerPatch], Awaitable[tuple[Customer | None, Exception | None, int]]],
+    send: _Send,
     updates: Updates,
     *,
     concurrency: int,
     progress: ProgressCallback | None,
     total: int | None,
+    max_failures: int | None = None,
+    max_consecutive_failures: int | None = None,
 ) -> AsyncIterator[UpdateResult]:
-    """Yield one result per input item as each finishes; see ``Client.iter_updates``."""
+    """Yield one result per input item as each finishes; see ``Client.iter_updates``.
+
+    One task per record in flight, started only when a slot is free: never
+    more tasks than records, never more than ``concurrency``.  A finished task
+    hands its result over through a done-callback (it never waits on the
+    consumer), so leaving the run at any point only has to cancel the tasks
+    still in flight.  A record whose customer already has one in flight waits
+    for it, so one customer's updates land in input order, retries included.
+    """
     if concurrency < 1:
         raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+    stop = _Stop(max_failures, max_consecutive_failures)
     if total is None and isinstance(updates, Sized):
         total = len(updates)
-    # A plain iterator is advanced without awaiting, so workers cannot
-    # interleave inside next(); an async one needs a lock around __anext__.
     async_source = updates.__aiter__() if isinstance(updates, AsyncIterable) else None
-    sync_source = iter(updates) if not isinstance(updates, AsyncIterable) else None
-    take = asyncio.Lock()
-    results: asyncio.Queue[UpdateResult | None] = asyncio.Queue(maxsize=concurrency)
-    counter = itertools.count()
-    stop: list[BaseException] = []
-    broken: list[Exception] = []
+    sync_source = iter(updates) if async_source is None else None  # type: ignore[arg-type]
+    in_flight: set[asyncio.Task[UpdateResult]] = set()
+    finished: collections.deque[asyncio.Task[UpdateResult]] = collections.deque()
+    latest: dict[str, asyncio.Task[UpdateResult]] = {}  # customer key -> its last task
+    wake: asyncio.Future[None] | None = None
 
-    async def one(index: int, item: Any) -> UpdateResult:
+    async def one(index: int, item: Any, before: asyncio.Task[UpdateResult] | None) -> UpdateResult:
         try:
             customer_id, patch = item
         except (TypeError, ValueError):
@@ -153,16 +223,19 @@ async def run_bulk(
             return UpdateResult(
                 index=index, customer_id=customer_id, patch=None, error=ValidationError([problem])
             )
-        if stop:
+        if before is not None:
+            await asyncio.wait((before,))  # its outcome is its own; only its end matters
+        if stop.cause is not None:
             return UpdateResult(
-                index=index, customer_id=customer_id, patch=patch, error=NotAttemptedError(stop[0])
+                index=index,
+                customer_id=customer_id,
+                patch=patch,
+                error=NotAttemptedError(stop.cause),
             )
         try:
             customer, error, attempts = await send(customer_id, patch)
         except Exception as e:  # a bug, e.g. in a third-party adapter: still one result
             customer, error, attempts = None, e, 1
-        if isinstance(error, AuthenticationError | PermissionDeniedError) and not stop:
-            stop.append(error)
         return UpdateResult(
             index=index,
             customer_id=customer_id,
@@ -172,43 +245,61 @@ async def run_bulk(
             attempts=attempts,
         )
 
-    async def worker() -> None:
-        try:
-            while True:
-                if sync_source is not None:
-                    try:
-                        item = next(sync_source)
-                    except StopIteration:
-                        break
-                    index = next(counter)
-                else:
-                    assert async_source is not None
-                    async with take:
-                        try:
-                            item = await async_source.__anext__()
-                        except StopAsyncIteration:
-                            break
-                        index = next(counter)
-                await results.put(await one(index, item))
-        except Exception as e:  # the caller's iterable raised: re-raised below
-            broken.append(e)
-        finally:
-            # Whatever ends a worker, the consumer must hear of it or wait forever.
-            await results.put(None)
+    def on_done(task: asyncio.Task[UpdateResult]) -> None:
+        nonlocal wake
+        in_flight.discard(task)
+        key = task.get_name()
+        if latest.get(key) is task:
+            del latest[key]
+        if task.cancelled():
+            return
+        if task.exception() is None:
+            stop.record(task.result())
+        finished.append(task)
+        if wake is not None and not wake.done():
+            wake.set_result(None)
 
-    workers = [asyncio.create_task(worker()) for _ in range(concurrency)]
+    def start(index: int, item: Any) -> None:
+        try:
+            key = "customer-patch " + _customer_key(item[0])
+        except Exception:  # not a pair: one() reports it
+            key = "customer-patch"
+        task = asyncio.create_task(one(index, item, latest.get(key)), name=key)
+        latest[key] = task
+        in_flight.add(task)
+        task.add_done_callback(on_done)
+
     rate = _Rate()
     done = succeeded = failed = 0
     hook: Callable[[Progress], None] | None = None
     if progress is not None:
         hook = progress.on_progress if hasattr(progress, "on_progress") else progress
+    broken: Exception | None = None
+    counter = itertools.count()
+    exhausted = False
     try:
-        running = len(workers)
-        while running:
-            result = await results.get()
-            if result is None:
-                running -= 1
+        while True:
+            while not exhausted and len(in_flight) < concurrency:
+                try:
+                    if sync_source is not None:
+                        item = next(sync_source)
+                    else:
+                        assert async_source is not None
+                        item = await async_source.__anext__()
+                except (StopIteration, StopAsyncIteration):
+                    exhausted = True
+                except Exception as e:  # the caller's iterable failed: re-raised below
+                    broken, exhausted = e, True
+                else:
+                    start(next(counter), item)
+            if not finished:
+                if exhausted and not in_flight:
+                    break
+                wake = asyncio.get_running_loop().create_future()
+                await wake
                 continue
+            # Anything graver than an Exception ends the run: never quietly.
+            result = finished.popleft().result()
             done += 1
             if result.ok:
                 succeeded += 1
@@ -227,17 +318,14 @@ async def run_bulk(
                     )
                 )
             yield result
-        if broken:
+        if broken is not None:
             # Every item taken before the input failed has its result above.
-            raise broken[0]
-        for task in workers:
-            # Anything graver than an Exception killed a worker: never end quietly.
-            if not task.cancelled() and task.exception() is not None:
-                raise task.exception()  # type: ignore[misc]
+            raise broken
     finally:
-        for task in workers:
+        for task in in_flight:
             task.cancel()
-        await asyncio.gather(*workers, return_exceptions=True)
+        if in_flight:
+            await asyncio.wait(in_flight)
         # Let the caller's generator run its own clean-up (finally blocks).
         if async_source is not None and hasattr(async_source, "aclose"):
             await async_source.aclose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import time
@@ -182,18 +183,34 @@ class Client:
         concurrency: int = 8,
         progress: ProgressCallback | None = None,
         total: int | None = None,
+        max_failures: int | None = None,
+        max_consecutive_failures: int | None = None,
     ) -> AsyncIterator[UpdateResult]:
         """Apply many updates concurrently; yield each :class:`UpdateResult` as it finishes.
 
         ``updates`` is an iterable or async iterable of ``(customer_id, patch)``,
-        consumed lazily: ``concurrency`` records are in flight, and at most as
-        many finished ones wait for the caller to take them.
-        Every record yields exactly one result; a failure never stops the
-        others, except a 401/403, after which the remaining records are
-        reported with :class:`NotAttemptedError` and nothing more is sent.
+        consumed lazily: at most ``concurrency`` records are in flight, and at
+        most as many finished ones wait for the caller to take them.  Updates
+        to one customer are sent one after the other, in input order (a later
+        one waits for the earlier one, retries included), so the provider ends
+        with the last value given for each field.
+
+        Every record yields exactly one result.  A failure does not stop the
+        others, except a 401/403, or ``max_failures`` failed records in all, or
+        ``max_consecutive_failures`` in a row with the same error class and
+        status: the records left are then reported with
+        :class:`NotAttemptedError` (its ``cause`` says why) and nothing more is
+        sent.  Leaving the loop early (``break``, an exception, cancellation)
+        cancels the requests in flight; their outcome is unknown.
         """
         return run_bulk(
-            self._update, updates, concurrency=concurrency, progress=progress, total=total
+            self._update,
+            updates,
+            concurrency=concurrency,
+            progress=progress,
+            total=total,
+            max_failures=max_failures,
+            max_consecutive_failures=max_consecutive_failures,
         )
 
     async def update_many(
@@ -203,6 +220,8 @@ class Client:
         concurrency: int = 8,
         progress: ProgressCallback | None = None,
         total: int | None = None,
+        max_failures: int | None = None,
+        max_consecutive_failures: int | None = None,
     ) -> BulkReport:
         """Like :meth:`iter_updates`, collecting every result into a :class:`BulkReport`.
 
@@ -211,10 +230,17 @@ class Client:
         """
         succeeded: list[UpdateResult] = []
         failed: list[UpdateResult] = []
-        async for result in self.iter_updates(
-            updates, concurrency=concurrency, progress=progress, total=total
-        ):
-            (succeeded if result.ok else failed).append(result)
+        results = self.iter_updates(
+            updates,
+            concurrency=concurrency,
+            progress=progress,
+            total=total,
+            max_failures=max_failures,
+            max_consecutive_failures=max_consecutive_failures,
+        )
+        async with contextlib.aclosing(results):
+            async for result in results:
+                (succeeded if result.ok else failed).append(result)
         succeeded.sort(key=lambda r: r.index)
         failed.sort(key=lambda r: r.index)
         return BulkReport(succeeded=succeeded, failed=failed)

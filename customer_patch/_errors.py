@@ -86,6 +86,18 @@ class NotAttemptedError(CustomerPatchError):
         super().__init__(f"not attempted: the run stopped after {type(cause).__name__}: {cause}")
 
 
+class TooManyFailuresError(CustomerPatchError):
+    """A bulk run stopped because too many records failed; ``last`` is the latest failure.
+
+    It is the ``cause`` of the :class:`NotAttemptedError` of every record left unsent.
+    """
+
+    def __init__(self, message: str, *, failures: int, last: BaseException) -> None:
+        self.failures = failures
+        self.last = last
+        super().__init__(message)
+
+
 class ProviderError(CustomerPatchError):
     """The provider answered with an error.
 

@@ -45,6 +45,8 @@ class Recorder:
         self.arrivals: list[tuple[float, int]] = []  # (monotonic time, customer id)
         self.in_flight = 0
         self.max_in_flight = 0
+        # What the "provider" ends with: each accepted body applied in arrival order.
+        self.store: dict[int, dict[str, Any]] = {}
 
     @property
     def count(self) -> int:
@@ -65,6 +67,8 @@ class Recorder:
                 assert request.transport is not None
                 request.transport.close()
                 return web.Response()
+            if reply.status < 300:
+                self.store.setdefault(customer_id, {}).update(body)
             payload = reply.body if reply.body is not None else {"id": customer_id, **body}
             return web.json_response(payload, status=reply.status, headers=reply.headers)
         finally:

@@ -1,0 +1,223 @@
+"""The bulk runner keeps its promises however the run ends or whatever the input holds.
+
+Each test here reproduced a failure first (issue 9): an older line landing over a
+newer one, runs that hung when their consumer left, a million tasks for one record,
+and runs that kept sending after every record failed.
+"""
+
+import asyncio
+import contextlib
+import random
+
+import pytest
+
+from customer_patch import (
+    Client,
+    CustomerPatch,
+    NotAttemptedError,
+    NotFoundError,
+    TooManyFailuresError,
+)
+from tests.scripted_server import Reply, ok, scripted
+
+HANG_GUARD = 10  # seconds: a run that has not ended by then is hung, not slow
+
+
+def client(base, **kwargs):
+    kwargs.setdefault("rate_limit", None)
+    return Client("dualentry", token="k", base_url=base, **kwargs)
+
+
+def updates(n, start=1):
+    return [(i, CustomerPatch(name=f"N{i}")) for i in range(start, start + n)]
+
+
+def runner_tasks():
+    return [t for t in asyncio.all_tasks() if t.get_name().startswith("customer-patch")]
+
+
+def fold(items):
+    """What the provider must end with: each customer's lines applied in input order."""
+    expected = {}
+    for cid, patch in items:
+        expected.setdefault(cid, {}).update(patch.to_dict())
+    return expected
+
+
+# -- one customer's lines land in input order ------------------------------------------
+
+
+async def test_a_retried_older_line_never_lands_over_a_newer_one():
+    cid = 7
+    items = [(cid, CustomerPatch(name="older")), (cid, CustomerPatch(name="newer"))]
+    first = Reply(503)
+    async with (
+        scripted(lambda n, c: first if n == 0 else Reply()) as (base, server),
+        client(base) as de,
+    ):
+        report = await de.update_many(items, concurrency=2)
+    assert [r.ok for r in report.results] == [True, True]
+    assert server.store[cid]["name"] == "newer"
+
+
+@pytest.mark.parametrize("seed", range(5))
+async def test_duplicate_ids_under_faults_end_with_the_in_order_fold(seed):
+    rng = random.Random(seed)
+    items = [
+        (rng.randrange(1, 11), CustomerPatch(name=f"line {n}", email=f"{n}@example.com"))
+        for n in range(150)
+    ]
+
+    def script(number, cid):
+        roll = rng.random()
+        if roll < 0.2:
+            return Reply(500, delay=rng.random() / 200)
+        if roll < 0.3:
+            return Reply(drop=True)
+        return Reply(delay=rng.random() / 100)
+
+    async with scripted(script) as (base, server), client(base) as de:
+        report = await de.update_many(items, concurrency=8)
+    assert len(report.results) == len(items)
+    applied = [(cid, patch) for (cid, patch), r in zip(items, report.results) if r.ok]
+    assert server.store == fold(applied)
+
+
+# -- every way of leaving a run ends promptly and leaves no task ------------------------
+
+
+async def test_aclose_after_an_await_returns_and_leaves_no_task():
+    async with scripted(lambda n, c: Reply(delay=0.01)) as (base, _), client(base) as de:
+
+        async def leave_early():
+            async with contextlib.aclosing(de.iter_updates(updates(200), concurrency=4)) as it:
+                async for _ in it:
+                    await asyncio.sleep(0.01)
+                    break
+
+        await asyncio.wait_for(leave_early(), HANG_GUARD)
+        assert runner_tasks() == []
+
+
+async def test_a_progress_callback_that_raises_ends_the_run_with_its_error():
+    def progress(p):
+        if p.done == 3:
+            raise ZeroDivisionError("the caller's bug")
+
+    async with scripted(lambda n, c: Reply(delay=0.01)) as (base, _), client(base) as de:
+        with pytest.raises(ZeroDivisionError):
+            await asyncio.wait_for(
+                de.update_many(updates(100), concurrency=2, progress=progress), HANG_GUARD
+            )
+        assert runner_tasks() == []
+
+
+async def test_an_exception_in_the_consumer_ends_the_run():
+    async with scripted(lambda n, c: Reply(delay=0.01)) as (base, _), client(base) as de:
+
+        async def consume():
+            async with contextlib.aclosing(de.iter_updates(updates(100), concurrency=8)) as it:
+                async for _ in it:
+                    raise KeyError("consumer")
+
+        with pytest.raises(KeyError):
+            await asyncio.wait_for(consume(), HANG_GUARD)
+        assert runner_tasks() == []
+
+
+@pytest.mark.parametrize("after", [0, 1, 2, 3, 5, 8, 13, 21, 34, 55])
+async def test_cancelling_the_consumer_at_any_point_ends_promptly(after):
+    """Cancels after ``after`` results: with 16 in flight and a full result buffer."""
+    async with scripted(lambda n, c: Reply(delay=0.01)) as (base, _), client(base) as de:
+        taken = asyncio.Event()
+        seen = 0
+
+        async def consume():
+            nonlocal seen
+            async with contextlib.aclosing(de.iter_updates(updates(400), concurrency=16)) as it:
+                async for _ in it:
+                    seen += 1
+                    if seen >= after:
+                        taken.set()
+                        await asyncio.sleep(3600)  # a slow consumer: the buffer fills up
+
+        task = asyncio.create_task(consume())
+        if after:
+            await asyncio.wait_for(taken.wait(), HANG_GUARD)
+        else:
+            await asyncio.sleep(0)
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=HANG_GUARD)
+        assert task in done, "the cancelled run did not end"
+        assert runner_tasks() == []
+
+
+async def test_a_huge_concurrency_with_one_record_starts_one_task():
+    peak = 0
+
+    def progress(p):
+        nonlocal peak
+        peak = max(peak, len(runner_tasks()))
+
+    async def watch():
+        nonlocal peak
+        while True:
+            peak = max(peak, len(runner_tasks()))
+            await asyncio.sleep(0)
+
+    async with scripted(lambda n, c: Reply(delay=0.05)) as (base, _), client(base) as de:
+        watcher = asyncio.create_task(watch())
+        report = await de.update_many(updates(1), concurrency=10**6, progress=progress)
+        watcher.cancel()
+    assert len(report.succeeded) == 1
+    assert peak == 1
+
+
+# -- a run of failures stops instead of sending every record -----------------------------
+
+
+async def test_max_failures_stops_the_run_and_reports_the_rest_as_not_attempted():
+    async with (
+        scripted(lambda n, c: Reply(404, {"success": False, "errors": {"__all__": ["No."]}})) as (
+            base,
+            server,
+        ),
+        client(base) as de,
+    ):
+        report = await de.update_many(updates(200), concurrency=4, max_failures=5)
+    results = report.results
+    assert len(results) == 200
+    sent = [r for r in results if not isinstance(r.error, NotAttemptedError)]
+    assert 5 <= len(sent) <= 5 + 4 - 1  # the ones already in flight finish
+    assert all(isinstance(r.error, NotFoundError) for r in sent)
+    stopped = [r for r in results if isinstance(r.error, NotAttemptedError)]
+    assert len(stopped) == 200 - len(sent)
+    cause = stopped[0].error.cause
+    assert isinstance(cause, TooManyFailuresError)
+    assert isinstance(cause.last, NotFoundError)
+    assert server.count == len(sent)
+
+
+async def test_consecutive_failures_of_one_kind_stop_but_a_success_resets_the_count():
+    def script(number, cid):
+        if (cid % 4 == 0 and cid < 100) or cid > 100:
+            return Reply(404, {"success": False, "errors": {"__all__": ["No."]}})
+        return Reply()
+
+    async with scripted(script) as (base, server), client(base) as de:
+        report = await de.update_many(updates(300), concurrency=1, max_consecutive_failures=10)
+    results = report.results
+    assert all(r.ok for r in results[:100] if r.customer_id % 4)
+    # From 101 on every record fails: ten of them, then the run stops.
+    assert [r.customer_id for r in results if isinstance(r.error, NotFoundError)][-10:] == list(
+        range(101, 111)
+    )
+    assert all(isinstance(r.error, NotAttemptedError) for r in results[110:])
+    assert server.count == 110
+
+
+async def test_thresholds_must_be_positive():
+    async with scripted(ok) as (base, _), client(base) as de:
+        for kwargs in ({"max_failures": 0}, {"max_consecutive_failures": -1}):
+            with pytest.raises(ValueError, match="at least 1"):
+                await de.update_many(updates(1), **kwargs)
