@@ -213,7 +213,9 @@ async def run_bulk(
     latest: dict[str, asyncio.Task[UpdateResult]] = {}  # customer key -> its last task
     wake: asyncio.Future[None] | None = None
 
-    async def one(index: int, item: Any, before: asyncio.Task[UpdateResult] | None) -> UpdateResult:
+    async def one(
+        index: int, item: Any, before: asyncio.Task[UpdateResult] | None
+    ) -> UpdateResult:
         try:
             customer_id, patch = item
         except (TypeError, ValueError):

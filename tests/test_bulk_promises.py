@@ -79,7 +79,7 @@ async def test_duplicate_ids_under_faults_end_with_the_in_order_fold(seed):
     async with scripted(script) as (base, server), client(base) as de:
         report = await de.update_many(items, concurrency=8)
     assert len(report.results) == len(items)
-    applied = [(cid, patch) for (cid, patch), r in zip(items, report.results) if r.ok]
+    applied = [(cid, patch) for (cid, patch), r in zip(items, report.results, strict=True) if r.ok]
     assert server.store == fold(applied)
 
 
