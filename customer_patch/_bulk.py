@@ -16,8 +16,8 @@ import collections
 import itertools
 import time
 from collections.abc import (
+    AsyncGenerator,
     AsyncIterable,
-    AsyncIterator,
     Awaitable,
     Callable,
     Iterable,
@@ -191,7 +191,7 @@ async def run_bulk(
     total: int | None,
     max_failures: int | None = None,
     max_consecutive_failures: int | None = None,
-) -> AsyncIterator[UpdateResult]:
+) -> AsyncGenerator[UpdateResult, None]:
     """Yield one result per input item as each finishes; see ``Client.iter_updates``.
 
     One task per record in flight, started only when a slot is free: never

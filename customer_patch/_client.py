@@ -6,7 +6,7 @@ import contextlib
 import ipaddress
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from types import TracebackType
 from urllib.parse import urlsplit
 
@@ -185,7 +185,7 @@ class Client:
         total: int | None = None,
         max_failures: int | None = None,
         max_consecutive_failures: int | None = None,
-    ) -> AsyncIterator[UpdateResult]:
+    ) -> AsyncGenerator[UpdateResult, None]:
         """Apply many updates concurrently; yield each :class:`UpdateResult` as it finishes.
 
         ``updates`` is an iterable or async iterable of ``(customer_id, patch)``,
