@@ -280,15 +280,68 @@ def type_name(value: object) -> str:
     return type(value).__name__
 
 
+# What "\s" means in ECMA-262, the regular expressions of JavaScript and so of
+# JSON Schema and OpenAPI: WhiteSpace (tab, VT, FF, U+FEFF and every Zs space)
+# and LineTerminator (LF, CR, U+2028, U+2029).  Python's "\s" differs in six
+# characters: it also takes U+001C-U+001F and U+0085, and not U+FEFF.
+_ECMA_SPACE = r"\t\n\x0b\x0c\r \xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+_ECMA_CLASSES = {"s": _ECMA_SPACE, "d": "0-9", "w": "A-Za-z0-9_"}
+
+
+def ecma_pattern(pattern: str) -> str:
+    """An ECMA-262 pattern (a JSON Schema or OpenAPI ``pattern``) rewritten for ``re``.
+
+    The classes ``\\s \\S \\d \\D \\w \\W``, ``.`` and ``$`` keep their JavaScript
+    meaning (``\\d`` is ASCII, ``$`` is the very end); other syntax is passed
+    on as written.  Match with ``re.search``, as JSON Schema does.
+
+    >>> space = re.compile(ecma_pattern(r"^\\s$"))
+    >>> bool(space.search("\\ufeff")), bool(space.search("\\x1c"))
+    (True, False)
+    """
+    out: list[str] = []
+    in_class = False
+    chars = iter(pattern)
+    for c in chars:
+        if c == "\\":
+            escaped = next(chars, "")
+            body = _ECMA_CLASSES.get(escaped.lower())
+            if body is None:
+                out.append(c + escaped)
+            elif not in_class:
+                out.append(f"[^{body}]" if escaped.isupper() else f"[{body}]")
+            elif escaped.isupper():
+                raise ValueError(f"\\{escaped} inside [...] is not supported: {pattern!r}")
+            else:
+                out.append(body)
+        elif in_class:
+            in_class = c != "]"
+            out.append(c)
+        elif c == "[":
+            in_class = True
+            out.append(c)
+        else:
+            out.append({"$": r"\Z", ".": r"[^\n\r\u2028\u2029]"}.get(c, c))
+    return "".join(out)
+
+
 def text(
     *,
     min_len: int | None = None,
     max_len: int | None = None,
     pattern: str | None = None,
+    schema_pattern: str | None = None,
     choices: Collection[str] | None = None,
 ) -> Check:
-    """A string, optionally of bounded length, matching a pattern or one of ``choices``."""
+    """A string, optionally of bounded length, matching a pattern or one of ``choices``.
+
+    ``pattern`` is a Python regular expression the whole string must match;
+    ``schema_pattern`` is one as a provider's OpenAPI document writes it
+    (ECMA-262, matched anywhere unless anchored; see :func:`ecma_pattern`),
+    checked exactly as the provider's validator checks it.
+    """
     compiled = re.compile(pattern) if pattern is not None else None
+    schema = re.compile(ecma_pattern(schema_pattern)) if schema_pattern is not None else None
 
     def check(value: Any) -> list[str]:
         if not isinstance(value, str):
@@ -300,6 +353,8 @@ def text(
             problems.append(f"must be at most {max_len} characters long (got {len(value)})")
         if compiled is not None and not compiled.fullmatch(value):
             problems.append(f"must match {pattern}")
+        if schema is not None and not schema.search(value):
+            problems.append(f"must match {schema_pattern}")
         if choices is not None and value not in choices:
             problems.append(f"must be one of {', '.join(map(repr, choices))}; got {value!r}")
         return problems
@@ -331,8 +386,16 @@ def iso_country(value: Any) -> list[str]:
     return []
 
 
+_ALPHA_2 = re.compile("[A-Z]{2}")
+
+
 def address(value: Any) -> list[str]:
-    """An :class:`~customer_patch.Address` with string parts and an ISO (or empty) country."""
+    """An :class:`~customer_patch.Address` with string parts and a country that is
+    empty or two upper-case letters (the ISO 3166-1 alpha-2 form).
+
+    Any pair is accepted, not only the assigned codes: ``XK`` is in use, and
+    which codes exist is the provider's to decide.
+    """
     if not isinstance(value, Address):
         return [f"must be an Address, not {type_name(value)}"]
     problems = []
@@ -342,18 +405,36 @@ def address(value: Any) -> list[str]:
             problems.append(f"{part} must be a string, not {type_name(part_value)}")
     if value.name is not None and not isinstance(value.name, str):
         problems.append(f"name must be a string, not {type_name(value.name)}")
-    if isinstance(value.country, str) and value.country:
-        problems.extend(f"country {p}" for p in iso_country(value.country))
+    if isinstance(value.country, str) and value.country and not _ALPHA_2.fullmatch(value.country):
+        problems.append(
+            "country must be empty or two upper-case letters "
+            f"(ISO 3166-1 alpha-2, such as 'FR'), got {value.country!r}"
+        )
     return problems
 
 
+_LEAP_SECOND = re.compile(r"(.*[T ]\d\d:\d\d:)60(\D.*)?")
+
+
 def parse_datetime(value: Any) -> dt.datetime | None:
-    """An aware datetime from an ISO 8601 string; a naive one is taken as UTC."""
+    """An aware datetime from an ISO 8601 string; a naive one is taken as UTC.
+
+    Every RFC 3339 ``date-time`` is read, including a lower-case ``t`` or
+    ``z`` and a leap second (``23:59:60``, read as the second after ``:59``).
+    """
     if value is None:
         return None
     if not isinstance(value, str):
         raise TypeError(f"expected an ISO 8601 string, got {type_name(value)}")
-    parsed = dt.datetime.fromisoformat(value)
+    upper = value.upper()  # RFC 3339: "T" and "Z" may be lower case
+    try:
+        parsed = dt.datetime.fromisoformat(upper)
+    except ValueError:
+        leap = _LEAP_SECOND.fullmatch(upper)
+        if leap is None:
+            raise
+        parsed = dt.datetime.fromisoformat(leap[1] + "59" + (leap[2] or ""))
+        parsed += dt.timedelta(seconds=1)
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=dt.UTC)
 
 

@@ -1,5 +1,6 @@
 """Both adapters, without any network: bodies, validation, and response mapping."""
 
+import datetime
 import json
 
 import pytest
@@ -205,8 +206,10 @@ def test_dualentry_addresses_and_clearing():
         ),
         shipping_address=None,
         email=None,
+        name=None,
     )
     assert build(DualEntryAdapter(), 1, patch).json() == {
+        "name": None,  # the spec lets a name be cleared
         "email": None,
         "full_address": {
             "street": "1 Main St",
@@ -221,6 +224,25 @@ def test_dualentry_addresses_and_clearing():
     }
 
 
+def test_dualentry_address_is_sent_whole_and_any_two_letter_country_is_taken():
+    patch = CustomerPatch(
+        shipping_address=Address(street="1 Rr", city="Pristina", postal_code="10000", country="XK")
+    )
+    assert build(DualEntryAdapter(), 1, patch).json()["shipping_address"] == {
+        "street": "1 Rr",
+        "city": "Pristina",
+        "postal_code": "10000",
+        "state": "",
+        "second_line": "",
+        "country": "XK",
+        "name": None,  # no name: sent as null, which clears a previous one
+    }
+    for country in ("xk", "XKX", "K"):
+        address = Address(street="s", city="c", postal_code="p", country=country)
+        with pytest.raises(ValidationError, match="two upper-case letters"):
+            build(DualEntryAdapter(), 1, CustomerPatch(billing_address=address))
+
+
 def test_dualentry_reports_every_problem_at_once():
     patch = CustomerPatch(
         name=None,
@@ -233,7 +255,7 @@ def test_dualentry_reports_every_problem_at_once():
         build(DualEntryAdapter(), "1234", patch)
     found = problems(info)
     assert ("id", "must be an integer, not str") in found
-    assert ("name", "cannot be cleared (None) at dualentry") in found
+    assert not any(f == "name" for f, _ in found)  # clearing a name is allowed
     assert any(f == "phone" and "must match" in m for f, m in found)
     assert ("unique_id", "must be at most 64 characters long (got 65)") in found
     assert any(f == "billing_address" and "ISO 3166-1" in m for f, m in found)
@@ -248,6 +270,20 @@ def test_dualentry_phone_limits():
     build(adapter, 1, CustomerPatch(phone="1" * 32))
     with pytest.raises(ValidationError, match="at most 32"):
         build(adapter, 1, CustomerPatch(phone="1" * 33))
+
+
+# The phone pattern is ECMA-262: "\s" is JavaScript's whitespace, which is not
+# Python's in six characters.
+@pytest.mark.parametrize("space", ["\ufeff", "\u00a0", "\u3000", "\u2028", "\t", "\x0b"])
+def test_dualentry_phone_takes_javascript_whitespace(space):
+    phone = f"+1{space}555"
+    assert build(DualEntryAdapter(), 1, CustomerPatch(phone=phone)).json() == {"phone": phone}
+
+
+@pytest.mark.parametrize("space", ["\x1c", "\x1d", "\x1e", "\x1f", "\x85"])
+def test_dualentry_phone_refuses_what_only_python_calls_whitespace(space):
+    with pytest.raises(ValidationError, match=r"phone: must match \^\[0-9\\s"):
+        build(DualEntryAdapter(), 1, CustomerPatch(phone=f"+1{space}555"))
 
 
 @pytest.mark.parametrize("customer_id", [True, 0, -3, 1.5, None, "12"])
@@ -332,7 +368,7 @@ def test_dualentry_parses_its_customer():
             {"field": {"id": 9, "name": "Dup"}, "value": {"custom_field_id": 9, "value": 2}},
         ],
         "created_by": {"actor_type": "user", "timestamp": "2026-01-02T03:04:05Z"},
-        "updated_by": None,
+        "updated_by": {"actor_type": "user", "timestamp": "2026-01-02t03:04:06z"},
         "approval_status": "approved",
     }
     customer = DualEntryAdapter().customer_from(data)
@@ -342,8 +378,10 @@ def test_dualentry_parses_its_customer():
     )
     assert customer.custom_fields == {"Partner": True, "Tier": None, 8: 1, 9: 2}
     assert customer.created_at.year == 2026
-    assert customer.updated_at is None
+    # RFC 3339 lets "t" and "z" be lower case.
+    assert customer.updated_at == customer.created_at + datetime.timedelta(seconds=1)
     assert customer.raw is data
+    assert DualEntryAdapter().customer_from({**data, "updated_by": None}).updated_at is None
 
 
 def test_dualentry_declares_its_documented_rate_limits():

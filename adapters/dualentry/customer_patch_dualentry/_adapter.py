@@ -16,7 +16,8 @@ from typing import Any, ClassVar, Literal
 from customer_patch import Adapter, Address, Customer, RateLimit, WireField, wire
 from customer_patch.wire import address, optional_str, parse_datetime, text, type_name
 
-_PHONE_PATTERN = r"[0-9\s\+\-\.\(\)]*"
+# As DualEntry's OpenAPI document writes it: ECMA-262, so "\s" is JavaScript's.
+PHONE_PATTERN = r"^[0-9\s\+\-\.\(\)]*$"
 
 
 def _custom_fields(value: Any) -> list[str]:
@@ -46,18 +47,18 @@ def _encode_custom_fields(value: Mapping[str | int, Any]) -> list[dict[str, Any]
     ]
 
 
-def _encode_address(value: Address) -> dict[str, str]:
-    encoded = {
+def _encode_address(value: Address) -> dict[str, str | None]:
+    # Sent whole: a part left out would take its default, so every part is
+    # written, and a name of None clears the address's name.
+    return {
         "street": value.street,
         "city": value.city,
         "postal_code": value.postal_code,
         "state": value.state,
         "second_line": value.second_line,
         "country": value.country,
+        "name": value.name,
     }
-    if value.name is not None:
-        encoded["name"] = value.name
-    return encoded
 
 
 def _address_from(value: Any) -> Address | None:
@@ -101,18 +102,18 @@ class DualEntryAdapter(Adapter):
     provider = "dualentry"
     default_base_url = "https://api.dualentry.com"
     fields: ClassVar[Mapping[str, WireField]] = {
-        # What null does on name is undocumented, so clearing it is refused.
-        "name": WireField(wire="name", nullable=False, check=text()),
+        "name": WireField(wire="name", check=text()),
         "unique_id": WireField(wire="unique_id", check=text(min_len=1, max_len=64)),
         "email": WireField(wire="email", check=text()),
         "address": WireField(wire="address", check=text()),
         "country": WireField(wire="country", check=text()),
         "website": WireField(wire="website", check=text()),
-        "phone": WireField(wire="phone", check=text(max_len=32, pattern=_PHONE_PATTERN)),
+        "phone": WireField(wire="phone", check=text(max_len=32, schema_pattern=PHONE_PATTERN)),
         "billing_address": WireField(wire="full_address", check=address, encode=_encode_address),
         "shipping_address": WireField(
             wire="shipping_address", check=address, encode=_encode_address
         ),
+        # The spec lets custom_fields be null but not what that does: refused.
         "custom_fields": WireField(
             wire="custom_fields",
             nullable=False,
