@@ -1,5 +1,6 @@
 """The command line, in-process (click's runner) and as a real subprocess."""
 
+import hashlib
 import json
 import os
 import subprocess
@@ -32,6 +33,11 @@ def apply_dualentry(path, base):
     return ["apply", str(path), "--provider", "dualentry", "--base-url", base]
 
 
+def digest(record):
+    """The hash the report keeps of a JSONL record written by ``jsonl``."""
+    return hashlib.sha256(json.dumps(record).encode()).hexdigest()[:16]
+
+
 def report_lines(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
@@ -62,6 +68,7 @@ def test_apply_jsonl_with_a_report(tmp_path):
             "id": 99,
             "ok": False,
             "attempts": 1,
+            "hash": digest({"id": 99, "patch": {"name": "x"}}),
             "error": "NotFoundError",
             "message": failed[0]["message"],
             "status": 404,
@@ -90,17 +97,29 @@ def test_dry_run_prints_each_request_masks_the_token_and_sends_nothing(tmp_path)
         [{"id": 1234, "patch": {"phone": None}}, {"id": "x", "patch": {"name": "A"}}],
     )
     with threaded_fake("dualentry", **FAST) as (fake, base, _):
-        result = run(
+        compact = run(
             [*apply_dualentry(updates, base), "--dry-run"],
             env={"DUALENTRY_API_KEY": "real-secret-key"},
         )
+        verbose = run(
+            [*apply_dualentry(updates, base), "--dry-run", "--verbose"],
+            env={"DUALENTRY_API_KEY": "real-secret-key"},
+        )
         assert fake.requests == []
-    assert result.exit_code == 2  # line 2 is invalid
-    assert f"PATCH {base}/public/v2/customers/1234/" in result.output
-    assert "X-API-KEY: ********" in result.output
-    assert '{"phone":null}' in result.output
-    assert "line 2: id: must be an integer, not str (nothing sent)" in result.output
-    assert "real-secret-key" not in result.output
+    for result in (compact, verbose):
+        assert result.exit_code == 2  # line 2 is invalid
+        assert "line 2: id: must be an integer, not str (nothing sent)" in result.output
+        assert "dry run: 1 request(s) would be sent, 1 invalid line(s); nothing sent" in (
+            result.output
+        )
+        assert "real-secret-key" not in result.output
+    # One line a record by default...
+    assert f'line 1: PATCH {base}/public/v2/customers/1234/ {{"phone":null}}\n' in compact.output
+    assert "X-API-KEY" not in compact.output
+    # ...the whole request, credentials masked, with --verbose.
+    assert f"line 1: PATCH {base}/public/v2/customers/1234/\n" in verbose.output
+    assert "X-API-KEY: ********" in verbose.output
+    assert '  {"phone":null}\n' in verbose.output
 
 
 def test_bad_lines_are_reported_with_their_number_and_the_rest_runs(tmp_path):
@@ -120,7 +139,7 @@ def test_bad_lines_are_reported_with_their_number_and_the_rest_runs(tmp_path):
         )
         sent = len(fake.requests)
     assert result.exit_code == 2
-    assert "line 3: not valid JSON: Expecting ',' delimiter at column 38" in result.output
+    assert "line 3: not valid JSON: Expecting ',' delimiter at column 37" in result.output
     assert "line 5: patch: unknown field(s): colour" in result.output
     assert "line 7: id: must be an integer, not str" in result.output
     assert sent == 6
@@ -144,7 +163,16 @@ def test_resume_skips_what_the_report_shows_as_done(tmp_path):
         tmp_path / "u.jsonl", [{"id": 1001 + i, "patch": {"name": f"N{i}"}} for i in range(10)]
     )
     report = tmp_path / "r.jsonl"
-    done = [{"line": n, "id": 1000 + n, "ok": True, "attempts": 1} for n in range(1, 5)]
+    done = [
+        {
+            "line": n,
+            "id": 1000 + n,
+            "ok": True,
+            "attempts": 1,
+            "hash": digest({"id": 1000 + n, "patch": {"name": f"N{n - 1}"}}),
+        }
+        for n in range(1, 5)
+    ]
     report.write_text(
         "".join(json.dumps(d) + "\n" for d in done) + '{"line": 5, "id": 1005, "ok": tr'
     )  # torn last line
@@ -339,7 +367,9 @@ def test_resuming_into_a_new_report_carries_the_done_records_over(tmp_path):
         tmp_path / "u.jsonl", [{"id": 1001 + i, "patch": {"name": f"N{i}"}} for i in range(4)]
     )
     first = tmp_path / "a.jsonl"
-    first.write_text(json.dumps({"line": 1, "id": 1001, "ok": True, "attempts": 1}) + "\n")
+    done = {"line": 1, "id": 1001, "ok": True, "attempts": 1}
+    done["hash"] = digest({"id": 1001, "patch": {"name": "N0"}})
+    first.write_text(json.dumps(done) + "\n")
     second = tmp_path / "b.jsonl"
     with threaded_fake("dualentry", customers=4, **FAST) as (fake, base, _):
         result = run(

@@ -1,87 +1,57 @@
 """``customer-patch apply``: run an update file through a client, with a report.
 
-The report is JSONL, one line per record, written and flushed as each result
-arrives, so a crash loses nothing already done; ``--resume`` skips the
-records a report already shows as succeeded and appends the rest, so a record
-retried by a resumed run has several lines: the last one is its outcome.
+The report (see ``_report``) gets one line per record as each result
+arrives; ``--resume`` skips the records it shows as done, except that once a
+record of a customer is sent again, every later record of that customer is
+sent again too, so that the file's last value for each field lands last.
 """
 
 from __future__ import annotations
 
-import json
-import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
 from typing import IO, Any
 
 from attrs import define, field
 
 from customer_patch._bulk import UpdateResult
 from customer_patch._client import Client
-from customer_patch._errors import CustomerPatchError, ProviderError
+from customer_patch._errors import (
+    AuthenticationError,
+    CustomerPatchError,
+    NotAttemptedError,
+    PermissionDeniedError,
+)
 from customer_patch.cli._input import Line
+from customer_patch.cli._report import Report, ReportWriteError, entry_for
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
-
-
-def done_lines(report: Path) -> list[str]:
-    """The lines of ``report`` that record a success, as written."""
-    lines = []
-    with report.open(encoding="utf-8") as f:
-        for text in f:
-            try:
-                entry = json.loads(text)
-            except ValueError:
-                continue
-            if isinstance(entry, dict) and entry.get("ok") is True:
-                lines.append(text if text.endswith("\n") else text + "\n")
-    return lines
-
-
-def done_records(report: Path) -> set[tuple[int, str]]:
-    """``(line, id)`` of every record ``report`` shows as succeeded.
-
-    A torn last line (the process was killed mid-write) is ignored: that
-    record is simply done again, which a PATCH makes harmless.
-    """
-    entries = (json.loads(line) for line in done_lines(report))
-    return {(entry["line"], json.dumps(entry["id"])) for entry in entries}
-
-
-def report_entry(
-    line: int, customer_id: Any, error: BaseException | None, attempts: int
-) -> dict[str, Any]:
-    entry: dict[str, Any] = {
-        "line": line,
-        "id": customer_id,
-        "ok": error is None,
-        "attempts": attempts,
-    }
-    if error is not None:
-        entry["error"] = type(error).__name__
-        entry["message"] = str(error)
-        if isinstance(error, ProviderError):
-            entry["status"] = error.status
-    return entry
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_STOPPED = 3
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
 
 
 @define
 class Tally:
     """What a run did, for the summary and the exit status."""
 
-    total: int
+    total: int | None
     succeeded: int = 0
     failed: int = 0
     invalid: int = 0
+    not_attempted: int = 0
     skipped: int = 0
     retries: int = 0
+    stopped: str | None = None
+    """Why the run stopped before the end (a 401/403, a failure threshold)."""
     started: float = field(factory=time.monotonic)
     errors: dict[str, int] = field(factory=dict)
 
     @property
     def done(self) -> int:
-        return self.succeeded + self.failed + self.invalid
+        return self.succeeded + self.failed + self.invalid + self.not_attempted
 
     @property
     def rate(self) -> float:
@@ -89,9 +59,15 @@ class Tally:
         return self.done / elapsed if elapsed > 0 else 0.0
 
     def exit_status(self) -> int:
+        if self.stopped is not None:
+            return EXIT_STOPPED
         if self.invalid:
             return EXIT_BAD_INPUT
         return EXIT_FAILED if self.failed else EXIT_OK
+
+    def count_error(self, error: BaseException) -> None:
+        name = type(error).__name__
+        self.errors[name] = self.errors.get(name, 0) + 1
 
 
 async def apply(
@@ -100,53 +76,80 @@ async def apply(
     *,
     tally: Tally,
     concurrency: int,
-    report: IO[str] | None,
-    skip: set[tuple[int, str]],
+    report: Report,
     on_invalid: Callable[[Line], None],
     on_result: Callable[[Tally], None],
+    max_failures: int | None = None,
+    max_consecutive_failures: int | None = None,
 ) -> None:
-    """Send every valid line; record every record (invalid ones too) exactly once."""
-    line_of: dict[int, Line] = {}  # in flight only: bounded by concurrency
+    """Send every valid line; record every record (invalid ones too) exactly once.
 
-    def write(entry: dict[str, Any]) -> None:
-        if report is not None:
-            report.write(json.dumps(entry) + "\n")
-            report.flush()
+    Raises :class:`ReportWriteError` if the report cannot be written: the
+    run stops (requests in flight are cancelled), and the report holds only
+    what was done.
+    """
+    line_of: dict[int, Line] = {}  # in flight only: bounded by concurrency
+    history = report.history
+    resent: set[str] = set()  # customers one of whose records this run sends again
 
     async def valid() -> AsyncIterator[tuple[Any, Any]]:
         index = 0
         for line in lines:
-            if (line.number, json.dumps(line.customer_id)) in skip:
+            if history and history.is_done(line) and line.key not in resent:
                 tally.skipped += 1
+                on_result(tally)
                 continue
             if line.error is not None:
                 tally.invalid += 1
-                tally.errors[type(line.error).__name__] = (
-                    tally.errors.get(type(line.error).__name__, 0) + 1
-                )
-                write(report_entry(line.number, line.customer_id, line.error, 0))
+                tally.count_error(line.error)
+                try:
+                    report.write(entry_for(line, line.error, 0))
+                except ReportWriteError:
+                    return  # the run stops: the consumer raises it
                 on_invalid(line)
                 on_result(tally)
                 continue
+            if history:
+                resent.add(line.key)
             line_of[index] = line
             index += 1
             yield line.customer_id, line.patch
 
-    async for result in client.iter_updates(valid(), concurrency=concurrency):
-        line = line_of.pop(result.index)
-        _record(tally, result)
-        write(report_entry(line.number, line.customer_id, result.error, result.attempts))
-        on_result(tally)
+    results = client.iter_updates(
+        valid(),
+        concurrency=concurrency,
+        max_failures=max_failures,
+        max_consecutive_failures=max_consecutive_failures,
+    )
+    try:
+        async for result in results:
+            line = line_of.pop(result.index)
+            _record(tally, result)
+            report.write(entry_for(line, result.error, result.attempts))
+            on_result(tally)
+    finally:  # leaving early (an error, a signal): stop the run and its requests now
+        aclose = getattr(results, "aclose", None)
+        if aclose is not None:
+            await aclose()
+    if report.error is not None:
+        raise report.error
 
 
 def _record(tally: Tally, result: UpdateResult) -> None:
     tally.retries += max(0, result.attempts - 1)
-    if result.ok:
+    error = result.error
+    if error is None:
         tally.succeeded += 1
         return
+    tally.count_error(error)
+    if isinstance(error, NotAttemptedError):
+        tally.not_attempted += 1
+        if tally.stopped is None:
+            tally.stopped = f"{type(error.cause).__name__}: {error.cause}"
+        return
     tally.failed += 1
-    name = type(result.error).__name__
-    tally.errors[name] = tally.errors.get(name, 0) + 1
+    if isinstance(error, AuthenticationError | PermissionDeniedError) and tally.stopped is None:
+        tally.stopped = f"{type(error).__name__}: {error}"
 
 
 def describe_invalid(line: Line) -> str:
@@ -159,5 +162,40 @@ def describe_invalid(line: Line) -> str:
     return f"line {line.number}: {details} (nothing sent)"
 
 
-def print_line(text: str, stream: IO[str] = sys.stderr) -> None:
-    print(text, file=stream, flush=True)
+def dry_run(
+    client: Client,
+    lines: Iterator[Line],
+    *,
+    out: IO[str],
+    err: IO[str],
+    verbose: bool,
+) -> int:
+    """Print each valid line's request (one line each, or in full), then a summary.
+
+    Plain writes, no markup: the text is the data's, and a million lines
+    must not cost a million renderings.
+    """
+    valid = invalid = 0
+    base = client.base_url.rstrip("/")
+    for line in lines:
+        if line.error is not None:
+            invalid += 1
+            out.flush()  # keep the two streams in order on a terminal
+            err.write(describe_invalid(line) + "\n")
+            err.flush()
+            continue
+        valid += 1
+        assert line.patch is not None
+        if verbose:
+            request = client.prepare(line.customer_id, line.patch)
+            headers = "".join(f"  {k}: {v}\n" for k, v in request.redacted_headers().items())
+            body = request.body.decode()
+            out.write(f"line {line.number}: {request.method} {request.url}\n{headers}  {body}\n")
+        else:
+            body = line.body.decode()
+            out.write(f"line {line.number}: {client.adapter.method} {base}{line.path} {body}\n")
+    out.write(
+        f"dry run: {valid} request(s) would be sent, {invalid} invalid line(s); nothing sent\n"
+    )
+    out.flush()
+    return EXIT_BAD_INPUT if invalid else EXIT_OK

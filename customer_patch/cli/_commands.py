@@ -7,13 +7,16 @@ import contextlib
 import importlib.resources
 import json
 import os
-from collections.abc import Iterator
+import signal
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any, NoReturn
 
 import click
 import stamina.instrumentation
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from customer_patch._adapter import Adapter
@@ -24,14 +27,24 @@ from customer_patch._pacing import RateLimit
 from customer_patch._registry import available_adapters, get_adapter
 from customer_patch.cli._apply import (
     EXIT_BAD_INPUT,
+    EXIT_SIGINT,
+    EXIT_SIGTERM,
+    EXIT_STOPPED,
     Tally,
     apply,
     describe_invalid,
-    done_lines,
-    done_records,
+    dry_run,
 )
-from customer_patch.cli._input import InputError, Line, count_records, read_updates
+from customer_patch.cli._input import (
+    FORMATS,
+    InputError,
+    Line,
+    Source,
+    read_digests,
+    read_updates,
+)
 from customer_patch.cli._progress import ProgressView
+from customer_patch.cli._report import Report, ReportError, ReportWriteError
 from customer_patch.sandbox import FakeProvider, Faults, fake_for
 
 DEMO_CUSTOMERS = 300
@@ -42,9 +55,10 @@ out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
-def _fail(message: str) -> None:
-    err.print(f"[red]error:[/red] {message}")
-    raise SystemExit(EXIT_BAD_INPUT)
+def _fail(message: str, status: int = EXIT_BAD_INPUT) -> NoReturn:
+    """One line on standard error (the message may quote data: no markup), then exit."""
+    err.print("[red]error:[/red] " + escape(message))
+    raise SystemExit(status)
 
 
 def _adapter(name: str) -> Adapter:
@@ -52,24 +66,36 @@ def _adapter(name: str) -> Adapter:
         return get_adapter(name)
     except CustomerPatchError as e:
         _fail(str(e))
-        raise  # unreachable: _fail exits
 
 
-def _rate_limit(text: str | None) -> tuple[RateLimit, ...] | Unset | None:
+MAX_BURST = 1_000_000
+PER_SECOND_RANGE = (0.001, 1_000_000.0)
+
+
+def _rate_limit(
+    text: str | None, option: str = "--rate-limit"
+) -> tuple[RateLimit, ...] | Unset | None:
     """``None`` (the adapter's limits), ``off``, or ``BURST/PER_SECOND[,BURST/PER_SECOND...]``."""
     if text is None:
         return UNSET
     if text == "off":
         return None
-    try:
-        limits = []
-        for part in text.split(","):
-            burst, per_second = part.split("/")
-            limits.append(RateLimit(burst=int(burst), per_second=float(per_second)))
-    except ValueError:
-        raise click.BadParameter(
-            "expected BURST/PER_SECOND (e.g. 50/5, or 10/1,50/5 for two buckets) or 'off'"
-        ) from None
+    low, high = PER_SECOND_RANGE
+    limits = []
+    for part in text.split(","):
+        try:
+            burst_text, per_second_text = part.split("/")
+            burst, per_second = int(burst_text), float(per_second_text)
+        except ValueError:
+            _fail(
+                f"{option} {text}: expected BURST/PER_SECOND (e.g. 50/5, or 10/1,50/5 "
+                "for two buckets) or 'off'"
+            )
+        if not 1 <= burst <= MAX_BURST:
+            _fail(f"{option} {text}: BURST must be a whole number from 1 to {MAX_BURST:,}")
+        if not low <= per_second <= high:  # also refuses nan and inf
+            _fail(f"{option} {text}: PER_SECOND must be from {low} to {high:,.0f}")
+        limits.append(RateLimit(burst=burst, per_second=per_second))
     return tuple(limits)
 
 
@@ -93,13 +119,45 @@ def providers() -> None:
         out.print(f"{name:<16} {adapter.default_base_url:<32} {', '.join(extras)}")
 
 
-@cli.command("apply")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+EXIT_STATUS_HELP = """\b
+Exit status:
+  0    every record succeeded
+  1    some records failed at the provider
+  2    bad input or usage: an invalid record, or a refused option or file
+  3    the run was stopped: a 401/403, a failure threshold, or the report
+       could not be written (takes precedence over 2 and 1)
+  130  interrupted (SIGINT, Ctrl-C); 143 terminated (SIGTERM)"""
+
+
+class Interrupted(Exception):
+    """The run was stopped by a signal."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(signal.Signals(signum).name)
+
+
+@cli.command("apply", epilog=EXIT_STATUS_HELP)
+@click.argument(
+    "file", type=click.Path(exists=True, dir_okay=False, allow_dash=True, path_type=Path)
+)
 @click.option("--provider", required=True, help="The adapter to use (see `providers`).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    help="The file's format, when its name does not say (standard input: jsonl by default).",
+)
+@click.option(
+    "--delimiter",
+    type=click.Choice([",", ";", "tab"]),
+    help="A CSV's separator (by default: ',' if the header has one, else ';', else tab).",
+)
 @click.option("--concurrency", default=8, show_default=True, type=click.IntRange(1, 1000))
 @click.option(
     "--dry-run", is_flag=True, help="Check every line and print the requests; send nothing."
 )
+@click.option("--verbose", is_flag=True, help="With --dry-run: print each request in full.")
 @click.option(
     "--report", type=click.Path(dir_okay=False, path_type=Path), help="Write a JSONL report here."
 )
@@ -108,7 +166,22 @@ def providers() -> None:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Skip records this report shows as done; new results are appended to it.",
 )
+@click.option(
+    "--overwrite-report", is_flag=True, help="Replace the file --report names if it exists."
+)
 @click.option("--strict", is_flag=True, help="Send nothing if any line is invalid.")
+@click.option(
+    "--max-failures",
+    type=click.IntRange(min=1),
+    help="Stop after this many failed records; the rest are reported as not attempted.",
+)
+@click.option(
+    "--max-consecutive-failures",
+    default=25,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Stop after this many failures in a row with the same error and status (0: never).",
+)
 @click.option("--base-url", help="Another host for the provider (https, or http to loopback).")
 @click.option(
     "--rate-limit", help="BURST/PER_SECOND[,BURST/PER_SECOND] for raised limits, or 'off'."
@@ -116,19 +189,24 @@ def providers() -> None:
 def apply_command(
     file: Path,
     provider: str,
+    fmt: str | None,
+    delimiter: str | None,
     concurrency: int,
     dry_run: bool,
+    verbose: bool,
     report: Path | None,
     resume: Path | None,
+    overwrite_report: bool,
     strict: bool,
+    max_failures: int | None,
+    max_consecutive_failures: int,
     base_url: str | None,
     rate_limit: str | None,
 ) -> None:
-    """Apply the updates in FILE (JSONL or CSV) at a provider.
+    """Apply the updates in FILE (JSONL or CSV; - for standard input) at a provider.
 
     The token is read from the provider's environment variable (`providers`
-    lists them), never from a flag, which would land in shell history.  Exit status: 0 all
-    succeeded, 1 some failed, 2 bad input or usage.
+    lists them), never from a flag, which would land in shell history.
     """
     adapter = _adapter(provider)
     limit = _rate_limit(rate_limit)
@@ -136,81 +214,112 @@ def apply_command(
     token = os.environ.get(token_env, "")
     if not token and not dry_run:
         _fail(f"set {token_env} in the environment (tokens are never taken as flags)")
+    if dry_run and (report or resume or overwrite_report):
+        _fail("--dry-run sends nothing, so it takes no --report, --resume or --overwrite-report")
+    if verbose and not dry_run:
+        _fail("--verbose goes with --dry-run")
+    separator = "\t" if delimiter == "tab" else delimiter
     try:
-        total = count_records(file)
-        lines = read_updates(file, adapter)
-        if strict or dry_run:
-            lines = _checked_first(list(lines), strict=strict)
         client = Client(adapter, token=token or "dry-run", base_url=base_url, rate_limit=limit)
+        source = Source.of(file, fmt, sys.stdin.buffer)
     except (InputError, ValueError) as e:
         _fail(str(e))
-        raise
-    if dry_run:
-        raise SystemExit(_dry_run(client, lines))
-    skip = done_records(resume) if resume else set()
-    target = report or resume
-    same_file = resume is not None and target is not None and target.resolve() == resume.resolve()
-    mode = "a" if same_file else "w"
-    with contextlib.ExitStack() as stack:
-        sink: IO[str] | None = None
-        if target is not None:
-            torn = mode == "a" and _ends_torn(target)
-            sink = stack.enter_context(target.open(mode, encoding="utf-8"))
-            if torn:
-                sink.write("\n")  # a crash mid-write left half a line: end it first
-            if resume is not None and not same_file:
-                # The new report must account for every record on its own, so
-                # that resuming from it later does not redo the ones done before.
-                sink.writelines(done_lines(resume))
-        tally = Tally(total=total)
+    try:
+        if dry_run:
+            lines = read_updates(source, adapter, delimiter=separator)
+            status = _guarded(lambda: dry_run_lines(client, lines, verbose=verbose))
+            raise SystemExit(status)
+        given = None if source.path is None and str(file) == "-" else file
         try:
-            asyncio.run(_run(client, lines, tally, concurrency, sink, skip, f"{adapter.provider}"))
-        except KeyboardInterrupt:
-            err.print(
-                f"interrupted after {tally.done} records"
-                + (f"; continue with --resume {target}" if target else "")
-            )
-            raise SystemExit(130) from None
-        except InputError as e:
+            sink = Report.open(report, resume=resume, overwrite=overwrite_report, source=given)
+        except ReportError as e:
             _fail(str(e))
-    _summary(tally)
-    raise SystemExit(tally.exit_status())
+        with sink:
+            _guarded(lambda: _check_first(source, adapter, sink, separator, strict=strict))
+            tally = Tally(total=source.count())
+            thresholds = (max_failures, max_consecutive_failures or None)
+            lines = read_updates(source, adapter, delimiter=separator)
+            status = _guarded(
+                lambda: _apply_and_report(
+                    client, lines, tally, concurrency, sink, adapter, thresholds
+                )
+            )
+    finally:
+        source.close()
+    raise SystemExit(status)
 
 
-def _ends_torn(path: Path) -> bool:
-    with path.open("rb") as f:
-        f.seek(0, os.SEEK_END)
-        if f.tell() == 0:
-            return False
-        f.seek(-1, os.SEEK_END)
-        return f.read(1) != b"\n"
+def _guarded(step: Callable[[], int | None]) -> int:
+    """Run ``step``; a problem with the whole input is a one-line error, exit 2."""
+    try:
+        return step() or 0
+    except (InputError, ReportError) as e:
+        _fail(str(e))
 
 
-def _checked_first(lines: list[Line], *, strict: bool) -> Iterator[Line]:
-    bad = [line for line in lines if line.error is not None]
-    for line in bad:
-        err.print(describe_invalid(line))
-    if bad and strict:
-        _fail(f"{len(bad)} invalid line(s); --strict sends nothing")
-    return iter(lines)
-
-
-def _dry_run(client: Client, lines: Iterator[Line]) -> int:
-    valid = invalid = 0
-    for line in lines:
-        if line.patch is None:
-            invalid += 1
-            continue
-        request = client.prepare(line.customer_id, line.patch)
-        valid += 1
-        out.print(f"[bold]line {line.number}[/bold]: {request.method} {request.url}")
-        for name, value in request.redacted_headers().items():
-            out.print(f"  {name}: {value}")
-        out.print(f"  {request.body.decode()}")
-    out.print(
-        f"dry run: {valid} request(s) would be sent, {invalid} invalid line(s); nothing sent"
+def dry_run_lines(client: Client, lines: Iterator[Line], *, verbose: bool) -> int:
+    return dry_run(
+        client,
+        lines,
+        out=sys.stdout,
+        err=sys.stderr,
+        verbose=verbose,
     )
-    return EXIT_BAD_INPUT if invalid else 0
+
+
+def _check_first(
+    source: Source, adapter: Adapter, report: Report, delimiter: str | None, *, strict: bool
+) -> None:
+    """Before anything is sent: the file is the one the report saw; with --strict, valid."""
+    if not (strict or report.history):
+        return
+    source.spool()  # standard input or a pipe: to a temporary file, to be read twice
+    if report.history:
+        assert report.path is not None
+        digests = read_digests(source, adapter, delimiter=delimiter)
+        report.history.check(digests, report.path, source.name)
+    if strict:
+        bad = 0
+        for line in read_updates(source, adapter, delimiter=delimiter):
+            if line.error is not None:
+                bad += 1
+                err.print(describe_invalid(line), markup=False)
+        if bad:
+            _fail(f"{bad} invalid line(s); --strict sends nothing")
+
+
+def _apply_and_report(
+    client: Client,
+    lines: Iterator[Line],
+    tally: Tally,
+    concurrency: int,
+    report: Report,
+    adapter: Adapter,
+    thresholds: tuple[int | None, int | None],
+) -> int:
+    resume_hint = f"; continue with --resume {report.path}" if report.path else ""
+    try:
+        asyncio.run(_run(client, lines, tally, concurrency, report, adapter.provider, thresholds))
+    except (Interrupted, KeyboardInterrupt) as e:
+        signum = e.signum if isinstance(e, Interrupted) else int(signal.SIGINT)
+        err.print(f"interrupted after {tally.done} records{resume_hint}", markup=False)
+        return EXIT_SIGTERM if signum == signal.SIGTERM else EXIT_SIGINT
+    except ReportWriteError as e:
+        _summary(tally)
+        err.print(
+            f"error: {e}: stopped after {tally.done} records, each of them recorded; "
+            f"make room, then continue with --resume {report.path}",
+            markup=False,
+        )
+        return EXIT_STOPPED
+    _summary(tally)
+    if tally.stopped is not None:
+        err.print(
+            f"stopped: {tally.stopped}; {tally.not_attempted} record(s) not attempted"
+            + resume_hint,
+            markup=False,
+        )
+    return tally.exit_status()
 
 
 async def _run(
@@ -218,33 +327,63 @@ async def _run(
     lines: Iterator[Line],
     tally: Tally,
     concurrency: int,
-    sink: IO[str] | None,
-    skip: set[tuple[int, str]],
+    report: Report,
     label: str,
+    thresholds: tuple[int | None, int | None] = (None, None),
 ) -> None:
-    async with client:
-        with ProgressView(out, label, tally.total) as view:
-            await apply(
-                client,
-                lines,
-                tally=tally,
-                concurrency=concurrency,
-                report=sink,
-                skip=skip,
-                # Through the view: a write to stderr would land inside the live bar.
-                on_invalid=lambda line: view.note(describe_invalid(line), err),
-                on_result=view.update,
-            )
+    """Apply ``lines``; SIGINT and SIGTERM cancel the run cleanly (a second one, at once)."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    received: list[int] = []
+    installed: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        received.append(signum)
+        for sig in installed:  # a second signal acts as if we had never caught the first
+            loop.remove_signal_handler(sig)
+        installed.clear()
+        task.cancel()
+
+    for sig in (int(signal.SIGINT), int(signal.SIGTERM)):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, on_signal, sig)
+            installed.append(sig)
+    try:
+        async with client:
+            with ProgressView(out, label, tally.total) as view:
+                await apply(
+                    client,
+                    lines,
+                    tally=tally,
+                    concurrency=concurrency,
+                    report=report,
+                    # Through the view: a write to stderr would land inside the live bar.
+                    on_invalid=lambda line: view.note(describe_invalid(line), err),
+                    on_result=view.update,
+                    max_failures=thresholds[0],
+                    max_consecutive_failures=thresholds[1],
+                )
+    except asyncio.CancelledError:
+        if received:
+            task.uncancel()
+            raise Interrupted(received[0]) from None
+        raise
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
 
 
 def _summary(tally: Tally) -> None:
     parts = [f"{tally.succeeded} succeeded", f"{tally.failed} failed", f"{tally.invalid} invalid"]
+    if tally.not_attempted:
+        parts.append(f"{tally.not_attempted} not attempted")
     if tally.retries:
         parts.append(f"{tally.retries} retries")
     if tally.skipped:
         parts.append(f"{tally.skipped} skipped (done before)")
     errors = ", ".join(f"{n} {name}" for name, n in sorted(tally.errors.items()))
-    out.print("; ".join(parts) + (f" ({errors})" if errors else ""))
+    out.print("; ".join(parts) + (f" ({errors})" if errors else ""), markup=False)
 
 
 @cli.command()
@@ -269,7 +408,6 @@ def sandbox(provider: str, port: int, faults: str, customers: int, limits: str) 
         fake = fake_for(adapter)(faults=Faults.parse(faults), limits=enforced)
     except (CustomerPatchError, ValueError) as e:
         _fail(str(e))
-        raise
 
     async def serve() -> None:
         base_url = await fake.start(port=port)
@@ -323,10 +461,11 @@ async def _demo() -> int:
                 rate_limit=limits[0] if limits else UNSET,
             )
             with _demo_path(fake_cls) as path:
-                tally = Tally(total=count_records(path))
+                source = Source.of(path)
+                tally = Tally(total=source.count())
                 out.print(f"[bold]{adapter.provider}[/bold]: {path.name} -> sandbox at {base_url}")
                 await _run(
-                    client, read_updates(path, adapter), tally, 16, None, set(), adapter.provider
+                    client, read_updates(source, adapter), tally, 16, Report(), adapter.provider
                 )
             for i in ids[:3]:
                 examples.append((adapter.provider, i, before[i], dict(fake.customers[i])))

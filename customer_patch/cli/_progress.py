@@ -20,7 +20,7 @@ EVERY = 1000
 
 
 class ProgressView:
-    def __init__(self, console: Console, label: str, total: int) -> None:
+    def __init__(self, console: Console, label: str, total: int | None) -> None:
         self.console = console
         self.label = label
         self.total = total
@@ -46,9 +46,9 @@ class ProgressView:
     def note(self, text: str, fallback: Console) -> None:
         """Print a line above the live bar, or to ``fallback`` when there is none."""
         if self._bar is not None:
-            self._bar.console.print(text, highlight=False, soft_wrap=True)
+            self._bar.console.print(text, highlight=False, soft_wrap=True, markup=False)
         else:
-            fallback.print(text)
+            fallback.print(text, markup=False)
 
     def update(self, tally: Tally) -> None:
         failed = tally.failed + tally.invalid
@@ -58,10 +58,12 @@ class ProgressView:
             )
         elif tally.done - self._last_logged >= EVERY or tally.done + tally.skipped == self.total:
             self._last_logged = tally.done
+            of = f"/{self.total}" if self.total is not None else ""
             self.console.print(
-                f"{self.label}: {tally.done + tally.skipped}/{self.total} done, {failed} failed, "
+                f"{self.label}: {tally.done + tally.skipped}{of} done, {failed} failed, "
                 f"{tally.rate:.1f}/s",
                 highlight=False,
+                markup=False,
             )
 
     def __exit__(

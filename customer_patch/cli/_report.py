@@ -1,0 +1,303 @@
+"""The report of ``apply``: one JSON line per record, and what ``--resume`` reads back.
+
+A line is ``{"line": N, "id": ..., "ok": ..., "attempts": ..., "hash": ...}``,
+plus ``error``, ``message`` and ``status`` on failure, written and flushed as
+each result arrives, so a crash loses nothing already done.  ``hash`` is the
+record's content hash, so that ``--resume`` refuses another file's report.
+
+Which records a report shows as *done* follows the order in which they were
+applied: a record sent for a customer (succeeded, or failed after a request
+went out, which may have changed it) undoes the later records of that
+customer the report showed as done, since its value may now be the one the
+provider holds.  ``apply`` then sends every later record of a customer again
+once it sends one of that customer's records, so that the last line of the
+file lands last, whatever was killed or failed before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import filelock
+
+from customer_patch._errors import ProviderError
+from customer_patch.cli._input import Line, customer_key
+
+_TORN_PREFIX = b'{"line": '  # every line this module writes starts so
+_REQUIRED = {"line": int, "ok": bool, "attempts": int, "hash": str}
+
+
+class ReportError(Exception):
+    """The report cannot be used (a one-line reason; nothing was sent)."""
+
+
+class ReportWriteError(Exception):
+    """Writing the report failed mid-run (e.g. a full disk); the run must stop."""
+
+    def __init__(self, path: Path, error: OSError) -> None:
+        self.path = path
+        self.error = error
+        reason = error.strerror or str(error)
+        super().__init__(f"cannot write the report {path} ({reason})")
+
+
+class History:
+    """What a report shows: each line's content hash, and the lines done, in order."""
+
+    def __init__(self) -> None:
+        self.hashes: dict[int, str] = {}
+        self._done: dict[str, set[int]] = {}  # customer key -> line numbers done
+        self.entries = 0
+
+    def __bool__(self) -> bool:
+        return self.entries > 0
+
+    def add(self, entry: dict[str, Any]) -> None:
+        """Take one report line into account, in the order the report holds them."""
+        self.entries += 1
+        number, key = entry["line"], customer_key(entry.get("id"))
+        self.hashes[number] = entry["hash"]
+        done = self._done.setdefault(key, set())
+        if entry["ok"] or entry["attempts"] > 0:
+            # Sent after the later lines shown done: their values may be overwritten.
+            done.difference_update([n for n in done if n > number])
+        if entry["ok"]:
+            done.add(number)
+        else:
+            done.discard(number)
+        if not done:
+            del self._done[key]
+
+    def is_done(self, line: Line) -> bool:
+        """Whether the report shows ``line`` as applied and not overwritten since."""
+        return line.number in self._done.get(line.key, ())
+
+    @property
+    def done(self) -> int:
+        return sum(len(lines) for lines in self._done.values())
+
+    def check(self, records: Iterable[tuple[int, str]], report: Path, source: str) -> None:
+        """Raise :class:`ReportError` unless ``records`` (line, hash) are those the report saw."""
+        seen = 0
+        for number, digest in records:
+            expected = self.hashes.get(number)
+            if expected is None:
+                continue
+            if expected != digest:
+                raise ReportError(
+                    f"{report} is not a report of {source}: line {number} differs "
+                    "(was the file edited, or is this another file's report?); nothing sent"
+                )
+            seen += 1
+        if seen != len(self.hashes):
+            raise ReportError(
+                f"{report} is not a report of {source}: it has results for "
+                f"{len(self.hashes) - seen} line(s) the file does not have; nothing sent"
+            )
+
+
+def read_history(path: Path) -> History:
+    """Every line of the report ``path``, checked; a torn line (a crash mid-write) is skipped."""
+    history = History()
+    for number, line in enumerate(_lines(path), start=1):
+        entry = _entry(line)
+        if entry is None:
+            if line.startswith(_TORN_PREFIX) and line.isascii():
+                continue  # torn by a crash mid-write: its record is simply done again
+            raise ReportError(f"{path}:{number}: not a line of a customer-patch report")
+        missing = [k for k, kind in _REQUIRED.items() if not isinstance(entry.get(k), kind)]
+        if missing or "id" not in entry or isinstance(entry["line"], bool):
+            needs = ", ".join(f"'{k}'" for k in (*_REQUIRED, "id"))
+            raise ReportError(
+                f"{path}:{number}: a report line needs {needs}"
+                + (
+                    " (a report of an older version cannot be resumed)"
+                    if missing == ["hash"]
+                    else ""
+                )
+            )
+        history.add(entry)
+    return history
+
+
+def _lines(path: Path) -> Iterable[bytes]:
+    try:
+        with path.open("rb") as f:
+            yield from f
+    except OSError as e:
+        raise ReportError(f"{path}: cannot be read ({e.strerror})") from None
+
+
+def _entry(line: bytes) -> dict[str, Any] | None:
+    try:
+        entry = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    return entry if isinstance(entry, dict) else None
+
+
+def _open(path: Path, mode: str) -> BinaryIO:
+    """Open the report file (tests replace this to simulate a full disk)."""
+    return path.open(mode, buffering=0)  # type: ignore[return-value]
+
+
+class Report:
+    """The report file of one run: locked, healed, appended to; and what it shows done.
+
+    With no file (no ``--report`` nor ``--resume``) it writes nothing and
+    shows nothing done.
+    """
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path
+        self.history = History()
+        self._file: BinaryIO | None = None
+        self._locks: list[filelock.BaseFileLock] = []
+        self.error: ReportWriteError | None = None
+
+    @classmethod
+    def open(
+        cls,
+        report: Path | None,
+        *,
+        resume: Path | None,
+        overwrite: bool,
+        source: Path | None,
+    ) -> Report:
+        """The report for a run writing ``report`` (or continuing ``resume``) for ``source``.
+
+        Raises :class:`ReportError`, before anything is written, when the
+        report would be the input file, exists and would be overwritten
+        unasked, is being written by another run, or cannot be read back.
+        """
+        target = report or resume
+        if target is None:
+            return cls()
+        for given, flag in ((report, "--report"), (resume, "--resume")):
+            if given is not None and source is not None and _same(given, source):
+                raise ReportError(f"{flag} {given} is the input file; name another file")
+        if not target.parent.is_dir():
+            raise ReportError(f"--report {target}: the folder {target.parent} does not exist")
+        self = cls(target)
+        try:
+            self._lock(target)
+            in_place = resume is not None and (resume == target or _same(resume, target))
+            if resume is not None:
+                if not in_place:
+                    self._lock(resume)
+                self.history = read_history(resume)
+            if in_place:
+                self._file = self._opened(target, "ab")
+                if _ends_torn(target):
+                    self._write(b"\n")  # a crash mid-write left half a line: end it first
+            else:
+                if target.exists() and not overwrite:
+                    raise ReportError(
+                        f"--report {target} exists; continue it with --resume {target}, "
+                        "or pass --overwrite-report to replace it"
+                    )
+                self._file = self._opened(target, "wb")
+                if resume is not None:
+                    # The new report must account for every record on its own,
+                    # in the order the old one saw them.
+                    for line in _lines(resume):
+                        if _entry(line) is not None:
+                            self._write(line if line.endswith(b"\n") else line + b"\n")
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _lock(self, path: Path) -> None:
+        lock = filelock.FileLock(f"{path}.lock", timeout=0)
+        try:
+            lock.acquire()
+        except filelock.Timeout:
+            raise ReportError(f"{path} is in use by another run (locked by {path}.lock)") from None
+        except OSError as e:
+            raise ReportError(f"{path}: cannot be locked ({e.strerror})") from None
+        self._locks.append(lock)
+
+    def _opened(self, path: Path, mode: str) -> BinaryIO:
+        try:
+            return _open(path, mode)
+        except OSError as e:
+            raise ReportError(f"--report {path}: cannot be written ({e.strerror})") from None
+
+    def write(self, entry: dict[str, Any]) -> None:
+        """Append one entry; raise :class:`ReportWriteError` if it (or an earlier one) failed."""
+        if self._file is None:
+            return
+        self._write(json.dumps(entry).encode() + b"\n")
+
+    def _write(self, data: bytes) -> None:
+        assert self._file is not None
+        assert self.path is not None
+        if self.error is not None:
+            raise self.error
+        view = memoryview(data)
+        try:
+            while view:  # unbuffered: a short write is possible, a lost one is not
+                written = self._file.write(view)
+                if written is None:  # pragma: no cover - non-blocking files only
+                    raise OSError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+                view = view[written:]
+        except OSError as e:
+            self.error = ReportWriteError(self.path, e)
+            raise self.error from None
+
+    def close(self) -> None:
+        """Close the file and release the locks (safe to call twice)."""
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+            self._file = None
+        while self._locks:
+            with contextlib.suppress(OSError):
+                self._locks.pop().release()
+
+    def __enter__(self) -> Report:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _same(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` are one file (through links too)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _ends_torn(path: Path) -> bool:
+    with path.open("rb") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() == 0:
+            return False
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) != b"\n"
+
+
+def entry_for(line: Line, error: BaseException | None, attempts: int) -> dict[str, Any]:
+    """The report line for ``line``'s outcome (``line`` first: see ``_TORN_PREFIX``)."""
+    entry: dict[str, Any] = {
+        "line": line.number,
+        "id": line.customer_id,
+        "ok": error is None,
+        "attempts": attempts,
+        "hash": line.digest,
+    }
+    if error is not None:
+        entry["error"] = type(error).__name__
+        entry["message"] = str(error)
+        if isinstance(error, ProviderError):
+            entry["status"] = error.status
+    return entry

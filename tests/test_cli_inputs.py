@@ -1,0 +1,524 @@
+"""The command line with careless input, options and reports: issue 9's CLI cases.
+
+Each test runs ``apply`` in-process against a DualEntry fake on loopback."""
+
+import errno
+import json
+import os
+
+import filelock
+import pytest
+
+from customer_patch.cli import _report
+from customer_patch.cli._input import CSV_FIELD_LIMIT
+from tests.test_cli import TOKEN, apply_dualentry, digest, jsonl, report_lines, run
+from tests.threaded_fake import threaded_fake
+
+FAST = {"limits": ()}
+
+
+def apply_fast(path, base):
+    """apply against the fake at ``base``, unpaced (the fake enforces no limits)."""
+    return [*apply_dualentry(path, base), "--rate-limit", "off"]
+
+
+def names(fake, ids):
+    return {i: fake.customers[i]["name"] for i in ids}
+
+
+# -- 2: resume never lands an older line over a newer one --------------------------------------
+
+
+def entry(line, customer_id, record, *, ok, attempts=1):
+    return {
+        "line": line,
+        "id": customer_id,
+        "ok": ok,
+        "attempts": attempts,
+        "hash": digest(record),
+    }
+
+
+def test_resume_sends_the_later_lines_of_a_customer_again_after_an_earlier_one(tmp_path):
+    records = [
+        {"id": 1001, "patch": {"name": "a"}},  # failed in the first run
+        {"id": 1001, "patch": {"name": "b"}},  # succeeded in the first run
+        {"id": 1002, "patch": {"name": "c"}},  # succeeded: not sent again
+    ]
+    path = jsonl(tmp_path / "u.jsonl", records)
+    report = tmp_path / "r.jsonl"
+    report.write_text(
+        json.dumps(entry(1, 1001, records[0], ok=False, attempts=5))
+        + "\n"
+        + json.dumps(entry(2, 1001, records[1], ok=True))
+        + "\n"
+        + json.dumps(entry(3, 1002, records[2], ok=True))
+        + "\n"
+    )
+    with threaded_fake("dualentry", customers=2, **FAST) as (fake, base, ids):
+        result = run([*apply_fast(path, base), "--resume", str(report)])
+        stored = names(fake, ids)
+        sent = [(r.path, r.body) for r in fake.requests]
+    assert result.exit_code == 0, result.output
+    assert stored[1001] == "b"  # the last line of the file, not the retried older one
+    assert sent == [
+        ("/public/v2/customers/1001/", {"name": "a"}),
+        ("/public/v2/customers/1001/", {"name": "b"}),
+    ]
+
+
+def test_a_line_done_before_an_earlier_line_was_sent_again_is_not_done(tmp_path):
+    """Run 1: line 1 failed, line 2 ok; run 2 sent line 1 again and was killed.
+
+    Run 3 must send line 2 again: line 1 landed after it."""
+    records = [{"id": 1001, "patch": {"name": "a"}}, {"id": 1001, "patch": {"name": "b"}}]
+    path = jsonl(tmp_path / "u.jsonl", records)
+    report = tmp_path / "r.jsonl"
+    lines = [
+        entry(1, 1001, records[0], ok=False),
+        entry(2, 1001, records[1], ok=True),
+        entry(1, 1001, records[0], ok=True),  # run 2, killed before line 2 went again
+    ]
+    report.write_text("".join(json.dumps(e) + "\n" for e in lines))
+    with threaded_fake("dualentry", customers=1, **FAST) as (fake, base, _):
+        fake.customers[1001]["name"] = "a"  # what run 2 left
+        result = run([*apply_fast(path, base), "--resume", str(report)])
+        stored = fake.customers[1001]["name"]
+    assert result.exit_code == 0, result.output
+    assert stored == "b"
+
+
+# -- 3: a report of another file ----------------------------------------------------------------
+
+
+def test_resume_refuses_another_files_report_before_sending(tmp_path):
+    monday = jsonl(tmp_path / "monday.jsonl", [{"id": 1001, "patch": {"name": "Mon"}}])
+    tuesday = jsonl(tmp_path / "tuesday.jsonl", [{"id": 1001, "patch": {"name": "Tue"}}])
+    report = tmp_path / "r.jsonl"
+    with threaded_fake("dualentry", customers=1, **FAST) as (fake, base, _):
+        first = run([*apply_fast(monday, base), "--report", str(report)])
+        before = report.read_bytes()
+        second = run([*apply_fast(tuesday, base), "--resume", str(report)])
+        sent = len(fake.requests)
+    assert first.exit_code == 0, first.output
+    assert second.exit_code == 2
+    assert sent == 1  # only Monday's
+    assert f"{report} is not a report of {tuesday}: line 1 differs" in second.output
+    assert len(second.output.strip().splitlines()) == 1
+    assert report.read_bytes() == before
+
+
+def test_resume_refuses_a_report_with_lines_the_file_does_not_have(tmp_path):
+    records = [{"id": 1001, "patch": {"name": f"N{n}"}} for n in range(3)]
+    path = jsonl(tmp_path / "u.jsonl", records)
+    report = tmp_path / "r.jsonl"
+    report.write_text(json.dumps(entry(9, 1001, records[0], ok=True)) + "\n")
+    result = run(["apply", str(path), "--provider", "dualentry", "--resume", str(report)])
+    assert result.exit_code == 2
+    assert "results for 1 line(s) the file does not have" in result.output
+
+
+# -- 4: the report never destroys a file; one run at a time ---------------------------------------
+
+
+def test_report_naming_the_input_is_refused_and_the_input_kept(tmp_path):
+    path = jsonl(tmp_path / "u.jsonl", [{"id": 1001, "patch": {"name": "x"}}])
+    before = path.read_bytes()
+    (tmp_path / "link.jsonl").symlink_to(path)
+    os.link(path, tmp_path / "hard.jsonl")
+    for flag, other in [
+        ("--report", path),
+        ("--report", tmp_path / "link.jsonl"),
+        ("--report", tmp_path / "hard.jsonl"),
+        ("--resume", path),
+        ("--resume", tmp_path / "hard.jsonl"),
+    ]:
+        result = run(
+            ["apply", str(path), "--provider", "dualentry", flag, str(other), "--overwrite-report"]
+        )
+        assert result.exit_code == 2, (flag, other, result.output)
+        assert f"{flag} {other} is the input file" in result.output
+        assert path.read_bytes() == before
+
+
+def test_an_existing_report_is_not_overwritten_unless_asked(tmp_path):
+    path = jsonl(tmp_path / "u.jsonl", [{"id": 1001, "patch": {"name": "x"}}])
+    report = tmp_path / "r.jsonl"
+    report.write_text("precious\n")
+    with threaded_fake("dualentry", customers=1, **FAST) as (fake, base, _):
+        refused = run([*apply_fast(path, base), "--report", str(report)])
+        assert fake.requests == []
+        assert report.read_text() == "precious\n"
+        replaced = run([*apply_fast(path, base), "--report", str(report), "--overwrite-report"])
+    assert refused.exit_code == 2
+    assert "exists; continue it with --resume" in refused.output
+    assert replaced.exit_code == 0, replaced.output
+    assert [r["ok"] for r in report_lines(report)] == [True]
+
+
+def test_two_runs_cannot_write_one_report(tmp_path):
+    path = jsonl(tmp_path / "u.jsonl", [{"id": 1001, "patch": {"name": "x"}}])
+    report = tmp_path / "r.jsonl"
+    with threaded_fake("dualentry", customers=1, **FAST) as (fake, base, _):
+        with filelock.FileLock(f"{report}.lock"):  # what a running apply holds
+            result = run([*apply_fast(path, base), "--report", str(report)])
+        assert fake.requests == []
+    assert result.exit_code == 2
+    assert f"{report} is in use by another run" in result.output
+    assert not report.exists()
+
+
+# -- 6: standard input and named pipes ------------------------------------------------------------
+
+
+def test_apply_reads_standard_input(tmp_path):
+    from click.testing import CliRunner
+
+    from customer_patch.cli._commands import cli
+
+    with threaded_fake("dualentry", customers=2, **FAST) as (fake, base, ids):
+        text = "".join(json.dumps({"id": i, "patch": {"name": "S"}}) + "\n" for i in ids)
+        result = CliRunner().invoke(
+            cli,
+            [*apply_fast("-", base), "--report", str(tmp_path / "r.jsonl")],
+            input=text,
+            env={"DUALENTRY_API_KEY": TOKEN},
+        )
+        stored = names(fake, ids)
+        csv_result = CliRunner().invoke(
+            cli,
+            [*apply_fast("-", base), "--format", "csv", "--strict"],
+            input=f"id,name\n{ids[0]},C\n",
+            env={"DUALENTRY_API_KEY": TOKEN},
+        )
+        after_csv = fake.customers[ids[0]]["name"]
+    assert result.exit_code == 0, result.output
+    assert stored == dict.fromkeys(ids, "S")
+    assert len(report_lines(tmp_path / "r.jsonl")) == 2
+    assert csv_result.exit_code == 0, csv_result.output
+    assert after_csv == "C"
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_a_named_pipe_is_read_once_without_hanging(tmp_path):
+    import subprocess
+    import threading
+
+    from tests.test_cli import CLI
+
+    fifo = tmp_path / "u.jsonl"
+    os.mkfifo(fifo)
+    with threaded_fake("dualentry", customers=2, **FAST) as (fake, base, ids):
+        text = "".join(json.dumps({"id": i, "patch": {"name": "P"}}) + "\n" for i in ids)
+
+        def feed():
+            with open(fifo, "w") as f:
+                f.write(text)
+
+        writer = threading.Thread(target=feed, daemon=True)
+        writer.start()
+        proc = subprocess.run(
+            [*CLI, *apply_fast(fifo, base)],
+            env={**os.environ, "DUALENTRY_API_KEY": TOKEN},
+            capture_output=True,
+            text=True,
+            timeout=30,  # a hang guard: counting the records used to consume the pipe
+        )
+        writer.join(5)
+        stored = names(fake, ids)
+    assert proc.returncode == 0, proc.stderr
+    assert stored == dict.fromkeys(ids, "P")
+
+
+# -- 8: dry run and --strict stream -------------------------------------------------------------
+
+
+def test_strict_reads_the_file_twice_instead_of_holding_it(tmp_path, monkeypatch):
+    """--strict checks every line first, then streams: it never builds a list of lines."""
+    path = jsonl(
+        tmp_path / "u.jsonl", [{"id": 1001, "patch": {"name": f"N{n}"}} for n in range(50)]
+    )
+    monkeypatch.setattr(
+        "customer_patch.cli._commands.list", lambda *a: pytest.fail("list()"), raising=False
+    )
+    with threaded_fake("dualentry", customers=1, **FAST) as (fake, base, _):
+        result = run([*apply_fast(path, base), "--strict"])
+        stored = fake.customers[1001]["name"]
+    assert result.exit_code == 0, result.output
+    assert stored == "N49"
+
+
+def test_dry_run_streams_one_line_a_record_and_sums_up(tmp_path):
+    records = 20_000
+    path = tmp_path / "u.jsonl"
+    path.write_text(
+        "".join(
+            json.dumps({"id": 1001 + n, "patch": {"name": f"N{n}"}}) + "\n" for n in range(records)
+        )
+    )
+    result = run(["apply", str(path), "--provider", "dualentry", "--dry-run"])
+    lines = result.output.splitlines()
+    assert result.exit_code == 0, result.output[-500:]
+    assert len(lines) == records + 1
+    assert lines[0] == (
+        'line 1: PATCH https://api.dualentry.com/public/v2/customers/1001/ {"name":"N0"}'
+    )
+    assert (
+        lines[-1]
+        == f"dry run: {records} request(s) would be sent, 0 invalid line(s); nothing sent"
+    )
+
+
+# -- 10: a malformed line is an invalid record, never a crash -----------------------------------
+
+
+def test_malformed_jsonl_lines_are_invalid_records_and_the_rest_goes_out(tmp_path):
+    good = [json.dumps({"id": 1001 + n, "patch": {"name": f"N{n}"}}).encode() for n in range(5)]
+    deep = b'{"id": 1, "patch": {"extra": {"x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}}}"
+    lines = [
+        good[0],
+        deep,  # line 2: RecursionError
+        b'{"id": ' + b"7" * 5000 + b', "patch": {"name": "x"}}',  # line 3: int limit
+        good[1],
+        b'{"id": 1003, "patch": {"name": "caf\xe9"}}',  # line 5: Latin-1, not UTF-8
+        good[2],
+        b'{"id": 1006, "patch":\r {"name": "CR"}}',  # line 7: a bare CR is JSON whitespace
+        good[3],
+        b'{"id": 1005, "id": 1001, "patch": {"name": "twice"}}',  # line 9: a key twice
+        good[4],
+    ]
+    path = tmp_path / "u.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    report = tmp_path / "r.jsonl"
+    with threaded_fake("dualentry", customers=6, **FAST) as (fake, base, ids):
+        result = run([*apply_fast(path, base), "--report", str(report)])
+        stored = names(fake, ids)
+    assert result.exit_code == 2, result.output
+    assert "line 2: nested too deeply to read (nothing sent)" in result.output
+    assert "line 3: holds a number with more than 4,300 digits (nothing sent)" in result.output
+    assert "line 5: not UTF-8 (byte 36) (nothing sent)" in result.output
+    assert 'line 9: key "id" is given twice (nothing sent)' in result.output
+    assert stored == {1001: "N0", 1002: "N1", 1003: "N2", 1004: "N3", 1005: "N4", 1006: "CR"}
+    entries = report_lines(report)
+    assert sorted(e["line"] for e in entries) == list(range(1, 11))
+    assert sorted(e["line"] for e in entries if not e["ok"]) == [2, 3, 5, 9]
+    assert "6 succeeded; 0 failed; 4 invalid" in result.output
+
+
+def test_a_bom_and_crlf_endings_are_read(tmp_path):
+    path = tmp_path / "u.jsonl"
+    path.write_bytes(
+        b"\xef\xbb\xbf"
+        + b'{"id": 1001, "patch": {"name": "A"}}\r\n'
+        + b'{"id": 1002, "patch": {"name": "B"}}\r\n'
+    )
+    with threaded_fake("dualentry", customers=2, **FAST) as (fake, base, ids):
+        result = run([*apply_fast(path, base)])
+        stored = names(fake, ids)
+    assert result.exit_code == 0, result.output
+    assert stored == {1001: "A", 1002: "B"}
+
+
+def test_malformed_csv_rows_are_invalid_records(tmp_path):
+    path = tmp_path / "u.csv"
+    path.write_bytes(
+        b"id,name,extra\n"
+        + b"1001,A,\n"
+        + b"1002,"
+        + b"x" * 200_000
+        + b",\n"  # line 3: a cell over 128 KiB is read
+        + b"7" * 5000
+        + b",B,\n"  # line 4: an id too long for int()
+        + b'1003,"caf\xe9",\n'  # line 5: not UTF-8
+        + b'1004,C,"{""x"": '
+        + b"[" * 100_000
+        + b"]" * 100_000
+        + b'}"\n'  # line 6: deep
+        + b"1005,D,\n"
+    )
+    with threaded_fake("dualentry", customers=5, **FAST) as (fake, base, ids):
+        result = run([*apply_fast(path, base)])
+        stored = names(fake, ids)
+    assert result.exit_code == 2, result.output
+    assert "line 4: id: has more than 4,300 digits (nothing sent)" in result.output
+    assert "line 5: not UTF-8 (byte 10) (nothing sent)" in result.output
+    assert "line 6: extra: nested too deeply to read (nothing sent)" in result.output
+    assert stored[1001] == "A"
+    assert stored[1005] == "D"
+    assert stored[1003] != "caf\ufffd"
+
+
+def test_a_csv_cell_over_the_limit_is_an_invalid_record(tmp_path):
+    path = tmp_path / "u.csv"
+    path.write_text("id,name\n1001," + "x" * (CSV_FIELD_LIMIT + 1) + "\n1002,B\n")
+    with threaded_fake("dualentry", customers=2, **FAST) as (fake, base, ids):
+        result = run([*apply_fast(path, base)])
+        stored = names(fake, ids)
+    assert result.exit_code == 2, result.output
+    assert f"line 2: not valid CSV: field larger than field limit ({CSV_FIELD_LIMIT})" in (
+        result.output
+    )
+    assert stored[1002] == "B"
+
+
+# -- 13: report and option problems --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--rate-limit", "5/inf"], "PER_SECOND must be from 0.001"),
+        (["--rate-limit", "1/1e-300"], "PER_SECOND must be from 0.001"),
+        (["--rate-limit", "5/nan"], "PER_SECOND must be from 0.001"),
+        (["--rate-limit", "5/-1"], "PER_SECOND must be from 0.001"),
+        (["--rate-limit", "0/5"], "BURST must be a whole number from 1"),
+        (["--rate-limit", "-3/5"], "BURST must be a whole number from 1"),
+        (["--report", "/no/such/folder/r.jsonl"], "the folder /no/such/folder does not exist"),
+        (["--dry-run", "--report", "r.jsonl"], "--dry-run sends nothing"),
+        (["--verbose"], "--verbose goes with --dry-run"),
+    ],
+)
+def test_option_problems_are_one_line_and_exit_2(tmp_path, args, message):
+    path = jsonl(tmp_path / "u.jsonl", [{"id": 1001, "patch": {"name": "x"}}])
+    result = run(["apply", str(path), "--provider", "dualentry", *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b'{"id": 1001, "ok": true, "attempts": 1, "hash": "x"}\n', "a report line needs"),
+        (b'{"line": 1, "id": 1001, "ok": true, "attempts": 1}\n', "an older version"),
+        (b"\xff\xfe not a report\n", ":1: not a line of a customer-patch report"),
+        (
+            b'{"line": 1, "id": 1001, "ok": true, "attempts": 1, "hash": "x"}\n[1]\n',
+            ":2: not a line",
+        ),
+    ],
+)
+def test_a_resume_file_that_is_not_a_report_is_refused(tmp_path, content, message):
+    path = jsonl(tmp_path / "u.jsonl", [{"id": 1001, "patch": {"name": "x"}}])
+    report = tmp_path / "r.jsonl"
+    report.write_bytes(content)
+    result = run(["apply", str(path), "--provider", "dualentry", "--resume", str(report)])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    assert report.read_bytes() == content
+
+
+class FullDisk:
+    """A report file whose writes fail with ENOSPC once ``room`` lines were written."""
+
+    def __init__(self, real, room):
+        self.real, self.room = real, room
+
+    def write(self, data):
+        if self.room == 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= bytes(data).count(b"\n")
+        return self.real.write(data)
+
+    def close(self):
+        self.real.close()
+
+
+def test_a_full_disk_mid_run_stops_cleanly_and_the_report_stays_true(tmp_path, monkeypatch):
+    real_open = _report._open
+    monkeypatch.setattr(_report, "_open", lambda path, mode: FullDisk(real_open(path, mode), 5))
+    records = [{"id": 1001 + n, "patch": {"name": f"N{n}"}} for n in range(40)]
+    path = jsonl(tmp_path / "u.jsonl", records)
+    report = tmp_path / "r.jsonl"
+    with threaded_fake("dualentry", customers=40, **FAST) as (fake, base, ids):
+        result = run([*apply_fast(path, base), "--report", str(report), "--concurrency", "2"])
+        sent = len(fake.requests)
+        done = {e["id"] for e in report_lines(report) if e["ok"]}
+        applied = {i for i in ids if fake.customers[i]["name"] == f"N{i - 1001}"}
+    assert result.exit_code == 3, result.output
+    assert f"cannot write the report {report} (No space left on device)" in result.output
+    assert f"continue with --resume {report}" in result.output
+    assert "Traceback" not in result.output
+    assert len(done) == 5
+    assert done <= {1001 + n for n in range(40)}
+    assert sent < 20  # it stopped sending
+    assert done <= applied  # nothing claimed that was not done
+    monkeypatch.setattr(_report, "_open", real_open)
+    with threaded_fake("dualentry", customers=40, **FAST) as (fake, base, ids):
+        resumed = run([*apply_fast(path, base), "--resume", str(report)])
+        stored = names(fake, ids)
+    assert resumed.exit_code == 0, resumed.output
+    # What the report shows done is not sent again (this fresh fake never saw it).
+    assert {i for i in ids if stored[i] == f"N{i - 1001}"} == set(ids) - done
+
+
+# -- 14: data is never markup ---------------------------------------------------------------------
+
+
+def test_markup_in_data_is_printed_verbatim(tmp_path):
+    hostile = "[red]Acme[/red] [link=https://evil.example]click[/link]"
+    path = jsonl(
+        tmp_path / "u.jsonl",
+        [
+            {"id": 1001, "patch": {"name": hostile}},
+            {"id": 1002, "patch": {"name": "[/bold]"}},
+            {"id": "[/bold]", "patch": {"name": "x"}},  # invalid: its message quotes it
+            {"id": 1003, "patch": {"phone": "[/bold] [red]"}},  # invalid too
+        ],
+    )
+    dry = run(["apply", str(path), "--provider", "dualentry", "--dry-run"])
+    assert dry.exit_code == 2, dry.output
+    assert json.dumps({"name": hostile}, separators=(",", ":")) in dry.output
+    assert '{"name":"[/bold]"}' in dry.output
+    with threaded_fake("dualentry", customers=3, **FAST) as (fake, base, _):
+        real = run([*apply_fast(path, base), "--report", str(tmp_path / "r.jsonl")])
+        stored = fake.customers[1001]["name"]
+    assert real.exit_code == 2, real.output
+    assert "Traceback" not in real.output
+    assert "2 succeeded; 0 failed; 2 invalid" in real.output
+    assert stored == hostile
+
+
+# -- 20: CSV dialects and ambiguity ----------------------------------------------------------------
+
+
+def test_csv_with_a_bom_and_semicolons_is_read(tmp_path):
+    path = tmp_path / "u.csv"
+    path.write_bytes(b"\xef\xbb\xbfid;name;email\r\n1001;Semi;a@b.example\r\n")
+    other = tmp_path / "v.csv"
+    other.write_text("id|name\n1002|Pipe\n")
+    with threaded_fake("dualentry", customers=2, **FAST) as (fake, base, ids):
+        result = run([*apply_fast(path, base)])
+        unknown = run([*apply_fast(other, base)])
+        stored = names(fake, ids)
+    assert result.exit_code == 0, result.output
+    assert stored[1001] == "Semi"
+    assert unknown.exit_code == 2
+    assert "say --delimiter" in unknown.output
+
+
+@pytest.mark.parametrize("header", ["id,name,name", "id,id,name"])
+def test_a_csv_column_given_twice_is_refused(tmp_path, header):
+    path = tmp_path / "u.csv"
+    path.write_text(f"{header}\n1001,1001,A\n")
+    result = run(["apply", str(path), "--provider", "dualentry"])
+    assert result.exit_code == 2
+    assert "column(s) given twice" in result.output
+
+
+def test_a_custom_field_both_by_column_and_in_json_is_an_invalid_line(tmp_path):
+    path = tmp_path / "u.csv"
+    path.write_text(
+        'id,custom_fields,custom_fields.Tier\n1001,"{""Tier"": ""Gold""}",Silver\n1002,,Bronze\n'
+    )
+    with threaded_fake("dualentry", customers=2, **FAST) as (fake, base, _):
+        result = run([*apply_fast(path, base)])
+        bodies = [r.body for r in fake.requests]
+    assert result.exit_code == 2, result.output
+    assert (
+        "line 2: custom_fields is given both as JSON and by column custom_fields.Tier"
+        in result.output
+    )
+    assert bodies == [{"custom_fields": [{"Tier": "Bronze"}]}]
