@@ -1,0 +1,145 @@
+"""The real client against Prism, a mock server that someone else wrote.
+
+Prism (``@stoplight/prism-cli``) serves DualEntry's OpenAPI document (our
+facts-only copy) and, with ``--errors``, answers any request the document
+does not allow with a 422 naming the violation in an ``sl-violations`` header.
+Every patch of the contract set must be accepted and its answer read into a
+``Customer``.  ``bash .ci/run`` installs Prism under ``.ci/node/``; to run this
+module locally, see CONTRIBUTING.md.  Skipped, saying why, only when neither
+that install, ``prism`` nor ``npx`` is found; in CI (``CI=true``) it fails instead.
+"""
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from customer_patch import Client, Customer, CustomerPatch, ProviderError, Response
+from customer_patch_dualentry import DualEntryAdapter
+from tests.contract import PATCHES, SPEC_FILE, problems
+
+ROOT = Path(__file__).resolve().parents[1]
+LOCAL_PRISM = ROOT / ".ci" / "node" / "node_modules" / ".bin" / "prism"
+INSTALL = "npm install --prefix .ci/node @stoplight/prism-cli@5"
+READY_WITHIN = 120.0  # seconds; npx may first have to download Prism
+
+
+def prism_command() -> list[str] | None:
+    if LOCAL_PRISM.exists():
+        return [str(LOCAL_PRISM)]
+    if found := shutil.which("prism"):
+        return [found]
+    if npx := shutil.which("npx"):
+        return [npx, "--yes", "@stoplight/prism-cli@5"]
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.fixture(scope="module")
+def prism(tmp_path_factory):
+    """The base URL of ``prism mock --errors`` serving the spec on 127.0.0.1."""
+    command = prism_command()
+    if command is None:
+        message = f"Prism not found (no .ci/node install, no prism, no npx): {INSTALL}"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"CI must run the Prism tests. {message}")
+        pytest.skip(message)
+    port = free_port()
+    log = tmp_path_factory.mktemp("prism") / "prism.log"
+    args = ["mock", "--errors", "--seed", "customer-patch", "--host", "127.0.0.1"]
+    args += ["--port", str(port), str(SPEC_FILE)]
+    with log.open("wb") as out:
+        # Its own process group: npx starts Prism as a child, and both must stop.
+        proc = subprocess.Popen(
+            [*command, *args], stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        deadline = time.monotonic() + READY_WITHIN
+        while not listening(port):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"Prism did not start on port {port}:\n{log.read_text()[-3000:]}")
+            time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.mark.parametrize("case", PATCHES)
+async def test_prism_accepts_every_patch_and_its_answer_is_read(prism, case):
+    async with Client("dualentry", token="prism-key", base_url=prism, retry=None) as client:
+        try:
+            customer = await client.update(1234, PATCHES[case])
+        except ProviderError as e:
+            violations = e.headers.get("sl-violations", "(no sl-violations header)")
+            pytest.fail(f"Prism refused {case!r} with {e.status}: {violations}")
+    assert isinstance(customer, Customer)
+    assert customer.created_at is not None  # the example's date-time was read
+
+
+async def test_answers_made_up_from_the_schema_are_valid_and_read(prism):
+    # Prism's dynamic mode (seeded, so the same each run) invents answers the
+    # schema allows: nulls, custom fields of every type, odd strings.
+    adapter = DualEntryAdapter()
+    request = adapter.build_request(1234, CustomerPatch(name="A"), base_url=prism, token="k")
+    headers = {**request.headers, "Prefer": "dynamic=true"}
+    async with aiohttp.ClientSession() as s:
+        for _ in range(40):
+            async with s.patch(request.url, data=request.body, headers=headers) as r:
+                response = Response(status=r.status, headers=r.headers, body=await r.read())
+            assert response.status == 200
+            assert problems("CustomerSchemaOut", json.loads(response.body)) == []
+            customer = adapter.parse_response(response, request=request)
+            assert customer.raw == json.loads(response.body)
+
+
+async def send_phone(prism: str, phone: str) -> tuple[int, str]:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.patch(f"{prism}/public/v2/customers/1/", json={"phone": phone}) as r,
+    ):
+        return r.status, r.headers.get("sl-violations", "")
+
+
+async def test_prism_refuses_what_the_spec_refuses(prism):
+    # Without --errors Prism would accept anything, and the test above would prove nothing.
+    status, violations = await send_phone(prism, "call me")
+    assert status == 422
+    assert '"phone"' in violations
+
+
+# JavaScript (Prism) and Python disagree on these; the adapter must side with JavaScript.
+@pytest.mark.parametrize(
+    "space", ["\x1c", "\x1d", "\x1e", "\x1f", "\x85", "\ufeff", "\xa0", "\u2028"]
+)
+async def test_the_adapter_checks_the_phone_pattern_as_javascript_does(prism, space):
+    phone = f"+1{space}555"
+    status, violations = await send_phone(prism, phone)
+    assert status in (200, 422), violations
+    prism_accepts = status == 200
+    adapter_accepts = not DualEntryAdapter.fields["phone"].check(phone)
+    assert adapter_accepts == prism_accepts
