@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LOCAL_PRISM = ROOT / ".ci" / "node" / "node_modules" / ".bin" / "prism"
 INSTALL = "npm install --prefix .ci/node @stoplight/prism-cli@5"
 READY_WITHIN = 120.0  # seconds; npx may first have to download Prism
+CUSTOMER_ID = 1234
 
 
 def prism_command() -> list[str] | None:
@@ -64,9 +65,17 @@ def prism(tmp_path_factory):
             pytest.fail(f"CI must run the Prism tests. {message}")
         pytest.skip(message)
     port = free_port()
-    log = tmp_path_factory.mktemp("prism") / "prism.log"
+    folder = tmp_path_factory.mktemp("prism")
+    # The one addition to the spec: an example id, so that Prism's answers
+    # are about the customer asked for, as DualEntry's are (the client checks).
+    spec = json.loads(SPEC_FILE.read_text(encoding="utf-8"))
+    spec["components"]["schemas"]["CustomerSchemaOut"]["properties"]["id"]["examples"] = [
+        CUSTOMER_ID
+    ]
+    (folder / "openapi.json").write_text(json.dumps(spec), encoding="utf-8")
+    log = folder / "prism.log"
     args = ["mock", "--errors", "--seed", "customer-patch", "--host", "127.0.0.1"]
-    args += ["--port", str(port), str(SPEC_FILE)]
+    args += ["--port", str(port), str(folder / "openapi.json")]
     with log.open("wb") as out:
         # Its own process group: npx starts Prism as a child, and both must stop.
         proc = subprocess.Popen(
@@ -93,19 +102,22 @@ def prism(tmp_path_factory):
 async def test_prism_accepts_every_patch_and_its_answer_is_read(prism, case):
     async with Client("dualentry", token="prism-key", base_url=prism, retry=None) as client:
         try:
-            customer = await client.update(1234, PATCHES[case])
+            customer = await client.update(CUSTOMER_ID, PATCHES[case])
         except ProviderError as e:
             violations = e.headers.get("sl-violations", "(no sl-violations header)")
             pytest.fail(f"Prism refused {case!r} with {e.status}: {violations}")
     assert isinstance(customer, Customer)
+    assert customer.id == CUSTOMER_ID
     assert customer.created_at is not None  # the example's date-time was read
 
 
 async def test_answers_made_up_from_the_schema_are_valid_and_read(prism):
     # Prism's dynamic mode (seeded, so the same each run) invents answers the
-    # schema allows: nulls, custom fields of every type, odd strings.
+    # schema allows: nulls, custom fields of every type, odd strings, any id
+    # (so they are read without the check that the id is the one asked for).
     adapter = DualEntryAdapter()
-    request = adapter.build_request(1234, CustomerPatch(name="A"), base_url=prism, token="k")
+    patch = CustomerPatch(name="A")
+    request = adapter.build_request(CUSTOMER_ID, patch, base_url=prism, token="k")
     headers = {**request.headers, "Prefer": "dynamic=true"}
     async with aiohttp.ClientSession() as s:
         for _ in range(40):
