@@ -522,3 +522,49 @@ def test_a_custom_field_both_by_column_and_in_json_is_an_invalid_line(tmp_path):
         in result.output
     )
     assert bodies == [{"custom_fields": [{"Tier": "Bronze"}]}]
+
+
+# -- 19: failure thresholds and exit codes -----------------------------------------------------
+
+
+def test_max_failures_stops_the_run_and_the_rest_is_not_attempted(tmp_path):
+    wrong = [{"id": 5001 + n, "patch": {"name": "x"}} for n in range(40)]  # no such customers
+    path = jsonl(tmp_path / "u.jsonl", wrong)
+    report = tmp_path / "r.jsonl"
+    with threaded_fake("dualentry", customers=1, **FAST) as (fake, base, _):
+        result = run(
+            [*apply_fast(path, base), "--max-failures", "3", "--concurrency", "1"]
+            + ["--report", str(report)]
+        )
+        sent = len(fake.requests)
+    assert result.exit_code == 3, result.output
+    assert sent == 3
+    entries = report_lines(report)
+    assert len(entries) == 40  # every record accounted for
+    assert sum(e["error"] == "NotAttemptedError" for e in entries) == 37
+    assert "stopped: TooManyFailuresError" in result.output
+    assert "37 not attempted" in result.output
+
+
+def test_consecutive_failures_of_one_kind_stop_by_default(tmp_path):
+    wrong = [{"id": 5001 + n, "patch": {"name": "x"}} for n in range(60)]
+    path = jsonl(tmp_path / "u.jsonl", wrong)
+    with threaded_fake("dualentry", customers=1, **FAST) as (fake, base, _):
+        result = run([*apply_fast(path, base), "--concurrency", "1"])
+        sent = len(fake.requests)
+        unlimited = run([*apply_fast(path, base), "--max-consecutive-failures", "0"])
+    assert result.exit_code == 3, result.output
+    assert sent == 25
+    assert unlimited.exit_code == 1, unlimited.output
+
+
+def test_an_auth_stop_is_exit_3_even_with_an_invalid_line(tmp_path):
+    path = jsonl(
+        tmp_path / "u.jsonl",
+        [{"id": "bad", "patch": {"name": "x"}}] + [{"id": 1001, "patch": {"name": "y"}}] * 3,
+    )
+    with threaded_fake("dualentry", customers=1, **FAST) as (fake, base, _):
+        result = run([*apply_fast(path, base)], env={"DUALENTRY_API_KEY": "wrong-key"})
+    assert result.exit_code == 3, result.output
+    assert "stopped: PermissionDeniedError" in result.output
+    assert "wrong-key" not in result.output
