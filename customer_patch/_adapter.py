@@ -196,7 +196,10 @@ class Adapter(ABC):
                 else:
                     problems.append(Problem(path, "cannot be cleared (None) at " + self.provider))
                 continue
-            found = spec.check(value)
+            try:
+                found = spec.check(value)
+            except RecursionError:  # a value nested deeper than any check can walk
+                found = ["is nested too deeply"]
             problems.extend(Problem(path, message) for message in found)
             if not found:
                 body[spec.wire] = spec.encode(value)
@@ -210,6 +213,8 @@ class Adapter(ABC):
             else:
                 try:
                     _JSON.encode(value)
+                except RecursionError:
+                    problems.append(Problem(f"extra.{key}", "is nested too deeply"))
                 except (TypeError, ValueError) as e:
                     problems.append(Problem(f"extra.{key}", f"is not JSON: {e}"))
                 else:
@@ -242,6 +247,9 @@ class Adapter(ABC):
             encoded = _JSON.encode(body).encode()
         except UnicodeEncodeError:
             problem = Problem("", "contains text that is not valid Unicode (a lone surrogate)")
+            raise ValidationError([problem], provider=self.provider) from None
+        except (RecursionError, ValueError, TypeError) as e:  # an adapter's encode went astray
+            problem = Problem("", f"cannot be written as JSON ({type(e).__name__})")
             raise ValidationError([problem], provider=self.provider) from None
         return self.update_path(segment), encoded
 
@@ -278,25 +286,38 @@ class Adapter(ABC):
             secret_headers=secret,
         )
 
-    def parse_response(self, response: Response, *, request: Request) -> Customer:
+    def parse_response(
+        self, response: Response, *, request: Request, customer_id: CustomerId | None = None
+    ) -> Customer:
         """The updated customer, or the typed error the response stands for.
 
-        ``request`` is what was sent, so a 422 can name the custom fields it is about.
+        ``request`` is what was sent, so a 422 can name the custom fields it is
+        about.  With ``customer_id``, a customer whose id is another's is a
+        :class:`ResponseFormatError`: that answer is not about this update.
         """
         status = response.status
+        unreadable = None
         try:
             data: Any = json.loads(response.body)
-        except ValueError:
+        except json.JSONDecodeError:
             data = _NOT_JSON
+        except (ValueError, RecursionError) as e:
+            # Well-formed, perhaps, but past what this client reads: an integer
+            # of more than 4,300 digits, or nesting deeper than the stack.
+            data, unreadable = _NOT_JSON, f"JSON this client will not read ({type(e).__name__})"
         details = self.error_details(status, data) if data is not _NOT_JSON else None
         if status >= 300 or details is not None:
             raise self._error(response, details, request)
         if data is _NOT_JSON:
             raise ResponseFormatError(
-                "the body is not JSON", provider=self.provider, status=status, body=response.body
+                unreadable or "the body is not JSON",
+                provider=self.provider,
+                status=status,
+                body=response.body,
+                incomplete=unreadable is None,
             )
         try:
-            return self.customer_from(data)
+            customer = self.customer_from(data)
         except Exception as e:  # any way the provider's data defeats the parser
             raise ResponseFormatError(
                 f"{type(e).__name__}: {e}",
@@ -304,6 +325,20 @@ class Adapter(ABC):
                 status=status,
                 body=response.body,
             ) from e
+        if customer_id is not None and not self.same_customer(customer_id, customer.id):
+            raise ResponseFormatError(
+                f"the answer is about customer {customer.id!r:.80}, not {customer_id!r}",
+                provider=self.provider,
+                status=status,
+                body=response.body,
+            )
+        return customer
+
+    def same_customer(self, sent: CustomerId, returned: object) -> bool:
+        """Whether the id in an answer is the customer that was sent (default: equal)."""
+        if isinstance(sent, uuid.UUID):
+            sent = str(sent)
+        return type(returned) is type(sent) and returned == sent
 
     def _error(
         self,

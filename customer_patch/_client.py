@@ -3,42 +3,80 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
+import json
 import logging
 import time
-from collections.abc import AsyncGenerator, Sequence
-from types import TracebackType
-from urllib.parse import urlsplit
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from types import MappingProxyType, TracebackType
+from urllib.parse import quote, urlsplit
 
 import aiohttp
-import stamina
+from multidict import CIMultiDict
 
 from customer_patch._adapter import Adapter, CustomerId, Request
 from customer_patch._bulk import BulkReport, ProgressCallback, UpdateResult, Updates, run_bulk
-from customer_patch._errors import CustomerPatchError, RateLimitedError
+from customer_patch._errors import CustomerPatchError, ProviderError, ResponseFormatError
 from customer_patch._model import UNSET, Customer, CustomerPatch, Unset
 from customer_patch._pacing import Pacer, RateLimit
 from customer_patch._registry import AdapterRegistry, default_registry
-from customer_patch._retry import NO_RETRY, RetryPolicy, is_retryable, retry_after
+from customer_patch._retry import NO_RETRY, RetryPolicy, send_with_retries
 from customer_patch._transport import AiohttpTransport, Transport
 from customer_patch._version import __version__
 
 log = logging.getLogger("customer_patch")
 
 
-class _Secret:
-    """Holds a credential so that no repr, log or traceback display shows it."""
+_MASK = b"********"
 
-    __slots__ = ("_value",)
 
-    def __init__(self, value: str) -> None:
-        self._value = value
+class _Credentials:
+    """The headers that carry the token, and the forms it could be echoed in.
 
-    def reveal(self) -> str:
-        return self._value
+    Kept in one object whose repr shows nothing, so neither ``vars(client)``
+    nor an error tracker recording a frame's locals can print the token.
+    """
+
+    __slots__ = ("echoes", "headers", "secret_names")
+
+    def __init__(self, headers: Mapping[str, str], secret_names: frozenset[str], token: str):
+        self.headers: Mapping[str, str] = MappingProxyType(dict(headers))
+        self.secret_names = secret_names
+        # As is, JSON-escaped (both ways) and URL-encoded: how a provider
+        # could quote the token back.
+        self.echoes = tuple(
+            {
+                token.encode(),
+                json.dumps(token)[1:-1].encode(),
+                json.dumps(token, ensure_ascii=False)[1:-1].encode(),
+                quote(token, safe="").encode(),
+            }
+        )
 
     def __repr__(self) -> str:
-        return "<secret>"
+        return "<credentials>"
+
+    def redact(self, error: ProviderError | ResponseFormatError) -> CustomerPatchError:
+        """``error`` with every echo of the token masked: a provider that quotes
+        the credential back must not put it into messages, reports or logs."""
+        # Only on the error path, so the cost does not matter: mask everything.
+        error.args = tuple(self.mask(a) if isinstance(a, str) else a for a in error.args)
+        error.message = self.mask(error.message)
+        for echo in self.echoes:
+            error.body = error.body.replace(echo, _MASK)
+        if isinstance(error, ProviderError):
+            error.field_errors = {
+                self.mask(k): tuple(self.mask(m) for m in v) for k, v in error.field_errors.items()
+            }
+            error.headers = CIMultiDict({k: self.mask(v) for k, v in error.headers.items()})
+        return error
+
+    def mask(self, value: str) -> str:
+        raw = value.encode("utf-8", "surrogateescape")
+        for echo in self.echoes:
+            raw = raw.replace(echo, _MASK)
+        return raw.decode("utf-8", "surrogateescape")
 
 
 def _is_loopback(host: str) -> bool:
@@ -56,7 +94,7 @@ def _check_base_url(base_url: str) -> str:
         raise ValueError(f"base_url must be an absolute http(s) URL, got {base_url!r}")
     if parts.username or parts.password:
         raise ValueError("base_url must not carry credentials; pass token= instead")
-    if parts.query or parts.fragment:
+    if "?" in base_url or "#" in base_url:  # even empty: requests would go elsewhere
         raise ValueError(f"base_url must not have a query or fragment, got {base_url!r}")
     if parts.scheme == "http" and not _is_loopback(parts.hostname):
         raise ValueError(
@@ -104,22 +142,28 @@ class Client:
             raise TypeError(f"expected an adapter name or an Adapter, got {adapter!r}")
         if not isinstance(token, str) or not token.strip():
             raise ValueError("token must be a non-empty string")
-        if any(c in token for c in "\r\n\0"):
+        if any(c < " " or c == "\x7f" for c in token):
             # Never echo the token: say what is wrong with it, not what it is.
-            raise ValueError("token must not contain line breaks or NUL characters")
+            raise ValueError("token must not contain control characters (line breaks, NUL...)")
         if timeout <= 0:
             raise ValueError(f"timeout must be positive, got {timeout!r}")
         self.base_url = _check_base_url(base_url or self.adapter.default_base_url)
         self.user_agent = user_agent or f"customer-patch/{__version__}"
-        self._token = _Secret(token)
+        # Built once: every request of this client carries the same headers.
+        self._credentials = _Credentials(
+            *self.adapter.headers(token, {"User-Agent": self.user_agent}), token
+        )
         self.retry = retry or NO_RETRY
         if rate_limit is UNSET:
-            self._pacer = Pacer(self.adapter.rate_limits, adaptive=True)
+            self._pacer = Pacer(self.adapter.rate_limits)
         elif rate_limit is None:
-            self._pacer = Pacer((), adaptive=False)
+            # No declared limit, not "ignore the provider": a 429 still engages
+            # the adaptive pace, or a run would fail record after record.
+            self._pacer = Pacer((), start_slow=False)
         else:
             limits = (rate_limit,) if isinstance(rate_limit, RateLimit) else tuple(rate_limit)
-            self._pacer = Pacer(limits, adaptive=True)
+            self._pacer = Pacer(limits)
+        self._closed = False
         self._transport: Transport = transport or AiohttpTransport(
             provider=self.adapter.provider,
             timeout=timeout,
@@ -147,8 +191,16 @@ class Client:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the HTTP session, unless it was passed in by the caller."""
+        """Close the HTTP session, unless it was passed in by the caller.
+
+        A closed client sends nothing more: using it raises :class:`RuntimeError`.
+        """
+        self._closed = True
         await self._transport.aclose()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError(f"{self!r} is closed; create a new Client to send more")
 
     def prepare(self, customer_id: CustomerId, patch: CustomerPatch) -> Request:
         """Validate and build the request for one update, without sending it.
@@ -156,12 +208,16 @@ class Client:
         Raises :class:`~customer_patch.UnsupportedFieldError` or
         :class:`~customer_patch.ValidationError`; useful for dry runs.
         """
-        return self.adapter.build_request(
-            customer_id,
-            patch,
-            base_url=self.base_url,
-            token=self._token.reveal(),
-            headers={"User-Agent": self.user_agent},
+        self._check_open()
+        # Validation runs first, in frames that hold no credential: an error
+        # tracker recording a ValidationError's locals finds no token.
+        path, body = self.adapter.encode(customer_id, patch)
+        return Request(
+            method=self.adapter.method,
+            url=self.base_url + path,
+            headers=self._credentials.headers,
+            body=body,
+            secret_headers=self._credentials.secret_names,
         )
 
     async def update(self, customer_id: CustomerId, patch: CustomerPatch) -> Customer:
@@ -170,6 +226,7 @@ class Client:
         Nothing is sent for an invalid patch.  Provider errors are raised as
         :class:`~customer_patch.ProviderError` subclasses once retries are spent.
         """
+        self._check_open()
         customer, error, _ = await self._update(customer_id, patch)
         if error is not None:
             raise error
@@ -203,6 +260,7 @@ class Client:
         sent.  Leaving the loop early (``break``, an exception, cancellation)
         cancels the requests in flight; their outcome is unknown.
         """
+        self._check_open()
         return run_bulk(
             self._update,
             updates,
@@ -256,56 +314,14 @@ class Client:
             request = self.prepare(customer_id, patch)
         except CustomerPatchError as e:
             return None, e, 0
-        policy = self.retry
-        attempts = 0
-        replay: CustomerPatchError | None = None
-        replay_wait = 0.0
+        return await send_with_retries(
+            functools.partial(self._send, request, customer_id),
+            self.retry,
+            on_rate_limited=self._pacer.on_rate_limited,
+            label=f"{self.provider} customer {customer_id!r:.80}",
+        )
 
-        def backoff(error: Exception) -> bool | float:
-            """stamina's hook: whether to retry, and after how long."""
-            if error is replay:
-                return replay_wait  # already judged (and paced) on the fast path
-            return wait_for(error)
-
-        def wait_for(error: Exception) -> bool | float:
-            if not is_retryable(error):
-                return False
-            wait = retry_after(error, policy)
-            if wait is None:
-                wait = policy.backoff(attempts)
-            if isinstance(error, RateLimitedError):
-                # The pacer holds every request of this client, this one included.
-                self._pacer.on_rate_limited(wait)
-                return 0.0
-            return wait
-
-        # Most updates succeed at once, and setting up stamina's retry loop
-        # costs more than our whole request path; so the first attempt runs
-        # bare, and only a retryable failure enters the loop, where it is
-        # replayed as attempt 1 so stamina does every wait, hook and limit.
-        try:
-            attempts = 1
-            return await self._send(request), None, attempts
-        except CustomerPatchError as e:
-            # Judged even when retries are off: a 429 must still pause the client.
-            judged = wait_for(e)
-            if judged is False or policy.attempts == 1:
-                return None, e, attempts
-            replay, replay_wait = e, float(judged)
-        try:
-            async for attempt in stamina.retry_context(
-                on=backoff, attempts=policy.attempts, timeout=policy.timeout
-            ):
-                with attempt:
-                    if replay is not None and attempt.num == 1:
-                        raise replay
-                    attempts += 1
-                    return await self._send(request), None, attempts
-        except CustomerPatchError as e:
-            return None, e, attempts
-        raise AssertionError("unreachable: stamina either returns or raises")
-
-    async def _send(self, request: Request) -> Customer:
+    async def _send(self, request: Request, customer_id: CustomerId) -> Customer:
         await self._pacer.acquire()
         started = time.perf_counter()
         response = await self._transport.send(request)
@@ -317,6 +333,11 @@ class Client:
                 response.status,
                 (time.perf_counter() - started) * 1000,
             )
-        customer = self.adapter.parse_response(response, request=request)
+        try:
+            customer = self.adapter.parse_response(
+                response, request=request, customer_id=customer_id
+            )
+        except (ProviderError, ResponseFormatError) as e:
+            raise self._credentials.redact(e) from e.__cause__
         self._pacer.on_success()
         return customer

@@ -162,10 +162,16 @@ _converter.register_unstructure_hook(
 def structure_patch(data: Any) -> CustomerPatch:
     if not isinstance(data, Mapping):
         raise ValidationError([Problem("", f"a patch must be an object, not {type_name(data)}")])
+    keys = [k for k in data if not isinstance(k, str)]
+    if keys:  # cattrs would fail on them with a TypeError, not a report
+        listed = ", ".join(f"{k!r:.40}" for k in keys)
+        raise ValidationError([Problem("", f"field names must be strings, got {listed}")])
     try:
         return _converter.structure(data, CustomerPatch)
     except cattrs.BaseValidationError as e:
         raise ValidationError(_problems(e)) from None
+    except RecursionError:
+        raise ValidationError([Problem("", "is nested too deeply")]) from None
 
 
 def unstructure_patch(patch: CustomerPatch) -> dict[str, Any]:

@@ -178,11 +178,23 @@ class TransportError(CustomerPatchError):
 class ResponseFormatError(CustomerPatchError):
     """The provider's answer is not what it documents (not JSON, wrong shape, too large)."""
 
-    def __init__(self, message: str, *, provider: str, status: int, body: bytes = b"") -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str,
+        status: int,
+        body: bytes = b"",
+        incomplete: bool = False,
+    ) -> None:
         self.message = message
         self.provider = provider
         self.status = status
         self.body = body
+        self.incomplete = incomplete
+        """The body is not JSON at all (cut short or garbled in transit), so
+        another attempt may get a whole answer; a body of the wrong shape, or
+        one this client refuses to read (nested too deeply...), is final."""
         super().__init__(f"{provider} answered {status} with an unexpected body: {message}")
 
 

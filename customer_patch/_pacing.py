@@ -24,19 +24,34 @@ import collections
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
-from attrs import field, frozen, validators
+from attrs import field, frozen
 
 log = logging.getLogger("customer_patch.pacing")
+
+
+def _sane_rate(instance: object, attribute: Any, value: float) -> None:
+    # inf or 1e-300 would overflow the arithmetic of the buckets (and a wait
+    # of years is a typo, not a limit).
+    if not (isinstance(value, int | float) and math.isfinite(value) and value >= 1 / 86_400):
+        raise ValueError(
+            f"per_second must be a finite rate of at least one request a day, got {value!r}"
+        )
+
+
+def _sane_burst(instance: object, attribute: Any, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1_000_000:
+        raise ValueError(f"burst must be a whole number from 1 to 1,000,000, got {value!r}")
 
 
 @frozen
 class RateLimit:
     """A token bucket: ``burst`` requests at once, then ``per_second`` sustained."""
 
-    burst: int = field(validator=validators.gt(0))
-    per_second: float = field(validator=validators.gt(0))
+    burst: int = field(validator=_sane_burst)
+    per_second: float = field(validator=_sane_rate)
 
 
 class _Bucket:
@@ -58,37 +73,60 @@ class _Bucket:
 
 
 class _Adaptive:
-    """The 429-driven ceiling: multiplicative cut to what got through, slow climb back."""
+    """The 429-driven ceiling: a cut to just under what got through, then a climb back.
+
+    The climb is quick while below the rate that held before the 429s began
+    (doubling each second, as TCP's slow start does), and slow above it
+    (probing for a raised limit).  A storm of 429s with nothing getting
+    through says nothing about the provider's rate, so it does not lower
+    where the climb returns to: the pace is back within seconds of the
+    provider allowing it.
+    """
 
     WINDOW = 1.0  # seconds of successes that estimate what the provider accepts
     MIN_SPAN = 0.25  # a shorter sample (right after a pause) is not trusted
+    RECENT = 20  # answers over which the share of 429s is judged
+    SHARE = 0.15  # 429s must be more than this share of them (and at least 3) to cut
     CUT = 0.9  # below the measured accepted rate, to drain the provider's bucket
-    PROBE = 1.01  # per second of being throttled, after the first 429
+    PROBE = 1.1  # per second of being throttled, above the rate that held
     START_RATE = 20.0  # where an unknown limit's slow start begins
     MIN_RATE = 0.1
 
-    def __init__(self, *, start_slow: bool) -> None:
+    def __init__(self, *, start_slow: bool, now: float) -> None:
         self.bucket: _Bucket | None = _Bucket(1, self.START_RATE) if start_slow else None
         self.rate = self.START_RATE if start_slow else math.inf
-        self.slow_start = start_slow
+        self.recover_to = math.inf  # below this the climb doubles; above, it probes
         self.throttled = False
         self._successes: collections.deque[float] = collections.deque()
-        self._last_change = time.monotonic()
+        self._recent: collections.deque[bool] = collections.deque(maxlen=self.RECENT)
+        self._last_change = now
         self._quiet_until = -math.inf
         self._pause_end = -math.inf
-        self._created = time.monotonic()
+        self._created = now
 
     def on_success(self, now: float) -> None:
+        self._recent.append(False)
         self._successes.append(now)
         while self._successes and self._successes[0] < now - self.WINDOW:
             self._successes.popleft()
         # Only raise the ceiling when it held requests back: an idle client
         # must not "earn" an unlimited rate by waiting.
         if self.bucket is not None and self.throttled and now - self._last_change >= 1.0:
-            self._set(self.rate * (2.0 if self.slow_start else self.PROBE), now)
+            if self.rate < self.recover_to:
+                self._set(min(self.rate * 2.0, self.recover_to), now)
+            else:
+                self._set(self.rate * self.PROBE, now)
             self.throttled = False
 
     def on_rate_limited(self, now: float, pause_end: float) -> None:
+        self._recent.append(True)
+        # A limit being hit refuses a good share of what is sent; a stray 429
+        # among many successes (a fault, another client's burst) says nothing
+        # about the rate, and cutting on each one would sink the pace for good.
+        # (Its Retry-After is honoured all the same: the pacer pauses.)
+        refused = sum(self._recent)
+        if refused < 3 or refused <= self.SHARE * len(self._recent):
+            return
         if now < self._quiet_until:
             return  # answers to requests sent before the last cut
         # What got through since the last pause ended: a window spanning the
@@ -99,15 +137,20 @@ class _Adaptive:
         span = now - since
         accepted = len(self._successes) / span if span >= self.MIN_SPAN else 0.0
         if accepted > 0:
+            # Evidence of the provider's rate: climb back to just under it.
             target = self.CUT * accepted
-        else:  # nothing got through to measure: halve, or start slow if unpaced so far
+            if math.isfinite(self.rate):
+                target = min(target, self.CUT * self.rate)
+            self.recover_to = target
+        else:
+            # Nothing got through: back off, but remember where things worked.
             target = self.rate / 2 if math.isfinite(self.rate) else self.START_RATE
-        if math.isfinite(self.rate):
-            target = min(target, self.CUT * self.rate)
-        self.slow_start = False
+            if self.recover_to == math.inf or self.rate > self.recover_to:
+                self.recover_to = self.CUT * self.rate if math.isfinite(self.rate) else math.inf
         self._set(max(self.MIN_RATE, target), now)
-        self._pause_end = max(pause_end, now)
-        self._quiet_until = self._pause_end + 1.0
+        if pause_end > now:  # a real pause: its silence must not count as the rate
+            self._pause_end = pause_end
+        self._quiet_until = max(pause_end, now) + 1.0
 
     def _set(self, rate: float, now: float) -> None:
         log.debug("pace set to %.2f requests/s", rate)
@@ -125,7 +168,19 @@ class Pacer:
     HEADROOM = 0.98
     JITTER = 0.05
 
-    def __init__(self, limits: Sequence[RateLimit], *, adaptive: bool) -> None:
+    def __init__(
+        self,
+        limits: Sequence[RateLimit],
+        *,
+        start_slow: bool | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+    ) -> None:
+        """``start_slow`` (default: when there are no ``limits``) probes an unknown
+        limit from a low rate up; otherwise the pace is free until the first 429.
+        ``clock`` and ``sleep`` are the seam where tests put a fake time."""
+        self._clock = clock
+        self._sleep = sleep
         # Pacing exactly at the provider's bucket leaves it empty, and then any
         # jitter that bunches requests costs a 429.  So keep tokens in hand for
         # 50 ms of jitter (at least one; connection set-up alone delays the
@@ -139,14 +194,16 @@ class Pacer:
             for limit in limits
         ]
         # With declared limits the ceiling waits for a 429; without, it starts slow.
-        self._adaptive = _Adaptive(start_slow=not limits) if adaptive else None
+        self._adaptive = _Adaptive(
+            start_slow=not limits if start_slow is None else start_slow, now=clock()
+        )
         self._paused_until = -math.inf
 
     @property
     def rate(self) -> float | None:
         """The sustained rate the pacer allows now, or ``None`` when unpaced."""
         rates = [1.0 / b.interval for b in self._buckets]
-        if self._adaptive is not None and self._adaptive.bucket is not None:
+        if self._adaptive.bucket is not None:
             rates.append(self._adaptive.rate)
         return min(rates) if rates else None
 
@@ -154,15 +211,15 @@ class Pacer:
         """Wait until one more request may be sent."""
         while True:
             send_at = self._reserve()
-            while (delay := send_at - time.monotonic()) > 0:
-                await asyncio.sleep(delay)
+            while (delay := send_at - self._clock()) > 0:
+                await self._sleep(delay)
                 if self._paused_until > send_at:
                     break  # a 429 arrived meanwhile: take a new slot after the pause
             else:
                 return
 
     def _reserve(self) -> float:
-        now = time.monotonic()
+        now = self._clock()
         # Slots are spaced from the end of any pause, so the requests it held
         # leave one by one rather than all at once into the provider's bucket.
         send_at = max(now, self._paused_until)
@@ -170,7 +227,7 @@ class Pacer:
             send_at = max(send_at, bucket.earliest(send_at))
         buckets = self._buckets
         adaptive = self._adaptive
-        if adaptive is not None and adaptive.bucket is not None:
+        if adaptive.bucket is not None:
             ceiling = adaptive.bucket.earliest(send_at)
             if ceiling > send_at:
                 # The ceiling itself held this request: only then may it rise.
@@ -183,14 +240,12 @@ class Pacer:
 
     def pause(self, seconds: float) -> None:
         """Hold every request of this client for ``seconds`` from now."""
-        self._paused_until = max(self._paused_until, time.monotonic() + seconds)
+        self._paused_until = max(self._paused_until, self._clock() + seconds)
 
     def on_success(self) -> None:
-        if self._adaptive is not None:
-            self._adaptive.on_success(time.monotonic())
+        self._adaptive.on_success(self._clock())
 
     def on_rate_limited(self, pause: float) -> None:
         """A 429 arrived: pause everyone for ``pause`` seconds and lower the ceiling."""
         self.pause(pause)
-        if self._adaptive is not None:
-            self._adaptive.on_rate_limited(time.monotonic(), self._paused_until)
+        self._adaptive.on_rate_limited(self._clock(), self._paused_until)

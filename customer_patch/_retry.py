@@ -1,25 +1,39 @@
-"""What is retried, and how long to wait: the policy the client hands to stamina.
+"""What is retried, how long to wait, and the loop that does it: :func:`send_with_retries`.
 
 Every PATCH this library sends is idempotent (the same body gives the same
 record), so re-sending after a lost or garbled answer is safe.
+
+The loop is ours rather than stamina's: what it needs is this library's own
+policy (a ``Retry-After`` honoured through the client's shared pause, a time
+budget that the first attempt and every wait count against), and stamina's
+retry hooks are process-wide, so using its loop would log on the
+application's behalf.  Retries are logged on the ``customer_patch`` logger
+instead, at INFO, with what an operator needs to know.
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
+import logging
 import random
-from typing import Any
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from attrs import Attribute, field, frozen, validators
 
 from customer_patch._adapter import parse_retry_after
 from customer_patch._errors import (
+    CustomerPatchError,
     ProviderError,
     RateLimitedError,
     ResponseFormatError,
     ResponseTooLargeError,
     TransportError,
 )
+
+log = logging.getLogger("customer_patch")
+T = TypeVar("T")
 
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 """HTTP statuses worth another attempt; every other 4xx is final."""
@@ -36,21 +50,29 @@ class RetryPolicy:
 
     Waits grow exponentially with full jitter (a uniform draw between zero
     and ``wait_initial * 2**n``, capped at ``wait_max``), except after a 429
-    with ``Retry-After``, which is honoured up to ``max_retry_after``.
+    or 503 with ``Retry-After``, which is honoured up to ``max_retry_after``.
     """
 
     attempts: int = field(default=5, validator=validators.ge(1))
     """Attempts in all, the first included; ``1`` turns retries off."""
     timeout: float | None = field(default=300.0, validator=_positive_or_none)
-    """Seconds an update may take, waits included, before no new attempt starts."""
+    """Seconds an update may take in all, from its first attempt: attempts and waits
+    count.  A retry whose wait would end past it is not made (the last error stands),
+    and a ``Retry-After`` longer than what is left ends the update with
+    :class:`RateLimitedError` rather than waiting.  ``None``: no limit."""
     wait_initial: float = field(default=0.5, validator=validators.gt(0))
+    """The *ceiling* of the first (jittered) wait: it is drawn from 0 to this.
+    (In stamina the parameter of this name is the *minimum* first wait.)"""
     wait_max: float = field(default=30.0, validator=validators.gt(0))
+    """No jittered wait is drawn from above this."""
     max_retry_after: float = field(default=120.0, validator=validators.ge(0))
     """The longest ``Retry-After`` that is honoured as asked; longer ones are cut to this."""
 
     def backoff(self, retry_number: int) -> float:
         """The wait before retry ``retry_number`` (1-based): full jitter."""
-        ceiling = min(self.wait_max, self.wait_initial * 2 ** (retry_number - 1))
+        # The exponent is capped: 2.0**1024 overflows a float, and by 2**64
+        # any wait_initial has long reached wait_max.
+        ceiling = min(self.wait_max, self.wait_initial * 2.0 ** min(retry_number - 1, 64))
         return random.uniform(0, ceiling)  # noqa: S311 - jitter, not cryptography
 
 
@@ -66,7 +88,7 @@ def is_retryable(error: BaseException) -> bool:
     if isinstance(error, ResponseFormatError) and not isinstance(error, ResponseTooLargeError):
         # A 2xx whose body is cut short or garbled in transit: the answer was
         # lost, not refused.  A well-formed body of the wrong shape is final.
-        return 200 <= error.status < 300 and not _is_json(error.body)
+        return 200 <= error.status < 300 and error.incomplete
     return False
 
 
@@ -83,9 +105,52 @@ def retry_after(error: BaseException, policy: RetryPolicy) -> float | None:
     return None if seconds is None else min(seconds, policy.max_retry_after)
 
 
-def _is_json(body: bytes) -> bool:
-    try:
-        json.loads(body)
-    except ValueError:
-        return False
-    return True
+async def send_with_retries(
+    send: Callable[[], Awaitable[T]],
+    policy: RetryPolicy,
+    *,
+    on_rate_limited: Callable[[float], None],
+    label: str,
+    sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> tuple[T | None, CustomerPatchError | None, int]:
+    """Call ``send`` until it succeeds or ``policy`` says stop: ``(value, error, attempts)``.
+
+    Never raises a :class:`CustomerPatchError`: the last one is returned.  A
+    429 calls ``on_rate_limited(wait)`` (even with retries off: the provider's
+    pause concerns every request of the client), and the retry then waits in
+    the client's pacer with all the others instead of here.  ``label`` names
+    the update in log lines.
+    """
+    started = clock()
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return await send(), None, attempt
+        except CustomerPatchError as error:
+            if not is_retryable(error):
+                return None, error, attempt
+            wait = retry_after(error, policy)
+            if wait is None:
+                wait = policy.backoff(attempt)
+            limited = isinstance(error, RateLimitedError)
+            if limited:
+                on_rate_limited(wait)
+            if attempt >= policy.attempts:
+                return None, error, attempt
+            if policy.timeout is not None and clock() - started + wait > policy.timeout:
+                log.info(
+                    "%s: %s; no retry: the %gs budget would run out", label, error, policy.timeout
+                )
+                return None, error, attempt
+            log.info(
+                "%s: %s; retry %d of %d in %.2fs",
+                label,
+                error,
+                attempt,
+                policy.attempts - 1,
+                wait,
+            )
+            if not limited:
+                await sleep(wait)

@@ -7,13 +7,14 @@ transport with a fake (anything with ``send`` and ``aclose``).
 from __future__ import annotations
 
 import asyncio
+import zlib
 from typing import Protocol
 
 import aiohttp
 from yarl import URL
 
 from customer_patch._adapter import Request, Response
-from customer_patch._errors import ResponseTooLargeError, TransportError
+from customer_patch._errors import ResponseFormatError, ResponseTooLargeError, TransportError
 
 DEFAULT_MAX_RESPONSE_BYTES = 8 * 1024 * 1024
 
@@ -51,13 +52,24 @@ class AiohttpTransport:
         self._owns_session = session is None
         self._max_connections = max_connections
         self._max_bytes = max_response_bytes
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
 
     def _open(self) -> aiohttp.ClientSession:
+        loop = asyncio.get_running_loop()
+        if self._closed:
+            raise RuntimeError("this transport is closed; create a new Client to send more")
         # Created on first use, inside the running loop, as aiohttp requires.
-        if self._session is None or (self._owns_session and self._session.closed):
+        if self._session is None:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self._max_connections),
                 cookie_jar=aiohttp.DummyCookieJar(),
+            )
+            self._loop = loop
+        elif self._loop is not None and self._loop is not loop:
+            raise RuntimeError(
+                "this Client's connections belong to another event loop; "
+                "create one Client per event loop (per asyncio.run)"
             )
         return self._session
 
@@ -70,7 +82,11 @@ class AiohttpTransport:
                 # yarl re-normalise it could turn %2E%2E back into "..".
                 URL(request.url, encoded=True),
                 data=request.body,
-                headers=request.headers,
+                # Only what _read can decode within the size cap (no brotli).
+                headers={**request.headers, "Accept-Encoding": "gzip, deflate"},
+                # Decoded here, not by aiohttp, so the cap holds for the
+                # inflated bytes: 1 MB of gzip can be 1 GiB of JSON.
+                auto_decompress=False,
                 allow_redirects=False,
                 # A caller's session may raise on 4xx/5xx; statuses are the adapter's to read.
                 raise_for_status=False,
@@ -86,18 +102,44 @@ class AiohttpTransport:
             raise TransportError(f"{type(e).__name__}: {e}", provider=self._provider) from None
 
     async def _read(self, resp: aiohttp.ClientResponse) -> bytes:
-        if resp.content_length is not None:
-            if resp.content_length > self._max_bytes:
-                raise self._too_large(resp.status)
-            return await resp.read()
-        chunks = []
-        size = 0
+        if resp.content_length is not None and resp.content_length > self._max_bytes:
+            raise self._too_large(resp.status)
+        encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding not in ("identity", "gzip", "x-gzip", "deflate"):
+            raise ResponseFormatError(
+                f"the body is encoded as {encoding!r:.40}, which was not asked for",
+                provider=self._provider,
+                status=resp.status,
+            )
+        # gzip or zlib, told apart by their header (wbits 32+); identity as is.
+        inflate = None if encoding == "identity" else zlib.decompressobj(32 + zlib.MAX_WBITS)
+        body = bytearray()
+        received = 0
         async for chunk in resp.content.iter_chunked(64 * 1024):
-            size += len(chunk)
-            if size > self._max_bytes:
+            received += len(chunk)
+            if received > self._max_bytes:
                 raise self._too_large(resp.status)
-            chunks.append(chunk)
-        return b"".join(chunks)
+            if inflate is None:
+                body += chunk
+            else:
+                data = chunk
+                # max_length bounds what one call may inflate: a bomb is
+                # stopped one byte past the cap, never inflated whole.
+                while data:
+                    try:
+                        body += inflate.decompress(data, self._max_bytes - len(body) + 1)
+                    except zlib.error as e:
+                        raise TransportError(
+                            f"the {encoding} body is corrupt: {e}", provider=self._provider
+                        ) from None
+                    if len(body) > self._max_bytes:
+                        raise self._too_large(resp.status)
+                    data = inflate.unconsumed_tail
+            if len(body) > self._max_bytes:
+                raise self._too_large(resp.status)
+        if inflate is not None and not inflate.eof:
+            raise TransportError(f"the {encoding} body was cut short", provider=self._provider)
+        return bytes(body)
 
     def _too_large(self, status: int) -> ResponseTooLargeError:
         return ResponseTooLargeError(
@@ -107,7 +149,8 @@ class AiohttpTransport:
         )
 
     async def aclose(self) -> None:
-        """Close the session, if this transport opened it."""
+        """Close the session, if this transport opened it; nothing is sent after this."""
+        self._closed = True
         if self._owns_session and self._session is not None:
             await self._session.close()
             # Lets the connector's transports finish closing before the loop ends.

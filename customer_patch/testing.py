@@ -12,23 +12,58 @@ then ask for the ``sandbox`` fixture (it needs pytest-asyncio)::
         assert sb.fake.customers[sb.ids[0]]["name"] == "Renamed"
 
 Every fake and client the fixture started is closed when the test ends.
+
+To unit-test code that uses a client without any server, give the client a
+:class:`MockTransport`: every request is answered by your handler.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest_asyncio
 from attrs import frozen
 
-from customer_patch._adapter import Adapter
+from customer_patch._adapter import Adapter, Request, Response
 from customer_patch._client import Client
 from customer_patch._pacing import RateLimit
 from customer_patch._registry import get_adapter
 from customer_patch.sandbox import FakeProvider, Faults, fake_for
 
-__all__ = ["Sandbox", "SandboxFactory", "sandbox"]
+__all__ = ["MockTransport", "Sandbox", "SandboxFactory", "sandbox"]
+
+
+class MockTransport:
+    """A transport that answers each request with ``handler(request)``; no network.
+
+    ``handler`` takes a :class:`~customer_patch.Request` and returns a
+    :class:`~customer_patch.Response` (or an awaitable of one); it may raise
+    :class:`~customer_patch.TransportError` to play a lost connection.  Every
+    request is kept in ``requests``::
+
+        transport = MockTransport(lambda request: Response(status=200, body=b'{"id": 1}'))
+        client = Client("dualentry", token="test", transport=transport)
+    """
+
+    def __init__(self, handler: Callable[[Request], Response | Awaitable[Response]]) -> None:
+        self.handler = handler
+        self.requests: list[Request] = []
+        """Every request sent, in order."""
+        self.closed = False
+
+    async def send(self, request: Request) -> Response:
+        """Record ``request`` and return the handler's answer."""
+        self.requests.append(request)
+        response = self.handler(request)
+        if inspect.isawaitable(response):
+            response = await response
+        return response
+
+    async def aclose(self) -> None:
+        """Mark the transport closed."""
+        self.closed = True
 
 
 @frozen

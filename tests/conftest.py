@@ -3,7 +3,8 @@ from types import SimpleNamespace
 import aiohttp
 import aioresponses.core
 import pytest
-import stamina
+
+from customer_patch import RetryPolicy
 
 pytest_plugins = ["customer_patch.testing"]
 
@@ -25,8 +26,10 @@ def mocked(monkeypatch):
 
 
 @pytest.fixture(autouse=True)
-def _no_retry_waits():
-    """Retries keep their count but skip their backoff waits, so tests stay fast."""
-    stamina.set_testing(True, attempts=5, cap=True)
-    yield
-    stamina.set_testing(False)
+def _no_retry_waits(request, monkeypatch):
+    """Retries keep their count but skip their jittered waits, so tests stay fast.
+
+    A ``Retry-After`` is still honoured; tests marked ``real_waits`` keep every wait.
+    """
+    if request.node.get_closest_marker("real_waits") is None:
+        monkeypatch.setattr(RetryPolicy, "backoff", lambda self, retry_number: 0.0)

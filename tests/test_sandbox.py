@@ -15,6 +15,7 @@ from customer_patch import (
     RateLimit,
     RateLimitedError,
     ResponseFormatError,
+    RetryPolicy,
     ServerError,
     TaxId,
     TransportError,
@@ -195,7 +196,15 @@ async def test_each_fault_kind_gives_its_typed_error(sandbox, kind, error):
 @pytest.mark.parametrize("kind", ["429", "500", "503", "drop", "truncate", "garbage"])
 async def test_transient_faults_are_retried_to_success(sandbox, kind):
     faults = Faults(rates={kind: 0.3}, retry_after=0, seed=1)
-    sb = await sandbox("dualentry", customers=40, faults=faults, limits=(), rate_limit=None)
+    # Ten attempts: at 30% faults, five would leave an honest failure in a few runs.
+    sb = await sandbox(
+        "dualentry",
+        customers=40,
+        faults=faults,
+        limits=(),
+        rate_limit=None,
+        retry=RetryPolicy(attempts=10),
+    )
     report = await sb.client.update_many(
         [(i, CustomerPatch(name=f"N{i}")) for i in sb.ids], concurrency=8
     )

@@ -76,6 +76,10 @@ class QwotyAdapter(Adapter):
     def check_customer_id(self, customer_id: object) -> list[str]:
         return uuid_text(customer_id)
 
+    def same_customer(self, sent: object, returned: object) -> bool:
+        # UUIDs are case-insensitive: an upper-case id may come back in lower case.
+        return isinstance(returned, str) and str(sent).lower() == returned.lower()
+
     def update_path(self, segment: str) -> str:
         return f"/customers/{segment}"
 

@@ -1,0 +1,339 @@
+"""The client keeps its promises against hostile answers and careless use (issue 9).
+
+Most tests fake the network at the transport seam (``MockTransport``); real
+sockets are used where the behaviour lives in the transport (compression).
+"""
+
+import asyncio
+import gzip
+import json
+import math
+import traceback
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from customer_patch import (
+    Client,
+    CustomerPatch,
+    NotFoundError,
+    RateLimit,
+    RateLimitedError,
+    Response,
+    ResponseFormatError,
+    ResponseTooLargeError,
+    RetryPolicy,
+    ServerError,
+    ValidationError,
+)
+from customer_patch._pacing import Pacer
+from customer_patch.testing import MockTransport
+
+TOKEN = "de_live_0123456789abcdef0123456789abcdef"
+HANG_GUARD = 10
+
+
+def customer(cid=1, **fields):
+    return json.dumps({"id": cid, "name": "A", **fields}).encode()
+
+
+def de(handler, **kwargs):
+    kwargs.setdefault("rate_limit", None)
+    return Client("dualentry", token=TOKEN, transport=MockTransport(handler), **kwargs)
+
+
+# -- answers that defeat a parser are typed, final errors ---------------------------------
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" * 100_000 + b"]" * 100_000,
+        b'{"id": 1, "name": "A", "x": ' + b"9" * 5000 + b"}",
+    ],
+    ids=["nested-deeply", "5000-digit-integer"],
+)
+async def test_an_answer_past_what_json_reads_is_a_final_format_error(body):
+    transport = MockTransport(lambda r: Response(status=200, body=body))
+    async with Client("dualentry", token=TOKEN, transport=transport, rate_limit=None) as client:
+        with pytest.raises(ResponseFormatError) as info:
+            await client.update(1, CustomerPatch(name="A"))
+    assert not info.value.incomplete
+    assert len(transport.requests) == 1  # not retried: the same answer would come again
+
+
+async def test_a_garbled_answer_is_still_retried():
+    bodies = iter([b'{"id": 1, "na', customer()])
+    transport = MockTransport(lambda r: Response(status=200, body=next(bodies)))
+    async with Client("dualentry", token=TOKEN, transport=transport, rate_limit=None) as client:
+        await client.update(1, CustomerPatch(name="A"))
+    assert len(transport.requests) == 2
+
+
+async def test_an_answer_about_another_customer_is_a_format_error():
+    async with de(lambda r: Response(status=200, body=customer(2))) as client:
+        with pytest.raises(ResponseFormatError, match="customer 2, not 1"):
+            await client.update(1, CustomerPatch(name="A"))
+
+
+async def test_qwoty_ids_compare_without_case():
+    cid = "550e8400-e29b-41d4-a716-446655440000"
+    body = json.dumps({"success": True, "data": {"id": cid, "name": "A"}}).encode()
+    transport = MockTransport(lambda r: Response(status=200, body=body))
+    async with Client("qwoty", token=TOKEN, transport=transport) as client:
+        assert (await client.update(cid.upper(), CustomerPatch(name="A"))).id == cid
+
+
+# -- inputs that defeat a check are ValidationErrors ---------------------------------------
+
+
+def nested(depth):
+    value = "leaf"
+    for _ in range(depth):
+        value = {"x": value}
+    return value
+
+
+@pytest.mark.parametrize(
+    "patch",
+    [
+        CustomerPatch(extra={"deep": nested(5000)}),
+        CustomerPatch(custom_fields={"Partner": nested(5000)}),
+    ],
+    ids=["extra", "custom_fields"],
+)
+def test_input_nested_too_deeply_is_a_validation_error(patch):
+    with pytest.raises(ValidationError, match="nested too deeply"):
+        Client("dualentry", token=TOKEN).prepare(1, patch)
+
+
+def test_from_dict_with_a_key_that_is_not_a_string_is_a_validation_error():
+    with pytest.raises(ValidationError, match="field names must be strings"):
+        CustomerPatch.from_dict({1: "a"})
+
+
+# -- destinations and secrets ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("base_url", ["https://api.example/#", "https://api.example/?"])
+def test_an_empty_query_or_fragment_is_refused(base_url):
+    with pytest.raises(ValueError, match="query or fragment"):
+        Client("dualentry", token=TOKEN, base_url=base_url)
+
+
+@pytest.mark.parametrize("token", ["a\x01b", "a\x7fb", "a\tb"])
+def test_tokens_with_control_characters_are_refused(token):
+    with pytest.raises(ValueError, match="control characters") as info:
+        Client("dualentry", token=token)
+    assert token not in str(info.value)
+
+
+async def test_a_provider_echoing_the_key_never_puts_it_in_errors():
+    def echo(request):
+        key = request.headers["X-API-KEY"]
+        body = {"success": False, "errors": {"__all__": [f"key {key} revoked"], key: [key]}}
+        return Response(status=404, headers={"X-Echo": key}, body=json.dumps(body).encode())
+
+    async with de(echo) as client:
+        with pytest.raises(NotFoundError) as info:
+            await client.update(1, CustomerPatch(name="A"))
+    error = info.value
+    for shown in (str(error), repr(error), error.message, error.body.decode()):
+        assert TOKEN not in shown
+    assert "key ******** revoked" in str(error)
+    assert TOKEN not in repr(error.field_errors)
+    assert TOKEN not in repr(dict(error.headers))
+
+
+async def test_a_validation_error_holds_no_token_in_any_frame():
+    async with de(lambda r: Response(status=200, body=customer())) as client:
+        with pytest.raises(ValidationError) as info:
+            await client.update(1, CustomerPatch(phone="not a phone!"))
+    for frame, _ in traceback.walk_tb(info.value.__traceback__):
+        for name, value in frame.f_locals.items():
+            assert TOKEN not in repr(value), f"{frame.f_code.co_name}: {name}"
+
+
+# -- the time budget holds for every wait ----------------------------------------------------
+
+
+async def test_the_first_attempt_counts_against_the_budget():
+    async def slow_500(request):
+        await asyncio.sleep(0.3)
+        return Response(status=500, body=b"{}")
+
+    transport = MockTransport(slow_500)
+    policy = RetryPolicy(timeout=0.2)
+    async with Client(
+        "dualentry", token=TOKEN, transport=transport, rate_limit=None, retry=policy
+    ) as client:
+        with pytest.raises(ServerError):
+            await client.update(1, CustomerPatch(name="A"))
+    assert len(transport.requests) == 1
+
+
+async def test_a_retry_after_longer_than_the_budget_ends_the_update_at_once():
+    refuse = Response(status=429, headers={"Retry-After": "20"}, body=b"{}")
+    transport = MockTransport(lambda r: refuse)
+    async with Client(
+        "dualentry", token=TOKEN, transport=transport, retry=RetryPolicy(timeout=3)
+    ) as client:
+        with pytest.raises(RateLimitedError):
+            await asyncio.wait_for(client.update(1, CustomerPatch(name="A")), HANG_GUARD)
+    assert len(transport.requests) == 1
+
+
+@pytest.mark.real_waits
+def test_the_backoff_of_a_late_retry_is_finite():
+    policy = RetryPolicy(attempts=5000, wait_max=2.0)
+    assert 0 <= policy.backoff(4999) <= 2.0
+
+
+@pytest.mark.parametrize(
+    ("burst", "per_second"), [(5, math.inf), (1, 1e-300), (1, math.nan), (0, 1), (10**9, 1)]
+)
+def test_rate_limits_outside_what_a_pacer_can_hold_are_refused(burst, per_second):
+    with pytest.raises(ValueError):
+        RateLimit(burst=burst, per_second=per_second)
+
+
+# -- rate_limit=None is no declared limit, not "ignore the provider" -------------------------
+
+
+async def test_no_declared_limit_still_completes_against_an_enforcing_provider(sandbox):
+    sb = await sandbox(
+        "dualentry",
+        customers=150,
+        limits=(RateLimit(burst=10, per_second=100.0),),
+        rate_limit=None,
+    )
+    report = await sb.client.update_many(
+        [(i, CustomerPatch(name=f"N{i}")) for i in sb.ids], concurrency=16
+    )
+    assert len(report.succeeded) == 150, report.failed[:1]
+    assert sb.fake.answered_429 > 0  # the provider did enforce its limit
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+    async def sleep(self, seconds):
+        self.now += seconds
+
+
+def test_the_pace_recovers_within_seconds_after_a_storm_of_429s():
+    clock = FakeClock()
+    pacer = Pacer((), start_slow=False, clock=clock, sleep=clock.sleep)
+    # 10 s at 50/s accepted, then a 5 s storm: every answer a 429 with Retry-After 1.
+    for _ in range(500):
+        clock.now += 0.02
+        pacer.on_success()
+    storm_end = clock.now + 5
+    while clock.now < storm_end:
+        clock.now += 0.02
+        pacer.on_rate_limited(1.0)
+    assert pacer.rate is not None
+    assert pacer.rate < 25  # the storm at least halved the pace
+    # The provider allows 50/s again: requests go as the pacer lets them.
+    recovered_at = None
+    while clock.now < storm_end + 30:
+        asyncio.run(pacer.acquire())
+        pacer.on_success()
+        if recovered_at is None and pacer.rate >= 40:
+            recovered_at = clock.now
+    assert recovered_at is not None
+    assert recovered_at - storm_end < 10
+
+
+def test_stray_429s_among_many_successes_do_not_sink_the_pace():
+    clock = FakeClock()
+    pacer = Pacer((), start_slow=False, clock=clock, sleep=clock.sleep)
+    for n in range(5000):  # 100/s, one answer in 25 a 429 (4%)
+        clock.now += 0.01
+        if n % 25 == 0:
+            pacer.on_rate_limited(0.0)
+        else:
+            pacer.on_success()
+    assert pacer.rate is None  # never engaged: no limit was being hit
+
+
+# -- careless use of a client ------------------------------------------------------------------
+
+
+async def test_a_closed_client_refuses_to_send():
+    client = de(lambda r: Response(status=200, body=customer()))
+    await client.aclose()
+    with pytest.raises(RuntimeError, match="closed"):
+        await client.update(1, CustomerPatch(name="A"))
+    with pytest.raises(RuntimeError, match="closed"):
+        client.iter_updates([(1, CustomerPatch(name="A"))])
+
+
+def test_a_client_used_from_a_second_event_loop_says_so(sandbox_server):
+    base_url, token = sandbox_server
+    client = Client("dualentry", token=token, base_url=base_url, rate_limit=None)
+    first = asyncio.new_event_loop()
+    try:
+        first.run_until_complete(client.update(1001, CustomerPatch(name="A")))
+        with pytest.raises(RuntimeError, match="another event loop"):
+            asyncio.run(client.update(1001, CustomerPatch(name="B")))
+    finally:
+        first.run_until_complete(client.aclose())
+        first.close()
+
+
+# -- compressed answers are capped after decoding -----------------------------------------------
+
+
+async def serve(handler):
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    return server
+
+
+async def test_a_gzip_bomb_is_refused_after_decoding_the_cap():
+    bomb = gzip.compress(b" " * (64 * 1024 * 1024), compresslevel=9)  # 64 MiB of spaces
+
+    async def handler(request):
+        return web.Response(body=bomb, headers={"Content-Encoding": "gzip"})
+
+    server = await serve(handler)
+    try:
+        async with Client(
+            "dualentry", token=TOKEN, base_url=f"http://127.0.0.1:{server.port}", rate_limit=None
+        ) as client:
+            with pytest.raises(ResponseTooLargeError):
+                await client.update(1, CustomerPatch(name="A"))
+    finally:
+        await server.close()
+    assert len(bomb) < 8 * 1024 * 1024  # small on the wire: only the decoded size trips it
+
+
+async def test_a_gzip_answer_within_the_cap_is_read():
+    async def handler(request):
+        return web.Response(body=gzip.compress(customer()), headers={"Content-Encoding": "gzip"})
+
+    server = await serve(handler)
+    try:
+        async with Client(
+            "dualentry", token=TOKEN, base_url=f"http://127.0.0.1:{server.port}", rate_limit=None
+        ) as client:
+            assert (await client.update(1, CustomerPatch(name="A"))).name == "A"
+    finally:
+        await server.close()
+
+
+@pytest.fixture
+def sandbox_server():
+    """A DualEntry fake on a thread of its own, so each event loop can reach it."""
+    from tests.threaded_fake import threaded_fake
+
+    with threaded_fake("dualentry", customers=3, limits=()) as (fake, base_url, _):
+        yield base_url, fake.token
