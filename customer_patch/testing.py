@@ -43,8 +43,8 @@ class MockTransport:
     :class:`~customer_patch.TransportError` to play a lost connection.  Every
     request is kept in ``requests``::
 
-        transport = MockTransport(lambda request: Response(status=200, body=b'{"id": 1}'))
-        client = Client("dualentry", token="test", transport=transport)
+        transport = MockTransport(lambda request: Response(status=200, body=answer))
+        client = Client(adapter_name, token="test", transport=transport)
     """
 
     def __init__(self, handler: Callable[[Request], Response | Awaitable[Response]]) -> None:

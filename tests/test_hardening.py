@@ -299,13 +299,13 @@ def test_there_is_no_switch_to_turn_tls_verification_off():
 
 
 async def test_the_token_never_appears_anywhere(sandbox, caplog):
-    caplog.set_level(logging.DEBUG)  # everything, aiohttp's and stamina's loggers included
+    caplog.set_level(logging.DEBUG)  # everything, aiohttp's loggers included
     faults = Faults(
         rates={"500": 0.2, "429": 0.1, "drop": 0.1, "truncate": 0.05, "false_success": 0.05},
         retry_after=0,
         seed=3,
     )
-    # Retries on, so stamina's retry records are among the captured logs too.
+    # Retries on, so the library's retry records are among the captured logs too.
     sb = await sandbox(
         "qwoty", customers=30, faults=faults, token=TOKEN, retry=RetryPolicy(attempts=2)
     )

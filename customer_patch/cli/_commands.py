@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import click
-import stamina.instrumentation
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -103,9 +102,6 @@ def _rate_limit(
 @click.version_option(package_name="customer-patch")
 def cli() -> None:
     """Partial updates of customer records at SaaS providers, safely and fast."""
-    # Retries are counted in the summary; stamina's per-retry warnings would
-    # only interleave with the progress display.
-    stamina.instrumentation.set_on_retry_hooks([])
 
 
 @cli.command()
