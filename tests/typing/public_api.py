@@ -7,7 +7,7 @@ calls, or returns a different type, fails the build.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any, assert_type
 
 import customer_patch
@@ -70,7 +70,7 @@ async def bulk(updates: list[tuple[int, CustomerPatch]]) -> None:
         assert_type(report, BulkReport)
         assert_type(report.failed, list[UpdateResult])
         stream = q.iter_updates(updates)
-        assert_type(stream, AsyncIterator[UpdateResult])
+        assert_type(stream, AsyncGenerator[UpdateResult, None])
         async for result in stream:
             assert_type(result.ok, bool)
             assert_type(result.error, Exception | None)
