@@ -86,7 +86,8 @@ class _Adaptive:
     WINDOW = 1.0  # seconds of successes that estimate what the provider accepts
     MIN_SPAN = 0.25  # a shorter sample (right after a pause) is not trusted
     RECENT = 20  # answers over which the share of 429s is judged
-    SHARE = 0.15  # 429s must be more than this share of them (and at least 3) to cut
+    REFUSED = 5  # 429s among them that show a limit being hit: 25%, which 5% of
+    # stray 429s reach by chance about once in 400 checks
     CUT = 0.9  # below the measured accepted rate, to drain the provider's bucket
     PROBE = 1.1  # per second of being throttled, above the rate that held
     START_RATE = 20.0  # where an unknown limit's slow start begins
@@ -124,8 +125,7 @@ class _Adaptive:
         # among many successes (a fault, another client's burst) says nothing
         # about the rate, and cutting on each one would sink the pace for good.
         # (Its Retry-After is honoured all the same: the pacer pauses.)
-        refused = sum(self._recent)
-        if refused < 3 or refused <= self.SHARE * len(self._recent):
+        if sum(self._recent) < self.REFUSED:
             return
         if now < self._quiet_until:
             return  # answers to requests sent before the last cut
@@ -240,6 +240,8 @@ class Pacer:
 
     def pause(self, seconds: float) -> None:
         """Hold every request of this client for ``seconds`` from now."""
+        if seconds <= 0:
+            return  # "Retry-After: 0" asks for no pause
         self._paused_until = max(self._paused_until, self._clock() + seconds)
 
     def on_success(self) -> None:
