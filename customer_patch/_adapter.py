@@ -11,18 +11,14 @@ every adapter so none of them can get it subtly wrong.
 
 from __future__ import annotations
 
-import datetime as dt
-import email.utils
 import json
-import math
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 from urllib.parse import quote
 
-from attrs import field, frozen
-from multidict import CIMultiDict, CIMultiDictProxy
+from attrs import frozen
 
 from customer_patch._errors import (
     Problem,
@@ -34,14 +30,10 @@ from customer_patch._errors import (
     ValidationError,
     error_class_for,
 )
-from customer_patch._model import Customer, CustomerPatch
-from customer_patch._pacing import RateLimit
+from customer_patch._http import RateLimit, Request, Response, parse_retry_after, status_text
+from customer_patch._model import Customer, CustomerId, CustomerPatch
 from customer_patch.wire import Check, type_name
 
-CustomerId = str | int | uuid.UUID
-"""A customer id as a provider uses it: a string (a UUID object is read as one) or an integer."""
-
-_MASK = "********"
 # json.dumps() with options builds a new encoder per call; reuse one instead.
 # allow_nan=False: NaN and Infinity are not JSON, whatever Python's json allows.
 _JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
@@ -67,43 +59,6 @@ class WireField:
     """What makes a (non-``None``) value acceptable; see :mod:`customer_patch.wire`."""
     encode: Callable[[Any], Any] = _as_is
     """Turns a valid neutral value into its JSON form."""
-
-
-@frozen(kw_only=True)
-class Request:
-    """An HTTP request, ready to send.  Its repr never shows secret headers."""
-
-    method: str
-    url: str
-    headers: Mapping[str, str] = field(repr=False)
-    body: bytes = field(repr=False)
-    secret_headers: frozenset[str] = field(default=frozenset(), repr=False)
-    """Names (lower case) of the headers whose values are credentials."""
-
-    def redacted_headers(self) -> dict[str, str]:
-        """The headers with every credential masked, for display and logs."""
-        return {
-            k: (_MASK if k.lower() in self.secret_headers else v) for k, v in self.headers.items()
-        }
-
-    def json(self) -> Any:
-        """The body, parsed."""
-        return json.loads(self.body)
-
-
-def _case_insensitive(headers: Mapping[str, str]) -> Mapping[str, str]:
-    # HTTP header names are case-insensitive; a transport may hand them over
-    # in any case, and "retry-after" must still be found.
-    return headers if isinstance(headers, CIMultiDictProxy | CIMultiDict) else CIMultiDict(headers)
-
-
-@frozen(kw_only=True)
-class Response:
-    """An HTTP response as received: status, headers and the raw body."""
-
-    status: int
-    headers: Mapping[str, str] = field(factory=CIMultiDict, converter=_case_insensitive)
-    body: bytes = b""
 
 
 class Adapter(ABC):
@@ -353,7 +308,7 @@ class Adapter(ABC):
             location = response.headers.get("Location", "elsewhere")
             message, field_errors = f"redirect to {location} not followed", {}
         else:
-            message, field_errors = _status_text(status), {}
+            message, field_errors = status_text(status), {}
         common: dict[str, Any] = {
             "provider": self.provider,
             "status": status,
@@ -376,32 +331,3 @@ class _NotJson:
 
 
 _NOT_JSON: Any = _NotJson()
-
-
-def _status_text(status: int) -> str:
-    from http import HTTPStatus
-
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return f"HTTP {status}"
-
-
-def parse_retry_after(value: str | None, *, now: dt.datetime | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delay-seconds or an HTTP date)."""
-    if value is None:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=dt.UTC)
-        seconds = (when - (now or dt.datetime.now(dt.UTC))).total_seconds()
-    if not math.isfinite(seconds):
-        return None
-    return max(0.0, seconds)

@@ -27,7 +27,6 @@ from typing import Any, Protocol, TypeAlias
 
 from attrs import field, frozen
 
-from customer_patch._adapter import CustomerId
 from customer_patch._errors import (
     AuthenticationError,
     NotAttemptedError,
@@ -36,7 +35,7 @@ from customer_patch._errors import (
     TooManyFailuresError,
     ValidationError,
 )
-from customer_patch._model import Customer, CustomerPatch
+from customer_patch._model import Customer, CustomerId, CustomerPatch
 
 Update: TypeAlias = tuple[CustomerId, CustomerPatch]
 Updates: TypeAlias = Iterable[Update] | AsyncIterable[Update]

@@ -15,11 +15,12 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 from multidict import CIMultiDict
 
-from customer_patch._adapter import Adapter, CustomerId, Request
+from customer_patch._adapter import Adapter
 from customer_patch._bulk import BulkReport, ProgressCallback, UpdateResult, Updates, run_bulk
 from customer_patch._errors import CustomerPatchError, ProviderError, ResponseFormatError
-from customer_patch._model import UNSET, Customer, CustomerPatch, Unset
-from customer_patch._pacing import Pacer, RateLimit
+from customer_patch._http import RateLimit, Request
+from customer_patch._model import UNSET, Customer, CustomerId, CustomerPatch, Unset
+from customer_patch._pacing import Pacer
 from customer_patch._registry import AdapterRegistry, default_registry
 from customer_patch._retry import NO_RETRY, RetryPolicy, send_with_retries
 from customer_patch._transport import AiohttpTransport, Transport

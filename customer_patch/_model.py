@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import uuid
 from collections.abc import Iterator, Mapping
 from typing import Any, Final, Literal, TypeAlias, TypeVar
 
@@ -36,6 +37,9 @@ Unset: TypeAlias = Literal[_UnsetType.UNSET]
 """The type of :data:`UNSET`, for annotations such as ``str | None | Unset``."""
 
 T = TypeVar("T")
+
+CustomerId: TypeAlias = str | int | uuid.UUID
+"""A customer id as a provider uses it: a string (a UUID object is read as one) or an integer."""
 
 
 def _tuple_or_keep(value: Any) -> Any:

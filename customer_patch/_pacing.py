@@ -27,31 +27,9 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from attrs import field, frozen
+from customer_patch._http import RateLimit
 
 log = logging.getLogger("customer_patch.pacing")
-
-
-def _sane_rate(instance: object, attribute: Any, value: float) -> None:
-    # inf or 1e-300 would overflow the arithmetic of the buckets (and a wait
-    # of years is a typo, not a limit).
-    if not (isinstance(value, int | float) and math.isfinite(value) and value >= 1 / 86_400):
-        raise ValueError(
-            f"per_second must be a finite rate of at least one request a day, got {value!r}"
-        )
-
-
-def _sane_burst(instance: object, attribute: Any, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1_000_000:
-        raise ValueError(f"burst must be a whole number from 1 to 1,000,000, got {value!r}")
-
-
-@frozen
-class RateLimit:
-    """A token bucket: ``burst`` requests at once, then ``per_second`` sustained."""
-
-    burst: int = field(validator=_sane_burst)
-    per_second: float = field(validator=_sane_rate)
 
 
 class _Bucket:

@@ -22,7 +22,6 @@ from typing import Any, TypeVar
 
 from attrs import Attribute, field, frozen, validators
 
-from customer_patch._adapter import parse_retry_after
 from customer_patch._errors import (
     CustomerPatchError,
     ProviderError,
@@ -31,6 +30,7 @@ from customer_patch._errors import (
     ResponseTooLargeError,
     TransportError,
 )
+from customer_patch._http import parse_retry_after
 
 log = logging.getLogger("customer_patch")
 T = TypeVar("T")

@@ -13,8 +13,8 @@ from typing import Protocol
 import aiohttp
 from yarl import URL
 
-from customer_patch._adapter import Request, Response
 from customer_patch._errors import ResponseFormatError, ResponseTooLargeError, TransportError
+from customer_patch._http import Request, Response
 
 DEFAULT_MAX_RESPONSE_BYTES = 8 * 1024 * 1024
 

@@ -27,7 +27,7 @@ from attrs import field, frozen
 
 from customer_patch._adapter import Adapter
 from customer_patch._errors import AdapterRegistrationError
-from customer_patch._pacing import RateLimit
+from customer_patch._http import RateLimit
 
 FAULT_KINDS = ("429", "500", "503", "drop", "truncate", "garbage", "false_success")
 """What :class:`Faults` can inject, each at its own rate:

@@ -26,9 +26,9 @@ from typing import Any
 import pytest_asyncio
 from attrs import frozen
 
-from customer_patch._adapter import Adapter, Request, Response
+from customer_patch._adapter import Adapter
 from customer_patch._client import Client
-from customer_patch._pacing import RateLimit
+from customer_patch._http import RateLimit, Request, Response
 from customer_patch._registry import get_adapter
 from customer_patch.sandbox import FakeProvider, Faults, fake_for
 

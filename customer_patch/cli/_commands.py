@@ -21,8 +21,8 @@ from rich.table import Table
 from customer_patch._adapter import Adapter
 from customer_patch._client import Client
 from customer_patch._errors import CustomerPatchError
+from customer_patch._http import RateLimit
 from customer_patch._model import UNSET, Unset
-from customer_patch._pacing import RateLimit
 from customer_patch._registry import available_adapters, get_adapter
 from customer_patch.cli._apply import (
     EXIT_BAD_INPUT,
