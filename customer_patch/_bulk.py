@@ -127,7 +127,8 @@ _Send: TypeAlias = Callable[
 ]
 
 
-def _customer_key(customer_id: Any) -> str:
+def customer_key(customer_id: Any) -> str:
+    """Equal for every record of one customer (and perhaps of a few more)."""
     # Conservative on purpose: two spellings of one id ("5" and 5, or a UUID in
     # upper and lower case) share a key.  Serialising two customers costs a
     # little concurrency; failing to serialise one customer costs its data.
@@ -262,7 +263,7 @@ async def run_bulk(
 
     def start(index: int, item: Any) -> None:
         try:
-            key = "customer-patch " + _customer_key(item[0])
+            key = "customer-patch " + customer_key(item[0])
         except Exception:  # not a pair: one() reports it
             key = "customer-patch"
         task = asyncio.create_task(one(index, item, latest.get(key)), name=key)

@@ -67,6 +67,19 @@ def test_resume_sends_the_later_lines_of_a_customer_again_after_an_earlier_one(t
     ]
 
 
+def test_resume_and_the_runner_agree_on_what_is_one_customer():
+    """Resume re-sends a customer's later lines; the runner serialises a customer's
+    lines.  Both must see one customer where the provider may: a UUID in either
+    case, 5 and "5".  Two notions used to differ (the report's json.dumps form)."""
+    from customer_patch import _bulk
+    from customer_patch.cli import _input
+
+    assert _report.customer_key is _bulk.customer_key is _input.customer_key
+    uuid = "550e8400-e29b-41d4-a716-446655440000"
+    assert _bulk.customer_key(uuid.upper()) == _bulk.customer_key(uuid)
+    assert _bulk.customer_key(5) == _bulk.customer_key("5")
+
+
 def test_a_line_done_before_an_earlier_line_was_sent_again_is_not_done(tmp_path):
     """Run 1: line 1 failed, line 2 ok; run 2 sent line 1 again and was killed.
 

@@ -36,6 +36,7 @@ import attrs
 from attrs import define, frozen
 
 from customer_patch._adapter import Adapter
+from customer_patch._bulk import customer_key
 from customer_patch._errors import CustomerPatchError, Problem, ValidationError
 from customer_patch._model import CustomerPatch, ExternalIds
 
@@ -83,14 +84,6 @@ class Line:
     def key(self) -> str:
         """The customer this record updates, as a string that tells customers apart."""
         return customer_key(self.customer_id)
-
-
-def customer_key(customer_id: Any) -> str:
-    """``customer_id`` as the report writes it; equal for records of one customer."""
-    try:
-        return json.dumps(customer_id, sort_keys=True)
-    except (TypeError, ValueError, RecursionError):
-        return repr(customer_id)
 
 
 @frozen

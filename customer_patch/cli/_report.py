@@ -26,8 +26,9 @@ from typing import Any, BinaryIO
 
 import filelock
 
+from customer_patch._bulk import customer_key
 from customer_patch._errors import ProviderError
-from customer_patch.cli._input import Line, customer_key
+from customer_patch.cli._input import Line
 
 _TORN_PREFIX = b'{"line": '  # every line this module writes starts so
 _REQUIRED = {"line": int, "ok": bool, "attempts": int, "hash": str}
