@@ -18,7 +18,6 @@ if TYPE_CHECKING:
         BulkReport,
         Progress,
         ProgressCallback,
-        ProgressHook,
         UpdateResult,
         Updates,
     )
@@ -52,6 +51,7 @@ if TYPE_CHECKING:
         Customer,
         CustomerId,
         CustomerPatch,
+        CustomFieldKey,
         ExternalIds,
         TaxId,
         Unset,
@@ -63,7 +63,7 @@ if TYPE_CHECKING:
         get_adapter,
         register_adapter,
     )
-    from customer_patch._retry import RETRY_STATUSES, RetryPolicy
+    from customer_patch._retry import RetryPolicy
     from customer_patch._transport import AiohttpTransport, Transport
     from customer_patch._version import __version__
 
@@ -73,7 +73,6 @@ _WHERE = {
     "BulkReport": "customer_patch._bulk",
     "Progress": "customer_patch._bulk",
     "ProgressCallback": "customer_patch._bulk",
-    "ProgressHook": "customer_patch._bulk",
     "UpdateResult": "customer_patch._bulk",
     "Updates": "customer_patch._bulk",
     "Client": "customer_patch._client",
@@ -103,6 +102,7 @@ _WHERE = {
     "Address": "customer_patch._model",
     "Customer": "customer_patch._model",
     "CustomerId": "customer_patch._model",
+    "CustomFieldKey": "customer_patch._model",
     "CustomerPatch": "customer_patch._model",
     "ExternalIds": "customer_patch._model",
     "TaxId": "customer_patch._model",
@@ -113,7 +113,6 @@ _WHERE = {
     "default_registry": "customer_patch._registry",
     "get_adapter": "customer_patch._registry",
     "register_adapter": "customer_patch._registry",
-    "RETRY_STATUSES": "customer_patch._retry",
     "RetryPolicy": "customer_patch._retry",
     "AiohttpTransport": "customer_patch._transport",
     "Transport": "customer_patch._transport",
@@ -136,7 +135,6 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    "RETRY_STATUSES",
     "UNSET",
     "Adapter",
     "AdapterRegistrationError",
@@ -147,6 +145,7 @@ __all__ = [
     "BadRequestError",
     "BulkReport",
     "Client",
+    "CustomFieldKey",
     "Customer",
     "CustomerId",
     "CustomerPatch",
@@ -158,7 +157,6 @@ __all__ = [
     "Problem",
     "Progress",
     "ProgressCallback",
-    "ProgressHook",
     "ProviderError",
     "RateLimit",
     "RateLimitedError",

@@ -23,7 +23,7 @@ from collections.abc import (
     Iterable,
     Sized,
 )
-from typing import Any, Protocol, TypeAlias
+from typing import Any, TypeAlias
 
 from attrs import field, frozen
 
@@ -93,15 +93,9 @@ class Progress:
     """The result that was just recorded, so a hook can tell which records are done."""
 
 
-class ProgressHook(Protocol):
-    """An object whose ``on_progress`` method receives each :class:`Progress`."""
-
-    def on_progress(self, progress: Progress) -> None:
-        """Called after each result with a fresh :class:`Progress`."""
-
-
-ProgressCallback: TypeAlias = Callable[[Progress], None] | ProgressHook
-"""A progress hook: a callable taking a :class:`Progress`, or a :class:`ProgressHook`."""
+ProgressCallback: TypeAlias = Callable[[Progress], None]
+"""A progress hook: called with a fresh :class:`Progress` after each result
+(a bound method does for an object that keeps state)."""
 
 
 class _Rate:
@@ -273,9 +267,7 @@ async def run_bulk(
 
     rate = _Rate()
     done = succeeded = failed = 0
-    hook: Callable[[Progress], None] | None = None
-    if progress is not None:
-        hook = progress.on_progress if hasattr(progress, "on_progress") else progress
+    hook = progress
     broken: Exception | None = None
     counter = itertools.count()
     exhausted = False

@@ -95,9 +95,9 @@ class Address:
     """An optional label for the address (not sent when ``None``)."""
 
 
-#: The keys of :attr:`CustomerPatch.custom_fields`: a ``str`` names a custom
-#: field, an ``int`` is its id (for when two fields share a name).
 CustomFieldKey: TypeAlias = str | int
+"""The keys of :attr:`CustomerPatch.custom_fields`: a ``str`` names a custom
+field, an ``int`` is its id (for when two fields share a name)."""
 
 
 @frozen(kw_only=True)

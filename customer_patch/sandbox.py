@@ -29,6 +29,8 @@ from customer_patch._adapter import Adapter
 from customer_patch._errors import AdapterRegistrationError
 from customer_patch._http import RateLimit
 
+__all__ = ["FAULT_KINDS", "FakeProvider", "Faults", "RecordedRequest", "TokenBucket", "fake_for"]
+
 FAULT_KINDS = ("429", "500", "503", "drop", "truncate", "garbage", "false_success")
 """What :class:`Faults` can inject, each at its own rate:
 

@@ -15,6 +15,20 @@ from typing import Any
 
 from customer_patch._model import Address
 
+__all__ = [
+    "ISO_COUNTRIES",
+    "Check",
+    "address",
+    "ecma_pattern",
+    "field_errors",
+    "iso_country",
+    "optional_str",
+    "parse_datetime",
+    "text",
+    "type_name",
+    "uuid_text",
+]
+
 Check = Callable[[Any], list[str]]
 """A check: a (non-``None``) value in, the list of what is wrong with it out."""
 

@@ -115,7 +115,7 @@ async def test_async_iterables_work_and_total_comes_from_len():
     assert all(p.last.ok for p in seen)
 
 
-async def test_progress_hook_may_be_an_object_with_a_method():
+async def test_progress_hook_may_be_a_bound_method():
     class Bar:
         def __init__(self):
             self.calls = []
@@ -125,7 +125,7 @@ async def test_progress_hook_may_be_an_object_with_a_method():
 
     bar = Bar()
     async with scripted(ok) as (base, _), client(base) as de:
-        await de.update_many(updates(3) + [(0, CustomerPatch(name="x"))], progress=bar)
+        await de.update_many(updates(3) + [(0, CustomerPatch(name="x"))], progress=bar.on_progress)
     assert [done for done, _, _ in bar.calls] == [1, 2, 3, 4]
     assert bar.calls[-1][1] == 1  # the invalid record, reported without a request
     assert all(rate_ok for _, _, rate_ok in bar.calls)
