@@ -13,7 +13,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from customer_patch._adapter import Adapter, WireField
+    from customer_patch._adapter import Adapter, Tooling, WireField
     from customer_patch._bulk import (
         BulkReport,
         Progress,
@@ -69,6 +69,7 @@ if TYPE_CHECKING:
 
 _WHERE = {
     "Adapter": "customer_patch._adapter",
+    "Tooling": "customer_patch._adapter",
     "WireField": "customer_patch._adapter",
     "BulkReport": "customer_patch._bulk",
     "Progress": "customer_patch._bulk",
@@ -168,6 +169,7 @@ __all__ = [
     "ServerError",
     "TaxId",
     "TooManyFailuresError",
+    "Tooling",
     "Transport",
     "TransportError",
     "UnknownAdapterError",

@@ -3,10 +3,13 @@
 Adapters are sans-I/O.  Building a request and reading a response are plain
 functions of plain values; the client hands the :class:`Request` to the
 transport and the :class:`Response` back here.  An adapter *declares* its
-provider (field map, limits, paths, auth) and fills in two small hooks; the
-machinery below (unset filtering, unsupported fields, nullability, checks,
-``extra`` clashes, path safety, status-to-exception mapping) is shared by
-every adapter so none of them can get it subtly wrong.
+provider (field map, limits, paths, auth) and fills in four hooks
+(``update_path``, ``auth_headers``, ``customer_from``, ``error_details``),
+with three more it may override (``check_customer_id``, ``same_customer``,
+``unknown_custom_fields``); the machinery below (unset filtering,
+unsupported fields, nullability, checks, ``extra`` clashes, path safety,
+status-to-exception mapping) is shared by every adapter so none of them can
+get it subtly wrong.
 """
 
 from __future__ import annotations
@@ -61,6 +64,17 @@ class WireField:
     """Turns a valid neutral value into its JSON form."""
 
 
+@frozen(kw_only=True)
+class Tooling:
+    """What tools around an adapter need to know of it; none of it goes on the wire."""
+
+    token_env: str | None = None
+    """The environment variable the command line reads the token from (``None``:
+    the generic ``CUSTOMER_PATCH_TOKEN``)."""
+    sandbox: str | None = None
+    """``"pkg.mod:Class"`` of this provider's fake (a ``FakeProvider``), if it ships one."""
+
+
 class Adapter(ABC):
     """The base of every provider adapter.
 
@@ -83,10 +97,8 @@ class Adapter(ABC):
     """The provider's documented limits for this request; the client paces to all of them."""
     customer_id_type: ClassVar[type] = str
     """``str`` or ``int``: what kind of customer id the provider uses."""
-    token_env: ClassVar[str | None] = None
-    """The environment variable the command line reads the token from."""
-    sandbox: ClassVar[str | None] = None
-    """``"pkg.mod:Class"`` of this provider's fake (a ``FakeProvider``), if it ships one."""
+    tooling: ClassVar[Tooling] = Tooling()
+    """What the command line and the sandbox need to know: not wire facts."""
 
     # -- what a subclass provides -------------------------------------------------
 
@@ -133,7 +145,13 @@ class Adapter(ABC):
 
     # -- shared machinery ------------------------------------------------------------
 
-    def _encode(self, patch: CustomerPatch, problems: list[Problem]) -> dict[str, Any]:
+    def _patch_body(self, patch: CustomerPatch) -> tuple[dict[str, Any], list[Problem]]:
+        """The JSON body for ``patch``, and what is wrong with it (then the body is partial).
+
+        Raises :class:`UnsupportedFieldError` at once: a field the provider
+        cannot patch is not a problem of its value.
+        """
+        problems: list[Problem] = []
         values = list(patch.set_fields())
         if not values and not patch.extra:
             problems.append(Problem("", "the patch sets no field: there is nothing to send"))
@@ -174,11 +192,9 @@ class Adapter(ABC):
                     problems.append(Problem(f"extra.{key}", f"is not JSON: {e}"))
                 else:
                     body[key] = value
-        if problems:
-            raise ValidationError(problems, provider=self.provider)
-        return body
+        return body, problems
 
-    def encode(self, customer_id: CustomerId, patch: CustomerPatch) -> tuple[str, bytes]:
+    def prepare_update(self, customer_id: CustomerId, patch: CustomerPatch) -> tuple[str, bytes]:
         """Validate an update and return its path (below the base URL) and JSON body.
 
         Raises :class:`UnsupportedFieldError`, then :class:`ValidationError`
@@ -197,7 +213,10 @@ class Adapter(ABC):
         # quote() keeps dots; "." and ".." would climb out of the resource.
         if not problems and segment in {"", ".", ".."}:
             problems.append(Problem("id", f"{customer_id!r} is not a usable path segment"))
-        body = self._encode(patch, problems)  # raises with the id problems included
+        body, patch_problems = self._patch_body(patch)
+        problems += patch_problems
+        if problems:
+            raise ValidationError(problems, provider=self.provider)
         try:
             encoded = _JSON.encode(body).encode()
         except UnicodeEncodeError:
@@ -231,7 +250,7 @@ class Adapter(ABC):
         headers: Mapping[str, str] | None = None,
     ) -> Request:
         """Validate ``patch`` for ``customer_id`` and build the whole request; pure, no I/O."""
-        path, body = self.encode(customer_id, patch)
+        path, body = self.prepare_update(customer_id, patch)
         all_headers, secret = self.headers(token, headers)
         return Request(
             method=self.method,

@@ -212,7 +212,7 @@ class Client:
         self._check_open()
         # Validation runs first, in frames that hold no credential: an error
         # tracker recording a ValidationError's locals finds no token.
-        path, body = self.adapter.encode(customer_id, patch)
+        path, body = self.adapter.prepare_update(customer_id, patch)
         return Request(
             method=self.adapter.method,
             url=self.base_url + path,

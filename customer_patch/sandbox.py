@@ -296,11 +296,12 @@ async def _truncate(request: web.Request, response: web.Response) -> web.StreamR
 
 
 def fake_for(adapter: Adapter) -> type[FakeProvider]:
-    """The fake provider class an adapter ships (``Adapter.sandbox``)."""
-    if not adapter.sandbox:
+    """The fake provider class an adapter ships (``Adapter.tooling.sandbox``)."""
+    where = adapter.tooling.sandbox
+    if not where:
         raise AdapterRegistrationError(f"the {adapter.provider} adapter ships no sandbox")
-    module_name, _, attr = adapter.sandbox.partition(":")
+    module_name, _, attr = where.partition(":")
     fake = getattr(importlib.import_module(module_name), attr)
     if not (isinstance(fake, type) and issubclass(fake, FakeProvider)):
-        raise AdapterRegistrationError(f"{adapter.sandbox} is not a FakeProvider")
+        raise AdapterRegistrationError(f"{where} is not a FakeProvider")
     return fake

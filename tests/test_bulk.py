@@ -305,10 +305,10 @@ async def test_a_bug_in_an_adapter_still_gives_each_record_its_result():
     from customer_patch_dualentry import DualEntryAdapter
 
     class Buggy(DualEntryAdapter):
-        def encode(self, customer_id, patch):
+        def prepare_update(self, customer_id, patch):
             if customer_id == 2:
                 raise RuntimeError("adapter bug")
-            return super().encode(customer_id, patch)
+            return super().prepare_update(customer_id, patch)
 
     async with (
         scripted(ok) as (base, server),
@@ -328,10 +328,10 @@ async def test_a_worker_killed_by_a_base_exception_never_hangs_the_run():
         pass
 
     class Doomed(DualEntryAdapter):
-        def encode(self, customer_id, patch):
+        def prepare_update(self, customer_id, patch):
             if customer_id == 2:
                 raise Fatal
-            return super().encode(customer_id, patch)
+            return super().prepare_update(customer_id, patch)
 
     async with (
         scripted(ok) as (base, _),

@@ -387,11 +387,11 @@ def test_resuming_into_a_new_report_carries_the_done_records_over(tmp_path):
 
 
 def test_an_adapter_without_a_token_variable_reads_the_generic_one(tmp_path, monkeypatch):
-    from customer_patch import AdapterRegistry
+    from customer_patch import AdapterRegistry, Tooling
     from customer_patch_dualentry import DualEntryAdapter
 
     class NoEnv(DualEntryAdapter):
-        token_env = None
+        tooling = Tooling()
 
     registry = AdapterRegistry()
     registry.register("noenv", NoEnv)

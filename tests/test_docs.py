@@ -259,7 +259,7 @@ def test_provider_page_states_auth_path_and_not_patchable(provider):
     adapter = get_adapter(provider)
     text = (DOCS / "providers" / f"{provider}.md").read_text(encoding="utf-8")
     assert f"`{adapter.default_base_url}`" in text
-    assert f"`{adapter.token_env}`" in text
+    assert f"`{adapter.tooling.token_env}`" in text
     for header in adapter.auth_headers("TOKEN"):
         assert f"`{header}" in text
     for key in adapter.read_only:

@@ -109,8 +109,8 @@ def providers() -> None:
     """List the installed provider adapters."""
     for name in available_adapters():
         adapter = get_adapter(name)
-        extras = [f"token from ${adapter.token_env}"] if adapter.token_env else []
-        if adapter.sandbox:
+        extras = [f"token from ${adapter.tooling.token_env}"] if adapter.tooling.token_env else []
+        if adapter.tooling.sandbox:
             extras.append("has a sandbox")
         out.print(f"{name:<16} {adapter.default_base_url:<32} {', '.join(extras)}")
 
@@ -206,7 +206,7 @@ def apply_command(
     """
     adapter = _adapter(provider)
     limit = _rate_limit(rate_limit)
-    token_env = adapter.token_env or GENERIC_TOKEN_ENV
+    token_env = adapter.tooling.token_env or GENERIC_TOKEN_ENV
     token = os.environ.get(token_env, "")
     if not token and not dry_run:
         _fail(f"set {token_env} in the environment (tokens are never taken as flags)")
@@ -413,7 +413,7 @@ def sandbox(provider: str, port: int, faults: str, customers: int, limits: str) 
             f"seeded {len(ids)} customers, e.g. {ids[0]!r}" if ids else "no customers seeded"
         )
         out.print(
-            f"try: {adapter.token_env}={fake.token} customer-patch apply FILE "
+            f"try: {adapter.tooling.token_env}={fake.token} customer-patch apply FILE "
             f"--provider {provider} --base-url {base_url}"
         )
         try:
@@ -438,7 +438,7 @@ async def _demo() -> int:
     examples: list[tuple[str, Any, dict[str, Any], dict[str, Any]]] = []
     for name in available_adapters():
         adapter = get_adapter(name)
-        fake_cls = fake_for(adapter) if adapter.sandbox else None
+        fake_cls = fake_for(adapter) if adapter.tooling.sandbox else None
         if fake_cls is None or fake_cls.demo_file is None:
             continue
         # A sandbox "organisation with raised limits", so the demo takes seconds.

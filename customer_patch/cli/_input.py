@@ -253,7 +253,9 @@ def _check(raw: _Raw, adapter: Adapter) -> Line:
     except (RecursionError, TypeError, ValueError) as e:
         return _invalid(raw, _unreadable(e))
     try:
-        path, body = adapter.encode(customer_id, patch)  # every provider rule, before sending
+        path, body = adapter.prepare_update(
+            customer_id, patch
+        )  # every provider rule, before sending
     except CustomerPatchError as e:
         return Line(number, customer_id, error=e, digest=raw.digest)
     except (RecursionError, TypeError, ValueError) as e:

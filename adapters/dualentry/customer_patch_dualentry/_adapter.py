@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
-from customer_patch import Adapter, Address, Customer, RateLimit, WireField, wire
+from customer_patch import Adapter, Address, Customer, RateLimit, Tooling, WireField, wire
 from customer_patch.wire import address, optional_str, parse_datetime, text, type_name
 
 # As DualEntry's OpenAPI document writes it: ECMA-262, so "\s" is JavaScript's.
@@ -135,8 +135,10 @@ class DualEntryAdapter(Adapter):
     # Per API key: this route and method, then all endpoints.
     rate_limits = (RateLimit(burst=10, per_second=1.0), RateLimit(burst=50, per_second=5.0))
     customer_id_type = int
-    token_env = "DUALENTRY_API_KEY"  # noqa: S105 - a variable name, not a secret
-    sandbox = "customer_patch_dualentry._fake:DualEntryFake"
+    tooling = Tooling(
+        token_env="DUALENTRY_API_KEY",  # noqa: S106 - a variable's name, not a secret
+        sandbox="customer_patch_dualentry._fake:DualEntryFake",
+    )
 
     def __init__(self, *, api_version: Literal["v1", "v2"] = "v2") -> None:
         if api_version not in ("v1", "v2"):

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
-from customer_patch import Adapter, Customer, ExternalIds, TaxId, WireField, wire
+from customer_patch import Adapter, Customer, ExternalIds, TaxId, Tooling, WireField, wire
 from customer_patch.wire import optional_str, parse_datetime, text, type_name, uuid_text
 
 
@@ -70,8 +70,10 @@ class QwotyAdapter(Adapter):
     # to declare, so the client adapts to its 429s instead.
     rate_limits = ()
     customer_id_type = str
-    token_env = "QWOTY_TOKEN"  # noqa: S105 - a variable name, not a secret
-    sandbox = "customer_patch_qwoty._fake:QwotyFake"
+    tooling = Tooling(
+        token_env="QWOTY_TOKEN",  # noqa: S106 - a variable's name, not a secret
+        sandbox="customer_patch_qwoty._fake:QwotyFake",
+    )
 
     def check_customer_id(self, customer_id: object) -> list[str]:
         return uuid_text(customer_id)
