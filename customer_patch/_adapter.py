@@ -34,7 +34,7 @@ from customer_patch._errors import (
     error_class_for,
 )
 from customer_patch._http import RateLimit, Request, Response, parse_retry_after, status_text
-from customer_patch._model import Customer, CustomerId, CustomerPatch
+from customer_patch._model import Customer, CustomerId, CustomerPatch, ExternalIds
 from customer_patch.wire import Check, type_name
 
 # json.dumps() with options builds a new encoder per call; reuse one instead.
@@ -50,6 +50,12 @@ def _as_is(value: Any) -> Any:
     return value
 
 
+def _text_or_null(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise TypeError(f"expected a string or null, got {type_name(value)}")
+
+
 @frozen(kw_only=True)
 class WireField:
     """How one neutral field travels to a provider."""
@@ -62,6 +68,10 @@ class WireField:
     """What makes a (non-``None``) value acceptable; see :mod:`customer_patch.wire`."""
     encode: Callable[[Any], Any] = _as_is
     """Turns a valid neutral value into its JSON form."""
+    decode: Callable[[Any], Any] = _text_or_null
+    """Reads the neutral value back from the provider's JSON (given ``None`` when the
+    key is absent or null); raises on a value of the wrong shape.  The default
+    takes a string or ``None``."""
 
 
 @frozen(kw_only=True)
@@ -144,6 +154,25 @@ class Adapter(ABC):
         return []
 
     # -- shared machinery ------------------------------------------------------------
+
+    def fields_from(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        """The neutral fields of a customer in the provider's JSON, read through
+        :attr:`fields`, so each wire key is written once per adapter.
+
+        For ``Customer(**adapter.fields_from(data), ...)``; ``external_ids.*``
+        fields are gathered into one :class:`ExternalIds`.
+        """
+        values: dict[str, Any] = {}
+        external: dict[str, Any] = {}
+        for path, spec in self.fields.items():
+            value = spec.decode(data.get(spec.wire))
+            if path.startswith("external_ids."):
+                external[path.removeprefix("external_ids.")] = value
+            else:
+                values[path] = value
+        if external:
+            values["external_ids"] = ExternalIds(**external)
+        return values
 
     def _patch_body(self, patch: CustomerPatch) -> tuple[dict[str, Any], list[Problem]]:
         """The JSON body for ``patch``, and what is wrong with it (then the body is partial).

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
 from customer_patch import Adapter, Address, Customer, RateLimit, Tooling, WireField, wire
-from customer_patch.wire import address, optional_str, parse_datetime, text, type_name
+from customer_patch.wire import address, parse_datetime, text, type_name
 
 # As DualEntry's OpenAPI document writes it: ECMA-262, so "\s" is JavaScript's.
 PHONE_PATTERN = r"^[0-9\s\+\-\.\(\)]*$"
@@ -109,9 +109,11 @@ class DualEntryAdapter(Adapter):
         "country": WireField(wire="country", check=text()),
         "website": WireField(wire="website", check=text()),
         "phone": WireField(wire="phone", check=text(max_len=32, schema_pattern=PHONE_PATTERN)),
-        "billing_address": WireField(wire="full_address", check=address, encode=_encode_address),
+        "billing_address": WireField(
+            wire="full_address", check=address, encode=_encode_address, decode=_address_from
+        ),
         "shipping_address": WireField(
-            wire="shipping_address", check=address, encode=_encode_address
+            wire="shipping_address", check=address, encode=_encode_address, decode=_address_from
         ),
         # The spec lets custom_fields be null but not what that does: refused.
         "custom_fields": WireField(
@@ -119,6 +121,7 @@ class DualEntryAdapter(Adapter):
             nullable=False,
             check=_custom_fields,
             encode=_encode_custom_fields,
+            decode=_custom_fields_from,
         ),
     }
     read_only = frozenset(
@@ -191,16 +194,7 @@ class DualEntryAdapter(Adapter):
         return Customer(
             id=data["id"],
             provider=self.provider,
-            name=optional_str(data, "name"),
-            unique_id=optional_str(data, "unique_id"),
-            email=optional_str(data, "email"),
-            phone=optional_str(data, "phone"),
-            website=optional_str(data, "website"),
-            address=optional_str(data, "address"),
-            country=optional_str(data, "country"),
-            billing_address=_address_from(data.get("full_address")),
-            shipping_address=_address_from(data.get("shipping_address")),
-            custom_fields=_custom_fields_from(data.get("custom_fields")),
+            **self.fields_from(data),
             created_at=parse_datetime(_actor_time(data, "created_by")),
             updated_at=parse_datetime(_actor_time(data, "updated_by")),
             raw=data,

@@ -11,8 +11,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
-from customer_patch import Adapter, Customer, ExternalIds, TaxId, Tooling, WireField, wire
-from customer_patch.wire import optional_str, parse_datetime, text, type_name, uuid_text
+from customer_patch import Adapter, Customer, TaxId, Tooling, WireField, wire
+from customer_patch.wire import parse_datetime, text, type_name, uuid_text
 
 
 def _url(value: Any) -> list[str]:
@@ -43,6 +43,13 @@ def _encode_tax_ids(value: tuple[TaxId, ...]) -> list[dict[str, str]]:
     return [{"tax": t.tax, "tax_value": t.value} for t in value]
 
 
+def _tax_ids_from(value: Any) -> tuple[TaxId, ...] | None:
+    # The PATCH example leaves tax_ids out: absent stays None, not ().
+    if value is None:
+        return None
+    return tuple(TaxId(t["tax"], t["tax_value"]) for t in value)
+
+
 class QwotyAdapter(Adapter):
     """Qwoty: UUID customer ids, tax ids replaced as a whole, three external ids."""
 
@@ -56,7 +63,11 @@ class QwotyAdapter(Adapter):
         "segment_id": WireField(wire="segment_id", check=uuid_text),
         "logo": WireField(wire="logo", check=_url),
         "tax_ids": WireField(
-            wire="tax_ids", nullable=False, check=_tax_ids, encode=_encode_tax_ids
+            wire="tax_ids",
+            nullable=False,
+            check=_tax_ids,
+            encode=_encode_tax_ids,
+            decode=_tax_ids_from,
         ),
         "external_ids.crm": WireField(wire="id_crm", check=text()),
         "external_ids.erp": WireField(wire="id_erp", check=text()),
@@ -104,23 +115,10 @@ class QwotyAdapter(Adapter):
         c = data["data"]
         if not isinstance(c, dict):
             raise TypeError(f"data should be an object, got {type_name(c)}")
-        tax_ids = c.get("tax_ids")
         return Customer(
             id=c["id"],
             provider=self.provider,
-            name=optional_str(c, "name"),
-            type=optional_str(c, "type"),
-            segment_id=optional_str(c, "segment_id"),
-            logo=optional_str(c, "logo"),
-            # The PATCH example leaves tax_ids out; absent stays None, not [].
-            tax_ids=None
-            if tax_ids is None
-            else tuple(TaxId(t["tax"], t["tax_value"]) for t in tax_ids),
-            external_ids=ExternalIds(
-                crm=optional_str(c, "id_crm"),
-                erp=optional_str(c, "id_erp"),
-                accounting=optional_str(c, "id_accounting"),
-            ),
+            **self.fields_from(c),
             created_at=parse_datetime(c.get("created_at")),
             updated_at=parse_datetime(c.get("updated_at")),
             raw=c,
