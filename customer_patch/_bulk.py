@@ -49,7 +49,9 @@ class UpdateResult:
     index: int
     """The record's position in the input, from 0."""
     customer_id: Any
+    """The customer id as given in the input."""
     patch: CustomerPatch | None = field(repr=False)
+    """The patch as given, or ``None`` when the input item was not a pair."""
     customer: Customer | None = None
     """The customer as the provider returned it, on success."""
     error: Exception | None = None
@@ -70,7 +72,9 @@ class BulkReport:
     """Every result of a bulk run, split by outcome, each list in input order."""
 
     succeeded: list[UpdateResult]
+    """The results that succeeded, in input order."""
     failed: list[UpdateResult]
+    """The results that failed (or were not attempted), in input order."""
 
     @property
     def results(self) -> list[UpdateResult]:
@@ -83,8 +87,11 @@ class Progress:
     """A snapshot handed to a progress hook after each result."""
 
     done: int
+    """Results so far."""
     succeeded: int
+    """Of which succeeded."""
     failed: int
+    """Of which failed."""
     total: int | None
     """The number of records, when the input has a ``len()`` or ``total=`` was given."""
     rate: float

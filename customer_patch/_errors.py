@@ -36,7 +36,9 @@ class Problem:
     """One thing wrong with an input: where (``field``) and what (``message``)."""
 
     field: str
+    """Where: a field path such as ``"phone"`` or ``"custom_fields"`` (``""``: the whole input)."""
     message: str
+    """What is wrong, for people."""
 
     def __str__(self) -> str:
         return f"{self.field}: {self.message}" if self.field else self.message

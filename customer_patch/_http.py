@@ -26,9 +26,13 @@ class Request:
     """An HTTP request, ready to send.  Its repr never shows secret headers."""
 
     method: str
+    """The HTTP method, e.g. ``"PATCH"``."""
     url: str
+    """The whole URL, the customer id already percent-encoded."""
     headers: Mapping[str, str] = field(repr=False)
+    """Every header, credentials included (never shown in the repr)."""
     body: bytes = field(repr=False)
+    """The JSON body, as bytes."""
     secret_headers: frozenset[str] = field(default=frozenset(), repr=False)
     """Names (lower case) of the headers whose values are credentials."""
 
@@ -54,8 +58,11 @@ class Response:
     """An HTTP response as received: status, headers and the raw body."""
 
     status: int
+    """The HTTP status."""
     headers: Mapping[str, str] = field(factory=CIMultiDict, converter=_case_insensitive)
+    """The headers, looked up without regard to case."""
     body: bytes = b""
+    """The body as received (decoded if it was compressed)."""
 
 
 def _sane_rate(instance: object, attribute: Any, value: float) -> None:
@@ -77,7 +84,9 @@ class RateLimit:
     """A token bucket: ``burst`` requests at once, then ``per_second`` sustained."""
 
     burst: int = field(validator=_sane_burst)
+    """Requests that may go at once, from a full bucket."""
     per_second: float = field(validator=_sane_rate)
+    """Requests per second, sustained."""
 
 
 def status_text(status: int) -> str:

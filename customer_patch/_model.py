@@ -73,8 +73,11 @@ class ExternalIds:
     """Ids of the customer in other systems; each one is tri-state."""
 
     crm: str | Unset | None = UNSET
+    """The customer's id in a CRM."""
     erp: str | Unset | None = UNSET
+    """The customer's id in an ERP."""
     accounting: str | Unset | None = UNSET
+    """The customer's id in an accounting system."""
 
 
 @frozen(kw_only=True)
@@ -86,11 +89,17 @@ class Address:
     """
 
     street: str
+    """The street and number."""
     city: str
+    """The city."""
     postal_code: str
+    """The postal or ZIP code."""
     state: str = ""
+    """The state, province or region (``""`` when none)."""
     second_line: str = ""
+    """A second address line (``""`` when none)."""
     country: str = ""
+    """``""`` or an ISO 3166-1 alpha-2 code such as ``"FR"``."""
     name: str | None = None
     """An optional label for the address (not sent when ``None``)."""
 
@@ -111,23 +120,33 @@ class CustomerPatch:
     """
 
     name: str | Unset | None = UNSET
+    """The customer's name."""
     type: str | Unset | None = UNSET
     """``"company"`` or ``"individual"``."""
     segment_id: str | Unset | None = UNSET
+    """A segment's id (a UUID at Qwoty)."""
     logo: str | Unset | None = UNSET
     """A URL."""
     tax_ids: tuple[TaxId, ...] | Unset | None = field(default=UNSET, converter=_tuple_or_keep)
     """Replaces *all* tax ids: ``[]`` removes every one, UNSET keeps them."""
     external_ids: ExternalIds | Unset = UNSET
+    """Ids in other systems, each member tri-state."""
     unique_id: str | Unset | None = UNSET
+    """An id the organisation chose (DualEntry: 1 to 64 characters)."""
     email: str | Unset | None = UNSET
+    """An email address."""
     phone: str | Unset | None = UNSET
+    """A phone number."""
     website: str | Unset | None = UNSET
+    """A website address."""
     address: str | Unset | None = UNSET
     """The address as free text."""
     country: str | Unset | None = UNSET
+    """A country, as the provider writes it."""
     billing_address: Address | Unset | None = UNSET
+    """The billing address, replaced as a whole."""
     shipping_address: Address | Unset | None = UNSET
+    """The shipping address, replaced as a whole."""
     custom_fields: Mapping[CustomFieldKey, Any] | Unset = field(
         default=UNSET, converter=_dict_or_keep
     )
@@ -190,22 +209,42 @@ class Customer:
     """
 
     id: str | int
+    """The provider's id of the customer."""
     provider: str
+    """The provider's name."""
     name: str | None = None
+    """The customer's name."""
     type: str | None = None
+    """``"company"`` or ``"individual"`` (Qwoty)."""
     segment_id: str | None = None
+    """The segment's id."""
     logo: str | None = None
+    """A URL."""
     tax_ids: tuple[TaxId, ...] | None = None
+    """Every tax id, or ``None`` when the answer did not include them."""
     external_ids: ExternalIds | None = None
+    """Ids in other systems."""
     unique_id: str | None = None
+    """An id the organisation chose."""
     email: str | None = None
+    """An email address."""
     phone: str | None = None
+    """A phone number."""
     website: str | None = None
+    """A website address."""
     address: str | None = None
+    """The address as free text."""
     country: str | None = None
+    """A country, as the provider writes it."""
     billing_address: Address | None = None
+    """The billing address."""
     shipping_address: Address | None = None
+    """The shipping address."""
     custom_fields: Mapping[CustomFieldKey, Any] | None = None
+    """Custom field values by name, or by id where two fields share a name."""
     created_at: dt.datetime | None = None
+    """When the customer was created, timezone-aware."""
     updated_at: dt.datetime | None = None
+    """When the customer was last changed, timezone-aware."""
     raw: Mapping[str, Any] = field(factory=dict, repr=False)
+    """The provider's own JSON object for the customer, untouched."""

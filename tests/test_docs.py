@@ -306,3 +306,25 @@ def test_sphinx_build_passes_with_warnings_as_errors(tmp_path):
     )
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-10000:]
     assert (tmp_path / "html" / "index.html").exists()
+
+
+def test_every_public_attribute_has_text_in_the_api_reference():
+    """autodoc shows an attribute's docstring; a field without one is a bare name."""
+    import inspect
+
+    import attrs
+    from sphinx.pycode import ModuleAnalyzer
+
+    import customer_patch
+
+    missing = []
+    for name in customer_patch.__all__:
+        obj = getattr(customer_patch, name)
+        if inspect.isclass(obj) and attrs.has(obj):
+            documented = ModuleAnalyzer.for_module(obj.__module__).find_attr_docs()
+            missing += [
+                f"{name}.{f.name}"
+                for f in attrs.fields(obj)
+                if (obj.__qualname__, f.name) not in documented
+            ]
+    assert missing == []
