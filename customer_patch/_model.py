@@ -124,7 +124,7 @@ class CustomerPatch:
     type: str | Unset | None = UNSET
     """``"company"`` or ``"individual"``."""
     segment_id: str | Unset | None = UNSET
-    """A segment's id (a UUID at Qwoty)."""
+    """A segment's id."""
     logo: str | Unset | None = UNSET
     """A URL."""
     tax_ids: tuple[TaxId, ...] | Unset | None = field(default=UNSET, converter=_tuple_or_keep)
@@ -132,7 +132,7 @@ class CustomerPatch:
     external_ids: ExternalIds | Unset = UNSET
     """Ids in other systems, each member tri-state."""
     unique_id: str | Unset | None = UNSET
-    """An id the organisation chose (DualEntry: 1 to 64 characters)."""
+    """An id the organisation chose for the customer."""
     email: str | Unset | None = UNSET
     """An email address."""
     phone: str | Unset | None = UNSET
@@ -215,7 +215,7 @@ class Customer:
     name: str | None = None
     """The customer's name."""
     type: str | None = None
-    """``"company"`` or ``"individual"`` (Qwoty)."""
+    """``"company"`` or ``"individual"``."""
     segment_id: str | None = None
     """The segment's id."""
     logo: str | None = None
