@@ -16,7 +16,10 @@ from contextlib import contextmanager
 
 from aiohttp import web
 
-CUSTOMER = json.dumps({"id": 1, "name": "Acme", "phone": None, "custom_fields": []}).encode()
+# The answer is about the customer patched, as a provider's is (the client
+# refuses one about another customer); only the id changes per request.
+CUSTOMER = json.dumps({"id": 0, "name": "Acme", "phone": None, "custom_fields": []}).encode()
+_BEFORE_ID, _AFTER_ID = CUSTOMER.split(b"0", 1)
 
 
 def _app(delay: float, bucket: tuple[int, float] | None, stats: dict[str, int]) -> web.Application:
@@ -43,7 +46,8 @@ def _app(delay: float, bucket: tuple[int, float] | None, stats: dict[str, int]) 
             tokens -= 1
         if delay:
             await asyncio.sleep(delay)
-        return web.Response(body=CUSTOMER, content_type="application/json")
+        body = _BEFORE_ID + request.match_info["id"].encode() + _AFTER_ID
+        return web.Response(body=body, content_type="application/json")
 
     async def get_stats(request: web.Request) -> web.Response:
         return web.json_response(stats)

@@ -64,10 +64,11 @@ class _Adaptive:
     WINDOW = 1.0  # seconds of successes that estimate what the provider accepts
     MIN_SPAN = 0.25  # a shorter sample (right after a pause) is not trusted
     RECENT = 20  # answers over which the share of 429s is judged
-    REFUSED = 5  # 429s among them that show a limit being hit: 25%, which 5% of
-    # stray 429s reach by chance about once in 400 checks
+    REFUSED = 5  # 429s without a pause among them that show a limit being hit: 25%,
+    # which 5% of stray 429s reach by chance about once in 400 checks
     CUT = 0.9  # below the measured accepted rate, to drain the provider's bucket
-    PROBE = 1.1  # per second of being throttled, above the rate that held
+    PROBE = 1.01  # per second of being throttled, above the rate that held: a
+    # provider whose 429s pause everything makes each overshoot cost a second
     START_RATE = 20.0  # where an unknown limit's slow start begins
     MIN_RATE = 0.1
 
@@ -99,11 +100,12 @@ class _Adaptive:
 
     def on_rate_limited(self, now: float, pause_end: float) -> None:
         self._recent.append(True)
-        # A limit being hit refuses a good share of what is sent; a stray 429
-        # among many successes (a fault, another client's burst) says nothing
-        # about the rate, and cutting on each one would sink the pace for good.
-        # (Its Retry-After is honoured all the same: the pacer pauses.)
-        if sum(self._recent) < self.REFUSED:
+        # A 429 that asks for a pause holds every request of the client: worth
+        # slowing down so the next one does not come.  One that asks for no
+        # pause costs only its own retry; a few among many successes (faults,
+        # another client's burst) say nothing of the rate, and cutting on each
+        # would sink the pace for good, so those cut only as a real share.
+        if pause_end <= now and sum(self._recent) < self.REFUSED:
             return
         if now < self._quiet_until:
             return  # answers to requests sent before the last cut
