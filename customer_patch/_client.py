@@ -17,12 +17,17 @@ from multidict import CIMultiDict
 
 from customer_patch._adapter import Adapter
 from customer_patch._bulk import BulkReport, ProgressCallback, UpdateResult, Updates, run_bulk
-from customer_patch._errors import CustomerPatchError, ProviderError, ResponseFormatError
+from customer_patch._errors import (
+    CustomerPatchError,
+    ProviderError,
+    RateLimitedError,
+    ResponseFormatError,
+)
 from customer_patch._http import RateLimit, Request
 from customer_patch._model import UNSET, Customer, CustomerId, CustomerPatch, Unset
 from customer_patch._pacing import Pacer
 from customer_patch._registry import AdapterRegistry, default_registry
-from customer_patch._retry import NO_RETRY, RetryPolicy, send_with_retries
+from customer_patch._retry import NO_RETRY, HeldPastDeadline, RetryPolicy, send_with_retries
 from customer_patch._transport import AiohttpTransport, Transport
 from customer_patch._version import __version__
 
@@ -322,8 +327,18 @@ class Client:
             label=f"{self.provider} customer {customer_id!r:.80}",
         )
 
-    async def _send(self, request: Request, customer_id: CustomerId) -> Customer:
-        await self._pacer.acquire()
+    async def _send(self, request: Request, customer_id: CustomerId, deadline: float) -> Customer:
+        if not await self._pacer.acquire(deadline):
+            # Held by the provider's rate limit (a shared pause, a full bucket)
+            # past this update's time budget: end it now, nothing sent.
+            raise HeldPastDeadline(
+                RateLimitedError(
+                    "the client is held by the provider's rate limit past this "
+                    "update's time budget (RetryPolicy.timeout); nothing was sent",
+                    provider=self.provider,
+                    status=429,
+                )
+            )
         started = time.perf_counter()
         response = await self._transport.send(request)
         if log.isEnabledFor(logging.DEBUG):

@@ -187,18 +187,21 @@ class Pacer:
             rates.append(self._adaptive.rate)
         return min(rates) if rates else None
 
-    async def acquire(self) -> None:
-        """Wait until one more request may be sent."""
+    async def acquire(self, deadline: float = math.inf) -> bool:
+        """Wait until one more request may be sent; ``False`` (at once, nothing
+        reserved) if that would be after ``deadline`` (a time of ``clock``)."""
         while True:
-            send_at = self._reserve()
+            send_at = self._reserve(deadline)
+            if send_at is None:
+                return False
             while (delay := send_at - self._clock()) > 0:
                 await self._sleep(delay)
                 if self._paused_until > send_at:
                     break  # a 429 arrived meanwhile: take a new slot after the pause
             else:
-                return
+                return True
 
-    def _reserve(self) -> float:
+    def _reserve(self, deadline: float) -> float | None:
         now = self._clock()
         # Slots are spaced from the end of any pause, so the requests it held
         # leave one by one rather than all at once into the provider's bucket.
@@ -214,6 +217,8 @@ class Pacer:
                 adaptive.throttled = True
                 send_at = ceiling
             buckets = [*buckets, adaptive.bucket]
+        if send_at > deadline:
+            return None  # the slot stays free for a request that can still use it
         for bucket in buckets:
             bucket.commit(send_at)
         return send_at

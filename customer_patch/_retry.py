@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -105,8 +106,16 @@ def retry_after(error: BaseException, policy: RetryPolicy) -> float | None:
     return None if seconds is None else min(seconds, policy.max_retry_after)
 
 
+class HeldPastDeadline(Exception):
+    """Raised by ``send`` when the request would have to wait past ``deadline``:
+    nothing was sent, so the attempt does not count."""
+
+    def __init__(self, error: CustomerPatchError) -> None:
+        self.error = error
+
+
 async def send_with_retries(
-    send: Callable[[], Awaitable[T]],
+    send: Callable[[float], Awaitable[T]],
     policy: RetryPolicy,
     *,
     on_rate_limited: Callable[[float], None],
@@ -114,7 +123,12 @@ async def send_with_retries(
     sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
     clock: Callable[[], float] = time.monotonic,
 ) -> tuple[T | None, CustomerPatchError | None, int]:
-    """Call ``send`` until it succeeds or ``policy`` says stop: ``(value, error, attempts)``.
+    """Call ``send(deadline)`` until it succeeds or ``policy`` says stop.
+
+    Returns ``(value, error, attempts)``.
+
+    ``deadline`` is when the time budget ends (a time of ``clock``; ``inf`` with no
+    budget): ``send`` raises :class:`HeldPastDeadline` rather than wait past it.
 
     Never raises a :class:`CustomerPatchError`: the last one is returned.  A
     429 calls ``on_rate_limited(wait)`` (even with retries off: the provider's
@@ -123,11 +137,14 @@ async def send_with_retries(
     the update in log lines.
     """
     started = clock()
+    deadline = math.inf if policy.timeout is None else started + policy.timeout
     attempt = 0
     while True:
         attempt += 1
         try:
-            return await send(), None, attempt
+            return await send(deadline), None, attempt
+        except HeldPastDeadline as held:
+            return None, held.error, attempt - 1
         except CustomerPatchError as error:
             if not is_retryable(error):
                 return None, error, attempt

@@ -184,6 +184,30 @@ async def test_a_retry_after_longer_than_the_budget_ends_the_update_at_once():
     assert len(transport.requests) == 1
 
 
+async def test_a_pause_set_by_another_update_counts_against_the_budget_too():
+    """One update's 429 asks for 100 s; the next update (budget 3 s) must not wait it out."""
+
+    def answer(request):
+        if request.url.endswith("/1/"):
+            return Response(status=429, headers={"Retry-After": "100"}, body=b"{}")
+        return Response(status=200, body=customer(2))
+
+    transport = MockTransport(answer)
+    async with Client(
+        "dualentry", token=TOKEN, transport=transport, retry=RetryPolicy(timeout=3)
+    ) as client:
+        with pytest.raises(RateLimitedError):
+            await asyncio.wait_for(client.update(1, CustomerPatch(name="A")), HANG_GUARD)
+        with pytest.raises(RateLimitedError, match="time budget") as info:
+            await asyncio.wait_for(client.update(2, CustomerPatch(name="B")), HANG_GUARD)
+        results = [
+            r async for r in client.iter_updates([(2, CustomerPatch(name="B"))], concurrency=1)
+        ]
+    assert "nothing was sent" in str(info.value)
+    assert len(transport.requests) == 1  # only the first update's request went out
+    assert results[0].attempts == 0  # nothing sent for it either
+
+
 @pytest.mark.real_waits
 def test_the_backoff_of_a_late_retry_is_finite():
     policy = RetryPolicy(attempts=5000, wait_max=2.0)
