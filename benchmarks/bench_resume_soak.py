@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,9 +23,11 @@ from _report import header, table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from customer_patch.sandbox import Faults
+from tests.test_cli_signals import start  # the suite's way of running apply, shared
 from tests.threaded_fake import threaded_fake
 
-TOKEN = "bench-token"
+# Resumes must run to the end however many records fail in a row.
+OPTIONS = {"concurrency": 16, "extra": ["--max-consecutive-failures", "0"]}
 FAULTS = {"500": 0.1, "503": 0.05, "429": 0.05, "drop": 0.05, "truncate": 0.05}
 
 
@@ -58,34 +58,6 @@ def report_lines(path: Path) -> int:
     return path.read_bytes().count(b"\n")
 
 
-def start(path: Path, base: str, report: Path, *, resume: bool) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "customer_patch.cli",
-            "apply",
-            str(path),
-            "--provider",
-            "dualentry",
-            "--base-url",
-            base,
-            "--rate-limit",
-            "off",
-            "--concurrency",
-            "16",
-            "--max-consecutive-failures",
-            "0",
-            "--resume" if resume else "--report",
-            str(report),
-        ],
-        env={**os.environ, "DUALENTRY_API_KEY": TOKEN},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--lines", type=int, default=5000)
@@ -103,14 +75,16 @@ def main() -> None:
         path.write_text("".join(json.dumps(r) + "\n" for r in lines))
         report = Path(scratch) / "report.jsonl"
         faults = Faults(rates=FAULTS, retry_after=0, seed=args.seed)
-        with threaded_fake(
-            "dualentry", customers=args.customers, limits=(), faults=faults, token=TOKEN
-        ) as (fake, base, _):
+        with threaded_fake("dualentry", customers=args.customers, limits=(), faults=faults) as (
+            fake,
+            base,
+            _,
+        ):
             # Kill points spread over the report's growth (it gains lines on every run).
             points = sorted(rng.sample(range(1, args.lines), args.kills))
             status = None
             for point in points:
-                proc = start(path, base, report, resume=report.exists())
+                proc = start(path, base, report, resume=report.exists(), **OPTIONS)
                 runs += 1
                 deadline = time.monotonic() + 300
                 while proc.poll() is None and time.monotonic() < deadline:
@@ -121,7 +95,7 @@ def main() -> None:
                     time.sleep(0.005)
                 proc.communicate(timeout=60)
             for _ in range(20):  # resume until everything is done; bounded
-                proc = start(path, base, report, resume=True)
+                proc = start(path, base, report, resume=True, **OPTIONS)
                 runs += 1
                 _, stderr = proc.communicate(timeout=600)
                 status = proc.returncode
