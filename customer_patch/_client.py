@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import ipaddress
 import json
 import logging
+import math
+import re
 import time
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from types import MappingProxyType, TracebackType
@@ -19,9 +22,10 @@ from customer_patch._adapter import Adapter
 from customer_patch._bulk import BulkReport, ProgressCallback, UpdateResult, Updates, run_bulk
 from customer_patch._errors import (
     CustomerPatchError,
+    NotAttemptedError,
     ProviderError,
     RateLimitedError,
-    ResponseFormatError,
+    TransportError,
 )
 from customer_patch._http import RateLimit, Request
 from customer_patch._model import UNSET, Customer, CustomerId, CustomerPatch, Unset
@@ -44,33 +48,42 @@ class _Credentials:
     nor an error tracker recording a frame's locals can print the token.
     """
 
-    __slots__ = ("echoes", "headers", "secret_names")
+    __slots__ = ("_echoes", "headers", "secret_names")
 
     def __init__(self, headers: Mapping[str, str], secret_names: frozenset[str], token: str):
         self.headers: Mapping[str, str] = MappingProxyType(dict(headers))
         self.secret_names = secret_names
-        # As is, JSON-escaped (both ways) and URL-encoded: how a provider
-        # could quote the token back.
-        self.echoes = tuple(
-            {
-                token.encode(),
-                json.dumps(token)[1:-1].encode(),
-                json.dumps(token, ensure_ascii=False)[1:-1].encode(),
-                quote(token, safe="").encode(),
-            }
+        # As is, JSON-escaped (both ways) and URL-encoded: how a provider could
+        # quote the token back; in any case, since a parser may change it
+        # (an ISO date parser upper-cases what it reads, for one).
+        forms = {
+            token,
+            json.dumps(token)[1:-1],
+            json.dumps(token, ensure_ascii=False)[1:-1],
+            quote(token, safe=""),
+        }
+        self._echoes = re.compile(
+            "|".join(re.escape(f) for f in sorted(forms, key=len, reverse=True)).encode(
+                "utf-8", "surrogateescape"
+            ),
+            re.IGNORECASE,
         )
 
     def __repr__(self) -> str:
         return "<credentials>"
 
-    def redact(self, error: ProviderError | ResponseFormatError) -> CustomerPatchError:
-        """``error`` with every echo of the token masked: a provider that quotes
-        the credential back must not put it into messages, reports or logs."""
+    def redact(self, error: CustomerPatchError) -> CustomerPatchError:
+        """``error`` with every echo of the token masked, in every text it carries:
+        a provider (or a parser quoting the provider's bytes) must not put the
+        credential into messages, reports or logs."""
         # Only on the error path, so the cost does not matter: mask everything.
         error.args = tuple(self.mask(a) if isinstance(a, str) else a for a in error.args)
-        error.message = self.mask(error.message)
-        for echo in self.echoes:
-            error.body = error.body.replace(echo, _MASK)
+        for name in ("message", "body", "field_errors", "headers"):
+            value = getattr(error, name, None)
+            if isinstance(value, str):
+                setattr(error, name, self.mask(value))
+            elif isinstance(value, bytes):
+                setattr(error, name, self._echoes.sub(_MASK, value))
         if isinstance(error, ProviderError):
             error.field_errors = {
                 self.mask(k): tuple(self.mask(m) for m in v) for k, v in error.field_errors.items()
@@ -79,9 +92,7 @@ class _Credentials:
         return error
 
     def mask(self, value: str) -> str:
-        raw = value.encode("utf-8", "surrogateescape")
-        for echo in self.echoes:
-            raw = raw.replace(echo, _MASK)
+        raw = self._echoes.sub(_MASK, value.encode("utf-8", "surrogateescape"))
         return raw.decode("utf-8", "surrogateescape")
 
 
@@ -316,6 +327,8 @@ class Client:
 
         Never raises a :class:`CustomerPatchError`, so a bulk run can report it.
         """
+        if self._closed:  # closed while a bulk run was going: send nothing more
+            return None, NotAttemptedError(RuntimeError(f"{self!r} was closed")), 0
         try:
             request = self.prepare(customer_id, patch)
         except CustomerPatchError as e:
@@ -340,7 +353,19 @@ class Client:
                 )
             )
         started = time.perf_counter()
-        response = await self._transport.send(request)
+        try:
+            # The budget bounds the attempt too: a body that drips forever must
+            # not hold the update for the transport's whole timeout.
+            budget = deadline - time.monotonic() if deadline < math.inf else None
+            async with asyncio.timeout(budget):
+                response = await self._transport.send(request)
+        except TimeoutError:
+            raise TransportError(
+                "no complete answer within the update's time budget (RetryPolicy.timeout)",
+                provider=self.provider,
+            ) from None
+        except TransportError as e:  # its text may quote the provider's bytes
+            raise self._credentials.redact(e) from None
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "%s %s -> %d in %.1f ms",
@@ -353,7 +378,7 @@ class Client:
             customer = self.adapter.parse_response(
                 response, request=request, customer_id=customer_id
             )
-        except (ProviderError, ResponseFormatError) as e:
+        except CustomerPatchError as e:
             raise self._credentials.redact(e) from e.__cause__
         self._pacer.on_success()
         return customer

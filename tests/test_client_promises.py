@@ -17,6 +17,7 @@ from aiohttp.test_utils import TestServer
 from customer_patch import (
     Client,
     CustomerPatch,
+    NotAttemptedError,
     NotFoundError,
     RateLimit,
     RateLimitedError,
@@ -24,7 +25,7 @@ from customer_patch import (
     ResponseFormatError,
     ResponseTooLargeError,
     RetryPolicy,
-    ServerError,
+    TransportError,
     ValidationError,
 )
 from customer_patch._pacing import Pacer
@@ -146,6 +147,30 @@ async def test_a_provider_echoing_the_key_never_puts_it_in_errors():
     assert TOKEN not in repr(dict(error.headers))
 
 
+async def test_a_transport_error_quoting_the_key_never_shows_it():
+    """aiohttp's parser errors quote the raw bytes: a server can put the key there."""
+
+    def broken(request):
+        key = request.headers["X-API-KEY"]
+        raise TransportError(f"Invalid character in chunk size: b'{key}'", provider="dualentry")
+
+    async with de(broken, retry=RetryPolicy(attempts=2)) as client:
+        with pytest.raises(TransportError) as info:
+            await client.update(1, CustomerPatch(name="A"))
+    assert TOKEN not in str(info.value)
+    assert "********" in str(info.value)
+
+
+async def test_the_key_in_another_case_is_masked_too():
+    """An ISO date parser upper-cases what it quotes: the key comes back changed."""
+    body = json.dumps({"id": 1, "created_by": {"timestamp": TOKEN}}).encode()
+    async with de(lambda r: Response(status=200, body=body)) as client:
+        with pytest.raises(ResponseFormatError) as info:
+            await client.update(1, CustomerPatch(name="A"))
+    for shown in (str(info.value), info.value.body.decode()):
+        assert TOKEN.upper() not in shown.upper()
+
+
 async def test_a_validation_error_holds_no_token_in_any_frame():
     async with de(lambda r: Response(status=200, body=customer())) as client:
         with pytest.raises(ValidationError) as info:
@@ -168,7 +193,8 @@ async def test_the_first_attempt_counts_against_the_budget():
     async with Client(
         "dualentry", token=TOKEN, transport=transport, rate_limit=None, retry=policy
     ) as client:
-        with pytest.raises(ServerError):
+        # The attempt itself is cut when the budget runs out; no second one goes.
+        with pytest.raises(TransportError, match="time budget"):
             await client.update(1, CustomerPatch(name="A"))
     assert len(transport.requests) == 1
 
@@ -206,6 +232,40 @@ async def test_a_pause_set_by_another_update_counts_against_the_budget_too():
     assert "nothing was sent" in str(info.value)
     assert len(transport.requests) == 1  # only the first update's request went out
     assert results[0].attempts == 0  # nothing sent for it either
+
+
+async def test_the_budget_bounds_an_attempt_that_never_finishes():
+    async def drip(request):
+        await asyncio.sleep(3600)  # a body that drips forever, as far as the client knows
+
+    transport = MockTransport(drip)
+    async with Client(
+        "dualentry", token=TOKEN, transport=transport, retry=RetryPolicy(timeout=0.2)
+    ) as client:
+        with pytest.raises(TransportError, match="time budget"):
+            await asyncio.wait_for(client.update(1, CustomerPatch(name="A")), HANG_GUARD)
+    assert len(transport.requests) == 1
+
+
+async def test_records_after_the_client_is_closed_mid_run_are_not_attempted():
+    client = None
+
+    def answer(request):
+        if len(transport.requests) == 4:
+            asyncio.get_running_loop().create_task(client.aclose())
+        cid = int(request.url.rstrip("/").rsplit("/", 1)[1])
+        return Response(status=200, body=customer(cid))
+
+    transport = MockTransport(answer)
+    client = de(answer)
+    client._transport = transport
+    items = [(i, CustomerPatch(name="A")) for i in range(1, 51)]
+    report = await asyncio.wait_for(client.update_many(items, concurrency=1), HANG_GUARD)
+    assert len(report.results) == 50
+    unsent = [r for r in report.results if isinstance(r.error, NotAttemptedError)]
+    assert unsent
+    assert all(r.attempts == 0 for r in unsent)
+    assert len(transport.requests) == 50 - len(unsent)
 
 
 @pytest.mark.real_waits
