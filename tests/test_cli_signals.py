@@ -157,3 +157,29 @@ def test_soak_kills_and_resumes_under_faults_end_with_the_in_order_fold(tmp_path
     assert stale == []
     lines_ok = {e["line"] for e in report_entries(report) if e["ok"]}
     assert lines_ok == set(range(1, len(records) + 1))
+
+
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_before_anything_is_sent_ends_cleanly(tmp_path, signum, status):
+    """During --strict's first pass over a large file: exit 130/143 with a hint, not
+    click's 'Aborted!' (exit 1) or a silent SIGTERM death."""
+    path = tmp_path / "big.jsonl"
+    line = json.dumps({"id": 1001, "patch": {"name": "x"}}) + "\n"
+    path.write_text(line * 300_000)
+    report = tmp_path / "r.jsonl"
+    with threaded_fake("dualentry", customers=1, limits=()) as (fake, base, _):
+        proc = start(path, base, report, resume=False, extra=["--strict"])
+        end = time.monotonic() + PROMPTLY
+        while not report.exists() and proc.poll() is None and time.monotonic() < end:
+            time.sleep(0.01)  # the report is opened before the first pass starts
+        proc.send_signal(signum)
+        _, stderr = proc.communicate(timeout=PROMPTLY)
+        sent = len(fake.requests)
+    assert proc.returncode == status, stderr
+    assert "Traceback" not in stderr
+    assert "Aborted" not in stderr
+    if "before anything was sent" in stderr:
+        assert sent == 0
+        assert "run again with --overwrite-report" in stderr
+    else:  # the machine was fast enough to start sending: the run's own message
+        assert f"continue with --resume {report}" in stderr

@@ -227,8 +227,23 @@ def apply_command(
         except ReportError as e:
             _fail(str(e))
         with sink:
-            _guarded(lambda: _check_first(source, adapter, sink, separator, strict=strict))
-            tally = Tally(total=source.count())
+            try:
+                # Reading and counting a large file takes a while: a signal here
+                # must end as cleanly as one during the run.
+                with _signals_interrupt():
+                    _guarded(lambda: _check_first(source, adapter, sink, separator, strict=strict))
+                    tally = Tally(total=source.count())
+            except (Interrupted, KeyboardInterrupt) as e:
+                signum = e.signum if isinstance(e, Interrupted) else int(signal.SIGINT)
+                again = f"--resume {resume}" if resume else "--overwrite-report"
+                err.print(
+                    "interrupted before anything was sent"
+                    + (f"; run again with {again}" if sink.path else ""),
+                    markup=False,
+                )
+                raise SystemExit(
+                    EXIT_SIGTERM if signum == signal.SIGTERM else EXIT_SIGINT
+                ) from None
             thresholds = (max_failures, max_consecutive_failures or None)
             lines = read_updates(source, adapter, delimiter=separator)
             status = _guarded(
@@ -239,6 +254,20 @@ def apply_command(
     finally:
         source.close()
     raise SystemExit(status)
+
+
+@contextlib.contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """SIGTERM raises :class:`Interrupted` here, as SIGINT raises KeyboardInterrupt."""
+
+    def on_term(signum: int, frame: object) -> None:
+        raise Interrupted(signum)
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _guarded(step: Callable[[], int | None]) -> int:
