@@ -139,13 +139,17 @@ async def send_with_retries(
     started = clock()
     deadline = math.inf if policy.timeout is None else started + policy.timeout
     attempt = 0
+    last: CustomerPatchError | None = None
     while True:
         attempt += 1
         try:
             return await send(deadline), None, attempt
         except HeldPastDeadline as held:
-            return None, held.error, attempt - 1
+            # Nothing was sent.  After a failed attempt its answer stands (a sleep
+            # that ended late, on a busy machine, must not turn a 500 into a 429).
+            return None, last or held.error, attempt - 1
         except CustomerPatchError as error:
+            last = error
             if not is_retryable(error):
                 return None, error, attempt
             wait = retry_after(error, policy)

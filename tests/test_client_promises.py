@@ -25,10 +25,12 @@ from customer_patch import (
     ResponseFormatError,
     ResponseTooLargeError,
     RetryPolicy,
+    ServerError,
     TransportError,
     ValidationError,
 )
 from customer_patch._pacing import Pacer
+from customer_patch._retry import HeldPastDeadline, send_with_retries
 from customer_patch.testing import MockTransport
 
 TOKEN = "de_live_0123456789abcdef0123456789abcdef"
@@ -232,6 +234,37 @@ async def test_a_pause_set_by_another_update_counts_against_the_budget_too():
     assert "nothing was sent" in str(info.value)
     assert len(transport.requests) == 1  # only the first update's request went out
     assert results[0].attempts == 0  # nothing sent for it either
+
+
+async def test_a_backoff_that_overshoots_the_budget_leaves_the_last_answer_standing():
+    """The backoff fits the budget, but the sleep ends a little past it (a busy
+    machine); the next attempt is then refused by the pacer.  The update ends with
+    the provider's last answer, not a made-up 429 (seen in CI)."""
+    now = [0.0]
+
+    async def oversleep(seconds):
+        now[0] += seconds + 2.5  # wakes long after it should
+
+    errors = iter([ServerError("boom", provider="dualentry", status=500)])
+
+    async def send(deadline):
+        if now[0] > deadline:
+            raise HeldPastDeadline(RateLimitedError("held", provider="dualentry", status=429))
+        raise next(errors)
+
+    policy = RetryPolicy(attempts=5, timeout=2, wait_initial=0.5, wait_max=0.5)
+    value, error, attempts = await send_with_retries(
+        send,
+        policy,
+        on_rate_limited=lambda w: None,
+        label="x",
+        sleep=oversleep,
+        clock=lambda: now[0],
+    )
+    assert value is None
+    assert isinstance(error, ServerError)
+    assert error.status == 500
+    assert attempts == 1
 
 
 async def test_the_budget_bounds_an_attempt_that_never_finishes():
