@@ -26,12 +26,7 @@ from customer_patch import (
 )
 from customer_patch_dualentry import DualEntryAdapter
 from customer_patch_qwoty import QwotyAdapter
-
-QID = "550e8400-e29b-41d4-a716-446655440000"
-
-
-def build(adapter, customer_id, patch, token="secret-token"):
-    return adapter.build_request(customer_id, patch, base_url="https://h/api/", token=token)
+from tests.helpers import DEID, QID, TOKEN, build
 
 
 def problems(excinfo):
@@ -45,10 +40,10 @@ def test_qwoty_request_line_and_headers():
     request = build(QwotyAdapter(), QID, CustomerPatch(name="A"))
     assert request.method == "PATCH"
     assert request.url == f"https://h/api/customers/{QID}"
-    assert request.headers["Authorization"] == "Bearer secret-token"
+    assert request.headers["Authorization"] == f"Bearer {TOKEN}"
     assert request.headers["Content-Type"] == "application/json"
     assert request.redacted_headers()["Authorization"] == "********"
-    assert "secret-token" not in repr(request)
+    assert TOKEN not in repr(request)
 
 
 def test_qwoty_null_unsets_external_ids_and_empty_tax_ids_remove_all():
@@ -173,9 +168,9 @@ def test_qwoty_parses_full_customer_with_tax_ids():
 
 
 def test_dualentry_request_line_and_headers():
-    request = build(DualEntryAdapter(), 1234, CustomerPatch(name="A"))
-    assert request.url == "https://h/api/public/v2/customers/1234/"
-    assert request.headers["X-API-KEY"] == "secret-token"
+    request = build(DualEntryAdapter(), DEID, CustomerPatch(name="A"))
+    assert request.url == f"https://h/api/public/v2/customers/{DEID}/"
+    assert request.headers["X-API-KEY"] == TOKEN
     assert "Authorization" not in request.headers
     assert request.redacted_headers()["X-API-KEY"] == "********"
 
@@ -252,7 +247,7 @@ def test_dualentry_reports_every_problem_at_once():
         custom_fields={"X": 1, 0: "a", "Ok name": object()},
     )
     with pytest.raises(ValidationError) as info:
-        build(DualEntryAdapter(), "1234", patch)
+        build(DualEntryAdapter(), str(DEID), patch)
     found = problems(info)
     assert ("id", "must be an integer, not str") in found
     assert not any(f == "name" for f, _ in found)  # clearing a name is allowed
@@ -351,7 +346,7 @@ def test_dualentry_rate_limit_carries_retry_after():
 
 def test_dualentry_parses_its_customer():
     data = {
-        "id": 1234,
+        "id": DEID,
         "name": "Acme",
         "unique_id": None,
         "email": "a@acme.example",
@@ -372,7 +367,7 @@ def test_dualentry_parses_its_customer():
         "approval_status": "approved",
     }
     customer = DualEntryAdapter().customer_from(data)
-    assert customer.id == 1234
+    assert customer.id == DEID
     assert customer.shipping_address == Address(
         street="s", city="c", postal_code="p", country="US"
     )

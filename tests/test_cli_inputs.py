@@ -11,6 +11,7 @@ import pytest
 
 from customer_patch.cli import _report
 from customer_patch.cli._input import CSV_FIELD_LIMIT
+from tests.helpers import QID
 from tests.test_cli import TOKEN, apply_dualentry, digest, jsonl, report_lines, run
 from tests.threaded_fake import threaded_fake
 
@@ -75,8 +76,7 @@ def test_resume_and_the_runner_agree_on_what_is_one_customer():
     from customer_patch.cli import _input
 
     assert _report.customer_key is _bulk.customer_key is _input.customer_key
-    uuid = "550e8400-e29b-41d4-a716-446655440000"
-    assert _bulk.customer_key(uuid.upper()) == _bulk.customer_key(uuid)
+    assert _bulk.customer_key(QID.upper()) == _bulk.customer_key(QID)
     assert _bulk.customer_key(5) == _bulk.customer_key("5")
 
 

@@ -32,6 +32,7 @@ from customer_patch import (
 from customer_patch._pacing import Pacer
 from customer_patch._retry import HeldPastDeadline, send_with_retries
 from customer_patch.testing import MockTransport
+from tests.helpers import QID
 
 TOKEN = "de_live_0123456789abcdef0123456789abcdef"
 HANG_GUARD = 10
@@ -81,11 +82,10 @@ async def test_an_answer_about_another_customer_is_a_format_error():
 
 
 async def test_qwoty_ids_compare_without_case():
-    cid = "550e8400-e29b-41d4-a716-446655440000"
-    body = json.dumps({"success": True, "data": {"id": cid, "name": "A"}}).encode()
+    body = json.dumps({"success": True, "data": {"id": QID, "name": "A"}}).encode()
     transport = MockTransport(lambda r: Response(status=200, body=body))
     async with Client("qwoty", token=TOKEN, transport=transport) as client:
-        assert (await client.update(cid.upper(), CustomerPatch(name="A"))).id == cid
+        assert (await client.update(QID.upper(), CustomerPatch(name="A"))).id == QID
 
 
 # -- inputs that defeat a check are ValidationErrors ---------------------------------------

@@ -17,6 +17,7 @@ from customer_patch.sandbox import Faults
 from customer_patch_dualentry import DualEntryAdapter
 from customer_patch_dualentry._fake import CUSTOM_FIELDS
 from tests.contract import PATCHES, SCHEMAS, SPEC, problems, unknown_keys
+from tests.helpers import DEID, build
 
 FAST = {"limits": (), "rate_limit": None}
 PATCH_SCHEMA = SCHEMAS["CustomerSchemaPatchIn"]["properties"]
@@ -28,7 +29,7 @@ STRICTER = {
 
 
 def body(patch):
-    return DualEntryAdapter().build_request(1234, patch, base_url="https://h", token="t").json()
+    return build(DualEntryAdapter(), DEID, patch).json()
 
 
 # -- the copy of the spec ----------------------------------------------------------------

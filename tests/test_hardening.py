@@ -25,6 +25,7 @@ from customer_patch import (
 from customer_patch.sandbox import Faults
 from customer_patch_dualentry import DualEntryAdapter
 from customer_patch_qwoty import QwotyAdapter
+from tests.helpers import QID, build
 
 TOKEN = "tok_5ecret_never_shown_0123456789"
 
@@ -56,9 +57,7 @@ class AnyId(QwotyAdapter):
 )
 def test_a_customer_id_can_never_escape_its_resource(customer_id):
     try:
-        request = AnyId().build_request(
-            customer_id, CustomerPatch(name="A"), base_url="https://h/api", token="t"
-        )
+        request = build(AnyId(), customer_id, CustomerPatch(name="A"))
     except ValidationError as e:
         assert [p.field for p in e.problems] == ["id"]
         return
@@ -74,9 +73,7 @@ def test_a_customer_id_can_never_escape_its_resource(customer_id):
 @pytest.mark.parametrize("customer_id", ["", ".", ".."])
 def test_empty_and_dot_ids_are_rejected(customer_id):
     with pytest.raises(ValidationError):
-        AnyId().build_request(
-            customer_id, CustomerPatch(name="A"), base_url="https://h", token="t"
-        )
+        build(AnyId(), customer_id, CustomerPatch(name="A"))
 
 
 async def test_an_encoded_id_reaches_the_server_as_one_segment():
@@ -131,12 +128,7 @@ ODD_BODIES = [
 @pytest.mark.parametrize(("status", "body", "error"), ODD_BODIES)
 def test_odd_responses_give_typed_errors_never_crashes(status, body, error):
     adapter = QwotyAdapter()
-    request = adapter.build_request(
-        "550e8400-e29b-41d4-a716-446655440000",
-        CustomerPatch(name="A"),
-        base_url="https://h",
-        token="t",
-    )
+    request = build(adapter, QID, CustomerPatch(name="A"))
     with pytest.raises(error):
         adapter.parse_response(
             Response(status=status, body=body, headers={"Content-Type": "text/plain"}),
@@ -352,38 +344,32 @@ def test_values_that_are_not_json_are_refused():
         CustomerPatch(name="A", extra={"x": float("inf")}),
     ):
         with pytest.raises(ValidationError, match="not JSON"):
-            DualEntryAdapter().build_request(1, patch, base_url="https://h", token="t")
+            build(DualEntryAdapter(), 1, patch)
 
 
 def test_lone_surrogates_are_a_validation_error():
     with pytest.raises(ValidationError, match="not valid Unicode"):
-        DualEntryAdapter().build_request(
-            1, CustomerPatch(name="\ud800"), base_url="https://h", token="t"
-        )
+        build(DualEntryAdapter(), 1, CustomerPatch(name="\ud800"))
     with pytest.raises(ValidationError, match="not valid Unicode"):
-        AnyId().build_request("\ud800", CustomerPatch(name="A"), base_url="https://h", token="t")
+        build(AnyId(), "\ud800", CustomerPatch(name="A"))
 
 
 @pytest.mark.parametrize(
     "customer_id",
     [
-        "{550e8400-e29b-41d4-a716-446655440000}",
-        "urn:uuid:550e8400-e29b-41d4-a716-446655440000",
-        "550e8400e29b41d4a716446655440000",
+        f"{{{QID}}}",
+        f"urn:uuid:{QID}",
+        QID.replace("-", ""),
     ],
 )
 def test_only_the_usual_uuid_form_is_accepted(customer_id):
     with pytest.raises(ValidationError, match="usual form"):
-        QwotyAdapter().build_request(
-            customer_id, CustomerPatch(name="A"), base_url="https://h", token="t"
-        )
+        build(QwotyAdapter(), customer_id, CustomerPatch(name="A"))
 
 
 def test_an_upper_case_uuid_is_the_usual_form_too():
-    upper = "550E8400-E29B-41D4-A716-446655440000"
-    request = QwotyAdapter().build_request(
-        upper, CustomerPatch(name="A"), base_url="https://h", token="t"
-    )
+    upper = QID.upper()
+    request = build(QwotyAdapter(), upper, CustomerPatch(name="A"))
     assert request.url.endswith(upper)
 
 
@@ -391,7 +377,7 @@ def test_response_headers_are_case_insensitive():
     from customer_patch import RateLimitedError
 
     adapter = DualEntryAdapter()
-    request = adapter.build_request(1, CustomerPatch(name="A"), base_url="https://h", token="t")
+    request = build(adapter, 1, CustomerPatch(name="A"))
     with pytest.raises(RateLimitedError) as info:
         adapter.parse_response(
             Response(status=429, body=b"{}", headers={"retry-after": "7"}), request=request

@@ -25,12 +25,12 @@ import pytest
 from customer_patch import Client, Customer, CustomerPatch, ProviderError, Response
 from customer_patch_dualentry import DualEntryAdapter
 from tests.contract import PATCHES, SPEC_FILE, problems
+from tests.helpers import DEID, build
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL_PRISM = ROOT / ".ci" / "node" / "node_modules" / ".bin" / "prism"
 INSTALL = "npm install --prefix .ci/node @stoplight/prism-cli@5"
 READY_WITHIN = 120.0  # seconds; npx may first have to download Prism
-CUSTOMER_ID = 1234
 
 
 def prism_command() -> list[str] | None:
@@ -69,9 +69,7 @@ def prism(tmp_path_factory):
     # The one addition to the spec: an example id, so that Prism's answers
     # are about the customer asked for, as DualEntry's are (the client checks).
     spec = json.loads(SPEC_FILE.read_text(encoding="utf-8"))
-    spec["components"]["schemas"]["CustomerSchemaOut"]["properties"]["id"]["examples"] = [
-        CUSTOMER_ID
-    ]
+    spec["components"]["schemas"]["CustomerSchemaOut"]["properties"]["id"]["examples"] = [DEID]
     (folder / "openapi.json").write_text(json.dumps(spec), encoding="utf-8")
     log = folder / "prism.log"
     args = ["mock", "--errors", "--seed", "customer-patch", "--host", "127.0.0.1"]
@@ -102,12 +100,12 @@ def prism(tmp_path_factory):
 async def test_prism_accepts_every_patch_and_its_answer_is_read(prism, case):
     async with Client("dualentry", token="prism-key", base_url=prism, retry=None) as client:
         try:
-            customer = await client.update(CUSTOMER_ID, PATCHES[case])
+            customer = await client.update(DEID, PATCHES[case])
         except ProviderError as e:
             violations = e.headers.get("sl-violations", "(no sl-violations header)")
             pytest.fail(f"Prism refused {case!r} with {e.status}: {violations}")
     assert isinstance(customer, Customer)
-    assert customer.id == CUSTOMER_ID
+    assert customer.id == DEID
     assert customer.created_at is not None  # the example's date-time was read
 
 
@@ -117,7 +115,7 @@ async def test_answers_made_up_from_the_schema_are_valid_and_read(prism):
     # (so they are read without the check that the id is the one asked for).
     adapter = DualEntryAdapter()
     patch = CustomerPatch(name="A")
-    request = adapter.build_request(CUSTOMER_ID, patch, base_url=prism, token="k")
+    request = build(adapter, DEID, patch, base_url=prism, token="k")
     headers = {**request.headers, "Prefer": "dynamic=true"}
     async with aiohttp.ClientSession() as s:
         for _ in range(40):

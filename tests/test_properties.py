@@ -23,8 +23,8 @@ from customer_patch import (
 from customer_patch_dualentry import DualEntryAdapter
 from customer_patch_dualentry._adapter import PHONE_PATTERN
 from customer_patch_qwoty import QwotyAdapter
+from tests.helpers import QID, build
 
-QID = "550e8400-e29b-41d4-a716-446655440000"
 text = st.text(max_size=40)
 json_scalar = st.none() | st.booleans() | st.integers(-(2**53), 2**53) | text
 
@@ -105,7 +105,7 @@ def strict_json(raw):
 def test_qwoty_body_holds_exactly_the_set_fields(patch):
     assume(not patch.is_empty())  # an empty patch is refused: see the test below
     adapter = QwotyAdapter()
-    body = strict_json(adapter.build_request(QID, patch, base_url="https://h", token="t").body)
+    body = strict_json(build(adapter, QID, patch).body)
     set_fields = dict(patch.set_fields())
     assert set(body) == {adapter.fields[path].wire for path in set_fields}
     for path, value in set_fields.items():
@@ -133,7 +133,7 @@ dualentry_patches = st.builds(
 def test_dualentry_body_holds_exactly_the_set_fields(patch):
     assume(not patch.is_empty())
     adapter = DualEntryAdapter()
-    body = strict_json(adapter.build_request(1, patch, base_url="https://h", token="t").body)
+    body = strict_json(build(adapter, 1, patch).body)
     set_fields = dict(patch.set_fields())
     assert set(body) == {adapter.fields[path].wire for path in set_fields}
     if patch.custom_fields is not UNSET:
@@ -170,7 +170,7 @@ def test_validation_raises_only_its_own_errors_and_lets_no_constraint_through(
     patch, adapter, customer_id
 ):
     try:
-        request = adapter.build_request(customer_id, patch, base_url="https://h", token="t")
+        request = build(adapter, customer_id, patch)
     except (ValidationError, UnsupportedFieldError):
         return
     body = strict_json(request.body)  # whatever passed is valid JSON (no NaN either)
@@ -197,9 +197,7 @@ def test_validation_raises_only_its_own_errors_and_lets_no_constraint_through(
 )
 def test_any_response_is_a_customer_or_a_typed_error(status, body):
     for adapter, customer_id in ((QwotyAdapter(), QID), (DualEntryAdapter(), 1)):
-        request = adapter.build_request(
-            customer_id, CustomerPatch(name="A"), base_url="https://h", token="t"
-        )
+        request = build(adapter, customer_id, CustomerPatch(name="A"))
         try:
             adapter.parse_response(Response(status=status, body=body), request=request)
         except CustomerPatchError:
@@ -211,4 +209,4 @@ def test_an_empty_patch_is_refused_not_sent_as_an_empty_body():
 
     for adapter, customer_id in ((QwotyAdapter(), QID), (DualEntryAdapter(), 1)):
         with pytest.raises(ValidationError, match="sets no field"):
-            adapter.build_request(customer_id, CustomerPatch(), base_url="https://h", token="t")
+            build(adapter, customer_id, CustomerPatch())

@@ -9,6 +9,7 @@ from customer_patch import CustomerPatch, ExternalIds, Response, TaxId
 from customer_patch_dualentry import DualEntryAdapter
 from customer_patch_qwoty import QwotyAdapter
 from tests import seeds
+from tests.helpers import DEID, build
 
 
 @pytest.mark.parametrize(
@@ -28,8 +29,7 @@ def test_seeds_are_verbatim(page, literal):
 
 
 def body(adapter, customer_id, patch):
-    request = adapter.build_request(customer_id, patch, base_url="https://h", token="t")
-    return request.json()
+    return build(adapter, customer_id, patch).json()
 
 
 def test_qwoty_rename_with_tax_ids():
@@ -66,13 +66,11 @@ def test_qwoty_response_parses():
 
 def test_qwoty_response_parses_through_the_full_response_path():
     adapter = QwotyAdapter()
-    request = adapter.build_request(
-        seeds.QWOTY_CUSTOMER_ID, CustomerPatch(name="x"), base_url="https://h", token="t"
-    )
+    request = build(adapter, seeds.QWOTY_CUSTOMER_ID, CustomerPatch(name="x"))
     response = Response(status=200, body=seeds.QWOTY_RESPONSE.encode())
     assert adapter.parse_response(response, request=request).name == "Acme Corp (Renamed)"
 
 
 @pytest.mark.parametrize(("patch", "expected"), seeds.dualentry_examples())
 def test_dualentry_examples(patch, expected):
-    assert body(DualEntryAdapter(), 1234, patch) == json.loads(expected)
+    assert body(DualEntryAdapter(), DEID, patch) == json.loads(expected)
