@@ -121,6 +121,9 @@ def _check_base_url(base_url: str) -> str:
     return base_url.rstrip("/")
 
 
+_UNBOUNDED = contextlib.nullcontext()
+
+
 class Client:
     """Applies partial updates to customers at one provider.
 
@@ -181,6 +184,7 @@ class Client:
             limits = (rate_limit,) if isinstance(rate_limit, RateLimit) else tuple(rate_limit)
             self._pacer = Pacer(limits)
         self._closed = False
+        self._attempt_bound = math.inf if transport else timeout
         self._transport: Transport = transport or AiohttpTransport(
             provider=self.adapter.provider,
             timeout=timeout,
@@ -356,8 +360,12 @@ class Client:
         try:
             # The budget bounds the attempt too: a body that drips forever must
             # not hold the update for the transport's whole timeout.
-            budget = deadline - time.monotonic() if deadline < math.inf else None
-            async with asyncio.timeout(budget):
+            budget = deadline - time.monotonic()
+            # The library's own transport ends every attempt within `timeout`
+            # itself: a timer of ours is needed only when the budget ends sooner
+            # (or the transport is someone else's).  It costs a few microseconds.
+            bound = asyncio.timeout(budget) if budget < self._attempt_bound else _UNBOUNDED
+            async with bound:
                 response = await self._transport.send(request)
         except TimeoutError:
             raise TransportError(

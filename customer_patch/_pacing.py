@@ -190,6 +190,14 @@ class Pacer:
     async def acquire(self, deadline: float = math.inf) -> bool:
         """Wait until one more request may be sent; ``False`` (at once, nothing
         reserved) if that would be after ``deadline`` (a time of ``clock``)."""
+        # Nothing paces this client (no declared limit, no 429 yet): only a
+        # pause could hold it, and without one there is nothing to reserve.
+        if (
+            not self._buckets
+            and self._adaptive.bucket is None
+            and self._paused_until <= self._clock() <= deadline
+        ):
+            return True
         while True:
             send_at = self._reserve(deadline)
             if send_at is None:

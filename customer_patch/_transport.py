@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import zlib
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Protocol
 
 import aiohttp
@@ -54,6 +56,8 @@ class AiohttpTransport:
         self._max_bytes = max_response_bytes
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
+        self._merged_from: Mapping[str, str] | None = None
+        self._merged: Mapping[str, str] = {}
 
     def _open(self) -> aiohttp.ClientSession:
         loop = asyncio.get_running_loop()
@@ -83,7 +87,7 @@ class AiohttpTransport:
                 URL(request.url, encoded=True),
                 data=request.body,
                 # Only what _read can decode within the size cap (no brotli).
-                headers={**request.headers, "Accept-Encoding": "gzip, deflate"},
+                headers=self._headers(request.headers),
                 # Decoded here, not by aiohttp, so the cap holds for the
                 # inflated bytes: 1 MB of gzip can be 1 GiB of JSON.
                 auto_decompress=False,
@@ -101,10 +105,25 @@ class AiohttpTransport:
         except aiohttp.ClientError as e:
             raise TransportError(f"{type(e).__name__}: {e}", provider=self._provider) from None
 
+    def _headers(self, headers: Mapping[str, str]) -> Mapping[str, str]:
+        # A client sends the same read-only headers with every request: merge
+        # once, not per request.  Any other mapping could change between two.
+        if type(headers) is not MappingProxyType:
+            return {**headers, "Accept-Encoding": "gzip, deflate"}
+        if headers is not self._merged_from:
+            self._merged = {**headers, "Accept-Encoding": "gzip, deflate"}
+            self._merged_from = headers
+        return self._merged
+
     async def _read(self, resp: aiohttp.ClientResponse) -> bytes:
-        if resp.content_length is not None and resp.content_length > self._max_bytes:
+        length = resp.content_length
+        if length is not None and length > self._max_bytes:
             raise self._too_large(resp.status)
         encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding == "identity" and length is not None:
+            # aiohttp reads exactly Content-Length bytes, already known to be
+            # within the cap: one read, without the chunk loop below.
+            return await resp.read()
         if encoding not in ("identity", "gzip", "x-gzip", "deflate"):
             raise ResponseFormatError(
                 f"the body is encoded as {encoding!r:.40}, which was not asked for",
