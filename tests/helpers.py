@@ -1,13 +1,19 @@
-"""The pieces many test files need, written once: ids, tokens, requests.
+"""The pieces many test files need, written once: ids, tokens, requests, servers, clients.
 
 Import them (``from tests.helpers import ...``) rather than redefining them.
 """
 
 from __future__ import annotations
 
+import ssl as _ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
-from customer_patch import Adapter, CustomerPatch, Request
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from customer_patch import Adapter, Client, CustomerPatch, Request
 from tests import seeds
 
 QID = seeds.QWOTY_CUSTOMER_ID
@@ -29,3 +35,33 @@ def build(
 ) -> Request:
     """The request ``adapter`` builds for one update: no client, no network."""
     return adapter.build_request(customer_id, patch, base_url=base_url, token=token)
+
+
+@asynccontextmanager
+async def serve(
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    *,
+    method: str = "*",
+    path: str = "/{tail:.*}",
+    host: str = "127.0.0.1",
+    ssl: _ssl.SSLContext | None = None,
+) -> AsyncIterator[str]:
+    """An aiohttp server on ``host`` (loopback) answering ``method path`` (by default
+    every request) with ``handler``; yields its base URL, closes it on leaving."""
+    app = web.Application()
+    app.router.add_route(method, path, handler)
+    server = TestServer(app, host=host)
+    await server.start_server(ssl=ssl)
+    try:
+        yield f"{server.scheme}://{host}:{server.port}"
+    finally:
+        await server.close()
+
+
+def loopback_client(
+    base_url: str, adapter: str | Adapter = "dualentry", *, token: str = TOKEN, **options: Any
+) -> Client:
+    """A client of the server at ``base_url`` (on loopback: see :func:`serve`),
+    unpaced unless ``rate_limit=`` is given."""
+    options.setdefault("rate_limit", None)
+    return Client(adapter, token=token, base_url=base_url, **options)

@@ -14,7 +14,8 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from aiohttp import web
-from aiohttp.test_utils import TestServer
+
+from tests.helpers import serve
 
 
 class Reply:
@@ -78,14 +79,8 @@ class Recorder:
 @asynccontextmanager
 async def scripted(script: Script) -> AsyncIterator[tuple[str, Recorder]]:
     recorder = Recorder(script)
-    app = web.Application()
-    app.router.add_patch("/public/v2/customers/{id}/", recorder.handle)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    try:
-        yield f"http://127.0.0.1:{server.port}", recorder
-    finally:
-        await server.close()
+    async with serve(recorder.handle, method="PATCH", path="/public/v2/customers/{id}/") as base:
+        yield base, recorder
 
 
 def ok(number: int, customer_id: int) -> Reply:

@@ -12,7 +12,6 @@ import traceback
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from customer_patch import (
     Client,
@@ -32,7 +31,7 @@ from customer_patch import (
 from customer_patch._pacing import Pacer
 from customer_patch._retry import HeldPastDeadline, send_with_retries
 from customer_patch.testing import MockTransport
-from tests.helpers import QID
+from tests.helpers import QID, loopback_client, serve
 
 TOKEN = "de_live_0123456789abcdef0123456789abcdef"
 HANG_GUARD = 10
@@ -407,29 +406,15 @@ def test_a_client_used_from_a_second_event_loop_says_so(sandbox_server):
 # -- compressed answers are capped after decoding -----------------------------------------------
 
 
-async def serve(handler):
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handler)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    return server
-
-
 async def test_a_gzip_bomb_is_refused_after_decoding_the_cap():
     bomb = gzip.compress(b" " * (64 * 1024 * 1024), compresslevel=9)  # 64 MiB of spaces
 
     async def handler(request):
         return web.Response(body=bomb, headers={"Content-Encoding": "gzip"})
 
-    server = await serve(handler)
-    try:
-        async with Client(
-            "dualentry", token=TOKEN, base_url=f"http://127.0.0.1:{server.port}", rate_limit=None
-        ) as client:
-            with pytest.raises(ResponseTooLargeError):
-                await client.update(1, CustomerPatch(name="A"))
-    finally:
-        await server.close()
+    async with serve(handler) as base, loopback_client(base, token=TOKEN) as client:
+        with pytest.raises(ResponseTooLargeError):
+            await client.update(1, CustomerPatch(name="A"))
     assert len(bomb) < 8 * 1024 * 1024  # small on the wire: only the decoded size trips it
 
 
@@ -437,14 +422,8 @@ async def test_a_gzip_answer_within_the_cap_is_read():
     async def handler(request):
         return web.Response(body=gzip.compress(customer()), headers={"Content-Encoding": "gzip"})
 
-    server = await serve(handler)
-    try:
-        async with Client(
-            "dualentry", token=TOKEN, base_url=f"http://127.0.0.1:{server.port}", rate_limit=None
-        ) as client:
-            assert (await client.update(1, CustomerPatch(name="A"))).name == "A"
-    finally:
-        await server.close()
+    async with serve(handler) as base, loopback_client(base, token=TOKEN) as client:
+        assert (await client.update(1, CustomerPatch(name="A"))).name == "A"
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from urllib.parse import urlsplit
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from customer_patch import (
     Client,
@@ -25,7 +24,7 @@ from customer_patch import (
 from customer_patch.sandbox import Faults
 from customer_patch_dualentry import DualEntryAdapter
 from customer_patch_qwoty import QwotyAdapter
-from tests.helpers import QID, build
+from tests.helpers import QID, build, loopback_client, serve
 
 TOKEN = "tok_5ecret_never_shown_0123456789"
 
@@ -83,17 +82,13 @@ async def test_an_encoded_id_reaches_the_server_as_one_segment():
         seen.append((request.raw_path, request.match_info["id"]))
         return web.json_response({"success": True, "data": {"id": request.match_info["id"]}})
 
-    app = web.Application()
-    app.router.add_patch("/customers/{id}", handler)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    try:
-        async with Client(AnyId(), token="t", base_url=f"http://127.0.0.1:{server.port}") as c:
-            for weird in ["../../admin", "a/b?c#d", "%2e%2e", "naïve id"]:
-                customer = await c.update(weird, CustomerPatch(name="A"))
-                assert customer.id == weird
-    finally:
-        await server.close()
+    async with (
+        serve(handler, method="PATCH", path="/customers/{id}") as base,
+        Client(AnyId(), token="t", base_url=base) as c,
+    ):
+        for weird in ["../../admin", "a/b?c#d", "%2e%2e", "naïve id"]:
+            customer = await c.update(weird, CustomerPatch(name="A"))
+            assert customer.id == weird
     assert [m for _, m in seen] == ["../../admin", "a/b?c#d", "%2e%2e", "naïve id"]
     assert all(raw.startswith("/customers/") and raw.count("/") == 2 for raw, _ in seen)
 
@@ -169,25 +164,14 @@ async def test_a_slow_drip_response_is_bounded_by_the_timeout():
             await asyncio.sleep(0.05)
         return response
 
-    app = web.Application()
-    app.router.add_patch("/public/v2/customers/{id}/", drip)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    try:
-        async with Client(
-            "dualentry",
-            token="k",
-            base_url=f"http://127.0.0.1:{server.port}",
-            timeout=0.5,
-            retry=None,
-            rate_limit=None,
-        ) as c:
-            started = time.monotonic()
-            with pytest.raises(TransportError, match="no complete answer"):
-                await c.update(1, CustomerPatch(name="A"))
-            assert time.monotonic() - started < 2
-    finally:
-        await server.close()
+    async with (
+        serve(drip, method="PATCH", path="/public/v2/customers/{id}/") as base,
+        loopback_client(base, token="k", timeout=0.5, retry=None) as c,
+    ):
+        started = time.monotonic()
+        with pytest.raises(TransportError, match="no complete answer"):
+            await c.update(1, CustomerPatch(name="A"))
+        assert time.monotonic() - started < 2
 
 
 async def test_a_redirect_to_another_host_carries_no_credentials():
@@ -197,27 +181,17 @@ async def test_a_redirect_to_another_host_carries_no_credentials():
         elsewhere.append(dict(request.headers))
         return web.json_response({"id": 1})
 
-    other_app = web.Application()
-    other_app.router.add_route("*", "/{tail:.*}", other)
-    other_server = TestServer(other_app, host="127.0.0.2")
-    await other_server.start_server()
+    async with serve(other, host="127.0.0.2") as other_base:
 
-    async def redirect(request):
-        raise web.HTTPTemporaryRedirect(f"http://127.0.0.2:{other_server.port}/steal")
+        async def redirect(request):
+            raise web.HTTPTemporaryRedirect(f"{other_base}/steal")
 
-    app = web.Application()
-    app.router.add_patch("/public/v2/customers/{id}/", redirect)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    try:
-        async with Client(
-            "dualentry", token=TOKEN, base_url=f"http://127.0.0.1:{server.port}", rate_limit=None
-        ) as c:
+        async with (
+            serve(redirect, method="PATCH", path="/public/v2/customers/{id}/") as base,
+            loopback_client(base, token=TOKEN) as c,
+        ):
             with pytest.raises(ProviderError, match="not followed") as info:
                 await c.update(1, CustomerPatch(name="A"))
-    finally:
-        await server.close()
-        await other_server.close()
     assert info.value.status == 307
     assert elsewhere == []
 
@@ -260,25 +234,13 @@ async def test_tls_is_verified_by_default(self_signed):
         hits.append(request.headers.get("X-API-KEY"))
         return web.json_response({"id": 1})
 
-    app = web.Application()
-    app.router.add_patch("/public/v2/customers/{id}/", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        async with Client(
-            "dualentry",
-            token=TOKEN,
-            base_url=f"https://127.0.0.1:{port}",
-            retry=None,
-            rate_limit=None,
-        ) as c:
-            with pytest.raises(TransportError, match=r"(?i)certificate"):
-                await c.update(1, CustomerPatch(name="A"))
-    finally:
-        await runner.cleanup()
+    async with (
+        serve(handler, method="PATCH", path="/public/v2/customers/{id}/", ssl=context) as base,
+        loopback_client(base, token=TOKEN, retry=None) as c,
+    ):
+        assert base.startswith("https://127.0.0.1:")
+        with pytest.raises(TransportError, match=r"(?i)certificate"):
+            await c.update(1, CustomerPatch(name="A"))
     assert hits == []  # the key never reached a server that failed verification
 
 
