@@ -1,6 +1,10 @@
 """The pieces many test files need, written once: ids, tokens, requests, servers, clients.
 
 Import them (``from tests.helpers import ...``) rather than redefining them.
+Tests of the client's logic give it a :class:`~customer_patch.testing.MockTransport`
+(:func:`mock_client`): no network.  Tests whose behaviour needs a socket start
+an aiohttp server on loopback (:func:`serve`) and point a client at it
+(:func:`loopback_client`).
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ from typing import Any
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from customer_patch import Adapter, Client, CustomerPatch, Request
+from customer_patch import Adapter, Client, CustomerId, CustomerPatch, Request, Response
+from customer_patch.testing import MockTransport
 from tests import seeds
 
 QID = seeds.QWOTY_CUSTOMER_ID
@@ -23,6 +28,10 @@ DEID = 1234
 TOKEN = "de_live_0123456789abcdef0123456789abcdef"
 """The credential the helpers use unless told otherwise: long and unique, so a
 test can search any text for it."""
+HANG_GUARD = 10
+"""Seconds: a run that has not ended by then is hung, not slow."""
+
+Handler = Callable[[Request], Response | Awaitable[Response]]
 
 
 def build(
@@ -35,6 +44,26 @@ def build(
 ) -> Request:
     """The request ``adapter`` builds for one update: no client, no network."""
     return adapter.build_request(customer_id, patch, base_url=base_url, token=token)
+
+
+def updates(n: int, start: int = 1) -> list[tuple[CustomerId, CustomerPatch]]:
+    """``n`` DualEntry updates from customer ``start`` on, each naming its customer ``N<id>``."""
+    return [(i, CustomerPatch(name=f"N{i}")) for i in range(start, start + n)]
+
+
+def mock_client(
+    handler: Handler | MockTransport,
+    adapter: str | Adapter = "dualentry",
+    *,
+    token: str = TOKEN,
+    **options: Any,
+) -> Client:
+    """A client whose every request ``handler`` answers: no network.  Pass a
+    :class:`MockTransport` to read its ``requests`` afterwards.  Unpaced unless
+    ``rate_limit=`` is given."""
+    transport = handler if isinstance(handler, MockTransport) else MockTransport(handler)
+    options.setdefault("rate_limit", None)
+    return Client(adapter, token=token, transport=transport, **options)
 
 
 @asynccontextmanager

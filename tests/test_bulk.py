@@ -1,4 +1,9 @@
-"""Bulk updates against a real aiohttp server on loopback."""
+"""Bulk updates and retries against a scripted provider.
+
+The client's logic (bookkeeping, retries, pacing) is tested behind a
+``MockTransport``; a real server on loopback only where aiohttp is the point
+(a caller's own session).
+"""
 
 import asyncio
 import time
@@ -20,16 +25,9 @@ from customer_patch import (
     UnsupportedFieldError,
     ValidationError,
 )
-from tests.scripted_server import Reply, ok, scripted
-
-
-def client(base, **kwargs):
-    kwargs.setdefault("rate_limit", None)
-    return Client("dualentry", token="k", base_url=base, **kwargs)
-
-
-def updates(n, start=1):
-    return [(i, CustomerPatch(name=f"N{i}")) for i in range(start, start + n)]
+from customer_patch.testing import MockTransport
+from tests.helpers import TOKEN, loopback_client, mock_client, updates
+from tests.scripted_server import Reply, ScriptedProvider, ok, scripted
 
 
 async def test_every_record_gets_exactly_one_result():
@@ -44,7 +42,8 @@ async def test_every_record_gets_exactly_one_result():
         return Reply()
 
     items = updates(100) + [(101, CustomerPatch(type="company")), ("x", CustomerPatch(name="A"))]
-    async with scripted(script) as (base, server), client(base) as de:
+    provider = ScriptedProvider(script)
+    async with mock_client(provider) as de:
         report = await de.update_many(items, concurrency=8)
     results = report.results
     assert [r.index for r in results] == list(range(102))
@@ -72,14 +71,15 @@ async def test_every_record_gets_exactly_one_result():
     assert sevens
     assert all(r.attempts == 2 for r in sevens)
     assert all(r.customer.name == f"N{r.customer_id}" for r in report.succeeded)
-    assert server.count == 100 + len(sevens)  # nothing sent for the two invalid records
+    assert provider.count == 100 + len(sevens)  # nothing sent for the two invalid records
 
 
 async def test_in_flight_is_bounded_by_concurrency():
-    async with scripted(lambda n, c: Reply(delay=0.02)) as (base, server), client(base) as de:
+    provider = ScriptedProvider(lambda n, c: Reply(delay=0.02))
+    async with mock_client(provider) as de:
         report = await de.update_many(updates(60), concurrency=5)
     assert len(report.succeeded) == 60
-    assert server.max_in_flight == 5
+    assert provider.max_in_flight == 5
 
 
 async def test_input_is_consumed_lazily():
@@ -92,7 +92,8 @@ async def test_input_is_consumed_lazily():
             pulled += 1
             yield item
 
-    async with scripted(lambda n, c: Reply(delay=0.01)) as (base, server), client(base) as de:
+    provider = ScriptedProvider(lambda n, c: Reply(delay=0.01))
+    async with mock_client(provider) as de:
         async for result in de.iter_updates(source(), concurrency=4):
             high_water = max(high_water, pulled - (result.index + 1))
     # Items taken but not yet reported: in flight plus the few parked in the queue.
@@ -106,7 +107,7 @@ async def test_async_iterables_work_and_total_comes_from_len():
             yield item
 
     seen = []
-    async with scripted(ok) as (base, _), client(base) as de:
+    async with mock_client(ScriptedProvider(ok)) as de:
         report = await de.update_many(source(), concurrency=2, progress=seen.append)
         assert len(report.succeeded) == 5
         await de.update_many(updates(3), progress=seen.append)
@@ -124,7 +125,7 @@ async def test_progress_hook_may_be_a_bound_method():
             self.calls.append((progress.done, progress.failed, progress.rate >= 0))
 
     bar = Bar()
-    async with scripted(ok) as (base, _), client(base) as de:
+    async with mock_client(ScriptedProvider(ok)) as de:
         await de.update_many(updates(3) + [(0, CustomerPatch(name="x"))], progress=bar.on_progress)
     assert [done for done, _, _ in bar.calls] == [1, 2, 3, 4]
     assert bar.calls[-1][1] == 1  # the invalid record, reported without a request
@@ -133,59 +134,57 @@ async def test_progress_hook_may_be_a_bound_method():
 
 @pytest.mark.parametrize("status", [400, 403, 404, 409, 422])
 async def test_other_4xx_are_never_retried(status):
-    async with (
-        scripted(lambda n, c: Reply(status, {"success": False, "errors": {}})) as (
-            base,
-            server,
-        ),
-        client(base) as de,
-    ):
+    provider = ScriptedProvider(lambda n, c: Reply(status, {"success": False, "errors": {}}))
+    async with mock_client(provider) as de:
         report = await de.update_many(updates(1))
     [result] = report.failed
     assert result.attempts == 1
     assert result.error.status == status
-    assert server.count == 1
+    assert provider.count == 1
 
 
 @pytest.mark.parametrize("status", [408, 429, 500, 502, 503, 504])
 async def test_transient_statuses_are_retried(status):
     script = lambda n, c: Reply(status, {"success": False, "errors": {}}) if n < 2 else Reply()
-    async with scripted(script) as (base, server), client(base) as de:
+    provider = ScriptedProvider(script)
+    async with mock_client(provider) as de:
         customer = await de.update(1, CustomerPatch(name="A"))
     assert customer.name == "A"
-    assert server.count == 3
+    assert provider.count == 3
 
 
 async def test_attempts_are_bounded_and_the_last_error_is_reported():
-    async with scripted(lambda n, c: Reply(500)) as (base, server):
-        async with client(base, retry=RetryPolicy(attempts=3)) as de:
-            report = await de.update_many(updates(1))
+    provider = ScriptedProvider(lambda n, c: Reply(500))
+    async with mock_client(provider, retry=RetryPolicy(attempts=3)) as de:
+        report = await de.update_many(updates(1))
     [result] = report.failed
     assert isinstance(result.error, ServerError)
     assert result.attempts == 3
-    assert server.count == 3
+    assert provider.count == 3
 
 
 async def test_dropped_connections_are_retried():
     script = lambda n, c: Reply(drop=True) if n == 0 else Reply()
-    async with scripted(script) as (base, server), client(base) as de:
+    provider = ScriptedProvider(script)
+    async with mock_client(provider) as de:
         assert (await de.update(1, CustomerPatch(name="A"))).name == "A"
-    assert server.count == 2
+    assert provider.count == 2
 
 
 async def test_retry_none_means_one_attempt():
-    async with scripted(lambda n, c: Reply(drop=True)) as (base, server):
-        async with client(base, retry=None) as de:
-            with pytest.raises(TransportError):
-                await de.update(1, CustomerPatch(name="A"))
-    assert server.count == 1
+    provider = ScriptedProvider(lambda n, c: Reply(drop=True))
+    async with mock_client(provider, retry=None) as de:
+        with pytest.raises(TransportError):
+            await de.update(1, CustomerPatch(name="A"))
+    assert provider.count == 1
 
 
 async def test_retry_after_is_honoured():
     script = lambda n, c: Reply(429, {}, headers={"Retry-After": "0.4"}) if n == 0 else Reply()
-    async with scripted(script) as (base, server), client(base) as de:
+    provider = ScriptedProvider(script)
+    async with mock_client(provider) as de:
         await de.update(1, CustomerPatch(name="A"))
-    (first, _), (second, _) = server.arrivals
+    (first, _), (second, _) = provider.arrivals
     assert second - first >= 0.4
 
 
@@ -195,21 +194,21 @@ async def test_a_429_pauses_every_worker_of_the_client():
             return Reply(429, {}, headers={"Retry-After": "0.5"})
         return Reply(delay=0.01)
 
-    async with scripted(script) as (base, server), client(base) as de:
+    provider = ScriptedProvider(script)
+    async with mock_client(provider) as de:
         report = await de.update_many(updates(30), concurrency=4)
     assert len(report.succeeded) == 30
-    refused_at = server.arrivals[3][0]
+    refused_at = provider.arrivals[3][0]
     # Requests already in flight may land just after the 429; none sent later.
-    later = [t for t, _ in server.arrivals[4:] if refused_at + 0.05 < t < refused_at + 0.5]
+    later = [t for t, _ in provider.arrivals[4:] if refused_at + 0.05 < t < refused_at + 0.5]
     assert later == []
 
 
 async def test_retry_after_is_capped():
     script = lambda n, c: Reply(429, {}, headers={"Retry-After": "3600"}) if n == 0 else Reply()
-    async with scripted(script) as (base, server):
-        async with client(base, retry=RetryPolicy(max_retry_after=0.2)) as de:
-            started = time.monotonic()
-            await de.update(1, CustomerPatch(name="A"))
+    async with mock_client(ScriptedProvider(script), retry=RetryPolicy(max_retry_after=0.2)) as de:
+        started = time.monotonic()
+        await de.update(1, CustomerPatch(name="A"))
     assert time.monotonic() - started < 2
 
 
@@ -218,9 +217,9 @@ async def test_a_401_stops_the_run_and_reports_the_rest_as_not_attempted():
         "success": False,
         "errors": {"__all__": ["Authentication credentials were not provided."]},
     }
-    async with scripted(lambda n, c: Reply(401, body, delay=0.01)) as (base, server):
-        async with client(base) as de:
-            report = await de.update_many(updates(500), concurrency=4)
+    provider = ScriptedProvider(lambda n, c: Reply(401, body, delay=0.01))
+    async with mock_client(provider) as de:
+        report = await de.update_many(updates(500), concurrency=4)
     assert not report.succeeded
     assert len(report.failed) == 500
     auth = [r for r in report.failed if isinstance(r.error, AuthenticationError)]
@@ -229,7 +228,7 @@ async def test_a_401_stops_the_run_and_reports_the_rest_as_not_attempted():
     assert len(auth) + len(skipped) == 500
     assert all(r.attempts == 0 for r in skipped)
     assert all(isinstance(r.error.cause, AuthenticationError) for r in skipped)
-    assert server.count == len(auth)
+    assert provider.count == len(auth)
 
 
 async def test_cancelling_stops_cleanly():
@@ -246,15 +245,16 @@ async def test_cancelling_stops_cleanly():
         async for result in de.iter_updates(source(), concurrency=4):
             results.append(result)
 
-    async with scripted(lambda n, c: Reply(delay=0.05)) as (base, server), client(base) as de:
+    provider = ScriptedProvider(lambda n, c: Reply(delay=0.05))
+    async with mock_client(provider) as de:
         task = asyncio.create_task(consume(de))
         await asyncio.sleep(0.3)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        sent_at_cancel = server.count
+        sent_at_cancel = provider.count
         await asyncio.sleep(0.2)
-        assert server.count == sent_at_cancel  # nothing more is sent
+        assert provider.count == sent_at_cancel  # nothing more is sent
     assert closed.is_set()  # the caller's generator was closed
     assert 0 < len(results) < 1000
     assert all(r.ok for r in results)
@@ -263,17 +263,19 @@ async def test_cancelling_stops_cleanly():
 
 
 async def test_declared_rate_limits_pace_requests():
-    async with scripted(ok) as (base, server):
-        async with client(base, rate_limit=RateLimit(burst=2, per_second=10)) as de:
-            await de.update_many(updates(6), concurrency=6)
-    times = [t for t, _ in server.arrivals]
+    provider = ScriptedProvider(ok)
+    async with mock_client(provider, rate_limit=RateLimit(burst=2, per_second=10)) as de:
+        await de.update_many(updates(6), concurrency=6)
+    times = [t for t, _ in provider.arrivals]
     # Burst 2 less one token kept in hand, then 2% under 10/s: five gaps of
     # about 0.102 s.  Twice the rate would take half that.
     assert 0.45 <= times[-1] - times[0] <= 1.0
 
 
 async def test_the_adapters_declared_limits_apply_by_default():
-    async with scripted(ok) as (base, server), Client("dualentry", token="k", base_url=base) as de:
+    provider = ScriptedProvider(ok)
+    # No rate_limit=: the client paces to what the adapter declares.
+    async with Client("dualentry", token=TOKEN, transport=MockTransport(provider)) as de:
         # DualEntry: burst 10, then 1/s for PATCH customers, paced 2% under it.
         assert de._pacer.rate == pytest.approx(0.98)
         started = time.monotonic()
@@ -282,7 +284,7 @@ async def test_the_adapters_declared_limits_apply_by_default():
 
 
 async def test_iter_updates_rejects_bad_concurrency():
-    async with scripted(ok) as (base, _), client(base) as de:
+    async with mock_client(ScriptedProvider(ok)) as de:
         with pytest.raises(ValueError, match="concurrency"):
             async for _ in de.iter_updates(updates(1), concurrency=0):
                 pass
@@ -294,7 +296,7 @@ async def test_an_input_that_raises_is_reraised_after_reporting_what_was_taken()
         raise RuntimeError("bad input file")
 
     results = []
-    async with scripted(ok) as (base, _), client(base) as de:
+    async with mock_client(ScriptedProvider(ok)) as de:
         with pytest.raises(RuntimeError, match="bad input file"):
             async for result in de.iter_updates(source(), concurrency=2):
                 results.append(result)
@@ -310,15 +312,13 @@ async def test_a_bug_in_an_adapter_still_gives_each_record_its_result():
                 raise RuntimeError("adapter bug")
             return super().prepare_update(customer_id, patch)
 
-    async with (
-        scripted(ok) as (base, server),
-        Client(Buggy(), token="k", base_url=base, rate_limit=None) as de,
-    ):
+    provider = ScriptedProvider(ok)
+    async with mock_client(provider, Buggy()) as de:
         report = await de.update_many(updates(3))
     assert [r.customer_id for r in report.succeeded] == [1, 3]
     [failed] = report.failed
     assert isinstance(failed.error, RuntimeError)
-    assert server.count == 2
+    assert provider.count == 2
 
 
 async def test_a_worker_killed_by_a_base_exception_never_hangs_the_run():
@@ -333,10 +333,7 @@ async def test_a_worker_killed_by_a_base_exception_never_hangs_the_run():
                 raise Fatal
             return super().prepare_update(customer_id, patch)
 
-    async with (
-        scripted(ok) as (base, _),
-        Client(Doomed(), token="k", base_url=base, rate_limit=None) as de,
-    ):
+    async with mock_client(ScriptedProvider(ok), Doomed()) as de:
         with pytest.raises(Fatal):
             await asyncio.wait_for(de.update_many(updates(5), concurrency=2), 5)
 
@@ -347,7 +344,7 @@ async def test_a_callers_session_that_raises_on_errors_does_not_change_what_is_r
     body = {"success": False, "errors": {"__all__": ["Invalid API key."]}}
     async with scripted(lambda n, c: Reply(403, body)) as (base, server):
         async with aiohttp.ClientSession(raise_for_status=True) as session:
-            async with client(base, session=session) as de:
+            async with loopback_client(base, session=session) as de:
                 report = await de.update_many(updates(3), concurrency=1)
     assert isinstance(report.failed[0].error, PermissionDeniedError)
     assert server.count == 1  # a 403 is final, and it stops the run
@@ -355,11 +352,12 @@ async def test_a_callers_session_that_raises_on_errors_does_not_change_what_is_r
 
 async def test_a_429_pauses_the_client_even_with_retries_off():
     script = lambda n, c: Reply(429, {}, headers={"Retry-After": "0.5"}) if n == 0 else Reply()
-    async with scripted(script) as (base, server), client(base, retry=None) as de:
+    provider = ScriptedProvider(script)
+    async with mock_client(provider, retry=None) as de:
         with pytest.raises(RateLimitedError):
             await de.update(1, CustomerPatch(name="A"))
         await de.update(2, CustomerPatch(name="B"))
-    (first, _), (second, _) = server.arrivals
+    (first, _), (second, _) = provider.arrivals
     assert second - first >= 0.5
 
 
@@ -375,28 +373,30 @@ def test_full_jitter_backoff_stays_within_its_ceiling():
 
 @pytest.mark.real_waits
 async def test_the_time_budget_per_update_is_enforced_with_real_waits():
-    async with scripted(lambda n, c: Reply(500)) as (base, server):
-        policy = RetryPolicy(attempts=1000, timeout=0.6, wait_initial=0.05, wait_max=0.1)
-        async with client(base, retry=policy) as de:
-            started = time.monotonic()
-            with pytest.raises(ServerError):
-                await de.update(1, CustomerPatch(name="A"))
-            elapsed = time.monotonic() - started
+    provider = ScriptedProvider(lambda n, c: Reply(500))
+    policy = RetryPolicy(attempts=1000, timeout=0.6, wait_initial=0.05, wait_max=0.1)
+    async with mock_client(provider, retry=policy) as de:
+        started = time.monotonic()
+        with pytest.raises(ServerError):
+            await de.update(1, CustomerPatch(name="A"))
+        elapsed = time.monotonic() - started
     assert elapsed < 2
-    assert 2 < server.count < 1000
+    assert 2 < provider.count < 1000
 
 
 async def test_a_503s_retry_after_is_honoured_for_that_request():
     script = lambda n, c: Reply(503, {}, headers={"Retry-After": "0.4"}) if n == 0 else Reply()
-    async with scripted(script) as (base, server), client(base) as de:
+    provider = ScriptedProvider(script)
+    async with mock_client(provider) as de:
         await de.update(1, CustomerPatch(name="A"))
-    (first, _), (second, _) = server.arrivals
+    (first, _), (second, _) = provider.arrivals
     assert second - first >= 0.4
 
 
 async def test_several_rate_limits_are_all_kept():
     limits = [RateLimit(burst=20, per_second=100), RateLimit(burst=2, per_second=10)]
-    async with scripted(ok) as (base, server), client(base, rate_limit=limits) as de:
+    provider = ScriptedProvider(ok)
+    async with mock_client(provider, rate_limit=limits) as de:
         await de.update_many(updates(6), concurrency=6)
-    times = [t for t, _ in server.arrivals]
+    times = [t for t, _ in provider.arrivals]
     assert times[-1] - times[0] >= 0.45  # the tighter bucket governs

@@ -12,24 +12,13 @@ import random
 import pytest
 
 from customer_patch import (
-    Client,
     CustomerPatch,
     NotAttemptedError,
     NotFoundError,
     TooManyFailuresError,
 )
-from tests.scripted_server import Reply, ok, scripted
-
-HANG_GUARD = 10  # seconds: a run that has not ended by then is hung, not slow
-
-
-def client(base, **kwargs):
-    kwargs.setdefault("rate_limit", None)
-    return Client("dualentry", token="k", base_url=base, **kwargs)
-
-
-def updates(n, start=1):
-    return [(i, CustomerPatch(name=f"N{i}")) for i in range(start, start + n)]
+from tests.helpers import HANG_GUARD, mock_client, updates
+from tests.scripted_server import Reply, ScriptedProvider, ok
 
 
 def runner_tasks():
@@ -51,13 +40,11 @@ async def test_a_retried_older_line_never_lands_over_a_newer_one():
     cid = 7
     items = [(cid, CustomerPatch(name="older")), (cid, CustomerPatch(name="newer"))]
     first = Reply(503)
-    async with (
-        scripted(lambda n, c: first if n == 0 else Reply()) as (base, server),
-        client(base) as de,
-    ):
+    provider = ScriptedProvider(lambda n, c: first if n == 0 else Reply())
+    async with mock_client(provider) as de:
         report = await de.update_many(items, concurrency=2)
     assert [r.ok for r in report.results] == [True, True]
-    assert server.store[cid]["name"] == "newer"
+    assert provider.store[cid]["name"] == "newer"
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -76,18 +63,19 @@ async def test_duplicate_ids_under_faults_end_with_the_in_order_fold(seed):
             return Reply(drop=True)
         return Reply(delay=rng.random() / 100)
 
-    async with scripted(script) as (base, server), client(base) as de:
+    provider = ScriptedProvider(script)
+    async with mock_client(provider) as de:
         report = await de.update_many(items, concurrency=8)
     assert len(report.results) == len(items)
     applied = [(cid, patch) for (cid, patch), r in zip(items, report.results, strict=True) if r.ok]
-    assert server.store == fold(applied)
+    assert provider.store == fold(applied)
 
 
 # -- every way of leaving a run ends promptly and leaves no task ------------------------
 
 
 async def test_aclose_after_an_await_returns_and_leaves_no_task():
-    async with scripted(lambda n, c: Reply(delay=0.01)) as (base, _), client(base) as de:
+    async with mock_client(ScriptedProvider(lambda n, c: Reply(delay=0.01))) as de:
 
         async def leave_early():
             async with contextlib.aclosing(de.iter_updates(updates(200), concurrency=4)) as it:
@@ -104,7 +92,7 @@ async def test_a_progress_callback_that_raises_ends_the_run_with_its_error():
         if p.done == 3:
             raise ZeroDivisionError("the caller's bug")
 
-    async with scripted(lambda n, c: Reply(delay=0.01)) as (base, _), client(base) as de:
+    async with mock_client(ScriptedProvider(lambda n, c: Reply(delay=0.01))) as de:
         with pytest.raises(ZeroDivisionError):
             await asyncio.wait_for(
                 de.update_many(updates(100), concurrency=2, progress=progress), HANG_GUARD
@@ -113,7 +101,7 @@ async def test_a_progress_callback_that_raises_ends_the_run_with_its_error():
 
 
 async def test_an_exception_in_the_consumer_ends_the_run():
-    async with scripted(lambda n, c: Reply(delay=0.01)) as (base, _), client(base) as de:
+    async with mock_client(ScriptedProvider(lambda n, c: Reply(delay=0.01))) as de:
 
         async def consume():
             async with contextlib.aclosing(de.iter_updates(updates(100), concurrency=8)) as it:
@@ -128,7 +116,7 @@ async def test_an_exception_in_the_consumer_ends_the_run():
 @pytest.mark.parametrize("after", [0, 1, 2, 3, 5, 8, 13, 21, 34, 55])
 async def test_cancelling_the_consumer_at_any_point_ends_promptly(after):
     """Cancels after ``after`` results: with 16 in flight and a full result buffer."""
-    async with scripted(lambda n, c: Reply(delay=0.01)) as (base, _), client(base) as de:
+    async with mock_client(ScriptedProvider(lambda n, c: Reply(delay=0.01))) as de:
         taken = asyncio.Event()
         seen = 0
 
@@ -165,7 +153,7 @@ async def test_a_huge_concurrency_with_one_record_starts_one_task():
             peak = max(peak, len(runner_tasks()))
             await asyncio.sleep(0)
 
-    async with scripted(lambda n, c: Reply(delay=0.05)) as (base, _), client(base) as de:
+    async with mock_client(ScriptedProvider(lambda n, c: Reply(delay=0.05))) as de:
         watcher = asyncio.create_task(watch())
         report = await de.update_many(updates(1), concurrency=10**6, progress=progress)
         watcher.cancel()
@@ -177,13 +165,10 @@ async def test_a_huge_concurrency_with_one_record_starts_one_task():
 
 
 async def test_max_failures_stops_the_run_and_reports_the_rest_as_not_attempted():
-    async with (
-        scripted(lambda n, c: Reply(404, {"success": False, "errors": {"__all__": ["No."]}})) as (
-            base,
-            server,
-        ),
-        client(base) as de,
-    ):
+    provider = ScriptedProvider(
+        lambda n, c: Reply(404, {"success": False, "errors": {"__all__": ["No."]}})
+    )
+    async with mock_client(provider) as de:
         report = await de.update_many(updates(200), concurrency=4, max_failures=5)
     results = report.results
     assert len(results) == 200
@@ -195,7 +180,7 @@ async def test_max_failures_stops_the_run_and_reports_the_rest_as_not_attempted(
     cause = stopped[0].error.cause
     assert isinstance(cause, TooManyFailuresError)
     assert isinstance(cause.last, NotFoundError)
-    assert server.count == len(sent)
+    assert provider.count == len(sent)
 
 
 async def test_consecutive_failures_of_one_kind_stop_but_a_success_resets_the_count():
@@ -204,7 +189,8 @@ async def test_consecutive_failures_of_one_kind_stop_but_a_success_resets_the_co
             return Reply(404, {"success": False, "errors": {"__all__": ["No."]}})
         return Reply()
 
-    async with scripted(script) as (base, server), client(base) as de:
+    provider = ScriptedProvider(script)
+    async with mock_client(provider) as de:
         report = await de.update_many(updates(300), concurrency=1, max_consecutive_failures=10)
     results = report.results
     assert all(r.ok for r in results[:100] if r.customer_id % 4)
@@ -213,11 +199,11 @@ async def test_consecutive_failures_of_one_kind_stop_but_a_success_resets_the_co
         range(101, 111)
     )
     assert all(isinstance(r.error, NotAttemptedError) for r in results[110:])
-    assert server.count == 110
+    assert provider.count == 110
 
 
 async def test_thresholds_must_be_positive():
-    async with scripted(ok) as (base, _), client(base) as de:
+    async with mock_client(ScriptedProvider(ok)) as de:
         for kwargs in ({"max_failures": 0}, {"max_consecutive_failures": -1}):
             with pytest.raises(ValueError, match="at least 1"):
                 await de.update_many(updates(1), **kwargs)

@@ -31,19 +31,11 @@ from customer_patch import (
 from customer_patch._pacing import Pacer
 from customer_patch._retry import HeldPastDeadline, send_with_retries
 from customer_patch.testing import MockTransport
-from tests.helpers import QID, loopback_client, serve
-
-TOKEN = "de_live_0123456789abcdef0123456789abcdef"
-HANG_GUARD = 10
+from tests.helpers import HANG_GUARD, QID, TOKEN, loopback_client, mock_client, serve
 
 
 def customer(cid=1, **fields):
     return json.dumps({"id": cid, "name": "A", **fields}).encode()
-
-
-def de(handler, **kwargs):
-    kwargs.setdefault("rate_limit", None)
-    return Client("dualentry", token=TOKEN, transport=MockTransport(handler), **kwargs)
 
 
 # -- answers that defeat a parser are typed, final errors ---------------------------------
@@ -59,7 +51,7 @@ def de(handler, **kwargs):
 )
 async def test_an_answer_past_what_json_reads_is_a_final_format_error(body):
     transport = MockTransport(lambda r: Response(status=200, body=body))
-    async with Client("dualentry", token=TOKEN, transport=transport, rate_limit=None) as client:
+    async with mock_client(transport) as client:
         with pytest.raises(ResponseFormatError) as info:
             await client.update(1, CustomerPatch(name="A"))
     assert not info.value.incomplete
@@ -69,13 +61,13 @@ async def test_an_answer_past_what_json_reads_is_a_final_format_error(body):
 async def test_a_garbled_answer_is_still_retried():
     bodies = iter([b'{"id": 1, "na', customer()])
     transport = MockTransport(lambda r: Response(status=200, body=next(bodies)))
-    async with Client("dualentry", token=TOKEN, transport=transport, rate_limit=None) as client:
+    async with mock_client(transport) as client:
         await client.update(1, CustomerPatch(name="A"))
     assert len(transport.requests) == 2
 
 
 async def test_an_answer_about_another_customer_is_a_format_error():
-    async with de(lambda r: Response(status=200, body=customer(2))) as client:
+    async with mock_client(lambda r: Response(status=200, body=customer(2))) as client:
         with pytest.raises(ResponseFormatError, match="customer 2, not 1"):
             await client.update(1, CustomerPatch(name="A"))
 
@@ -137,7 +129,7 @@ async def test_a_provider_echoing_the_key_never_puts_it_in_errors():
         body = {"success": False, "errors": {"__all__": [f"key {key} revoked"], key: [key]}}
         return Response(status=404, headers={"X-Echo": key}, body=json.dumps(body).encode())
 
-    async with de(echo) as client:
+    async with mock_client(echo) as client:
         with pytest.raises(NotFoundError) as info:
             await client.update(1, CustomerPatch(name="A"))
     error = info.value
@@ -155,7 +147,7 @@ async def test_a_transport_error_quoting_the_key_never_shows_it():
         key = request.headers["X-API-KEY"]
         raise TransportError(f"Invalid character in chunk size: b'{key}'", provider="dualentry")
 
-    async with de(broken, retry=RetryPolicy(attempts=2)) as client:
+    async with mock_client(broken, retry=RetryPolicy(attempts=2)) as client:
         with pytest.raises(TransportError) as info:
             await client.update(1, CustomerPatch(name="A"))
     assert TOKEN not in str(info.value)
@@ -165,7 +157,7 @@ async def test_a_transport_error_quoting_the_key_never_shows_it():
 async def test_the_key_in_another_case_is_masked_too():
     """An ISO date parser upper-cases what it quotes: the key comes back changed."""
     body = json.dumps({"id": 1, "created_by": {"timestamp": TOKEN}}).encode()
-    async with de(lambda r: Response(status=200, body=body)) as client:
+    async with mock_client(lambda r: Response(status=200, body=body)) as client:
         with pytest.raises(ResponseFormatError) as info:
             await client.update(1, CustomerPatch(name="A"))
     for shown in (str(info.value), info.value.body.decode()):
@@ -173,7 +165,7 @@ async def test_the_key_in_another_case_is_masked_too():
 
 
 async def test_a_validation_error_holds_no_token_in_any_frame():
-    async with de(lambda r: Response(status=200, body=customer())) as client:
+    async with mock_client(lambda r: Response(status=200, body=customer())) as client:
         with pytest.raises(ValidationError) as info:
             await client.update(1, CustomerPatch(phone="not a phone!"))
     for frame, _ in traceback.walk_tb(info.value.__traceback__):
@@ -191,9 +183,7 @@ async def test_the_first_attempt_counts_against_the_budget():
 
     transport = MockTransport(slow_500)
     policy = RetryPolicy(timeout=0.2)
-    async with Client(
-        "dualentry", token=TOKEN, transport=transport, rate_limit=None, retry=policy
-    ) as client:
+    async with mock_client(transport, retry=policy) as client:
         # The attempt itself is cut when the budget runs out; no second one goes.
         with pytest.raises(TransportError, match="time budget"):
             await client.update(1, CustomerPatch(name="A"))
@@ -289,8 +279,7 @@ async def test_records_after_the_client_is_closed_mid_run_are_not_attempted():
         return Response(status=200, body=customer(cid))
 
     transport = MockTransport(answer)
-    client = de(answer)
-    client._transport = transport
+    client = mock_client(transport)
     items = [(i, CustomerPatch(name="A")) for i in range(1, 51)]
     report = await asyncio.wait_for(client.update_many(items, concurrency=1), HANG_GUARD)
     assert len(report.results) == 50
@@ -382,7 +371,7 @@ def test_stray_429s_among_many_successes_do_not_sink_the_pace():
 
 
 async def test_a_closed_client_refuses_to_send():
-    client = de(lambda r: Response(status=200, body=customer()))
+    client = mock_client(lambda r: Response(status=200, body=customer()))
     await client.aclose()
     with pytest.raises(RuntimeError, match="closed"):
         await client.update(1, CustomerPatch(name="A"))
@@ -392,7 +381,7 @@ async def test_a_closed_client_refuses_to_send():
 
 def test_a_client_used_from_a_second_event_loop_says_so(sandbox_server):
     base_url, token = sandbox_server
-    client = Client("dualentry", token=token, base_url=base_url, rate_limit=None)
+    client = loopback_client(base_url, token=token)
     first = asyncio.new_event_loop()
     try:
         first.run_until_complete(client.update(1001, CustomerPatch(name="A")))
