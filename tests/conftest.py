@@ -9,9 +9,17 @@ from customer_patch import RetryPolicy
 pytest_plugins = ["customer_patch.testing"]
 
 
+# aioresponses fakes aiohttp itself: it is for the aiohttp transport's own tests
+# (what AiohttpTransport asks aiohttp to send, how aiohttp's errors become
+# TransportError).  Tests of the client's logic use customer_patch.testing's
+# MockTransport instead, and need none of this.
+#
+# Why a shim: aioresponses 0.7.9 builds each mocked ClientResponse without the
+# ``stream_writer`` argument aiohttp 3.14 requires, so every mocked request
+# fails with a TypeError (pnuckowski/aioresponses#289, open).  A mocked
+# response writes nothing, so a stand-in writer is enough.  Delete the class
+# and the monkeypatch once an aioresponses release passes ``stream_writer``.
 class _CompatResponse(aiohttp.ClientResponse):
-    # aioresponses 0.7.9 predates aiohttp 3.14's required ``stream_writer``
-    # (pnuckowski/aioresponses#289); a mocked response has no writer anyway.
     def __init__(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         kwargs.setdefault("stream_writer", SimpleNamespace(output_size=0))
         super().__init__(*args, **kwargs)
@@ -19,7 +27,7 @@ class _CompatResponse(aiohttp.ClientResponse):
 
 @pytest.fixture
 def mocked(monkeypatch):
-    """aioresponses, working with the aiohttp this project supports."""
+    """aioresponses, working with the aiohttp this project supports (see above)."""
     monkeypatch.setattr(aioresponses.core, "ClientResponse", _CompatResponse)
     with aioresponses.aioresponses() as m:
         yield m
