@@ -13,7 +13,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from customer_patch._adapter import Adapter, Tooling, WireField
+    from customer_patch._adapter import Adapter, ListFilter, Tooling, WireField
     from customer_patch._bulk import (
         BulkReport,
         Progress,
@@ -42,6 +42,7 @@ if TYPE_CHECKING:
         UnknownCustomFieldError,
         UnprocessableEntityError,
         UnsupportedFieldError,
+        UnsupportedOperationError,
         ValidationError,
     )
     from customer_patch._http import RateLimit, Request, Response
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
         Customer,
         CustomerId,
         CustomerPatch,
+        CustomFieldDefinition,
         CustomFieldKey,
         ExternalIds,
         TaxId,
@@ -69,6 +71,7 @@ if TYPE_CHECKING:
 
 _WHERE = {
     "Adapter": "customer_patch._adapter",
+    "ListFilter": "customer_patch._adapter",
     "Tooling": "customer_patch._adapter",
     "WireField": "customer_patch._adapter",
     "BulkReport": "customer_patch._bulk",
@@ -96,6 +99,7 @@ _WHERE = {
     "UnknownCustomFieldError": "customer_patch._errors",
     "UnprocessableEntityError": "customer_patch._errors",
     "UnsupportedFieldError": "customer_patch._errors",
+    "UnsupportedOperationError": "customer_patch._errors",
     "ValidationError": "customer_patch._errors",
     "RateLimit": "customer_patch._http",
     "Request": "customer_patch._http",
@@ -103,6 +107,7 @@ _WHERE = {
     "Address": "customer_patch._model",
     "Customer": "customer_patch._model",
     "CustomerId": "customer_patch._model",
+    "CustomFieldDefinition": "customer_patch._model",
     "CustomFieldKey": "customer_patch._model",
     "CustomerPatch": "customer_patch._model",
     "ExternalIds": "customer_patch._model",
@@ -146,12 +151,14 @@ __all__ = [
     "BadRequestError",
     "BulkReport",
     "Client",
+    "CustomFieldDefinition",
     "CustomFieldKey",
     "Customer",
     "CustomerId",
     "CustomerPatch",
     "CustomerPatchError",
     "ExternalIds",
+    "ListFilter",
     "NotAttemptedError",
     "NotFoundError",
     "PermissionDeniedError",
@@ -177,6 +184,7 @@ __all__ = [
     "UnprocessableEntityError",
     "Unset",
     "UnsupportedFieldError",
+    "UnsupportedOperationError",
     "UpdateResult",
     "Updates",
     "ValidationError",

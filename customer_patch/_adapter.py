@@ -20,8 +20,8 @@ import re
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar
-from urllib.parse import quote
+from typing import Any, ClassVar, TypeVar
+from urllib.parse import quote, urlencode
 
 from attrs import frozen
 
@@ -32,12 +32,22 @@ from customer_patch._errors import (
     ResponseFormatError,
     UnknownCustomFieldError,
     UnsupportedFieldError,
+    UnsupportedOperationError,
     ValidationError,
     error_class_for,
 )
 from customer_patch._http import RateLimit, Request, Response, parse_retry_after, status_text
-from customer_patch._model import Customer, CustomerId, CustomerPatch, ExternalIds
+from customer_patch._model import (
+    Customer,
+    CustomerId,
+    CustomerPatch,
+    CustomFieldDefinition,
+    CustomFieldKey,
+    ExternalIds,
+)
 from customer_patch.wire import Check, type_name
+
+T = TypeVar("T")
 
 # json.dumps() with options builds a new encoder per call; reuse one instead.
 # allow_nan=False: NaN and Infinity are not JSON, whatever Python's json allows.
@@ -96,6 +106,38 @@ class WireField:
     """Reads the neutral value back from the provider's JSON (given ``None`` when the
     key is absent or null); raises on a value of the wrong shape.  The default
     takes a string or ``None``."""
+
+
+@frozen(kw_only=True)
+class ListFilter:
+    """One documented filter of a provider's list: how a value is checked and sent."""
+
+    wire: str
+    """The query parameter's name."""
+    item: type = str
+    """``str`` or ``int``: the type of each value."""
+    many: bool = False
+    """Takes a list of values, sent as the parameter repeated (``id=1&id=2``)."""
+    choices: frozenset[str] | None = None
+    """The values allowed, when the provider documents an enumeration."""
+
+    def check(self, value: Any) -> list[str]:
+        """What is wrong with ``value`` (a list or tuple when :attr:`many`)."""
+        values = list(value) if self.many and isinstance(value, list | tuple) else [value]
+        if self.many and not values:
+            return ["must list at least one value"]
+        problems = []
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, self.item):
+                problems.append(f"must be {self.item.__name__}, not {type_name(v)}")
+            elif self.choices is not None and v not in self.choices:
+                problems.append(f"must be one of {', '.join(sorted(self.choices))}; got {v!r}")
+        return problems
+
+    def encode(self, value: Any) -> list[str]:
+        """The query values for a checked ``value``."""
+        values = value if self.many and isinstance(value, list | tuple) else [value]
+        return [str(v) for v in values]
 
 
 @frozen(kw_only=True)
@@ -177,6 +219,51 @@ class Adapter(ABC):
         """Names of sent custom fields that a 422 says are unknown (default: none)."""
         return []
 
+    # -- reading: what a provider documents (the defaults: nothing) ------------------
+
+    list_filters: ClassVar[Mapping[str, ListFilter]] = {}
+    """The customer list's documented filters, by the name callers use."""
+    list_defaults: ClassVar[Mapping[str, Any]] = {}
+    """Filters every list is read with unless the caller gives them: an ordering
+    that does not move while records are updated, so paging misses nothing."""
+    ids_filter: ClassVar[str | None] = None
+    """The list filter that takes many customer ids at once, if there is one:
+    a bulk run reads a page of customers with one request instead of one each."""
+    page_size: ClassVar[int] = 100
+    """The most items one page of a list holds."""
+
+    def get_path(self, segment: str) -> str | None:
+        """The path to read one customer (default: the update's); ``None``: no way."""
+        return self.update_path(segment)
+
+    def list_path(self) -> str | None:
+        """The path of the customer list, or ``None`` if the provider documents none."""
+        return None
+
+    def custom_fields_path(self) -> str | None:
+        """The path (query included) of the customer custom-field definitions, or ``None``."""
+        return None
+
+    def page_query(self, *, offset: int, limit: int) -> list[tuple[str, str]]:
+        """The query parameters of one page (default: ``limit`` and ``offset``)."""
+        return [("limit", str(limit)), ("offset", str(offset))]
+
+    def page_from(self, data: Any) -> tuple[Sequence[Any], int]:
+        """A page's items and the list's total count (default: ``{"items", "count"}``)."""
+        items, count = data["items"], data["count"]
+        if not isinstance(items, list) or isinstance(count, bool) or not isinstance(count, int):
+            raise TypeError("a page must hold a list of items and an integer count")
+        return items, count
+
+    def definition_from(self, data: Any) -> CustomFieldDefinition:
+        """Read one custom-field definition; may raise on a body of the wrong shape."""
+        raise NotImplementedError
+
+    def check_custom_field_value(self, definition: CustomFieldDefinition, value: Any) -> list[str]:
+        """What is wrong with a (non-``None``) value for a field of this definition
+        (default: nothing is checked)."""
+        return []
+
     # -- shared machinery ------------------------------------------------------------
 
     def fields_from(self, data: Mapping[str, Any]) -> dict[str, Any]:
@@ -184,20 +271,29 @@ class Adapter(ABC):
         :attr:`fields`, so each wire key is written once per adapter.
 
         For ``Customer(**adapter.fields_from(data), ...)``; ``external_ids.*``
-        fields are gathered into one :class:`ExternalIds`.
+        fields are gathered into one :class:`ExternalIds`, and when the answer
+        lacks some keys, ``read_fields`` says which fields it had.
         """
-        values = {path: spec.decode(data.get(spec.wire)) for path, spec in self._read_plan[0]}
-        external = self._read_plan[1]
+        top, external, every = self._read_plan
+        values: dict[str, Any] = {path: spec.decode(data.get(spec.wire)) for path, spec in top}
         if external:
             values["external_ids"] = ExternalIds(
                 **{name: spec.decode(data.get(spec.wire)) for name, spec in external}
+            )
+        # What the answer left out is not known to be empty (a list shows fewer
+        # fields than a get): CustomerPatch.changes_from keeps such fields.
+        if not all(spec.wire in data for spec in every):
+            values["read_fields"] = frozenset(
+                path for path, spec in self.fields.items() if spec.wire in data
             )
         return values
 
     @functools.cached_property
     def _read_plan(
         self,
-    ) -> tuple[tuple[tuple[str, WireField], ...], tuple[tuple[str, WireField], ...]]:
+    ) -> tuple[
+        tuple[tuple[str, WireField], ...], tuple[tuple[str, WireField], ...], tuple[WireField, ...]
+    ]:
         # fields_from runs once per answer: sort the map into top-level fields
         # and ExternalIds members once per adapter, not once per customer.
         top = tuple((p, f) for p, f in self.fields.items() if not p.startswith("external_ids."))
@@ -206,7 +302,7 @@ class Adapter(ABC):
             for p, f in self.fields.items()
             if p.startswith("external_ids.")
         )
-        return top, external
+        return top, external, tuple(self.fields.values())
 
     def _patch_body(self, patch: CustomerPatch) -> tuple[dict[str, Any], list[Problem]]:
         """The JSON body for ``patch``, and what is wrong with it (then the body is partial).
@@ -265,6 +361,66 @@ class Adapter(ABC):
         """
         if not isinstance(patch, CustomerPatch):
             raise TypeError(f"expected a CustomerPatch, got {type_name(patch)}")
+        segment, problems = self._segment(customer_id)
+        body, patch_problems = self._patch_body(patch)
+        problems += patch_problems
+        if problems:
+            raise ValidationError(problems, provider=self.provider)
+        try:
+            encoded = _dumps(body).encode()
+        except UnicodeEncodeError:
+            problem = Problem("", "contains text that is not valid Unicode (a lone surrogate)")
+            raise ValidationError([problem], provider=self.provider) from None
+        except (RecursionError, ValueError, TypeError) as e:  # an adapter's encode went astray
+            problem = Problem("", f"cannot be written as JSON ({type(e).__name__})")
+            raise ValidationError([problem], provider=self.provider) from None
+        return self.update_path(segment), encoded
+
+    def check_custom_fields(
+        self, values: Mapping[CustomFieldKey, Any], definitions: Sequence[CustomFieldDefinition]
+    ) -> tuple[list[str], list[Problem]]:
+        """Custom field values against the provider's definitions, before sending:
+        the names no active field has, and every other problem.
+
+        A name two active fields share cannot say which is meant: the problem
+        names the ids to use instead.  Values are checked by
+        :meth:`check_custom_field_value`; ``None`` (clear) always passes.
+        """
+        active = [d for d in definitions if d.is_active]
+        by_name: dict[str, list[CustomFieldDefinition]] = {}
+        for d in active:
+            by_name.setdefault(d.name, []).append(d)
+        by_id = {d.id: d for d in active}
+        unknown: list[str] = []
+        problems: list[Problem] = []
+        for key, value in values.items():
+            where = f"custom_fields[{key!r}]"
+            if isinstance(key, str):
+                matches = by_name.get(key, [])
+                if not matches:
+                    unknown.append(key)
+                    continue
+                if len(matches) > 1:
+                    ids = " and ".join(str(d.id) for d in matches)
+                    problems.append(
+                        Problem(where, f"is the name of {len(matches)} fields; use an id: {ids}")
+                    )
+                    continue
+                definition = matches[0]
+            else:
+                found = by_id.get(key)
+                if found is None:
+                    problems.append(Problem(where, "is not the id of an active customer field"))
+                    continue
+                definition = found
+            if value is not None:
+                problems += [
+                    Problem(where, m) for m in self.check_custom_field_value(definition, value)
+                ]
+        return unknown, problems
+
+    def _segment(self, customer_id: CustomerId) -> tuple[str, list[Problem]]:
+        """The id as one percent-encoded path segment, and what is wrong with it."""
         if isinstance(customer_id, uuid.UUID):
             customer_id = str(customer_id)
         problems = [Problem("id", m) for m in self.check_customer_id(customer_id)]
@@ -280,19 +436,69 @@ class Adapter(ABC):
         # quote() keeps dots; "." and ".." would climb out of the resource.
         if not problems and segment in {"", ".", ".."}:
             problems.append(Problem("id", f"{customer_id!r} is not a usable path segment"))
-        body, patch_problems = self._patch_body(patch)
-        problems += patch_problems
+        return segment, problems
+
+    @functools.cached_property
+    def update_route(self) -> str:
+        """The route of an update, for per-route rate limits."""
+        return f"{self.method} {self.update_path('{id}')}"
+
+    # -- reading: request builders ---------------------------------------------------
+
+    def prepare_get(self, customer_id: CustomerId) -> tuple[str, str]:
+        """Validate an id and return the path to read that customer, and its route.
+
+        Raises :class:`UnsupportedOperationError` if the provider documents no
+        way to read one customer, :class:`ValidationError` for a bad id.
+        """
+        if self.get_path("{id}") is None:
+            raise UnsupportedOperationError("get a customer", provider=self.provider)
+        segment, problems = self._segment(customer_id)
         if problems:
             raise ValidationError(problems, provider=self.provider)
-        try:
-            encoded = _dumps(body).encode()
-        except UnicodeEncodeError:
-            problem = Problem("", "contains text that is not valid Unicode (a lone surrogate)")
-            raise ValidationError([problem], provider=self.provider) from None
-        except (RecursionError, ValueError, TypeError) as e:  # an adapter's encode went astray
-            problem = Problem("", f"cannot be written as JSON ({type(e).__name__})")
-            raise ValidationError([problem], provider=self.provider) from None
-        return self.update_path(segment), encoded
+        path = self.get_path(segment)
+        assert path is not None
+        return path, f"GET {self.get_path('{id}')}"
+
+    def prepare_list(
+        self, filters: Mapping[str, Any], *, offset: int, limit: int | None = None
+    ) -> tuple[str, str]:
+        """The path (query included) of one page of the customer list, and its route.
+
+        ``filters`` are checked against :attr:`list_filters`: a filter the
+        provider does not document is refused, never dropped.
+        """
+        base = self.list_path()
+        if base is None:
+            raise UnsupportedOperationError("list customers", provider=self.provider)
+        query: list[tuple[str, str]] = []
+        problems: list[Problem] = []
+        for name, value in filters.items():
+            spec = self.list_filters.get(name)
+            if spec is None:
+                known = ", ".join(sorted(self.list_filters)) or "none"
+                problems.append(
+                    Problem(name, f"is not a filter {self.provider} documents ({known})")
+                )
+                continue
+            found = spec.check(value)
+            problems += [Problem(name, m) for m in found]
+            if not found:
+                query += [(spec.wire, v) for v in spec.encode(value)]
+        if problems:
+            raise ValidationError(problems, provider=self.provider)
+        query += self.page_query(offset=offset, limit=limit or self.page_size)
+        return _with_query(base, query), f"GET {base}"
+
+    def prepare_definitions(self, *, offset: int) -> tuple[str, str]:
+        """The path of one page of the customer custom-field definitions, and its route."""
+        base = self.custom_fields_path()
+        if base is None:
+            raise UnsupportedOperationError(
+                "read custom field definitions", provider=self.provider
+            )
+        path = _with_query(base, self.page_query(offset=offset, limit=self.page_size))
+        return path, f"GET {base.split('?', 1)[0]}"
 
     def headers(
         self, token: str, extra: Mapping[str, str] | None = None
@@ -336,6 +542,44 @@ class Adapter(ABC):
         about.  With ``customer_id``, a customer whose id is another's is a
         :class:`ResponseFormatError`: that answer is not about this update.
         """
+        data = self.read_json(response, request=request)
+        customer = self._reading(self.customer_from, data, response)
+        if customer_id is not None and not self.same_customer(customer_id, customer.id):
+            raise ResponseFormatError(
+                f"the answer is about customer {customer.id!r:.80}, not {customer_id!r}",
+                provider=self.provider,
+                status=response.status,
+                body=response.body,
+            )
+        return customer
+
+    def parse_page(self, response: Response, *, request: Request) -> tuple[list[Customer], int]:
+        """One page of the customer list: its customers and the list's total count."""
+        data = self.read_json(response, request=request)
+        items, count = self._reading(self.page_from, data, response)
+        return [self._reading(self.customer_from, item, response) for item in items], count
+
+    def parse_definitions(
+        self, response: Response, *, request: Request
+    ) -> tuple[list[CustomFieldDefinition], int]:
+        """One page of custom-field definitions, and their total count."""
+        data = self.read_json(response, request=request)
+        items, count = self._reading(self.page_from, data, response)
+        return [self._reading(self.definition_from, item, response) for item in items], count
+
+    def _reading(self, read: Callable[[Any], T], data: Any, response: Response) -> T:
+        try:
+            return read(data)
+        except Exception as e:  # any way the provider's data defeats the parser
+            raise ResponseFormatError(
+                f"{type(e).__name__}: {e}",
+                provider=self.provider,
+                status=response.status,
+                body=response.body,
+            ) from e
+
+    def read_json(self, response: Response, *, request: Request) -> Any:
+        """The JSON of a successful answer, or the typed error the answer stands for."""
         status = response.status
         unreadable = None
         try:
@@ -357,23 +601,7 @@ class Adapter(ABC):
                 body=response.body,
                 incomplete=unreadable is None,
             )
-        try:
-            customer = self.customer_from(data)
-        except Exception as e:  # any way the provider's data defeats the parser
-            raise ResponseFormatError(
-                f"{type(e).__name__}: {e}",
-                provider=self.provider,
-                status=status,
-                body=response.body,
-            ) from e
-        if customer_id is not None and not self.same_customer(customer_id, customer.id):
-            raise ResponseFormatError(
-                f"the answer is about customer {customer.id!r:.80}, not {customer_id!r}",
-                provider=self.provider,
-                status=status,
-                body=response.body,
-            )
-        return customer
+        return data
 
     def same_customer(self, sent: CustomerId, returned: object) -> bool:
         """Whether the id in an answer is the customer that was sent (default: equal)."""
@@ -406,10 +634,18 @@ class Adapter(ABC):
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
             return RateLimitedError(message, retry_after=retry_after, **common)
         if status == 422:
-            names = self.unknown_custom_fields(field_errors, request.json())
+            names = self.unknown_custom_fields(
+                field_errors, request.json() if request.body else {}
+            )
             if names:
                 return UnknownCustomFieldError(message, names=names, **common)
         return error_class_for(status)(message, **common)
+
+
+def _with_query(path: str, query: Sequence[tuple[str, str]]) -> str:
+    if not query:
+        return path
+    return path + ("&" if "?" in path else "?") + urlencode(query, quote_via=quote)
 
 
 class _NotJson:

@@ -21,6 +21,7 @@ from collections.abc import (
     Awaitable,
     Callable,
     Iterable,
+    Mapping,
     Sized,
 )
 from typing import Any, TypeAlias
@@ -60,6 +61,13 @@ class UpdateResult:
     reported here rather than lost.)"""
     attempts: int = 0
     """Requests sent for this record (0 when it failed validation or was not attempted)."""
+    changed: bool = True
+    """``False`` when the customer already had every value (``skip_unchanged``):
+    then nothing was sent and the record is ``ok``."""
+    before: Customer | None = None
+    """The customer as read before the update (``skip_unchanged``), else ``None``."""
+    sent: CustomerPatch | None = field(default=None, repr=False)
+    """What was sent: the patch, or with ``skip_unchanged`` only what differed."""
 
     @property
     def ok(self) -> bool:
@@ -128,6 +136,37 @@ _Send: TypeAlias = Callable[
 ]
 
 
+_Read: TypeAlias = Callable[[list[Any]], Awaitable[Mapping[Any, Any]]]
+"""Reads customers by id: ``read_key(id)`` -> the Customer, or the error why not."""
+_END: Any = object()
+
+
+def read_key(customer_id: Any) -> Any:
+    """The key of a customer id among what was read: exact, unlike
+    :func:`customer_key` (``5`` and ``"5"`` are not one id to read; ``True`` is not
+    ``1``); ``None`` for an id that cannot be a key (it is then sent as given,
+    and validation says what is wrong with it)."""
+    try:
+        hash(customer_id)
+    except TypeError:
+        return None
+    return (type(customer_id), customer_id)
+
+
+def _is_pair(item: Any) -> bool:
+    return isinstance(item, tuple | list) and len(item) == 2
+
+
+def _left_by(previous: asyncio.Task[UpdateResult]) -> Customer | None:
+    """The customer as an earlier record of it left it, if known."""
+    if previous.cancelled() or previous.exception() is not None:
+        return None
+    result = previous.result()
+    if not result.ok:
+        return None
+    return result.customer if result.changed else result.before
+
+
 def customer_key(customer_id: Any) -> str:
     """Equal for every record of one customer (and perhaps of a few more)."""
     # Conservative on purpose: two spellings of one id ("5" and 5, or a UUID in
@@ -192,6 +231,8 @@ async def run_bulk(
     total: int | None,
     max_failures: int | None = None,
     max_consecutive_failures: int | None = None,
+    read: _Read | None = None,
+    read_batch: int = 100,
 ) -> AsyncGenerator[UpdateResult, None]:
     """Yield one result per input item as each finishes; see ``Client.iter_updates``.
 
@@ -201,6 +242,10 @@ async def run_bulk(
     consumer), so leaving the run at any point only has to cancel the tasks
     still in flight.  A record whose customer already has one in flight waits
     for it, so one customer's updates land in input order, retries included.
+
+    With ``read``, the input is taken ``read_batch`` items at a time, and
+    ``read`` is given their customer ids (in input order) before any of them
+    starts; each record then sends only what differs from what was read.
     """
     if concurrency < 1:
         raise ValueError(f"concurrency must be at least 1, got {concurrency}")
@@ -215,7 +260,7 @@ async def run_bulk(
     wake: asyncio.Future[None] | None = None
 
     async def one(
-        index: int, item: Any, before: asyncio.Task[UpdateResult] | None
+        index: int, item: Any, previous: asyncio.Task[UpdateResult] | None, was: Any
     ) -> UpdateResult:
         try:
             customer_id, patch = item
@@ -226,8 +271,8 @@ async def run_bulk(
             return UpdateResult(
                 index=index, customer_id=customer_id, patch=None, error=ValidationError([problem])
             )
-        if before is not None:
-            await asyncio.wait((before,))  # its outcome is its own; only its end matters
+        if previous is not None:
+            await asyncio.wait((previous,))  # its outcome is its own; only its end matters
         if stop.cause is not None:
             return UpdateResult(
                 index=index,
@@ -235,8 +280,34 @@ async def run_bulk(
                 patch=patch,
                 error=NotAttemptedError(stop.cause),
             )
+        before: Customer | None = None
+        changes = patch
+        if read is not None:
+            if previous is not None:
+                # What the earlier record of this customer left, not the first
+                # read; after a failure nothing is known: send the whole patch.
+                was = _left_by(previous)
+            if isinstance(was, Exception):
+                return UpdateResult(
+                    index=index, customer_id=customer_id, patch=patch, error=was, changed=False
+                )
+            before = was
+            if before is not None:
+                try:
+                    changes = patch.changes_from(before)
+                except Exception:  # an invalid patch: sending it reports why
+                    changes = patch
+                if not changes:
+                    return UpdateResult(
+                        index=index,
+                        customer_id=customer_id,
+                        patch=patch,
+                        customer=before,
+                        changed=False,
+                        before=before,
+                    )
         try:
-            customer, error, attempts = await send(customer_id, patch)
+            customer, error, attempts = await send(customer_id, changes)
         except Exception as e:  # a bug, e.g. in a third-party adapter: still one result
             customer, error, attempts = None, e, 1
         return UpdateResult(
@@ -246,6 +317,8 @@ async def run_bulk(
             customer=customer,
             error=error,
             attempts=attempts,
+            before=before,
+            sent=changes,
         )
 
     def on_done(task: asyncio.Task[UpdateResult]) -> None:
@@ -262,12 +335,12 @@ async def run_bulk(
         if wake is not None and not wake.done():
             wake.set_result(None)
 
-    def start(index: int, item: Any) -> None:
+    def start(index: int, item: Any, was: Any = None) -> None:
         try:
             key = "customer-patch " + customer_key(item[0])
         except Exception:  # not a pair: one() reports it
             key = "customer-patch"
-        task = asyncio.create_task(one(index, item, latest.get(key)), name=key)
+        task = asyncio.create_task(one(index, item, latest.get(key), was), name=key)
         latest[key] = task
         in_flight.add(task)
         task.add_done_callback(on_done)
@@ -278,23 +351,58 @@ async def run_bulk(
     broken: Exception | None = None
     counter = itertools.count()
     exhausted = False
+
+    async def take() -> Any:
+        """The next input item, or ``_END``; an input that fails ends the run."""
+        nonlocal broken, exhausted
+        try:
+            if sync_source is not None:
+                return next(sync_source)
+            assert async_source is not None
+            return await async_source.__anext__()
+        except (StopIteration, StopAsyncIteration):
+            exhausted = True
+        except Exception as e:  # the caller's iterable failed: re-raised below
+            broken, exhausted = e, True
+        return _END
+
+    # With read: the batch taken and what was read for it.
+    batch: collections.deque[tuple[int, Any]] = collections.deque()
+    was_read: Mapping[str, Any] = {}
+
+    async def take_batch() -> None:
+        nonlocal was_read
+        while not exhausted and len(batch) < read_batch:
+            item = await take()
+            if item is not _END:
+                batch.append((next(counter), item))
+        ids = [item[0] for _, item in batch if _is_pair(item)]
+        assert read is not None
+        try:
+            was_read = await read(ids) if ids else {}
+        except Exception as e:  # a bug in the reader: still one result per record
+            was_read = {read_key(i): e for i in ids}
+
     try:
         while True:
-            while not exhausted and len(in_flight) < concurrency:
-                try:
-                    if sync_source is not None:
-                        item = next(sync_source)
-                    else:
-                        assert async_source is not None
-                        item = await async_source.__anext__()
-                except (StopIteration, StopAsyncIteration):
-                    exhausted = True
-                except Exception as e:  # the caller's iterable failed: re-raised below
-                    broken, exhausted = e, True
-                else:
-                    start(next(counter), item)
+            while len(in_flight) < concurrency:
+                if read is None:
+                    if exhausted:
+                        break
+                    item = await take()
+                    if item is not _END:
+                        start(next(counter), item)
+                    continue
+                if not batch:
+                    if exhausted:
+                        break
+                    await take_batch()
+                    if not batch:
+                        break
+                index, item = batch.popleft()
+                start(index, item, was_read.get(read_key(item[0])) if _is_pair(item) else None)
             if not finished:
-                if exhausted and not in_flight:
+                if exhausted and not in_flight and not batch:
                     break
                 wake = asyncio.get_running_loop().create_future()
                 await wake

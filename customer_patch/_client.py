@@ -11,24 +11,43 @@ import logging
 import math
 import re
 import time
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from types import MappingProxyType, TracebackType
+from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
 
 import aiohttp
 from multidict import CIMultiDict
 
 from customer_patch._adapter import Adapter
-from customer_patch._bulk import BulkReport, ProgressCallback, UpdateResult, Updates, run_bulk
+from customer_patch._bulk import (
+    BulkReport,
+    ProgressCallback,
+    UpdateResult,
+    Updates,
+    read_key,
+    run_bulk,
+)
 from customer_patch._errors import (
     CustomerPatchError,
     NotAttemptedError,
+    NotFoundError,
     ProviderError,
     RateLimitedError,
     TransportError,
+    UnknownCustomFieldError,
+    ValidationError,
 )
 from customer_patch._http import RateLimit, Request
-from customer_patch._model import UNSET, Customer, CustomerId, CustomerPatch, Unset
+from customer_patch._model import (
+    UNSET,
+    Customer,
+    CustomerId,
+    CustomerPatch,
+    CustomFieldDefinition,
+    Unset,
+    _UnsetType,
+)
 from customer_patch._pacing import Pacer
 from customer_patch._registry import AdapterRegistry, default_registry
 from customer_patch._retry import NO_RETRY, HeldPastDeadline, RetryPolicy, send_with_retries
@@ -36,6 +55,7 @@ from customer_patch._transport import AiohttpTransport, Transport
 from customer_patch._version import __version__
 
 log = logging.getLogger("customer_patch")
+T = TypeVar("T")
 
 
 _MASK = b"********"
@@ -136,7 +156,15 @@ class Client:
     ``rate_limit`` left alone paces to the adapter's declared limits; a
     :class:`RateLimit` (or several, all kept) replaces them, for raised
     limits; ``None`` turns pacing off.  Whatever the setting, a 429's
-    ``Retry-After`` pauses every request of the client.
+    ``Retry-After`` pauses every request of the client (the provider does not
+    say which of its buckets was empty).  Reads and writes are paced together:
+    a per-route limit (:attr:`RateLimit.per_route`) is kept for each route.
+
+    ``check_custom_fields`` (default on): before an update that sets custom
+    fields is sent, its names and values are checked against the provider's
+    definitions (read once per client, see :meth:`custom_field_definitions`),
+    so an unknown name costs no request.  Turn it off for a token that may
+    not read the definitions.
     """
 
     def __init__(
@@ -154,6 +182,7 @@ class Client:
         rate_limit: RateLimit | Sequence[RateLimit] | Unset | None = UNSET,
         registry: AdapterRegistry | None = None,
         transport: Transport | None = None,
+        check_custom_fields: bool = True,
     ) -> None:
         self.adapter = (
             (registry or default_registry).get(adapter) if isinstance(adapter, str) else adapter
@@ -184,6 +213,9 @@ class Client:
             limits = (rate_limit,) if isinstance(rate_limit, RateLimit) else tuple(rate_limit)
             self._pacer = Pacer(limits)
         self._closed = False
+        self.check_custom_fields = check_custom_fields
+        self._definitions: list[CustomFieldDefinition] | None = None
+        self._definitions_lock = asyncio.Lock()
         self._attempt_bound = math.inf if transport else timeout
         self._transport: Transport = transport or AiohttpTransport(
             provider=self.adapter.provider,
@@ -227,18 +259,23 @@ class Client:
         """Validate and build the request for one update, without sending it.
 
         Raises :class:`~customer_patch.UnsupportedFieldError` or
-        :class:`~customer_patch.ValidationError`; useful for dry runs.
+        :class:`~customer_patch.ValidationError`; useful for dry runs.  (Custom
+        fields are checked against the provider's definitions when sent.)
         """
         self._check_open()
         # Validation runs first, in frames that hold no credential: an error
         # tracker recording a ValidationError's locals finds no token.
         path, body = self.adapter.prepare_update(customer_id, patch)
+        return self._request(self.adapter.method, path, self.adapter.update_route, body)
+
+    def _request(self, method: str, path: str, route: str, body: bytes = b"") -> Request:
         return Request(
-            method=self.adapter.method,
+            method=method,
             url=self.base_url + path,
             headers=self._credentials.headers,
             body=body,
             secret_headers=self._credentials.secret_names,
+            route=route,
         )
 
     async def update(self, customer_id: CustomerId, patch: CustomerPatch) -> Customer:
@@ -254,6 +291,145 @@ class Client:
         assert customer is not None
         return customer
 
+    # -- reading ------------------------------------------------------------------------
+
+    async def get(self, customer_id: CustomerId) -> Customer:
+        """The customer as the provider has it now.
+
+        Raises :class:`~customer_patch.UnsupportedOperationError` (before any
+        request) if the provider documents no way to read one, and the same
+        typed errors as :meth:`update` (a missing customer is
+        :class:`~customer_patch.NotFoundError`).
+        """
+        self._check_open()
+        customer, error, _ = await self._get(customer_id)
+        if error is not None:
+            raise error
+        assert customer is not None
+        return customer
+
+    async def iter_customers(self, **filters: Any) -> AsyncGenerator[Customer, None]:
+        """Every customer the provider lists for ``filters``, page by page, lazily.
+
+        ``filters`` are the provider's documented list filters
+        (:attr:`Adapter.list_filters`; a list value for those that take many);
+        one it does not document is refused with
+        :class:`~customer_patch.ValidationError`, and a provider with no
+        documented list raises :class:`~customer_patch.UnsupportedOperationError`,
+        both before any request.  One page is in memory at a time.  A customer
+        may appear twice, or be missed, if customers are added or removed
+        while the pages are read (the list is paged by offset).
+        """
+        self._check_open()
+        filters = {**self.adapter.list_defaults, **filters}
+        self.adapter.prepare_list(filters, offset=0)  # refuse bad filters before any request
+        offset = 0
+        while True:
+            customers, count = await self._page(filters, offset=offset)
+            for customer in customers:
+                yield customer
+            offset += len(customers)
+            if not customers or offset >= count:
+                return
+
+    async def custom_field_definitions(
+        self, *, refresh: bool = False
+    ) -> list[CustomFieldDefinition]:
+        """Every custom field the provider defines for customers, from every page.
+
+        Read once per client and kept (updates check custom fields against
+        them); ``refresh=True`` reads them again.  Raises
+        :class:`~customer_patch.UnsupportedOperationError` if the provider
+        documents no way to read them.
+        """
+        self._check_open()
+        async with self._definitions_lock:
+            if self._definitions is None or refresh:
+                definitions: list[CustomFieldDefinition] = []
+                while True:
+                    path, route = self.adapter.prepare_definitions(offset=len(definitions))
+                    request = self._request("GET", path, route)
+                    value, error, _ = await self._call(
+                        request, self.adapter.parse_definitions, label="custom fields"
+                    )
+                    if error is not None:
+                        raise error
+                    assert value is not None
+                    page, count = value
+                    definitions += page
+                    if not page or len(definitions) >= count:
+                        break
+                self._definitions = definitions
+            return list(self._definitions)
+
+    async def _page(
+        self, filters: Mapping[str, Any], *, offset: int, limit: int | None = None
+    ) -> tuple[list[Customer], int]:
+        path, route = self.adapter.prepare_list(filters, offset=offset, limit=limit)
+        value, error, _ = await self._call(
+            self._request("GET", path, route), self.adapter.parse_page, label="customer list"
+        )
+        if error is not None:
+            raise error
+        assert value is not None
+        return value
+
+    async def _get(
+        self, customer_id: CustomerId
+    ) -> tuple[Customer | None, CustomerPatchError | None, int]:
+        try:
+            path, route = self.adapter.prepare_get(customer_id)
+        except CustomerPatchError as e:
+            return None, e, 0
+        return await self._call(
+            self._request("GET", path, route),
+            functools.partial(self.adapter.parse_response, customer_id=customer_id),
+            label=f"{self.provider} customer {customer_id!r:.80}",
+        )
+
+    async def _read_current(self, ids: Sequence[Any]) -> dict[Any, Customer | Exception]:
+        """The customers of ``ids`` as they are now, by :func:`read_key`; for a
+        customer that cannot be read, why.  With the provider's many-ids filter,
+        one request per page of ids; otherwise one request each."""
+        current: dict[Any, Customer | Exception] = {}
+        readable: dict[Any, Any] = {}
+        for customer_id in ids:
+            key = read_key(customer_id)
+            if key is None or key in current or key in readable:
+                continue
+            try:
+                self.adapter.prepare_get(customer_id)  # the id's own problems, per record
+            except CustomerPatchError as e:
+                current[key] = e
+            else:
+                readable[key] = customer_id
+        many = self.adapter.ids_filter
+        if many is None or self.adapter.list_path() is None:
+            results = await asyncio.gather(*(self._get(c) for c in readable.values()))
+            for key, (customer, error, _) in zip(readable, results, strict=True):
+                current[key] = customer if error is None else error  # type: ignore[assignment]
+            return current
+        wanted = list(readable.values())
+        for start in range(0, len(wanted), self.adapter.page_size):
+            part = wanted[start : start + self.adapter.page_size]
+            try:
+                customers, _ = await self._page({many: part}, offset=0, limit=len(part))
+            except CustomerPatchError as e:
+                current.update((read_key(c), e) for c in part)
+                continue
+            found = {read_key(c.id): c for c in customers}
+            for customer_id in part:
+                key = read_key(customer_id)
+                current[key] = found.get(key) or NotFoundError(
+                    f"customer {customer_id!r} is not in the list of customers",
+                    provider=self.provider,
+                    status=404,
+                    sent=False,
+                )
+        return current
+
+    # -- bulk ---------------------------------------------------------------------------
+
     def iter_updates(
         self,
         updates: Updates,
@@ -263,6 +439,7 @@ class Client:
         total: int | None = None,
         max_failures: int | None = None,
         max_consecutive_failures: int | None = None,
+        skip_unchanged: bool = False,
     ) -> AsyncGenerator[UpdateResult, None]:
         """Apply many updates concurrently; yield each :class:`UpdateResult` as it finishes.
 
@@ -273,6 +450,17 @@ class Client:
         one waits for the earlier one, retries included), so the provider ends
         with the last value given for each field.
 
+        ``skip_unchanged=True`` reads each customer first and sends only
+        :meth:`CustomerPatch.changes_from` what was read; a record with nothing
+        to change is ``ok`` with ``changed=False`` and nothing is sent for it.
+        Reads take as few requests as the provider allows: a page of up to
+        :attr:`Adapter.page_size` customers per request where it can filter its
+        list by many ids, else one request per record; the input is then taken
+        a page at a time (memory: ``concurrency`` records plus one page).  A
+        customer that does not exist is a :class:`~customer_patch.NotFoundError`.
+        A later record of a customer is compared with what the earlier one
+        left (as the provider answered it), not with the first read.
+
         Every record yields exactly one result.  A failure does not stop the
         others, except a 401/403, or ``max_failures`` failed records in all, or
         ``max_consecutive_failures`` in a row with the same error class and
@@ -282,6 +470,7 @@ class Client:
         cancels the requests in flight; their outcome is unknown.
         """
         self._check_open()
+        many = self.adapter.ids_filter is not None and self.adapter.list_path() is not None
         return run_bulk(
             self._update,
             updates,
@@ -290,6 +479,8 @@ class Client:
             total=total,
             max_failures=max_failures,
             max_consecutive_failures=max_consecutive_failures,
+            read=self._read_current if skip_unchanged else None,
+            read_batch=self.adapter.page_size if many else concurrency,
         )
 
     async def update_many(
@@ -301,6 +492,7 @@ class Client:
         total: int | None = None,
         max_failures: int | None = None,
         max_consecutive_failures: int | None = None,
+        skip_unchanged: bool = False,
     ) -> BulkReport:
         """Like :meth:`iter_updates`, collecting every result into a :class:`BulkReport`.
 
@@ -316,6 +508,7 @@ class Client:
             total=total,
             max_failures=max_failures,
             max_consecutive_failures=max_consecutive_failures,
+            skip_unchanged=skip_unchanged,
         )
         async with contextlib.aclosing(results):
             async for result in results:
@@ -323,6 +516,8 @@ class Client:
         succeeded.sort(key=lambda r: r.index)
         failed.sort(key=lambda r: r.index)
         return BulkReport(succeeded=succeeded, failed=failed)
+
+    # -- one request, with retries -----------------------------------------------------
 
     async def _update(
         self, customer_id: CustomerId, patch: CustomerPatch
@@ -337,15 +532,54 @@ class Client:
             request = self.prepare(customer_id, patch)
         except CustomerPatchError as e:
             return None, e, 0
-        return await send_with_retries(
-            functools.partial(self._send, request, customer_id),
-            self.retry,
-            on_rate_limited=self._pacer.on_rate_limited,
+        if self.check_custom_fields and patch.custom_fields:
+            refused = await self._check_custom_fields(patch)
+            if refused is not None:
+                return None, refused, 0
+        return await self._call(
+            request,
+            functools.partial(self.adapter.parse_response, customer_id=customer_id),
             label=f"{self.provider} customer {customer_id!r:.80}",
         )
 
-    async def _send(self, request: Request, customer_id: CustomerId, deadline: float) -> Customer:
-        if not await self._pacer.acquire(deadline):
+    async def _check_custom_fields(self, patch: CustomerPatch) -> CustomerPatchError | None:
+        """Why the patch's custom fields would be refused, by the provider's
+        definitions (read once per client), or ``None``."""
+        if self.adapter.custom_fields_path() is None:
+            return None
+        try:
+            definitions = await self.custom_field_definitions()
+        except CustomerPatchError as e:
+            return e
+        assert not isinstance(patch.custom_fields, _UnsetType)
+        unknown, problems = self.adapter.check_custom_fields(patch.custom_fields, definitions)
+        if unknown:
+            listed = ", ".join(map(repr, unknown))
+            return UnknownCustomFieldError(
+                f"no active customer custom field is named {listed}; nothing was sent",
+                names=unknown,
+                provider=self.provider,
+                status=422,
+                sent=False,
+            )
+        if problems:
+            return ValidationError(problems, provider=self.provider)
+        return None
+
+    async def _call(
+        self, request: Request, parse: Callable[..., T], *, label: str
+    ) -> tuple[T | None, CustomerPatchError | None, int]:
+        """Send ``request`` with retries and pacing; ``parse(response, request=...)``
+        reads the answer.  Never raises a :class:`CustomerPatchError`."""
+        return await send_with_retries(
+            functools.partial(self._send, request, parse),
+            self.retry,
+            on_rate_limited=self._pacer.on_rate_limited,
+            label=label,
+        )
+
+    async def _send(self, request: Request, parse: Callable[..., T], deadline: float) -> T:
+        if not await self._pacer.acquire(deadline, route=request.route):
             # Held by the provider's rate limit (a shared pause, a full bucket)
             # past this update's time budget: end it now, nothing sent.
             raise HeldPastDeadline(
@@ -354,12 +588,11 @@ class Client:
                     "update's time budget (RetryPolicy.timeout); nothing was sent",
                     provider=self.provider,
                     status=429,
+                    sent=False,
                 )
             )
         started = time.perf_counter()
         try:
-            # The budget bounds the attempt too: a body that drips forever must
-            # not hold the update for the transport's whole timeout.
             budget = deadline - time.monotonic()
             # The library's own transport ends every attempt within `timeout`
             # itself: a timer of ours is needed only when the budget ends sooner
@@ -383,10 +616,8 @@ class Client:
                 (time.perf_counter() - started) * 1000,
             )
         try:
-            customer = self.adapter.parse_response(
-                response, request=request, customer_id=customer_id
-            )
+            value = parse(response, request=request)
         except CustomerPatchError as e:
             raise self._credentials.redact(e) from e.__cause__
         self._pacer.on_success()
-        return customer
+        return value

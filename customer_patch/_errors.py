@@ -66,6 +66,15 @@ class UnsupportedFieldError(CustomerPatchError, ValueError):
         super().__init__(f"{provider} cannot patch: {', '.join(self.fields)}")
 
 
+class UnsupportedOperationError(CustomerPatchError):
+    """The provider documents no way to do this (``operation``); nothing was sent."""
+
+    def __init__(self, operation: str, *, provider: str) -> None:
+        self.operation = operation
+        self.provider = provider
+        super().__init__(f"{provider} documents no way to {operation}")
+
+
 class UnknownAdapterError(CustomerPatchError, LookupError):
     """No adapter is registered under that name."""
 
@@ -116,16 +125,21 @@ class ProviderError(CustomerPatchError):
         field_errors: Mapping[str, Sequence[str]] | None = None,
         body: bytes = b"",
         headers: Mapping[str, str] | None = None,
+        sent: bool = True,
     ) -> None:
         self.message = message
         self.provider = provider
         self.status = status
+        self.sent = sent
+        """``False`` when found before anything was sent, from what the provider
+        showed (its custom fields, a list that lacks the customer): ``status``
+        is then the one the provider answers such a request with."""
         self.field_errors = {k: tuple(v) for k, v in (field_errors or {}).items()}
         self.body = body
         # A copy that stays case-insensitive, as HTTP header names are.
         self.headers: Mapping[str, str] = CIMultiDict(headers or {})
         details = "; ".join(f"{k}: {' '.join(v)}" for k, v in self.field_errors.items())
-        text = f"{provider} answered {status}: {message}"
+        text = f"{provider} answered {status}: {message}" if sent else f"{provider}: {message}"
         super().__init__(f"{text} ({details})" if details else text)
 
 

@@ -35,6 +35,10 @@ class Request:
     """The JSON body, as bytes."""
     secret_headers: frozenset[str] = field(default=frozenset(), repr=False)
     """Names (lower case) of the headers whose values are credentials."""
+    route: str = ""
+    """Which of the provider's routes this is, method included (``"GET
+    /customers/{id}"``): requests of one route share its per-route rate limits.
+    ``""``: the method alone."""
 
     def redacted_headers(self) -> dict[str, str]:
         """The headers with every credential masked, for display and logs."""
@@ -87,6 +91,9 @@ class RateLimit:
     """Requests that may go at once, from a full bucket."""
     per_second: float = field(validator=_sane_rate)
     """Requests per second, sustained."""
+    per_route: bool = False
+    """``True``: each route and method (:attr:`Request.route`) has a bucket of its
+    own; ``False``: one bucket for every request of the client."""
 
 
 def status_text(status: int) -> str:

@@ -8,6 +8,7 @@ provider.
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import enum
 import uuid
@@ -177,6 +178,59 @@ class CustomerPatch:
         """True when the patch would change nothing."""
         return not self.extra and next(self.set_fields(), None) is None
 
+    def __bool__(self) -> bool:
+        """False for a patch that sets nothing (``CustomerPatch()``)."""
+        return not self.is_empty()
+
+    def changes_from(self, customer: Customer) -> CustomerPatch:
+        """This patch with only what differs from ``customer``; falsy when nothing does.
+
+        Equality, field by field (a field the read did not return is kept, never
+        guessed equal; see :attr:`Customer.read_fields`):
+
+        * text as sent: no trimming, no case folding; ``None`` (clear) equals a
+          field the provider shows as ``null`` only (not ``""``);
+        * ``tax_ids`` as an unordered collection of ``(tax, value)``; any
+          difference keeps the whole list (providers replace it whole);
+        * ``external_ids`` member by member;
+        * addresses whole, with the provider's defaults filled (``""`` for a
+          missing state, second line or country);
+        * ``custom_fields`` entry by entry, by name or by id, against the values
+          read; ``None`` equals a field with no value; a name two fields share,
+          or an id the read did not show, is kept.  Values are equal when they
+          are the same JSON value (``True`` is not ``1``; ``1`` is ``1.0``);
+        * ``extra`` keys against the provider's own JSON (:attr:`Customer.raw`).
+        """
+        known = customer.read_fields
+        changes: dict[str, Any] = {}
+        external: dict[str, Any] = {}
+        for path, value in self.set_fields():
+            if path.startswith("external_ids."):
+                member = path.removeprefix("external_ids.")
+                current = getattr(customer.external_ids, member, None)
+                if not _same(value, current) or (known is not None and path not in known):
+                    external[member] = value
+                continue
+            if known is not None and path not in known:
+                changes[path] = value
+            elif path == "custom_fields":
+                differing = _custom_field_changes(value, customer)
+                if differing:
+                    changes[path] = differing
+            elif path == "tax_ids":
+                if not _same_tax_ids(value, customer.tax_ids):
+                    changes[path] = value
+            elif not _same(value, getattr(customer, path)):
+                changes[path] = value
+        if external:
+            changes["external_ids"] = ExternalIds(**external)
+        extra = {
+            k: v
+            for k, v in self.extra.items()
+            if not (isinstance(k, str) and k in customer.raw and _same(v, customer.raw[k]))
+        }
+        return CustomerPatch(**changes, extra=extra)
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CustomerPatch:
         """Build a patch from its JSON-ready neutral form.
@@ -193,6 +247,48 @@ class CustomerPatch:
         from customer_patch._convert import unstructure_patch
 
         return unstructure_patch(self)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """The same JSON value: ``True`` is not ``1``, ``1`` is ``1.0``, lists in order."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return a == b
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return type(a) is type(b) and a == b
+
+
+def _same_tax_ids(sent: Any, current: tuple[TaxId, ...] | None) -> bool:
+    if sent is None or current is None:
+        return sent is None and current is None
+    pairs = collections.Counter((t.tax, t.value) for t in sent)
+    return pairs == collections.Counter((t.tax, t.value) for t in current)
+
+
+def _custom_field_changes(
+    sent: Mapping[CustomFieldKey, Any], customer: Customer
+) -> dict[Any, Any]:
+    values = customer.custom_fields
+    if values is None:
+        return dict(sent)
+    names = customer.custom_field_ids or {}
+    shared = {n for n in names.values() if list(names.values()).count(n) > 1}
+    differing = {}
+    for key, value in sent.items():
+        if isinstance(key, int) and not isinstance(key, bool):
+            # Read values go by name unless the name is shared; find the id's.
+            name = names.get(key)
+            lookup: Any = key if name is None or name in shared else name
+            known = name is not None
+        else:
+            lookup, known = key, key not in shared
+        if not known or not _same(value, values.get(lookup)):
+            differing[key] = value
+    return differing
 
 
 # Looked up once: set_fields runs for every record sent.
@@ -248,3 +344,28 @@ class Customer:
     """When the customer was last changed, timezone-aware."""
     raw: Mapping[str, Any] = field(factory=dict, repr=False)
     """The provider's own JSON object for the customer, untouched."""
+    read_fields: frozenset[str] | None = field(default=None, repr=False)
+    """The neutral fields (``"name"``, ``"external_ids.crm"``) the answer included;
+    a field not in it was not read (``None``: every field was).  A provider may
+    answer a list with fewer fields than a get."""
+    custom_field_ids: Mapping[int, str] | None = field(default=None, repr=False)
+    """The id and name of every custom field the answer showed (names may repeat),
+    so a value can be found by id as well as by name."""
+
+
+@frozen(kw_only=True)
+class CustomFieldDefinition:
+    """A custom field as a provider defines it for customers."""
+
+    id: int
+    """The provider's id of the field."""
+    name: str
+    """The field's name (two fields may share one)."""
+    field_type: str
+    """What its values are, as the provider says (``"text"``, ``"boolean"``...)."""
+    is_active: bool
+    """Whether values can be written: the field is active, and active for customers."""
+    options: tuple[str, ...] | None = None
+    """The choices of a select field, else ``None``."""
+    raw: Mapping[str, Any] = field(factory=dict, repr=False)
+    """The provider's own JSON object for the field, untouched."""

@@ -166,40 +166,51 @@ class Pacer:
         # 50 ms of jitter (at least one; connection set-up alone delays the
         # first requests by milliseconds), and run 2% under the rate so the
         # provider's bucket refills over time.
-        self._buckets = [
-            _Bucket(
-                max(1, limit.burst - max(1, math.ceil(limit.per_second * self.JITTER))),
-                limit.per_second * self.HEADROOM,
-            )
-            for limit in limits
-        ]
+        self._buckets = [self._bucket(limit) for limit in limits if not limit.per_route]
+        # Per-route limits get their buckets when their route is first used.
+        self._route_limits = [limit for limit in limits if limit.per_route]
+        self._routes: dict[str, list[_Bucket]] = {}
         # With declared limits the ceiling waits for a 429; without, it starts slow.
         self._adaptive = _Adaptive(
             start_slow=not limits if start_slow is None else start_slow, now=clock()
         )
         self._paused_until = -math.inf
 
+    def _bucket(self, limit: RateLimit) -> _Bucket:
+        return _Bucket(
+            max(1, limit.burst - max(1, math.ceil(limit.per_second * self.JITTER))),
+            limit.per_second * self.HEADROOM,
+        )
+
     @property
     def rate(self) -> float | None:
         """The sustained rate the pacer allows now, or ``None`` when unpaced."""
         rates = [1.0 / b.interval for b in self._buckets]
+        rates += [limit.per_second * self.HEADROOM for limit in self._route_limits]
         if self._adaptive.bucket is not None:
             rates.append(self._adaptive.rate)
         return min(rates) if rates else None
 
-    async def acquire(self, deadline: float = math.inf) -> bool:
-        """Wait until one more request may be sent; ``False`` (at once, nothing
-        reserved) if that would be after ``deadline`` (a time of ``clock``)."""
+    async def acquire(self, deadline: float = math.inf, *, route: str = "") -> bool:
+        """Wait until one more request of ``route`` may be sent; ``False`` (at once,
+        nothing reserved) if that would be after ``deadline`` (a time of ``clock``)."""
         # Nothing paces this client (no declared limit, no 429 yet): only a
         # pause could hold it, and without one there is nothing to reserve.
         if (
             not self._buckets
+            and not self._route_limits
             and self._adaptive.bucket is None
             and self._paused_until <= self._clock() <= deadline
         ):
             return True
+        buckets = self._buckets
+        if self._route_limits:
+            route_buckets = self._routes.get(route)
+            if route_buckets is None:
+                route_buckets = self._routes[route] = [self._bucket(x) for x in self._route_limits]
+            buckets = [*buckets, *route_buckets]
         while True:
-            send_at = self._reserve(deadline)
+            send_at = self._reserve(deadline, buckets)
             if send_at is None:
                 return False
             while (delay := send_at - self._clock()) > 0:
@@ -209,14 +220,13 @@ class Pacer:
             else:
                 return True
 
-    def _reserve(self, deadline: float) -> float | None:
+    def _reserve(self, deadline: float, buckets: list[_Bucket]) -> float | None:
         now = self._clock()
         # Slots are spaced from the end of any pause, so the requests it held
         # leave one by one rather than all at once into the provider's bucket.
         send_at = max(now, self._paused_until)
-        for bucket in self._buckets:
+        for bucket in buckets:
             send_at = max(send_at, bucket.earliest(send_at))
-        buckets = self._buckets
         adaptive = self._adaptive
         if adaptive.bucket is not None:
             ceiling = adaptive.bucket.earliest(send_at)

@@ -23,6 +23,7 @@ from customer_patch import (
 from customer_patch.sandbox import Faults, fake_for
 
 FAULTS = {"500": 0.05, "503": 0.05, "429": 0.05, "drop": 0.02, "truncate": 0.01}
+TIERS = ("Bronze", "Silver", "Gold")  # the options of the fake's Tier field
 POLICY = RetryPolicy(attempts=10, wait_initial=0.01, wait_max=0.2, timeout=120)
 
 
@@ -34,7 +35,7 @@ async def soak(records: int, *, concurrency: int = 32, seed: int = 7) -> dict[st
     unknown_field = set(ids[:50])
 
     def patch_for(cid: int) -> CustomerPatch:
-        fields: dict[Any, Any] = {"Tier": f"T{cid % 3}"}
+        fields: dict[Any, Any] = {"Tier": TIERS[cid % 3]}
         if cid in unknown_field:
             fields["Nope"] = 1
         return CustomerPatch(name=f"N{cid}", custom_fields=fields)
@@ -66,7 +67,7 @@ async def soak(records: int, *, concurrency: int = 32, seed: int = 7) -> dict[st
         else:
             stored = fake.customers[cid]
             tier = next(e for e in stored["custom_fields"] if e["field"]["name"] == "Tier")
-            if stored["name"] != f"N{cid}" or tier["value"]["value"] != f"T{cid % 3}":
+            if stored["name"] != f"N{cid}" or tier["value"]["value"] != TIERS[cid % 3]:
                 problems.append(f"{cid}: reported succeeded but the store has {stored['name']!r}")
     return {
         "records": len(updates),

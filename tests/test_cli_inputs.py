@@ -528,7 +528,7 @@ def test_a_custom_field_both_by_column_and_in_json_is_an_invalid_line(tmp_path):
     )
     with threaded_fake("dualentry", customers=2, **FAST) as (fake, base, _):
         result = run([*apply_fast(path, base)])
-        bodies = [r.body for r in fake.requests]
+        bodies = [r.body for r in fake.requests if r.method == "PATCH"]
     assert result.exit_code == 2, result.output
     assert (
         "line 2: custom_fields is given both as JSON and by column custom_fields.Tier"

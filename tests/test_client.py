@@ -57,15 +57,33 @@ async def test_qwoty_quick_start():
     assert request.headers["User-Agent"].startswith("customer-patch/")
 
 
+DEFINITIONS = {
+    "items": [
+        {"id": 41, "name": "Partner", "field_type": "boolean", "is_active": True},
+        {"id": 42, "name": "Partner Name", "field_type": "text", "is_active": True},
+    ],
+    "count": 2,
+}
+
+
 async def test_dualentry_quick_start():
     body = json.dumps({"id": DEID, "name": "Acme", "phone": None}).encode()
-    transport = MockTransport(lambda request: Response(status=200, body=body))
+
+    def answer(request):
+        if request.method == "GET":  # the custom field definitions, read once first
+            return Response(status=200, body=json.dumps(DEFINITIONS).encode())
+        return Response(status=200, body=body)
+
+    transport = MockTransport(answer)
     async with mock_client(transport, token="k", base_url="http://127.0.0.1:8080") as de:
         customer = await de.update(
             DEID, CustomerPatch(phone=None, custom_fields={"Partner": True, 42: "Acme"})
         )
     assert customer.id == DEID
-    [request] = transport.requests
+    definitions, request = transport.requests
+    assert definitions.url == (
+        "http://127.0.0.1:8080/public/v2/custom-fields/?record_type=customer&limit=100&offset=0"
+    )
     assert (request.method, request.url) == (
         "PATCH",
         f"http://127.0.0.1:8080/public/v2/customers/{DEID}/",

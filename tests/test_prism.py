@@ -98,7 +98,11 @@ def prism(tmp_path_factory):
 
 @pytest.mark.parametrize("case", PATCHES)
 async def test_prism_accepts_every_patch_and_its_answer_is_read(prism, case):
-    async with Client("dualentry", token="prism-key", base_url=prism, retry=None) as client:
+    # Prism answers the definitions with made-up names: the pre-flight check
+    # of custom fields is the sandbox's to prove; here the PATCH contract is.
+    async with Client(
+        "dualentry", token="prism-key", base_url=prism, retry=None, check_custom_fields=False
+    ) as client:
         try:
             customer = await client.update(DEID, PATCHES[case])
         except ProviderError as e:

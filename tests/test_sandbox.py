@@ -65,7 +65,7 @@ async def test_dualentry_seed_examples_end_to_end(sandbox, patch, literal):
     sb = await sandbox("dualentry", **FAST)
     sb.fake.add(id=1234, name="Acme")
     customer = await sb.client.update(1234, patch)
-    [request] = sb.fake.requests
+    [request] = [r for r in sb.fake.requests if r.method == "PATCH"]
     assert request.path == "/public/v2/customers/1234/"
     assert request.body == json.loads(literal)
     for path, value in patch.set_fields():

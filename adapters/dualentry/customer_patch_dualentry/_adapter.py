@@ -8,12 +8,24 @@ mixed freely in one list.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 from collections.abc import Mapping, Sequence
+from decimal import Decimal, InvalidOperation
 from typing import Any, ClassVar, Literal
 
-from customer_patch import Adapter, Address, Customer, RateLimit, Tooling, WireField, wire
+from customer_patch import (
+    Adapter,
+    Address,
+    Customer,
+    CustomFieldDefinition,
+    ListFilter,
+    RateLimit,
+    Tooling,
+    WireField,
+    wire,
+)
 from customer_patch.wire import address, parse_datetime, text, type_name
 
 # As DualEntry's OpenAPI document writes it: ECMA-262, so "\s" is JavaScript's.
@@ -91,6 +103,12 @@ def _custom_fields_from(items: Any) -> dict[str | int, Any] | None:
     }
 
 
+def _custom_field_ids(items: Any) -> dict[int, str] | None:
+    if items is None:
+        return None
+    return {item["field"]["id"]: item["field"].get("name") for item in items}
+
+
 def _actor_time(data: Mapping[str, Any], key: str) -> Any:
     actor = data.get(key)
     return actor.get("timestamp") if isinstance(actor, dict) else None
@@ -136,7 +154,10 @@ class DualEntryAdapter(Adapter):
         }
     )
     # Per API key: this route and method, then all endpoints.
-    rate_limits = (RateLimit(burst=10, per_second=1.0), RateLimit(burst=50, per_second=5.0))
+    rate_limits = (
+        RateLimit(burst=10, per_second=1.0, per_route=True),
+        RateLimit(burst=50, per_second=5.0),
+    )
     customer_id_type = int
     tooling = Tooling(
         token_env="DUALENTRY_API_KEY",  # noqa: S106 - a variable's name, not a secret
@@ -188,6 +209,93 @@ class DualEntryAdapter(Adapter):
             if any(re.search(rf"(?<!\w){re.escape(name)}(?!\w)", m) for m in messages)
         ]
 
+    # -- reading ------------------------------------------------------------------
+
+    list_filters: ClassVar[Mapping[str, ListFilter]] = {
+        # The spec's CustomerListFilterSchema, by its query parameter names.
+        "id": ListFilter(wire="id", item=int, many=True),
+        "company_id": ListFilter(wire="company_id", item=int, many=True),
+        "customer_type": ListFilter(wire="customer_type", many=True),
+        "record_status": ListFilter(
+            wire="record_status", many=True, choices=frozenset({"draft", "posted", "archived"})
+        ),
+        "approval_status": ListFilter(wire="approval_status", many=True),
+        "unique_id": ListFilter(wire="unique_id"),  # exact, case-insensitive
+        "search": ListFilter(wire="search"),
+        **{
+            name: ListFilter(wire=name)  # "contains", case-insensitive
+            for name in ("name", "email", "website", "address", "country", "state", "phone")
+        },
+        "ordering": ListFilter(wire="ordering"),
+    }
+    # The default ordering (-updated_at) moves a customer to the front when it
+    # is updated: paging by offset while a run writes would skip customers.
+    list_defaults: ClassVar[Mapping[str, Any]] = {"ordering": "id"}
+    ids_filter = "id"
+
+    def list_path(self) -> str:
+        return f"/public/{self.api_version}/customers/"
+
+    def custom_fields_path(self) -> str:
+        return f"/public/{self.api_version}/custom-fields/?record_type=customer"
+
+    def definition_from(self, data: Any) -> CustomFieldDefinition:
+        if not isinstance(data, dict):
+            raise TypeError(f"a custom field should be an object, got {type_name(data)}")
+        for_customers = [
+            a
+            for a in data.get("applies_to") or ()
+            if isinstance(a, dict) and a.get("type") == "customer"
+        ]
+        options = data.get("options")
+        return CustomFieldDefinition(
+            id=data["id"],
+            name=data["name"],
+            field_type=data["field_type"],
+            # Listed for customers (record_type=customer) and active there too.
+            is_active=data.get("is_active") is not False
+            and all(a.get("is_active", True) is not False for a in for_customers),
+            options=tuple(options) if isinstance(options, list) else None,
+            raw=data,
+        )
+
+    def check_custom_field_value(self, definition: CustomFieldDefinition, value: Any) -> list[str]:
+        # The docs do not say how each type's value is written: what is checked
+        # is what any reading of them implies (see docs/plan.md).
+        kind, options = definition.field_type, definition.options
+        if kind == "boolean":
+            return [] if isinstance(value, bool) else [f"must be true or false for a {kind} field"]
+        if kind in ("number", "currency"):
+            if isinstance(value, bool) or not isinstance(value, int | float | str):
+                return [f"must be a number for a {kind} field"]
+            try:
+                number = Decimal(str(value).strip())
+            except InvalidOperation:
+                return [f"must be a number for a {kind} field, got {value!r}"]
+            return [] if number.is_finite() else [f"must be a finite number, got {value!r}"]
+        if kind == "date":
+            try:
+                dt.date.fromisoformat(value if isinstance(value, str) else "")
+            except ValueError:
+                return [f"must be a date written YYYY-MM-DD, got {value!r}"]
+            return []
+        if kind == "single_select":
+            if not isinstance(value, str):
+                return [f"must be one of the field's options, not {type_name(value)}"]
+            if options is not None and value not in options:
+                return [f"must be one of {', '.join(map(repr, options))}; got {value!r}"]
+            return []
+        if kind == "multi_select":
+            if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+                return ["must be a list of the field's options"]
+            wrong = [v for v in value if options is not None and v not in options]
+            if wrong:
+                return [f"has values that are not options: {', '.join(map(repr, wrong))}"]
+            return []
+        if kind in ("text", "paragraph", "link") and not isinstance(value, str):
+            return [f"must be text for a {kind} field, not {type_name(value)}"]
+        return []
+
     def customer_from(self, data: Any) -> Customer:
         if not isinstance(data, dict):
             raise TypeError(f"the customer should be an object, got {type_name(data)}")
@@ -195,6 +303,7 @@ class DualEntryAdapter(Adapter):
             id=data["id"],
             provider=self.provider,
             **self.fields_from(data),
+            custom_field_ids=_custom_field_ids(data.get("custom_fields")),
             created_at=parse_datetime(_actor_time(data, "created_by")),
             updated_at=parse_datetime(_actor_time(data, "updated_by")),
             raw=data,
