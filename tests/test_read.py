@@ -1,0 +1,595 @@
+"""Reading before writing (issue 12): get, list, definitions, changes_from, skip_unchanged.
+
+The client's logic runs against a MockTransport here; the sandbox's read
+routes are proven against the spec in test_sandbox_reads.py, and whole runs
+against the sandbox in test_read_runs.py.
+"""
+
+import asyncio
+import json
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from customer_patch import (
+    Address,
+    Client,
+    Customer,
+    CustomerPatch,
+    ExternalIds,
+    NotFoundError,
+    PermissionDeniedError,
+    RateLimit,
+    Response,
+    ResponseFormatError,
+    TaxId,
+    UnknownCustomFieldError,
+    UnsupportedOperationError,
+    ValidationError,
+    get_adapter,
+)
+from customer_patch._pacing import Pacer
+from customer_patch.testing import MockTransport
+
+HANG_GUARD = 10
+
+
+def row(cid, **fields):
+    """A DualEntry customer as a list shows it (no address, no country)."""
+    return {
+        "id": cid,
+        "name": f"C{cid}",
+        "unique_id": None,
+        "email": "",
+        "website": "",
+        "phone": "",
+        "customer_type": "business",
+        "is_active": True,
+        "full_address": None,
+        "shipping_address": None,
+        "custom_fields": [],
+        **fields,
+    }
+
+
+class Store:
+    """A DualEntry stand-in at the transport seam: enough to test the client's logic."""
+
+    def __init__(self, count=0, definitions=()):
+        self.customers = {cid: row(cid) for cid in range(1, count + 1)}
+        self.definitions = list(definitions)
+        self.transport = MockTransport(self.answer)
+
+    @property
+    def requests(self):
+        return self.transport.requests
+
+    def sent(self, method):
+        return [r for r in self.requests if r.method == method]
+
+    def answer(self, request):
+        parts = urlsplit(request.url)
+        query = parse_qs(parts.query)
+        segments = parts.path.strip("/").split("/")
+        if request.method == "GET" and segments[-1] == "custom-fields":
+            return self.page(self.definitions, query)
+        if request.method == "GET" and segments[-1] == "customers":
+            items = [self.customers[k] for k in sorted(self.customers)]
+            if "id" in query:
+                wanted = {int(i) for i in query["id"]}
+                items = [c for c in items if c["id"] in wanted]
+            return self.page(items, query)
+        customer = self.customers.get(int(segments[-1]))
+        if customer is None:
+            return Response(status=404, body=b'{"success": false, "errors": {"__all__": ["x"]}}')
+        if request.method == "PATCH":
+            customer.update(
+                (k, v) for k, v in request.json().items() if k in ("name", "email", "phone")
+            )
+        return Response(status=200, body=json.dumps(customer).encode())
+
+    @staticmethod
+    def page(items, query):
+        limit, offset = int(query["limit"][0]), int(query["offset"][0])
+        body = {"items": items[offset : offset + limit], "count": len(items)}
+        return Response(status=200, body=json.dumps(body).encode())
+
+
+def client(store, provider="dualentry", **kwargs):
+    kwargs.setdefault("rate_limit", None)
+    return Client(provider, token="k", transport=store.transport, **kwargs)
+
+
+# -- builders and parsers -------------------------------------------------------------------
+
+
+def test_list_filters_are_checked_and_sent_as_the_spec_writes_them():
+    adapter = get_adapter("dualentry")
+    path, route = adapter.prepare_list(
+        {"id": [3, 1], "unique_id": "CRM-42", "record_status": ["posted"]}, offset=200
+    )
+    assert path == (
+        "/public/v2/customers/?id=3&id=1&unique_id=CRM-42&record_status=posted"
+        "&limit=100&offset=200"
+    )
+    assert route == "GET /public/v2/customers/"
+    with pytest.raises(ValidationError) as info:
+        adapter.prepare_list(
+            {"id": ["3"], "colour": "red", "record_status": ["gone"], "name": 5}, offset=0
+        )
+    assert {p.field for p in info.value.problems} == {"id", "colour", "record_status", "name"}
+
+
+def test_text_filters_are_percent_encoded():
+    adapter = get_adapter("dualentry")
+    path, _ = adapter.prepare_list({"search": "a&b=c d/é"}, offset=0)
+    assert path.startswith("/public/v2/customers/?search=a%26b%3Dc%20d%2F%C3%A9&")
+
+
+async def test_a_provider_without_a_documented_list_refuses_before_any_request():
+    store = Store()
+    async with client(store, "qwoty") as qwoty:
+        with pytest.raises(UnsupportedOperationError) as info:
+            async for _ in qwoty.iter_customers():
+                pass
+        with pytest.raises(UnsupportedOperationError):
+            await qwoty.custom_field_definitions()
+    assert (info.value.provider, info.value.operation) == ("qwoty", "list customers")
+    assert store.requests == []
+
+
+async def test_an_undocumented_filter_is_refused_not_dropped():
+    store = Store(3)
+    async with client(store) as de:
+        with pytest.raises(ValidationError, match="colour"):
+            async for _ in de.iter_customers(colour="red"):
+                pass
+    assert store.requests == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"items": {}, "count": 1}', b'{"items": [], "count": "1"}', b"[]", b'{"count": 0}'],
+)
+async def test_a_page_of_the_wrong_shape_is_a_format_error(body):
+    transport = MockTransport(lambda r: Response(status=200, body=body))
+    async with Client("dualentry", token="k", transport=transport, rate_limit=None) as de:
+        with pytest.raises(ResponseFormatError):
+            async for _ in de.iter_customers():
+                pass
+
+
+def test_a_list_item_says_which_fields_it_did_not_have():
+    adapter = get_adapter("dualentry")
+    customer = adapter.customer_from(row(7, full_address=None))
+    assert "billing_address" in customer.read_fields
+    assert "address" not in customer.read_fields  # lists do not show it
+    assert "country" not in customer.read_fields
+
+
+# -- get and iter_customers ----------------------------------------------------------------
+
+
+async def test_get_reads_one_customer_and_a_missing_one_is_not_found():
+    store = Store(2)
+    async with client(store) as de:
+        customer = await de.get(2)
+        with pytest.raises(NotFoundError):
+            await de.get(9)
+        with pytest.raises(ValidationError):
+            await de.get("two")
+    assert (customer.id, customer.name) == (2, "C2")
+    assert [(r.method, urlsplit(r.url).path) for r in store.requests] == [
+        ("GET", "/public/v2/customers/2/"),
+        ("GET", "/public/v2/customers/9/"),
+    ]
+
+
+async def test_customers_are_read_page_by_page_lazily_in_a_stable_order():
+    store = Store(250)
+    async with client(store) as de:
+        customers = de.iter_customers()
+        first = [await anext(customers) for _ in range(100)]
+        assert len(store.requests) == 1  # the second page is not read before it is needed
+        rest = [c async for c in customers]
+    assert [c.id for c in first + rest] == list(range(1, 251))
+    assert len(store.requests) == 3
+    queries = [parse_qs(urlsplit(r.url).query) for r in store.requests]
+    assert [q["offset"] for q in queries] == [["0"], ["100"], ["200"]]
+    assert all(q["ordering"] == ["id"] for q in queries)  # not -updated_at, which moves
+
+
+async def test_definitions_are_read_from_every_page_once_per_client():
+    definitions = [
+        {"id": i, "name": f"F{i}", "field_type": "text", "is_active": True} for i in range(150)
+    ]
+    store = Store(definitions=definitions)
+    async with client(store) as de:
+        first = await de.custom_field_definitions()
+        again = await de.custom_field_definitions()
+        refreshed = await de.custom_field_definitions(refresh=True)
+    assert len(first) == 150
+    assert first == again == refreshed
+    assert len(store.requests) == 4  # two pages, twice
+
+
+# -- custom fields checked before sending -------------------------------------------------
+
+
+def definition(fid, name, field_type="text", *, options=None, active=True, for_customers=True):
+    return {
+        "id": fid,
+        "name": name,
+        "field_type": field_type,
+        "is_active": active,
+        "options": options,
+        "applies_to": [{"type": "customer", "is_active": for_customers, "is_required": False}],
+    }
+
+
+DEFINITIONS = [
+    definition(1, "Partner", "boolean"),
+    definition(2, "Tier", "single_select", options=["Bronze", "Gold"]),
+    definition(3, "Tags", "multi_select", options=["a", "b"]),
+    definition(4, "Limit", "currency"),
+    definition(5, "Since", "date"),
+    definition(6, "Region"),
+    definition(7, "Region"),
+    definition(8, "Old", active=False),
+    definition(9, "Elsewhere", for_customers=False),
+    definition(10, "Count", "number"),
+]
+
+
+@pytest.mark.parametrize("name", ["Nope", "Old", "Elsewhere"])
+async def test_an_unknown_or_inactive_name_costs_no_update(name):
+    store = Store(1, DEFINITIONS)
+    async with client(store) as de:
+        with pytest.raises(UnknownCustomFieldError) as info:
+            await de.update(1, CustomerPatch(custom_fields={name: "x", "Partner": True}))
+    assert info.value.names == (name,)
+    assert info.value.sent is False
+    assert info.value.status == 422
+    assert "answered" not in str(info.value)
+    assert store.sent("PATCH") == []
+
+
+async def test_a_shared_name_is_refused_naming_the_ids_to_use():
+    store = Store(1, DEFINITIONS)
+    async with client(store) as de:
+        with pytest.raises(ValidationError, match="use an id: 6 and 7"):
+            await de.update(1, CustomerPatch(custom_fields={"Region": "EMEA"}))
+        await de.update(1, CustomerPatch(custom_fields={6: "EMEA"}))
+    assert len(store.sent("PATCH")) == 1
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "ok"),
+    [
+        ("Partner", True, True),
+        ("Partner", "yes", False),
+        ("Partner", 1, False),
+        ("Tier", "Gold", True),
+        ("Tier", "Platinum", False),
+        ("Tags", ["a", "b"], True),
+        ("Tags", ["a", "c"], False),
+        ("Tags", "a", False),
+        ("Limit", 12.5, True),
+        ("Limit", "12.50", True),
+        ("Limit", "twelve", False),
+        ("Limit", "NaN", False),
+        ("Count", True, False),
+        ("Since", "2026-11-22", True),
+        ("Since", "22/11/2026", False),
+        (6, 5, False),
+        (6, "EMEA", True),
+        ("Tier", None, True),  # None clears, whatever the type
+        (8, "x", False),  # an inactive field's id
+        (99, "x", False),
+    ],
+)
+async def test_values_are_checked_against_the_field_type(key, value, ok):
+    store = Store(1, DEFINITIONS)
+    async with client(store) as de:
+        if ok:
+            await de.update(1, CustomerPatch(custom_fields={key: value}))
+        else:
+            with pytest.raises(ValidationError):
+                await de.update(1, CustomerPatch(custom_fields={key: value}))
+    assert len(store.sent("PATCH")) == (1 if ok else 0)
+
+
+async def test_the_check_can_be_turned_off():
+    store = Store(1, DEFINITIONS)
+    async with client(store, check_custom_fields=False) as de:
+        await de.update(1, CustomerPatch(custom_fields={"Nope": 1}))
+    assert [r.method for r in store.requests] == ["PATCH"]
+
+
+async def test_definitions_that_cannot_be_read_fail_the_update_that_needs_them():
+    def answer(request):
+        if request.method == "GET":
+            return Response(status=403, body=b'{"success": false, "errors": {"__all__": ["no"]}}')
+        return Response(status=200, body=json.dumps(row(2)).encode())
+
+    transport = MockTransport(answer)
+    updates = [(1, CustomerPatch(custom_fields={"A1": 1})), (2, CustomerPatch(name="B"))]
+    async with Client("dualentry", token="k", transport=transport, rate_limit=None) as de:
+        first, second = sorted(
+            [r async for r in de.iter_updates(updates, concurrency=1)], key=lambda r: r.index
+        )
+    assert isinstance(first.error, PermissionDeniedError)
+    assert second.ok  # a token that may not read definitions may still patch
+    assert [r.method for r in transport.requests] == ["GET", "PATCH"]
+
+
+# -- changes_from ------------------------------------------------------------------------
+
+
+def customer(**fields):
+    return Customer(id=1, provider="test", **fields)
+
+
+def test_changes_from_keeps_only_what_differs():
+    before = customer(name="Acme", email="a@b.example", phone=None, website="")
+    patch = CustomerPatch(name="Acme", email="A@b.example", phone=None, website=None)
+    changes = patch.changes_from(before)
+    # Text as sent (no case folding); None equals null only, not "".
+    assert changes == CustomerPatch(email="A@b.example", website=None)
+    assert not CustomerPatch(name="Acme").changes_from(before)
+    assert not CustomerPatch()
+
+
+def test_changes_from_never_guesses_a_field_that_was_not_read():
+    before = customer(name="Acme", address=None, read_fields=frozenset({"name"}))
+    changes = CustomerPatch(name="Acme", address=None).changes_from(before)
+    assert changes == CustomerPatch(address=None)
+
+
+def test_tax_ids_compare_unordered_and_travel_whole():
+    before = customer(tax_ids=(TaxId("VAT", "1"), TaxId("EIN", "2")))
+    same = CustomerPatch(tax_ids=[TaxId("EIN", "2"), TaxId("VAT", "1")])
+    assert not same.changes_from(before)
+    one_more = CustomerPatch(tax_ids=[TaxId("EIN", "2"), TaxId("VAT", "1"), TaxId("VAT", "3")])
+    assert one_more.changes_from(before) == one_more
+    assert CustomerPatch(tax_ids=[]).changes_from(before) == CustomerPatch(tax_ids=[])
+
+
+def test_external_ids_compare_member_by_member():
+    before = customer(external_ids=ExternalIds(crm="C1", erp=None, accounting="A1"))
+    patch = CustomerPatch(external_ids=ExternalIds(crm="C1", erp=None, accounting="A2"))
+    assert patch.changes_from(before) == CustomerPatch(external_ids=ExternalIds(accounting="A2"))
+
+
+def test_addresses_compare_whole_with_the_defaults_filled():
+    before = customer(billing_address=Address(street="1 Rd", city="X", postal_code="1"))
+    same = CustomerPatch(billing_address=Address(street="1 Rd", city="X", postal_code="1"))
+    assert not same.changes_from(before)
+    other = CustomerPatch(
+        billing_address=Address(street="1 Rd", city="X", postal_code="1", state="Y")
+    )
+    assert other.changes_from(before) == other
+
+
+def test_custom_fields_compare_entry_by_entry_by_name_or_by_id():
+    before = customer(
+        custom_fields={"Partner": True, "Count": 1, 6: "EMEA", 7: None, "Tier": None},
+        custom_field_ids={1: "Partner", 10: "Count", 6: "Region", 7: "Region", 2: "Tier"},
+    )
+    patch = CustomerPatch(
+        custom_fields={
+            "Partner": True,  # same
+            1: True,  # same, by id
+            "Count": True,  # True is not 1
+            6: "EMEA",  # same, by id where the name is shared
+            7: None,  # None equals no value
+            "Tier": None,  # same
+            "Region": "x",  # a shared name: cannot tell, kept
+            99: "x",  # an id the read did not show: kept
+            "New": None,  # a field with no value, never seen: None equals absent
+        }
+    )
+    assert patch.changes_from(before) == CustomerPatch(
+        custom_fields={"Count": True, "Region": "x", 99: "x"}
+    )
+
+
+def test_extra_keys_compare_against_the_providers_own_json():
+    before = customer(raw={"is_taxable": False, "memo": "x"})
+    patch = CustomerPatch(extra={"memo": "x", "is_taxable": True, "other": 1})
+    assert patch.changes_from(before) == CustomerPatch(extra={"is_taxable": True, "other": 1})
+
+
+# -- skip_unchanged runs -------------------------------------------------------------------
+
+
+async def test_skip_unchanged_reads_a_page_per_request_and_sends_only_what_differs():
+    store = Store(250)
+    updates = [
+        (cid, CustomerPatch(name=f"C{cid}" if cid % 20 else "New")) for cid in range(1, 251)
+    ]
+    async with client(store) as de:
+        results = [r async for r in de.iter_updates(updates, concurrency=8, skip_unchanged=True)]
+    assert sorted(r.index for r in results) == list(range(250))
+    changed = [r for r in results if r.changed]
+    assert sorted(r.customer_id for r in changed) == list(range(20, 251, 20))
+    assert all(r.ok for r in results)
+    reads = store.sent("GET")
+    assert len(reads) == 3  # 100 ids a request, in input order
+    assert parse_qs(urlsplit(reads[0].url).query)["id"] == [str(i) for i in range(1, 101)]
+    assert len(store.sent("PATCH")) == 12
+    unchanged = next(r for r in results if not r.changed)
+    assert unchanged.attempts == 0
+    assert unchanged.before == unchanged.customer
+    assert next(r for r in changed).before.name != "New"
+    assert next(r for r in changed).sent == CustomerPatch(name="New")
+
+
+async def test_skip_unchanged_reports_missing_and_invalid_customers_one_result_each():
+    store = Store(3)
+    updates = [
+        (1, CustomerPatch(name="C1")),
+        (404, CustomerPatch(name="x")),
+        ("two", CustomerPatch(name="x")),
+        (True, CustomerPatch(name="x")),
+        ([1], CustomerPatch(name="x")),
+        "not a pair",
+        (2, CustomerPatch(phone="x" * 40)),
+    ]
+    async with client(store) as de:
+        results = sorted(
+            [r async for r in de.iter_updates(updates, skip_unchanged=True)], key=lambda r: r.index
+        )
+    assert len(results) == len(updates)
+    assert results[0].ok
+    assert not results[0].changed
+    assert isinstance(results[1].error, NotFoundError)
+    assert results[1].error.sent is False
+    assert all(isinstance(r.error, ValidationError) for r in results[2:])
+    assert store.sent("PATCH") == []
+
+
+async def test_a_customers_later_record_is_compared_with_what_the_earlier_one_left():
+    """A then B then A again: the third must be sent, though the read said A."""
+    store = Store(1)
+    store.customers[1]["name"] = "A"
+    updates = [
+        (1, CustomerPatch(name="A")),
+        (1, CustomerPatch(name="B")),
+        (1, CustomerPatch(name="A")),
+        (1, CustomerPatch(name="A")),
+    ]
+    async with client(store) as de:
+        results = sorted(
+            [r async for r in de.iter_updates(updates, concurrency=4, skip_unchanged=True)],
+            key=lambda r: r.index,
+        )
+    assert [r.changed for r in results] == [False, True, True, False]
+    assert store.customers[1]["name"] == "A"
+    assert [r.json() for r in store.sent("PATCH")] == [{"name": "B"}, {"name": "A"}]
+
+
+async def test_after_a_failed_record_the_next_one_of_that_customer_is_sent_whole():
+    store = Store(1)
+    store.customers[1]["name"] = "A"
+    failures = iter([True])
+
+    def answer(request):
+        if request.method == "PATCH" and next(failures, False):
+            return Response(status=400, body=b'{"success": false, "errors": {"name": ["no"]}}')
+        return store.answer(request)
+
+    store.transport = MockTransport(answer)
+    updates = [(1, CustomerPatch(name="B")), (1, CustomerPatch(name="A"))]
+    async with client(store) as de:
+        results = sorted(
+            [r async for r in de.iter_updates(updates, skip_unchanged=True)], key=lambda r: r.index
+        )
+    assert not results[0].ok
+    assert results[1].changed  # the read said "A", but after a failure nothing is known
+    assert results[1].ok
+
+
+async def test_a_read_that_fails_is_the_result_of_every_record_it_was_for():
+    def answer(request):
+        return Response(status=500, body=b"{}")
+
+    transport = MockTransport(answer)
+    updates = [(i, CustomerPatch(name="x")) for i in range(1, 6)]
+    async with Client(
+        "dualentry", token="k", transport=transport, rate_limit=None, retry=None
+    ) as de:
+        results = [r async for r in de.iter_updates(updates, skip_unchanged=True)]
+    assert len(results) == 5
+    assert all(r.error is not None and r.attempts == 0 for r in results)
+    assert [r.method for r in transport.requests] == ["GET"]
+
+
+async def test_qwoty_reads_one_customer_a_request():
+    body = {
+        "success": True,
+        "data": {"id": None, "name": "Same", "type": "company", "tax_ids": []},
+    }
+    ids = [
+        "7c9e6679-7425-40de-944b-e07fc1f90ae7",
+        "16fd2706-8baf-433b-82eb-8c7fada847da",
+    ]
+
+    def answer(request):
+        cid = urlsplit(request.url).path.rsplit("/", 1)[1]
+        return Response(
+            status=200, body=json.dumps({**body, "data": {**body["data"], "id": cid}}).encode()
+        )
+
+    transport = MockTransport(answer)
+    async with Client("qwoty", token="k", transport=transport, rate_limit=None) as qwoty:
+        results = [
+            r
+            async for r in qwoty.iter_updates(
+                [(i, CustomerPatch(name="Same")) for i in ids], skip_unchanged=True
+            )
+        ]
+    assert [r.changed for r in results] == [False, False]
+    assert [r.method for r in transport.requests] == ["GET", "GET"]
+
+
+# -- pacing by route, on a fake clock -----------------------------------------------------
+
+
+class FakeTime:
+    def __init__(self):
+        self.now = 0.0
+
+    def clock(self):
+        return self.now
+
+    async def sleep(self, seconds):
+        self.now += seconds
+
+
+async def test_each_route_has_its_own_bucket_and_all_share_the_client_bucket():
+    time = FakeTime()
+    pacer = Pacer(
+        [RateLimit(burst=10, per_second=1, per_route=True), RateLimit(burst=50, per_second=5)],
+        clock=time.clock,
+        sleep=time.sleep,
+    )
+    # The per-route burst keeps tokens in hand for jitter: 9 go at once on each route.
+    for _ in range(9):
+        await pacer.acquire(route="PATCH /customers/{id}")
+    assert time.now == 0
+    for _ in range(9):
+        await pacer.acquire(route="GET /customers/")
+    assert time.now == 0  # the write route's empty bucket does not hold reads
+    await pacer.acquire(route="PATCH /customers/{id}")
+    assert time.now > 0.9  # but its own next request waits about a second
+
+
+async def test_the_shared_bucket_holds_every_route():
+    time = FakeTime()
+    pacer = Pacer(
+        [RateLimit(burst=10, per_second=1, per_route=True), RateLimit(burst=4, per_second=2)],
+        clock=time.clock,
+        sleep=time.sleep,
+    )
+    for route in ("a", "b", "c"):
+        await pacer.acquire(route=route)
+    assert time.now == 0
+    await pacer.acquire(route="d")  # the shared bucket (3 in hand) is empty: wait
+    assert time.now > 0
+
+
+async def test_reads_and_writes_overlap_on_a_real_loop():
+    """A changes-only run at DualEntry's declared limits, scaled up: its reads
+    do not wait behind its writes (a hang guard only, no timing asserted)."""
+    store = Store(300)
+    limits = [
+        RateLimit(burst=10, per_second=200, per_route=True),
+        RateLimit(burst=50, per_second=1000),
+    ]
+    updates = [(cid, CustomerPatch(name="New")) for cid in range(1, 301)]
+    async with client(store, rate_limit=limits) as de:
+        results = await asyncio.wait_for(
+            de.update_many(updates, concurrency=8, skip_unchanged=True), HANG_GUARD
+        )
+    assert len(results.succeeded) == 300
