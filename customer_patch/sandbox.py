@@ -140,6 +140,10 @@ class FakeProvider:
     """The provider's documented limits, enforced per key unless ``limits=`` says otherwise."""
     demo_file: ClassVar[str | None] = None
     """``"package:relative/path"`` of the example updates the demo applies."""
+    base_path: ClassVar[str] = ""
+    """The path of the provider's API root (what its documented base URL has
+    after the host, e.g. ``"/api"``): :attr:`base_url` ends with it, and the
+    subclass's routes live under it."""
 
     def __init__(
         self,
@@ -188,8 +192,11 @@ class FakeProvider:
         """A 429 if any bucket is empty, else ``None`` (a token is taken from each).
 
         Limit ``i`` of :attr:`limits` is kept per ``scopes[i]`` (the last scope
-        serves the limits beyond): e.g. ``(f"{key} PATCH customers", key)``
-        for a per-route bucket followed by a per-key one.
+        serves the limits beyond): e.g. ``(f"{key} PATCH /customers/{{id}}/", key)``
+        for a per-route bucket followed by a per-key one, so that each route
+        drains its own bucket and all of them the key's.  Every bucket is
+        asked, as django-ninja's and DRF's throttles are: a request refused
+        by one bucket still takes a token from each bucket that had one.
         """
         waits = []
         for i, limit in enumerate(self.limits):
@@ -248,7 +255,8 @@ class FakeProvider:
         return app
 
     async def start(self, *, host: str = "127.0.0.1", port: int = 0) -> str:
-        """Serve on ``host`` (loopback by default) and return the base URL."""
+        """Serve on ``host`` (loopback by default) and return the base URL
+        (the API root: ``http://host:port`` plus :attr:`base_path`)."""
         # A short shutdown: a fake told to hang must not hold up its own stop.
         self._runner = web.AppRunner(
             self.app(), access_log=None, handle_signals=False, shutdown_timeout=0.5
@@ -257,7 +265,7 @@ class FakeProvider:
         site = web.TCPSite(self._runner, host, port, backlog=512)
         await site.start()
         bound = self._runner.addresses[0]
-        self.base_url = f"http://{host}:{bound[1]}"
+        self.base_url = f"http://{host}:{bound[1]}{self.base_path}"
         return self.base_url
 
     async def stop(self) -> None:

@@ -1,10 +1,24 @@
-"""A fake Qwoty for tests and the sandbox: PATCH and GET of customers.
+"""A fake Qwoty for tests and the sandbox: PATCH and GET of one customer.
 
-Follows the documented behaviour: Bearer tokens, UUID ids, the
-``{"success": ..., "data"|"error": ...}`` envelope, ``null`` unsetting
-``segment_id``/``logo``/``id_*``, and ``tax_ids`` replacing all entries.
-Where Qwoty documents nothing (validation statuses, limits) the fake answers
-422 with the envelope and enforces no limit unless given ``limits=``.
+Served under ``/api`` (``base_url`` is ``http://127.0.0.1:<port>/api``, as
+Qwoty's is ``https://qwoty.app/api``):
+
+* ``PATCH /api/customers/{id}``: the documented behaviour: ``null``
+  unsetting ``segment_id``/``logo``/``id_*``, ``tax_ids`` replacing all
+  entries, and the answer the documented example shows (without
+  ``workspace_id``, ``tax_ids``, ``contact_ids``, ``address_ids``).
+* ``GET /api/customers/{id}`` ("Get Customer"): ``{"success": true, "data":
+  {customer}}``, the customer whole, with ``workspace_id``, ``tax_ids``,
+  ``contact_ids`` and ``address_ids``.
+
+No list: Qwoty documents none, so ``GET /api/customers`` is a 404 here.
+Both routes share the auth (``Authorization: Bearer``, 401 otherwise) and
+the rate limiting (one workspace-wide bucket per limit).  Ids are UUID
+strings; an id the store does not hold, UUID or not, is a 404 ``Customer not
+found``.  Errors use Qwoty's envelope, ``{"success": false, "error": "..."}``.
+Where Qwoty documents nothing (validation statuses, 404 bodies, limits) the
+fake answers 422 for an invalid field value, 400 for a body that is not JSON,
+and enforces no limit unless given ``limits=``.
 """
 
 from __future__ import annotations
@@ -34,11 +48,12 @@ def _now() -> str:
 class QwotyFake(FakeProvider):
     provider = "qwoty"
     demo_file: ClassVar[str | None] = "customer_patch_qwoty:demo/updates.jsonl"
+    base_path: ClassVar[str] = "/api"
 
     def routes(self) -> list[web.RouteDef]:
         return [
-            web.patch("/customers/{id}", self.patch),
-            web.get("/customers/{id}", self.get),
+            web.patch(f"{self.base_path}/customers/{{id}}", self.patch),
+            web.get(f"{self.base_path}/customers/{{id}}", self.get),
         ]
 
     def error_body(self, status: int, message: str, field: str | None = None) -> dict[str, Any]:
@@ -82,6 +97,7 @@ class QwotyFake(FakeProvider):
         return customer, None
 
     async def get(self, request: web.Request) -> web.Response:
+        """The customer whole, as "Get Customer" documents it."""
         customer, error = self._find(request)
         return error or web.json_response({"success": True, "data": customer})
 
