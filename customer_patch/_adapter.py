@@ -226,6 +226,9 @@ class Adapter(ABC):
     list_defaults: ClassVar[Mapping[str, Any]] = {}
     """Filters every list is read with unless the caller gives them: an ordering
     that does not move while records are updated, so paging misses nothing."""
+    match_keys: ClassVar[frozenset[str]] = frozenset()
+    """List filters that match one key exactly (no "contains"): a bulk run may
+    name its customers by one of them instead of the provider's id."""
     ids_filter: ClassVar[str | None] = None
     """The list filter that takes many customer ids at once, if there is one:
     a bulk run reads a page of customers with one request instead of one each."""

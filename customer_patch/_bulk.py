@@ -26,6 +26,7 @@ from collections.abc import (
 )
 from typing import Any, TypeAlias
 
+import attrs
 from attrs import field, frozen
 
 from customer_patch._errors import (
@@ -36,7 +37,7 @@ from customer_patch._errors import (
     TooManyFailuresError,
     ValidationError,
 )
-from customer_patch._model import Customer, CustomerId, CustomerPatch
+from customer_patch._model import Customer, CustomerId, CustomerPatch, ExternalIds
 
 Update: TypeAlias = tuple[CustomerId, CustomerPatch]
 Updates: TypeAlias = Iterable[Update] | AsyncIterable[Update]
@@ -157,6 +158,29 @@ def _is_pair(item: Any) -> bool:
     return isinstance(item, tuple | list) and len(item) == 2
 
 
+def _applied(customer: Customer, patch: CustomerPatch) -> Customer:
+    """``customer`` as it should read once ``patch`` has been applied."""
+    changes: dict[str, Any] = {}
+    for path, value in patch.set_fields():
+        if path.startswith("external_ids."):
+            member = {path.removeprefix("external_ids."): value}
+            current = changes.get("external_ids", customer.external_ids) or ExternalIds()
+            changes["external_ids"] = attrs.evolve(current, **member)
+        elif path == "custom_fields":
+            values = dict(customer.custom_fields or {})
+            names = customer.custom_field_ids or {}
+            for key, v in value.items():
+                name = names.get(key) if isinstance(key, int) else None
+                values[name if name in values else key] = v
+            changes[path] = values
+        elif path == "tax_ids":
+            changes[path] = None if value is None else tuple(value)
+        else:
+            changes[path] = value
+    raw = {**customer.raw, **patch.extra}
+    return attrs.evolve(customer, **changes, raw=raw)
+
+
 def _left_by(previous: asyncio.Task[UpdateResult]) -> Customer | None:
     """The customer as an earlier record of it left it, if known."""
     if previous.cancelled() or previous.exception() is not None:
@@ -233,6 +257,9 @@ async def run_bulk(
     max_consecutive_failures: int | None = None,
     read: _Read | None = None,
     read_batch: int = 100,
+    compare: bool = True,
+    resolve: bool = False,
+    plan: bool = False,
 ) -> AsyncGenerator[UpdateResult, None]:
     """Yield one result per input item as each finishes; see ``Client.iter_updates``.
 
@@ -244,8 +271,11 @@ async def run_bulk(
     for it, so one customer's updates land in input order, retries included.
 
     With ``read``, the input is taken ``read_batch`` items at a time, and
-    ``read`` is given their customer ids (in input order) before any of them
-    starts; each record then sends only what differs from what was read.
+    ``read`` is given their customer ids (or keys) in input order before any
+    of them starts.  Then ``compare``: each record sends only what differs
+    from what was read; ``resolve``: the record goes to the id of the
+    customer read (the input named it by another key); ``plan``: ``send``
+    only checks, and the result's customer is the one predicted.
     """
     if concurrency < 1:
         raise ValueError(f"concurrency must be at least 1, got {concurrency}")
@@ -280,19 +310,19 @@ async def run_bulk(
                 patch=patch,
                 error=NotAttemptedError(stop.cause),
             )
-        before: Customer | None = None
-        changes = patch
+        target, before, changes = customer_id, None, patch
         if read is not None:
-            if previous is not None:
-                # What the earlier record of this customer left, not the first
-                # read; after a failure nothing is known: send the whole patch.
-                was = _left_by(previous)
-            if isinstance(was, Exception):
+            if isinstance(was, Exception):  # could not be read (or matched): not sent
                 return UpdateResult(
                     index=index, customer_id=customer_id, patch=patch, error=was, changed=False
                 )
-            before = was
-            if before is not None:
+            if resolve:
+                assert isinstance(was, Customer)
+                target = was.id  # the key matched this customer
+            # What an earlier record of this customer left, not the first read;
+            # after a failure nothing is known (None): the whole patch is sent.
+            before = _left_by(previous) if previous is not None else was
+            if compare and before is not None:
                 try:
                     changes = patch.changes_from(before)
                 except Exception:  # an invalid patch: sending it reports why
@@ -307,9 +337,11 @@ async def run_bulk(
                         before=before,
                     )
         try:
-            customer, error, attempts = await send(customer_id, changes)
+            customer, error, attempts = await send(target, changes)
         except Exception as e:  # a bug, e.g. in a third-party adapter: still one result
             customer, error, attempts = None, e, 1
+        if plan and error is None and before is not None:
+            customer = _applied(before, changes)  # what the provider should show after
         return UpdateResult(
             index=index,
             customer_id=customer_id,

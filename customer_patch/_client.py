@@ -11,7 +11,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from types import MappingProxyType, TracebackType
 from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
@@ -32,10 +32,13 @@ from customer_patch._errors import (
     CustomerPatchError,
     NotAttemptedError,
     NotFoundError,
+    Problem,
     ProviderError,
     RateLimitedError,
+    ResponseFormatError,
     TransportError,
     UnknownCustomFieldError,
+    UnsupportedOperationError,
     ValidationError,
 )
 from customer_patch._http import RateLimit, Request
@@ -440,6 +443,7 @@ class Client:
         max_failures: int | None = None,
         max_consecutive_failures: int | None = None,
         skip_unchanged: bool = False,
+        match_on: str | None = None,
     ) -> AsyncGenerator[UpdateResult, None]:
         """Apply many updates concurrently; yield each :class:`UpdateResult` as it finishes.
 
@@ -461,6 +465,14 @@ class Client:
         A later record of a customer is compared with what the earlier one
         left (as the provider answered it), not with the first read.
 
+        ``match_on`` (one of :attr:`Adapter.match_keys`, e.g. ``"unique_id"``)
+        says the input's ids are that key, not the provider's ids: each is
+        looked up with the list's filter (one request a record, ``concurrency``
+        at a time), and a key that matches no customer
+        (:class:`~customer_patch.NotFoundError`) or more than one
+        (:class:`~customer_patch.ValidationError`) is that record's error,
+        never a guess.  What the lookup read serves ``skip_unchanged`` too.
+
         Every record yields exactly one result.  A failure does not stop the
         others, except a 401/403, or ``max_failures`` failed records in all, or
         ``max_consecutive_failures`` in a row with the same error class and
@@ -469,18 +481,88 @@ class Client:
         sent.  Leaving the loop early (``break``, an exception, cancellation)
         cancels the requests in flight; their outcome is unknown.
         """
-        self._check_open()
-        many = self.adapter.ids_filter is not None and self.adapter.list_path() is not None
-        return run_bulk(
+        return self._run(
+            updates,
             self._update,
+            concurrency=concurrency,
+            progress=progress,
+            total=total,
+            max_failures=max_failures,
+            max_consecutive_failures=max_consecutive_failures,
+            skip_unchanged=skip_unchanged,
+            match_on=match_on,
+        )
+
+    def iter_plan(
+        self,
+        updates: Updates,
+        *,
+        concurrency: int = 8,
+        progress: ProgressCallback | None = None,
+        total: int | None = None,
+        match_on: str | None = None,
+    ) -> AsyncGenerator[UpdateResult, None]:
+        """What :meth:`iter_updates` with ``skip_unchanged=True`` would do, writing nothing.
+
+        Each customer is read as it would be; each result has ``before`` (as
+        read), ``sent`` (what would be sent; nothing when ``changed`` is
+        false) and ``customer`` (what the provider should show after).  An
+        invalid record, or custom fields the provider would refuse, is an
+        error, as it would be then.
+        """
+        return self._run(
+            updates,
+            self._check,
+            concurrency=concurrency,
+            progress=progress,
+            total=total,
+            skip_unchanged=True,
+            match_on=match_on,
+            plan=True,
+        )
+
+    def _run(
+        self,
+        updates: Updates,
+        send: Callable[[Any, CustomerPatch], Awaitable[Any]],
+        *,
+        concurrency: int,
+        progress: ProgressCallback | None,
+        total: int | None,
+        max_failures: int | None = None,
+        max_consecutive_failures: int | None = None,
+        skip_unchanged: bool,
+        match_on: str | None,
+        plan: bool = False,
+    ) -> AsyncGenerator[UpdateResult, None]:
+        self._check_open()
+        adapter = self.adapter
+        if match_on is not None and match_on not in adapter.match_keys:
+            keys = ", ".join(sorted(adapter.match_keys)) or "none"
+            raise UnsupportedOperationError(
+                f"find customers by {match_on!r} (it can by: {keys})", provider=self.provider
+            )
+        read: Callable[[list[Any]], Awaitable[Mapping[Any, Any]]] | None = None
+        batch = concurrency
+        if match_on is not None:
+            read = functools.partial(self._match, match_on)
+        elif skip_unchanged:
+            read = self._read_current
+            if adapter.ids_filter is not None and adapter.list_path() is not None:
+                batch = adapter.page_size
+        return run_bulk(
+            send,
             updates,
             concurrency=concurrency,
             progress=progress,
             total=total,
             max_failures=max_failures,
             max_consecutive_failures=max_consecutive_failures,
-            read=self._read_current if skip_unchanged else None,
-            read_batch=self.adapter.page_size if many else concurrency,
+            read=read,
+            read_batch=batch,
+            compare=skip_unchanged,
+            resolve=match_on is not None,
+            plan=plan,
         )
 
     async def update_many(
@@ -493,6 +575,7 @@ class Client:
         max_failures: int | None = None,
         max_consecutive_failures: int | None = None,
         skip_unchanged: bool = False,
+        match_on: str | None = None,
     ) -> BulkReport:
         """Like :meth:`iter_updates`, collecting every result into a :class:`BulkReport`.
 
@@ -509,6 +592,7 @@ class Client:
             max_failures=max_failures,
             max_consecutive_failures=max_consecutive_failures,
             skip_unchanged=skip_unchanged,
+            match_on=match_on,
         )
         async with contextlib.aclosing(results):
             async for result in results:
@@ -541,6 +625,60 @@ class Client:
             functools.partial(self.adapter.parse_response, customer_id=customer_id),
             label=f"{self.provider} customer {customer_id!r:.80}",
         )
+
+    async def _check(
+        self, customer_id: CustomerId, patch: CustomerPatch
+    ) -> tuple[None, CustomerPatchError | None, int]:
+        """What :meth:`_update` would refuse before sending, as ``(None, error, 0)``."""
+        try:
+            self.prepare(customer_id, patch)
+        except CustomerPatchError as e:
+            return None, e, 0
+        if self.check_custom_fields and patch.custom_fields:
+            return None, await self._check_custom_fields(patch), 0
+        return None, None, 0
+
+    async def _match(self, field: str, keys: Sequence[Any]) -> dict[Any, Customer | Exception]:
+        """The one customer each key names, by :func:`read_key`; else why not."""
+
+        async def one(key: Any) -> Customer | Exception:
+            if not isinstance(key, str) or not key:
+                return ValidationError(
+                    [Problem(field, f"must be a non-empty string to match on, not {key!r}")],
+                    provider=self.provider,
+                )
+            filters = {**self.adapter.list_defaults, field: key}
+            try:
+                customers, count = await self._page(filters, offset=0, limit=2)
+            except CustomerPatchError as e:
+                return e
+            if not customers:
+                return NotFoundError(
+                    f"no customer has {field} {key!r}",
+                    provider=self.provider,
+                    status=404,
+                    sent=False,
+                )
+            if len(customers) > 1 or count > 1:
+                ids = ", ".join(repr(c.id) for c in customers)
+                return ValidationError(
+                    [Problem(field, f"{key!r} matches {count} customers ({ids}...): not a guess")],
+                    provider=self.provider,
+                )
+            [found] = customers
+            value = getattr(found, field, None)
+            if not (isinstance(value, str) and value.casefold() == key.casefold()):
+                return ResponseFormatError(
+                    f"asked for {field} {key!r}, the list answered customer {found.id!r} "
+                    f"whose {field} is {value!r}",
+                    provider=self.provider,
+                    status=200,
+                )
+            return found
+
+        wanted = {read_key(k): k for k in keys if read_key(k) is not None}
+        found = await asyncio.gather(*(one(k) for k in wanted.values()))
+        return dict(zip(wanted, found, strict=True))
 
     async def _check_custom_fields(self, patch: CustomerPatch) -> CustomerPatchError | None:
         """Why the patch's custom fields would be refused, by the provider's

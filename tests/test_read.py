@@ -78,6 +78,9 @@ class Store:
             if "id" in query:
                 wanted = {int(i) for i in query["id"]}
                 items = [c for c in items if c["id"] in wanted]
+            if "unique_id" in query:
+                key = query["unique_id"][0].casefold()
+                items = [c for c in items if (c["unique_id"] or "").casefold() == key]
             return self.page(items, query)
         customer = self.customers.get(int(segments[-1]))
         if customer is None:
@@ -593,3 +596,91 @@ async def test_reads_and_writes_overlap_on_a_real_loop():
             de.update_many(updates, concurrency=8, skip_unchanged=True), HANG_GUARD
         )
     assert len(results.succeeded) == 300
+
+
+# -- match_on and plans -----------------------------------------------------------------
+
+
+async def test_match_on_resolves_each_key_to_exactly_one_customer():
+    store = Store(4)
+    store.customers[1]["unique_id"] = "CRM-1"
+    store.customers[2]["unique_id"] = "crm-2"
+    store.customers[3]["unique_id"] = "DUP"
+    store.customers[4]["unique_id"] = "dup"  # iexact: both match "dup"
+    updates = [
+        ("crm-1", CustomerPatch(name="One")),  # case-insensitive, as the filter is
+        ("CRM-2", CustomerPatch(name="C2")),  # already so
+        ("nobody", CustomerPatch(name="x")),
+        ("DUP", CustomerPatch(name="x")),
+        ("", CustomerPatch(name="x")),
+        (7, CustomerPatch(name="x")),
+    ]
+    async with client(store) as de:
+        results = sorted(
+            [r async for r in de.iter_updates(updates, match_on="unique_id", skip_unchanged=True)],
+            key=lambda r: r.index,
+        )
+    assert [r.ok for r in results] == [True, True, False, False, False, False]
+    assert results[0].customer.id == 1
+    assert results[0].customer_id == "crm-1"
+    assert not results[1].changed
+    assert isinstance(results[2].error, NotFoundError)
+    assert isinstance(results[3].error, ValidationError)
+    assert "matches 2 customers" in str(results[3].error)
+    assert all(isinstance(r.error, ValidationError) for r in results[4:])
+    assert [urlsplit(r.url).path for r in store.sent("PATCH")] == ["/public/v2/customers/1/"]
+    assert (store.customers[3]["name"], store.customers[4]["name"]) == ("C3", "C4")
+
+
+async def test_match_on_refuses_an_answer_about_another_customer():
+    store = Store(2)
+    store.customers[2]["unique_id"] = "OTHER"
+
+    def answer(request):  # a list that ignores its filter
+        if request.method == "GET":
+            body = {"items": [store.customers[2]], "count": 1}
+            return Response(status=200, body=json.dumps(body).encode())
+        return pytest.fail("nothing may be sent")
+
+    store.transport = MockTransport(answer)
+    async with client(store) as de:
+        [result] = [
+            r
+            async for r in de.iter_updates(
+                [("CRM-1", CustomerPatch(name="x"))], match_on="unique_id"
+            )
+        ]
+    assert isinstance(result.error, ResponseFormatError)
+
+
+async def test_match_on_a_key_the_provider_cannot_filter_by_is_refused_at_once():
+    store = Store(1)
+    async with client(store) as de:
+        with pytest.raises(UnsupportedOperationError, match="email"):
+            de.iter_updates([], match_on="email")
+    async with client(store, "qwoty") as qwoty:
+        with pytest.raises(UnsupportedOperationError):
+            qwoty.iter_updates([], match_on="unique_id")
+
+
+async def test_a_plan_reads_and_predicts_but_writes_nothing():
+    store = Store(3, [definition(1, "Partner", "boolean")])
+    store.customers[1]["name"] = "A"
+    updates = [
+        (1, CustomerPatch(name="B")),
+        (1, CustomerPatch(name="A")),  # back to A: a change again after the first
+        (2, CustomerPatch(name="C2")),
+        (3, CustomerPatch(custom_fields={"Nope": 1})),
+        (9, CustomerPatch(name="x")),
+    ]
+    async with client(store) as de:
+        results = sorted(
+            [r async for r in de.iter_plan(updates, concurrency=4)], key=lambda r: r.index
+        )
+    assert store.sent("PATCH") == []
+    assert [r.changed for r in results[:3]] == [True, True, False]
+    assert (results[0].before.name, results[0].customer.name) == ("A", "B")
+    assert (results[1].before.name, results[1].customer.name) == ("B", "A")
+    assert results[1].sent == CustomerPatch(name="A")
+    assert isinstance(results[3].error, UnknownCustomFieldError)
+    assert isinstance(results[4].error, NotFoundError)

@@ -232,6 +232,7 @@ class DualEntryAdapter(Adapter):
     # is updated: paging by offset while a run writes would skip customers.
     list_defaults: ClassVar[Mapping[str, Any]] = {"ordering": "id"}
     ids_filter = "id"
+    match_keys = frozenset({"unique_id"})  # unique_id__iexact
 
     def list_path(self) -> str:
         return f"/public/{self.api_version}/customers/"
