@@ -181,6 +181,29 @@ def _applied(customer: Customer, patch: CustomerPatch) -> Customer:
     return attrs.evolve(customer, **changes, raw=raw)
 
 
+def _unread(patch: CustomerPatch, customer: Customer) -> bool:
+    """Whether ``patch`` sets a field ``customer`` was read without."""
+    known = customer.read_fields
+    if known is None:
+        return False
+    return any(path not in known for path, _ in patch.set_fields())
+
+
+def _merged(customer: Customer, other: Customer) -> Customer:
+    """``customer`` with the fields only ``other`` was read with."""
+    if customer.read_fields is None or other.read_fields is None:
+        return other if other.read_fields is None else customer
+    extra = other.read_fields - customer.read_fields
+    top = {p: getattr(other, p) for p in extra if not p.startswith("external_ids.")}
+    members = {p.removeprefix("external_ids."): p for p in extra if p.startswith("external_ids.")}
+    if members:
+        current = customer.external_ids or ExternalIds()
+        top["external_ids"] = attrs.evolve(
+            current, **{m: getattr(other.external_ids, m, None) for m in members}
+        )
+    return attrs.evolve(customer, **top, read_fields=customer.read_fields | other.read_fields)
+
+
 def _left_by(previous: asyncio.Task[UpdateResult]) -> Customer | None:
     """The customer as an earlier record of it left it, if known."""
     if previous.cancelled() or previous.exception() is not None:
@@ -260,6 +283,7 @@ async def run_bulk(
     compare: bool = True,
     resolve: bool = False,
     plan: bool = False,
+    complete: Callable[[Any], Awaitable[Any]] | None = None,
 ) -> AsyncGenerator[UpdateResult, None]:
     """Yield one result per input item as each finishes; see ``Client.iter_updates``.
 
@@ -275,7 +299,9 @@ async def run_bulk(
     of them starts.  Then ``compare``: each record sends only what differs
     from what was read; ``resolve``: the record goes to the id of the
     customer read (the input named it by another key); ``plan``: ``send``
-    only checks, and the result's customer is the one predicted.
+    only checks, and the result's customer is the one predicted;
+    ``complete``: reads one customer whole, for a record that sets fields
+    the batch read did not show.
     """
     if concurrency < 1:
         raise ValueError(f"concurrency must be at least 1, got {concurrency}")
@@ -325,6 +351,15 @@ async def run_bulk(
             if compare and before is not None:
                 try:
                     changes = patch.changes_from(before)
+                    unread = _unread(changes, before)
+                    if unread and complete is not None:
+                        # The list did not show some fields this record sets:
+                        # read the customer itself, so they are compared (and
+                        # their values known for undo) rather than sent blind.
+                        fuller = await complete(target)
+                        if isinstance(fuller, Customer):
+                            before = _merged(before, fuller)
+                            changes = patch.changes_from(before)
                 except Exception:  # an invalid patch: sending it reports why
                     changes = patch
                 if not changes:

@@ -563,7 +563,12 @@ class Client:
             compare=skip_unchanged,
             resolve=match_on is not None,
             plan=plan,
+            complete=self._get_or_error if adapter.get_path("{id}") is not None else None,
         )
+
+    async def _get_or_error(self, customer_id: CustomerId) -> Customer | CustomerPatchError:
+        customer, error, _ = await self._get(customer_id)
+        return customer if error is None else error  # type: ignore[return-value]
 
     async def update_many(
         self,

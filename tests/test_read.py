@@ -684,3 +684,29 @@ async def test_a_plan_reads_and_predicts_but_writes_nothing():
     assert results[1].sent == CustomerPatch(name="A")
     assert isinstance(results[3].error, UnknownCustomFieldError)
     assert isinstance(results[4].error, NotFoundError)
+
+
+async def test_a_field_the_list_does_not_show_is_read_from_the_customer_itself():
+    """DualEntry's list has no address or country; its get has them."""
+    store = Store(2)
+    answer_list = store.answer
+
+    def answer(request):
+        response = answer_list(request)
+        if request.method == "GET" and urlsplit(request.url).path.endswith("/customers/"):
+            return response  # list rows as they are: no address, no country
+        data = json.loads(response.body)
+        data.update(address="1 Road", country="FR")
+        return Response(status=response.status, body=json.dumps(data).encode())
+
+    store.transport = MockTransport(answer)
+    updates = [(1, CustomerPatch(address="1 Road")), (2, CustomerPatch(name="C2", country="DE"))]
+    async with client(store) as de:
+        results = sorted(
+            [r async for r in de.iter_updates(updates, skip_unchanged=True)], key=lambda r: r.index
+        )
+    assert not results[0].changed  # compared with what the get showed, not sent blind
+    assert results[1].sent == CustomerPatch(country="DE")
+    assert results[1].before.country == "FR"  # known, so an undo can restore it
+    gets = sorted(urlsplit(r.url).path for r in store.sent("GET"))
+    assert gets == ["/public/v2/customers/", "/public/v2/customers/1/", "/public/v2/customers/2/"]
