@@ -1,6 +1,10 @@
 """The read side of the fake providers, over real HTTP on 127.0.0.1.
 
-Plain aiohttp requests (no library client): Qwoty's "Get Customer".
+Plain aiohttp requests (no library client): one DualEntry customer; the
+custom field definitions, seeded per fake; the per-route and per-key rate
+limit buckets (exhausted by count, never by time); and Qwoty's "Get
+Customer".  Every DualEntry answer is checked against the document's schema
+(``tests/contract``).
 """
 
 from __future__ import annotations
@@ -11,11 +15,22 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
+import pytest
 
 from customer_patch import RateLimit
+from customer_patch_dualentry import DualEntryAdapter
+from customer_patch_dualentry._fake import (
+    CUSTOM_FIELDS,
+    FIELD_TYPES,
+    DualEntryFake,
+    applies_to_customers,
+    definition,
+)
 from customer_patch_qwoty._fake import QwotyFake
-from tests.contract import problems
+from tests.contract import SCHEMAS, SPEC, problems
 
+KEY = "sandbox-token"
+V2 = "/public/v2"
 # Tiny refills: a bucket emptied by count stays empty for the whole test.
 SLOW = 0.001
 Query = Sequence[tuple[str, str]]
@@ -58,6 +73,429 @@ async def serving(fake: Any, headers: dict[str, str] | None = None) -> AsyncIter
     async with fake.running() as base_url, aiohttp.ClientSession(headers=headers) as session:
         assert base_url.startswith("http://127.0.0.1:")
         yield Api(session, base_url)
+
+
+def dualentry(**options: Any) -> DualEntryFake:
+    options.setdefault("limits", ())
+    return DualEntryFake(**options)
+
+
+def address(state: str) -> dict[str, Any]:
+    return {
+        "street": "1 Main St",
+        "city": "Springfield",
+        "state": state,
+        "postal_code": "62701",
+        "country": "US",
+        "second_line": "",
+        "name": None,
+    }
+
+
+def seed_varied(fake: DualEntryFake) -> None:
+    """Four customers that the filters tell apart."""
+    fake.add(
+        id=1,
+        name="Acme Holdings",
+        unique_id="ACME-001",
+        email="billing@acme.example",
+        website="https://acme.example",
+        address="1 Main St, Springfield",
+        country="United States",
+        phone="+1 555 0100",
+        full_address=address("IL"),
+    )
+    fake.add(
+        id=2,
+        name="Beta GmbH",
+        unique_id="beta-002",
+        email="ap@beta.example",
+        website="https://beta.example",
+        address="Hauptstr. 5, Berlin",
+        country="Germany",
+        phone="+49 30 1234",
+        record_status="draft",
+        approval_status="pending",
+        full_address=address("Berlin"),
+    )
+    fake.add(
+        id=3,
+        name="carol smith",
+        email="carol@mail.example",
+        customer_type="individual",
+        record_status="archived",
+        approval_status="rejected",
+    )
+    fake.add(
+        id=4,
+        name="Delta ACME",
+        unique_id="ACME-001X",
+        customer_type="individual",
+        full_address=address("il"),
+    )
+
+
+def ids(page: dict[str, Any]) -> list[int]:
+    return [item["id"] for item in page["items"]]
+
+
+def spec_parameters(path: str) -> set[str]:
+    return {p["name"] for p in SPEC["paths"][path]["get"]["parameters"]}
+
+
+async def patch(api: Api, customer_id: int, body: Any, version: str = "v2") -> tuple[int, Any]:
+    status, answer, _ = await api.call(
+        "PATCH", f"/public/{version}/customers/{customer_id}/", json=body
+    )
+    return status, answer
+
+
+# -- one customer ---------------------------------------------------------------------------
+
+
+async def test_get_one_customer_and_its_errors():
+    fake = dualentry()
+    seed_varied(fake)
+    async with serving(fake, {"X-API-KEY": KEY}) as api:
+        for version in ("v1", "v2"):
+            one = await api.ok(f"/public/{version}/customers/2/", schema="CustomerSchemaOut")
+            assert (one["id"], one["unique_id"], one["record_status"]) == (2, "beta-002", "draft")
+        assert "Not found." in str(await api.bad(f"{V2}/customers/99/", status=404))
+        error = await api.bad(f"{V2}/customers/abc/", status=400)
+        assert list(error["errors"]) == ["customer_id"]
+    async with serving(fake) as anonymous:
+        await anonymous.bad(f"{V2}/customers/1/", status=401)
+        await anonymous.bad(f"{V2}/customers/", status=401)
+        await anonymous.bad(f"{V2}/custom-fields/", status=401)
+    async with serving(fake, {"X-API-KEY": "wrong"}) as wrong:
+        await wrong.bad(f"{V2}/customers/1/", status=403)
+        await wrong.bad(f"{V2}/customers/", status=403)
+
+
+# -- custom field definitions ----------------------------------------------------------------
+
+SEEDED = [
+    definition(1, "Notes", "text"),
+    definition(2, "Seats", "number"),
+    definition(3, "Budget", "currency"),
+    definition(4, "Renewal", "date"),
+    definition(5, "Partner", "boolean"),
+    definition(6, "Tier", "single_select", ["Bronze", "Silver", "Gold"]),
+    definition(7, "Tags", "multi_select", ["VIP", "Reseller"]),
+    definition(8, "Homepage", "link"),
+    definition(9, "Summary", "paragraph", description="Long free text"),
+    definition(10, "Region", "text"),
+    definition(11, "Region", "text"),  # an active pair sharing a name
+    definition(12, "Legacy", "text", is_active=False),
+    definition(13, "Old Code", "text", applies_to=[{"type": "customer", "is_active": False}]),
+    definition(14, "PO Number", "text", applies_to=["invoice", "bill"]),
+    definition(
+        15, "Tax Class", "text", applies_to=[{"type": "customer", "is_required": True}, "vendor"]
+    ),
+    definition(16, "Scoped", "text", company_id=7, company_ids=[7]),
+]
+FOR_CUSTOMERS = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 15, 16}
+# A value of each type, as a PATCH by name would write it.
+VALUES = {
+    "Notes": "hello",
+    "Seats": 12,
+    "Budget": "1500.00",
+    "Renewal": "2025-01-31",
+    "Partner": True,
+    "Tier": "Gold",
+    "Tags": ["VIP", "Reseller"],
+    "Homepage": "https://acme.example",
+    "Summary": "Line one\nLine two",
+    "Region": "EMEA",
+    "Tax Class": "B",
+    "Scoped": "x",
+}
+
+
+def test_the_seeded_definitions_cover_every_field_type_and_case():
+    assert {f["field_type"] for f in SEEDED} == set(FIELD_TYPES)
+    assert set(FIELD_TYPES) == set(SCHEMAS["FieldType"]["enum"])
+    assert {f["id"] for f in SEEDED if applies_to_customers(f)} == FOR_CUSTOMERS
+    for f in SEEDED:
+        assert problems("PublicCustomFieldSchemaOut", f) == []
+        assert problems("CustomFieldSchemaOut", f) == []
+
+
+def test_definition_refuses_what_dualentry_would_not_hold():
+    with pytest.raises(ValueError, match="field_type"):
+        definition(1, "Notes", "string")
+    for name in ("N", "N" * 33):
+        with pytest.raises(ValueError, match="2 to 32"):
+            definition(1, name, "text")
+    with pytest.raises(ValueError, match="applies_to"):
+        definition(1, "Notes", "text", applies_to=["customers"])
+    with pytest.raises(ValueError, match="unique"):
+        DualEntryFake(custom_fields=[definition(1, "Aa", "text"), definition(1, "Bb", "text")])
+
+
+async def test_the_default_definitions_are_unchanged():
+    assert DualEntryFake().custom_fields == CUSTOM_FIELDS
+    assert [f["id"] for f in CUSTOM_FIELDS] == [41, 42, 43, 44, 45]
+    async with serving(dualentry(), {"X-API-KEY": KEY}) as api:
+        page = await api.ok(f"{V2}/custom-fields/", schema="PagedPublicCustomFieldSchemaOut")
+    assert page == {"items": CUSTOM_FIELDS, "count": 5}
+
+
+FIELD_FILTERS: list[tuple[str, Query, list[int], int]] = [
+    ("none: the order given", [], list(range(1, 17)), 16),
+    (
+        "record_type customer",
+        [("record_type", "customer")],
+        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 15, 16],
+        15,
+    ),
+    ("record_type invoice", [("record_type", "invoice")], [14], 1),
+    ("record_type vendor", [("record_type", "vendor")], [15], 1),
+    ("record_type nothing has", [("record_type", "contract")], [], 0),
+    ("is_active", [("is_active", "false")], [12], 1),
+    (
+        "active for customers",
+        [("record_type", "customer"), ("is_active", "true"), ("is_active_record", "true")],
+        sorted(FOR_CUSTOMERS),
+        13,
+    ),
+    ("is_active_record", [("record_type", "customer"), ("is_active_record", "false")], [13], 1),
+    ("is_required", [("record_type", "customer"), ("is_required", "true")], [15], 1),
+    (
+        "is_required without record_type is ignored",
+        [("is_required", "true")],
+        list(range(1, 17)),
+        16,
+    ),
+    ("name icontains", [("name", "REGION")], [10, 11], 2),
+    ("name icontains part", [("name", "tag")], [7], 1),
+    ("field_type", [("field_type", "multi_select")], [7], 1),
+    ("id repeated", [("id", "5"), ("id", "14"), ("id", "99")], [5, 14], 2),
+    ("search name", [("search", "tier")], [6], 1),
+    ("search description", [("search", "FREE TEXT")], [9], 1),
+    ("company_id: org-wide and its own", [("company_id", "7")], list(range(1, 17)), 16),
+    ("company_id: another company", [("company_id", "8")], list(range(1, 16)), 15),
+    ("ordering id desc", [("ordering", "-id"), ("limit", "3")], [16, 15, 14], 16),
+    (
+        "ordering name, ties by id",
+        [("ordering", "name"), ("limit", "6")],
+        [3, 8, 12, 1, 13, 5],
+        16,
+    ),
+    (
+        "ordering -name, ties by id",
+        [("ordering", "-name"), ("limit", "6")],
+        [6, 15, 7, 9, 2, 16],
+        16,
+    ),
+    (
+        "ordering updated_at: given order reversed",
+        [("ordering", "updated_at"), ("limit", "2")],
+        [16, 15],
+        16,
+    ),
+    (
+        "ordering -updated_at: given order",
+        [("ordering", "-updated_at"), ("limit", "2")],
+        [1, 2],
+        16,
+    ),
+    ("paged", [("limit", "3"), ("offset", "14")], [15, 16], 16),
+    (
+        "paged and filtered",
+        [("record_type", "customer"), ("limit", "2"), ("offset", "9")],
+        [10, 11],
+        15,
+    ),
+    ("unknown parameters are ignored", [("record", "invoice")], list(range(1, 17)), 16),
+]
+
+
+@pytest.mark.parametrize(
+    ("query", "expected", "count"),
+    [c[1:] for c in FIELD_FILTERS],
+    ids=[c[0] for c in FIELD_FILTERS],
+)
+async def test_the_custom_field_list_filters_seeded_definitions(query, expected, count):
+    async with serving(dualentry(custom_fields=SEEDED), {"X-API-KEY": KEY}) as api:
+        page = await api.ok(f"{V2}/custom-fields/", query, "PagedPublicCustomFieldSchemaOut")
+    by_id = {f["id"]: f for f in SEEDED}
+    assert (ids(page), page["count"]) == (expected, count)
+    assert page["items"] == [by_id[i] for i in expected]
+
+
+def test_the_custom_field_cases_cover_the_spec_parameters():
+    covered = {name for _, query, _, _ in FIELD_FILTERS for name, _ in query}
+    assert spec_parameters(f"{V2}/custom-fields/") <= covered
+
+
+@pytest.mark.parametrize("field_type", FIELD_TYPES)
+async def test_each_field_type_is_listed_by_its_type(field_type):
+    async with serving(dualentry(custom_fields=SEEDED), {"X-API-KEY": KEY}) as api:
+        page = await api.ok(
+            f"{V2}/custom-fields/", [("field_type", field_type)], "PagedPublicCustomFieldSchemaOut"
+        )
+    assert page["items"]
+    assert {f["field_type"] for f in page["items"]} == {field_type}
+
+
+@pytest.mark.parametrize(
+    ("query", "parameter"),
+    [
+        ([("record_type", "customers")], "record_type"),
+        ([("field_type", "string")], "field_type"),
+        ([("is_active", "maybe")], "is_active"),
+        ([("record_type", "customer"), ("is_required", "2")], "is_required"),
+        ([("id", "x")], "id"),
+        ([("company_id", "x")], "company_id"),
+        ([("ordering", "field_type")], "ordering"),
+        ([("limit", "0")], "limit"),
+    ],
+)
+async def test_a_custom_field_filter_the_spec_refuses_is_a_400(query, parameter):
+    async with serving(dualentry(custom_fields=SEEDED), {"X-API-KEY": KEY}) as api:
+        error = await api.bad(f"{V2}/custom-fields/", query)
+    assert list(error["errors"]) == [parameter]
+
+
+async def test_seeded_definitions_shape_customers_and_what_a_patch_may_write():
+    fake = dualentry(custom_fields=SEEDED)
+    fake.add(id=1, name="Acme")
+    async with serving(fake, {"X-API-KEY": KEY}) as api:
+        one = await api.ok(f"{V2}/customers/1/", schema="CustomerSchemaOut")
+        # Entries for the fields that apply to customers, and only those.
+        assert [e["field"]["id"] for e in one["custom_fields"]] == sorted(FOR_CUSTOMERS)
+        assert all(e["value"] is None for e in one["custom_fields"])
+
+        status, answer = await patch(
+            api, 1, {"custom_fields": [{k: v} for k, v in VALUES.items()]}
+        )
+        assert (status, problems("CustomerSchemaOut", answer)) == (200, [])
+        written = {e["field"]["id"]: e["value"] for e in answer["custom_fields"]}
+        for e in answer["custom_fields"]:
+            value = e["value"]
+            assert value["value"] == VALUES[e["field"]["name"]]
+            assert value["custom_field_type"] == e["field"]["field_type"]
+        assert written[10]["value"] == written[11]["value"] == "EMEA"  # both of the shared name
+        listed = await api.ok(f"{V2}/customers/", schema="PagedCustomerListSchemaOut")
+        assert listed["items"][0]["custom_fields"] == answer["custom_fields"]
+
+        # Inactive, inactive for customers, or for other records only: unknown, 422.
+        for name in ("Legacy", "Old Code", "PO Number", "Nope"):
+            status, error = await patch(api, 1, {"custom_fields": [{name: "x"}]})
+            assert (status, problems("ErrorSchema", error)) == (422, []), name
+            assert name in error["errors"]["custom_fields"][0]
+        for field_id in (12, 13, 14):
+            body = {"custom_fields": [{"field": {"id": field_id}, "value": {"value": "x"}}]}
+            status, error = await patch(api, 1, body)
+            assert (status, problems("ErrorSchema", error)) == (422, [])
+        # By id, a field of a shared name alone.
+        body = {
+            "custom_fields": [
+                {"field": {"id": 11}, "value": {"custom_field_id": 11, "value": "APAC"}}
+            ]
+        }
+        status, answer = await patch(api, 1, body)
+        written = {e["field"]["id"]: e["value"]["value"] for e in answer["custom_fields"]}
+        assert (status, written[10], written[11]) == (200, "EMEA", "APAC")
+
+
+async def test_definitions_given_as_schema_shaped_mappings():
+    minimal = [
+        {
+            "id": 7,
+            "name": "Segment",
+            "field_type": "single_select",
+            "is_active": True,
+            "options": ["A", "B"],
+            "applies_to": [{"type": "customer"}],
+        },
+        {
+            "id": 8,
+            "name": "Nowhere",
+            "field_type": "text",
+            "is_active": True,
+        },  # applies to nothing
+    ]
+    fake = dualentry(custom_fields=minimal)
+    customer = fake.add(id=1)
+    assert [e["field"]["id"] for e in customer["custom_fields"]] == [7]
+    async with serving(fake, {"X-API-KEY": KEY}) as api:
+        page = await api.ok(f"{V2}/custom-fields/", schema="PagedPublicCustomFieldSchemaOut")
+        assert page["items"][0]["applies_to"] == [
+            {"type": "customer", "is_active": True, "is_required": False}
+        ]
+        assert page["items"][1]["applies_to"] == []
+        assert ids(await api.ok(f"{V2}/custom-fields/", [("record_type", "customer")])) == [7]
+        status, _ = await patch(api, 1, {"custom_fields": [{"Nowhere": "x"}]})
+        assert status == 422
+
+
+# -- rate limit buckets -------------------------------------------------------------------------
+
+ROUTES = [
+    ("GET", f"{V2}/customers/1/"),
+    ("GET", f"{V2}/customers/"),
+    ("GET", f"{V2}/custom-fields/"),
+    ("PATCH", f"{V2}/customers/1/"),
+]
+
+
+async def send(api: Api, method: str, path: str) -> tuple[int, Any, Any]:
+    body = {"name": "Acme"} if method == "PATCH" else None
+    return await api.call(method, path, json=body)
+
+
+def assert_limited(status: int, body: Any, headers: Any) -> None:
+    assert status == 429
+    assert problems("ErrorSchema", body) == []
+    assert body["errors"] == {"__all__": ["Rate limit exceeded. Please try again later."]}
+    assert int(headers["Retry-After"]) >= 1
+
+
+def test_the_fake_enforces_the_documented_limits_by_default():
+    assert DualEntryFake().limits == DualEntryAdapter.rate_limits
+    route, key = DualEntryAdapter.rate_limits
+    assert (route.burst, route.per_second, key.burst, key.per_second) == (10, 1.0, 50, 5.0)
+
+
+async def test_each_route_and_method_has_its_own_bucket():
+    fake = DualEntryFake(
+        limits=(RateLimit(burst=2, per_second=SLOW), RateLimit(burst=100, per_second=SLOW))
+    )
+    fake.add(id=1)
+    async with serving(fake, {"X-API-KEY": KEY}) as api:
+        for _ in range(2):
+            assert (await send(api, "PATCH", f"{V2}/customers/1/"))[0] == 200
+        assert_limited(*await send(api, "PATCH", f"{V2}/customers/1/"))
+        assert_limited(*await send(api, "PATCH", "/public/v1/customers/1/"))  # one resource
+        # The PATCH route's empty bucket leaves every GET route answering.
+        for method, path in ROUTES[:3]:
+            assert (await send(api, method, path))[0] == 200
+        assert (await send(api, "GET", f"{V2}/customers/1/"))[0] == 200
+        assert_limited(*await send(api, "GET", "/public/v1/customers/1/"))
+        # GET one customer and the list are two routes.
+        assert (await send(api, "GET", f"{V2}/customers/"))[0] == 200
+        assert_limited(*await send(api, "GET", f"{V2}/customers/"))
+        assert (await send(api, "GET", f"{V2}/custom-fields/"))[0] == 200
+        assert_limited(*await send(api, "GET", f"{V2}/custom-fields/"))
+    assert fake.answered_429 == 5
+
+
+async def test_every_route_shares_the_keys_bucket():
+    fake = DualEntryFake(
+        limits=(RateLimit(burst=10, per_second=SLOW), RateLimit(burst=3, per_second=SLOW))
+    )
+    fake.add(id=1)
+    async with serving(fake, {"X-API-KEY": KEY}) as api:
+        for method, path in ROUTES[:3]:
+            assert (await send(api, method, path))[0] == 200
+        for method, path in ROUTES:
+            assert_limited(*await send(api, method, path))
+    # A wrong key is refused (403) before any bucket is asked.
+    async with serving(fake, {"X-API-KEY": "wrong"}) as wrong:
+        status, _, _ = await send(wrong, "GET", f"{V2}/customers/")
+        assert status == 403
 
 
 # -- Qwoty ----------------------------------------------------------------------------------------

@@ -1,21 +1,78 @@
-"""A fake DualEntry for tests and the sandbox: PATCH, GET and list of
-customers, and the list of custom field definitions.
+"""A fake DualEntry for tests and the sandbox: customers (PATCH, GET one, the
+list) and the list of custom field definitions.
 
 Shapes and constraints follow DualEntry's OpenAPI document (the suite checks
 every answer and what is accepted against it); the rest follows the docs:
 ``X-API-KEY`` (401 missing, 403 wrong), integer ids, trailing-slash paths
-under ``/public/v1/`` and ``/public/v2/``, ``{"success": false, "errors":
-{...}}`` errors, custom fields by name or by id with a **422 on an unknown
-name**, 404 for an unknown customer, and per-key token buckets (burst 10
-then 1/s for PATCH customers, burst 50 then 5/s overall) answered with 429 +
-Retry-After.
+under ``/public/v1/`` and ``/public/v2/`` (the two versions behave alike),
+``{"success": false, "errors": {...}}`` errors, 429 + ``Retry-After`` from
+the token buckets.
+
+Routes:
+
+* ``PATCH /customers/{id}/``: custom fields by name or by id, a **422 on an
+  unknown name**; 404 for an unknown customer.
+* ``GET /customers/{id}/``: the ``CustomerSchemaOut`` (no ``full_address``,
+  as the schema has none); 404 for an unknown customer.
+* ``GET /customers/``: ``{"items", "count"}`` of ``CustomerListSchemaOut``
+  (see ``_LIST_FIELDS``) by id, ``limit`` (1 up, capped at 100) and
+  ``offset``; its filters are not implemented (asking for one is a 400).
+* ``GET /custom-fields/``: ``{"items", "count"}`` of the definitions, with
+  the document's filters (see :meth:`DualEntryFake.list_custom_fields`).
+
+Nothing else: no POST, PUT or DELETE, no ``GET /custom-fields/{id}/``.
+
+A customer id that is not an integer is a 400 naming ``customer_id`` (the
+document lists 400 for both operations; the server validates its path).
+
+Rate limits (``DualEntryAdapter.rate_limits``, per key, as documented): each
+route and method has its own bucket (burst 10 then 1/s; ``/public/v1/`` and
+``/public/v2/`` share it: one resource), and every route takes from the key's
+all-endpoints bucket (burst 50 then 5/s) as well.
+
+Custom field definitions are the fake's own: ``DualEntryFake(custom_fields=[
+definition(7, "Segment", "single_select", ["A", "B"])])``; :data:`CUSTOM_FIELDS`
+is the default.  A field "applies to customers" when it is active and its
+``applies_to`` has an active ``customer`` entry; only those can be written by
+a PATCH (any other name or id is unknown: 422, as an unknown name is) and only
+those get an entry in the ``custom_fields`` of customers :meth:`~DualEntryFake.add` creates.
+
+Where the docs are silent the fake chooses, and says so here:
+
+* On the custom field list, query parameters it does not know are
+  **ignored**, as a django-ninja server (which the document comes from)
+  ignores them: a misspelt filter answers the unfiltered list.
+* Array parameters are repeated (``id=1&id=2``: OpenAPI's default
+  ``form``/``explode``); a comma-separated value is one value (``id=1,2`` is
+  a 400).  A repeated single-valued
+  parameter counts by its last value (as Django reads a query).  An empty
+  value is a value: ``name=`` matches every name.
+* A value of the wrong type (``id=x``, ``limit=x``, ``is_active=maybe``) or
+  outside an enum (``record_type``, ``field_type``) is a
+  400 naming the parameter: ``{"success": false, "errors": {"id": [...]}}``.
+* Case-insensitive means compared after ``str.casefold()``; ``icontains`` is a
+  literal substring (no wildcards).
+* ``search`` on custom fields matches ``name`` or ``description``.
+* The fake has no companies: ``company_id`` on the custom field list keeps
+  the organisation-wide fields (no ``company_id``, empty ``company_ids``)
+  and those scoped to that company, as the document describes.
+* ``ordering`` of custom fields takes one field, optionally prefixed by
+  ``-``: ``id``, ``name`` (case-insensitive) or ``updated_at`` (default
+  ``-updated_at``); anything else is a 400.  Ties are broken by ascending
+  id, so every order is deterministic.  Definitions carry no times: the
+  order they were given in is their ``-updated_at`` order.
+* ``is_required`` and ``is_active_record`` filter on the ``applies_to``
+  entry of ``record_type`` and are ignored without it; ``record_type``
+  alone keeps fields with an entry of that type, active or not.
 """
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import itertools
 import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
 from aiohttp import web
@@ -53,33 +110,138 @@ _LIST_FIELDS = (
 )
 PAGE_LIMIT = 100
 """The most items a list answers with (``limit`` is capped to it)."""
+FIELD_TYPES = (
+    "text",
+    "number",
+    "currency",
+    "date",
+    "boolean",
+    "single_select",
+    "multi_select",
+    "link",
+    "paragraph",
+)
+"""The document's ``FieldType``."""
+RECORD_TYPES = (
+    "invoice",
+    "bill",
+    "direct_expense",
+    "journal_entry",
+    "vendor_prepayment",
+    "vendor_credit",
+    "vendor_payment",
+    "vendor_refund",
+    "customer_payment",
+    "customer_prepayment",
+    "customer_refund",
+    "customer_deposit",
+    "currency_revaluation",
+    "contract",
+    "fixed_asset",
+    "customer",
+    "vendor",
+    "company",
+    "sales_order",
+    "cash_sale",
+    "customer_credit",
+)
+"""The document's ``AppliesToTypes``: what a custom field may apply to."""
+_FIELD_ORDERINGS = ("id", "name", "updated_at")
+_TRUE = {"1", "true", "t", "yes", "y", "on"}
+_FALSE = {"0", "false", "f", "no", "n", "off"}  # what pydantic reads as booleans
 
 
-def _definition(field_id: int, name: str, field_type: str, options: Any = None) -> dict[str, Any]:
+def definition(
+    field_id: int,
+    name: str,
+    field_type: str,
+    options: Sequence[str] | None = None,
+    *,
+    is_active: bool = True,
+    applies_to: Iterable[str | Mapping[str, Any]] = ("customer",),
+    company_id: int | None = None,
+    company_ids: Iterable[int] = (),
+    default_value: str | list[str] | None = None,
+    description: str | None = None,
+    helper_text: str | None = None,
+) -> dict[str, Any]:
+    """A custom field definition shaped as ``PublicCustomFieldSchemaOut``.
+
+    ``applies_to`` items are record types (an active, not required entry) or
+    ``{"type", "is_active", "is_required"}`` mappings (the flags default to
+    ``True`` and ``False``).  Raises ``ValueError`` for what DualEntry would
+    not hold: a type outside :data:`FIELD_TYPES` or :data:`RECORD_TYPES`, a
+    name outside 2 to 32 characters.
+
+    >>> f = definition(7, "Segment", "single_select", ["A", "B"], applies_to=["customer"])
+    >>> f["applies_to"], f["options"]
+    ([{'type': 'customer', 'is_active': True, 'is_required': False}], ['A', 'B'])
+    """
+    if field_type not in FIELD_TYPES:
+        raise ValueError(f"field_type {field_type!r} is not one of {FIELD_TYPES}")
+    if not isinstance(name, str) or not 2 <= len(name) <= 32:
+        raise ValueError(f"a custom field name has 2 to 32 characters, not {name!r}")
+    entries = []
+    for item in applies_to:
+        entry = {"type": item} if isinstance(item, str) else dict(item)
+        if entry.get("type") not in RECORD_TYPES:
+            raise ValueError(f"applies_to type {entry.get('type')!r} is not one of RECORD_TYPES")
+        entries.append(
+            {
+                "type": entry["type"],
+                "is_active": bool(entry.get("is_active", True)),
+                "is_required": bool(entry.get("is_required", False)),
+            }
+        )
     return {
         "id": field_id,
         "name": name,
         "field_type": field_type,
-        "is_active": True,
-        "options": options,
-        "applies_to": [{"type": "customer", "is_active": True, "is_required": False}],
-        "company_id": None,
-        "company_ids": [],
-        "default_value": None,
-        "description": None,
-        "helper_text": None,
+        "is_active": is_active,
+        "options": None if options is None else list(options),
+        "applies_to": entries,
+        "company_id": company_id,
+        "company_ids": list(company_ids),
+        "default_value": default_value,
+        "description": description,
+        "helper_text": helper_text,
     }
 
 
+def _from_schema(item: Mapping[str, Any]) -> dict[str, Any]:
+    """A ``PublicCustomFieldSchemaOut``-shaped mapping, checked and completed."""
+    return definition(
+        item["id"],
+        item["name"],
+        item["field_type"],
+        item.get("options"),
+        is_active=item.get("is_active", True),
+        applies_to=item.get("applies_to", ()),  # the schema's default: applies to nothing
+        company_id=item.get("company_id"),
+        company_ids=item.get("company_ids") or (),
+        default_value=item.get("default_value"),
+        description=item.get("description"),
+        helper_text=item.get("helper_text"),
+    )
+
+
 CUSTOM_FIELDS: list[dict[str, Any]] = [
-    _definition(41, "Partner", "boolean"),
-    _definition(42, "Partner Name", "text"),
-    _definition(43, "Tier", "single_select", ["Bronze", "Silver", "Gold"]),
-    _definition(44, "Region", "text"),
-    _definition(45, "Region", "text"),  # two fields may share a name
+    definition(41, "Partner", "boolean"),
+    definition(42, "Partner Name", "text"),
+    definition(43, "Tier", "single_select", ["Bronze", "Silver", "Gold"]),
+    definition(44, "Region", "text"),
+    definition(45, "Region", "text"),  # two fields may share a name
 ]
-"""The fake organisation's custom field definitions (``PublicCustomFieldSchemaOut``)."""
+"""The default custom field definitions (``PublicCustomFieldSchemaOut``),
+all applying to customers."""
 DEMO_FIRST_ID = 1001
+
+
+def applies_to_customers(field: Mapping[str, Any]) -> bool:
+    """Whether a PATCH may write ``field``: active, with an active ``customer`` entry."""
+    return bool(field["is_active"]) and any(
+        a["type"] == "customer" and a["is_active"] for a in field["applies_to"]
+    )
 
 
 def _now() -> str:
@@ -96,14 +258,124 @@ def _actor() -> dict[str, Any]:
     }
 
 
+class _BadQuery(Exception):
+    """A query parameter the document's schema refuses: a 400 naming it."""
+
+    def __init__(self, parameter: str, message: str) -> None:
+        super().__init__(message)
+        self.parameter = parameter
+        self.message = message
+
+
+class _Query:
+    """Typed reads of a request's query, as the document declares each parameter."""
+
+    def __init__(self, request: web.Request) -> None:
+        self.query = request.query
+
+    def text(self, name: str) -> str | None:
+        """A single value: the last one if repeated (as Django's ``QueryDict`` reads it)."""
+        values = self.query.getall(name, [])
+        return values[-1] if values else None
+
+    def texts(self, name: str, choices: Sequence[str] | None = None) -> list[str] | None:
+        values = self.query.getall(name, [])
+        if not values:
+            return None
+        if choices is not None:
+            wrong = [v for v in values if v not in choices]
+            if wrong:
+                raise _BadQuery(name, f"{wrong[0]!r} is not one of {', '.join(choices)}.")
+        return values
+
+    def integers(self, name: str) -> list[int] | None:
+        values = self.texts(name)
+        if values is None:
+            return None
+        try:
+            return [int(v) for v in values]
+        except ValueError:
+            raise _BadQuery(
+                name, "Expected integers (repeat the parameter for several)."
+            ) from None
+
+    def integer(self, name: str) -> int | None:
+        values = self.integers(name)
+        return None if values is None else values[-1]
+
+    def choice(self, name: str, choices: Sequence[str]) -> str | None:
+        values = self.texts(name, choices)
+        return None if values is None else values[-1]
+
+    def boolean(self, name: str) -> bool | None:
+        value = self.text(name)
+        if value is None:
+            return None
+        if value.lower() in _TRUE:
+            return True
+        if value.lower() in _FALSE:
+            return False
+        raise _BadQuery(name, "Expected a boolean (true or false).")
+
+    def ordering(self, fields: Sequence[str]) -> tuple[str, bool]:
+        """``(field, descending)``, default ``-updated_at``."""
+        value = self.text("ordering")
+        value = "-updated_at" if value is None else value
+        field = value.removeprefix("-")
+        if field not in fields:
+            allowed = ", ".join(f"{f}, -{f}" for f in fields)
+            raise _BadQuery("ordering", f"Ordering by {value!r} is not supported; use {allowed}.")
+        return field, value.startswith("-")
+
+    def page(self) -> tuple[int, int]:
+        """``(limit, offset)``: limit 1 up (capped at 100, default 100), offset 0 up."""
+        limit, offset = self.integer("limit"), self.integer("offset")
+        if limit is not None and limit < 1:
+            raise _BadQuery("limit", "Ensure this value is greater than or equal to 1.")
+        if offset is not None and offset < 0:
+            raise _BadQuery("offset", "Ensure this value is greater than or equal to 0.")
+        return min(PAGE_LIMIT if limit is None else limit, PAGE_LIMIT), offset or 0
+
+
+def _icontains(needle: str, haystack: Any) -> bool:
+    return isinstance(haystack, str) and needle.casefold() in haystack.casefold()
+
+
+_Test = Callable[[dict[str, Any]], bool]
+
+
+def _ordered(
+    items: list[dict[str, Any]], key: Callable[[dict[str, Any]], Any], descending: bool
+) -> list[dict[str, Any]]:
+    """``items`` by ``key``, ties by ascending id (a stable sort keeps them)."""
+    by_id = sorted(items, key=lambda item: item["id"])
+    return sorted(by_id, key=key, reverse=descending)
+
+
 class DualEntryFake(FakeProvider):
+    """The fake DualEntry (see the module's text for what it serves).
+
+    ``custom_fields`` replaces :data:`CUSTOM_FIELDS` as this fake's custom
+    field definitions: ``PublicCustomFieldSchemaOut``-shaped mappings (build
+    them with :func:`definition`), served by ``GET /custom-fields/`` in the
+    order given.
+    """
+
     provider = "dualentry"
-    # Per key: the PATCH-customers route (checked first), then all endpoints.
+    # Per key: the route's own bucket (checked first), then all endpoints.
     rate_limits = DualEntryAdapter.rate_limits
     demo_file: ClassVar[str | None] = "customer_patch_dualentry:demo/updates.csv"
 
-    def __init__(self, **options: Any) -> None:
+    def __init__(
+        self, *, custom_fields: Iterable[Mapping[str, Any]] | None = None, **options: Any
+    ) -> None:
         super().__init__(**options)
+        self.custom_fields: list[dict[str, Any]] = [
+            _from_schema(f) for f in (CUSTOM_FIELDS if custom_fields is None else custom_fields)
+        ]
+        ids = [f["id"] for f in self.custom_fields]
+        if len(ids) != len(set(ids)):
+            raise ValueError(f"custom field ids must be unique, got {ids}")
         self._value_ids = itertools.count(1)
 
     def routes(self) -> list[web.RouteDef]:
@@ -111,14 +383,18 @@ class DualEntryFake(FakeProvider):
             web.patch(r"/public/{version:v[12]}/customers/{id}/", self.patch),
             web.get(r"/public/{version:v[12]}/customers/{id}/", self.get),
             web.get(r"/public/{version:v[12]}/customers/", self.list_customers),
-            web.get(r"/public/{version:v[12]}/custom-fields/", self.custom_fields),
+            web.get(r"/public/{version:v[12]}/custom-fields/", self.list_custom_fields),
         ]
 
     def error_body(self, status: int, message: str, field: str | None = None) -> dict[str, Any]:
         return {"success": False, "errors": {field or "__all__": [message]}}
 
     def add(self, **fields: Any) -> dict[str, Any]:
-        """Store a customer (``CustomerSchemaOut`` plus ``full_address``); ``fields`` override."""
+        """Store a customer (``CustomerSchemaOut`` plus ``full_address``); ``fields`` override.
+
+        Its ``custom_fields`` has an empty entry for each definition that
+        applies to customers.
+        """
         customer_id = fields.pop("id", None) or max(self.customers, default=DEMO_FIRST_ID - 1) + 1
         customer: dict[str, Any] = {
             "id": customer_id,
@@ -138,7 +414,11 @@ class DualEntryFake(FakeProvider):
             "default_currency": "",
             "full_address": None,
             "shipping_address": None,
-            "custom_fields": [{"field": dict(f), "value": None} for f in CUSTOM_FIELDS],
+            "custom_fields": [
+                {"field": copy.deepcopy(f), "value": None}
+                for f in self.custom_fields
+                if applies_to_customers(f)
+            ],
             "created_by": _actor(),
             "updated_by": _actor(),
             "approval_status": "approved",
@@ -156,6 +436,7 @@ class DualEntryFake(FakeProvider):
         ]
 
     def _auth(self, request: web.Request, route: str) -> web.Response | None:
+        """401/403 for the key, else a 429 if the route's or the key's bucket is empty."""
         key = request.headers.get("X-API-KEY")
         if not key:
             return self.error(401, "Authentication credentials were not provided.")
@@ -163,53 +444,108 @@ class DualEntryFake(FakeProvider):
             return self.error(403, "Invalid API key.")
         return self.rate_limited(f"{key} {route}", key)
 
-    def _customer(self, request: web.Request) -> dict[str, Any] | None:
+    def _customer(self, request: web.Request) -> web.Response | dict[str, Any]:
+        """The customer the path names, or the error answer (400 not an integer, 404)."""
         try:
-            return self.customers.get(int(request.match_info["id"]))
+            customer_id = int(request.match_info["id"])
         except ValueError:
-            return None
-
-    def _page(self, request: web.Request, items: list[Any]) -> web.Response:
-        """``{"items", "count"}`` for ``limit`` (1 to 100, capped) and ``offset`` (0 up)."""
-        try:
-            limit = int(request.query.get("limit", PAGE_LIMIT))
-            offset = int(request.query.get("offset", 0))
-        except ValueError:
-            return self.error(400, "limit and offset must be integers.")
-        if limit < 1 or offset < 0:
-            return self.error(400, "limit must be at least 1 and offset at least 0.")
-        limit = min(limit, PAGE_LIMIT)
-        return web.json_response({"items": items[offset : offset + limit], "count": len(items)})
+            return self.error(400, "Input should be a valid integer.", "customer_id")
+        customer = self.customers.get(customer_id)
+        return self.error(404, "Not found.") if customer is None else customer
 
     async def get(self, request: web.Request) -> web.Response:
-        if (denied := self._auth(request, "GET customers")) is not None:
+        if (denied := self._auth(request, "GET /customers/{id}/")) is not None:
             return denied
         customer = self._customer(request)
-        if customer is None:
-            return self.error(404, "Not found.")
+        if isinstance(customer, web.Response):
+            return customer
         return web.json_response(_shown(customer))
 
     async def list_customers(self, request: web.Request) -> web.Response:
         """Paged, by id; the list's filters are not implemented (asking for one is a 400)."""
-        if (denied := self._auth(request, "GET customers")) is not None:
+        if (denied := self._auth(request, "GET /customers/")) is not None:
             return denied
         unsupported = sorted(set(request.query) - {"limit", "offset"})
         if unsupported:
             return self.error(400, f"the sandbox does not filter lists: {unsupported}")
+        try:
+            limit, offset = _Query(request).page()
+        except _BadQuery as bad:
+            return self.error(400, bad.message, bad.parameter)
         customers = [self.customers[k] for k in sorted(self.customers)]
-        return self._page(request, [{k: c[k] for k in _LIST_FIELDS} for c in customers])
+        page = customers[offset : offset + limit]
+        return web.json_response(
+            {"items": [{k: c[k] for k in _LIST_FIELDS} for c in page], "count": len(customers)}
+        )
 
-    async def custom_fields(self, request: web.Request) -> web.Response:
-        if (denied := self._auth(request, "GET custom-fields")) is not None:
+    async def list_custom_fields(self, request: web.Request) -> web.Response:
+        """Filters: ``record_type`` (has an entry of that type), ``is_required``
+        and ``is_active_record`` (that entry's flags), ``id`` (repeated),
+        ``field_type``, ``is_active``, ``name`` (contains, case-insensitive),
+        ``company_id``, ``search``; then ``ordering``, ``offset``, ``limit``."""
+        if (denied := self._auth(request, "GET /custom-fields/")) is not None:
             return denied
-        return self._page(request, CUSTOM_FIELDS)
+        query = _Query(request)
+        try:
+            keep = self._field_filters(query)
+            field, descending = query.ordering(_FIELD_ORDERINGS)
+            limit, offset = query.page()
+        except _BadQuery as bad:
+            return self.error(400, bad.message, bad.parameter)
+        found = [f for f in self.custom_fields if all(test(f) for test in keep)]
+        if field == "updated_at":  # the order given is the -updated_at order
+            ordered = found if descending else found[::-1]
+        elif field == "id":
+            ordered = _ordered(found, lambda f: f["id"], descending)
+        else:
+            ordered = _ordered(found, lambda f: f["name"].casefold(), descending)
+        return web.json_response({"items": ordered[offset : offset + limit], "count": len(found)})
+
+    def _field_filters(self, query: _Query) -> list[_Test]:
+        keep: list[_Test] = []
+        if (ids := query.integers("id")) is not None:
+            keep.append(lambda f: f["id"] in ids)
+        if (field_type := query.choice("field_type", FIELD_TYPES)) is not None:
+            keep.append(lambda f: f["field_type"] == field_type)
+        if (is_active := query.boolean("is_active")) is not None:
+            keep.append(lambda f: f["is_active"] is is_active)
+        if (name := query.text("name")) is not None:
+            keep.append(lambda f: _icontains(name, f["name"]))
+        if (search := query.text("search")) is not None:
+            keep.append(
+                lambda f: _icontains(search, f["name"]) or _icontains(search, f["description"])
+            )
+        if (company := query.integer("company_id")) is not None:
+            keep.append(
+                lambda f: (
+                    (f["company_id"] is None and not f["company_ids"])
+                    or f["company_id"] == company
+                    or company in f["company_ids"]
+                )
+            )
+        is_required, is_active_record = (
+            query.boolean("is_required"),
+            query.boolean("is_active_record"),
+        )
+        if (record_type := query.choice("record_type", RECORD_TYPES)) is not None:
+
+            def entry_matches(f: dict[str, Any]) -> bool:
+                return any(
+                    a["type"] == record_type
+                    and is_required in (None, a["is_required"])
+                    and is_active_record in (None, a["is_active"])
+                    for a in f["applies_to"]
+                )
+
+            keep.append(entry_matches)
+        return keep
 
     async def patch(self, request: web.Request) -> web.Response:
-        if (denied := self._auth(request, "PATCH customers")) is not None:
+        if (denied := self._auth(request, "PATCH /customers/{id}/")) is not None:
             return denied
         customer = self._customer(request)
-        if customer is None:
-            return self.error(404, "Not found.")
+        if isinstance(customer, web.Response):
+            return customer
         try:
             body = await request.json()
         except ValueError:
@@ -219,7 +555,8 @@ class DualEntryFake(FakeProvider):
         errors = {k: [m] for k, v in body.items() if (m := _problem(k, v)) is not None}
         if errors:
             return web.json_response({"success": False, "errors": errors}, status=400)
-        values, unknown = _custom_values(body.get("custom_fields") or [])
+        writable = [f for f in self.custom_fields if applies_to_customers(f)]
+        values, unknown = _custom_values(body.get("custom_fields") or [], writable)
         if unknown:
             listed = ", ".join(repr(n) for n in unknown)
             return self.error(422, f"Unknown custom field(s): {listed}", "custom_fields")
@@ -231,7 +568,14 @@ class DualEntryFake(FakeProvider):
                 customer[key] = "" if value is None else value
             elif key == "unique_id":
                 customer[key] = value
-        for entry in customer["custom_fields"]:
+        entries = customer["custom_fields"]
+        present = {entry["field"]["id"] for entry in entries}
+        entries += [  # a field defined after the customer was stored
+            {"field": copy.deepcopy(f), "value": None}
+            for f in writable
+            if f["id"] in values and f["id"] not in present
+        ]
+        for entry in entries:
             field = entry["field"]
             if field["id"] in values:
                 entry["value"] = self._value(field, values[field["id"]], entry["value"])
@@ -311,12 +655,15 @@ def _address(value: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _custom_values(items: list[dict[str, Any]]) -> tuple[dict[int, Any], list[str]]:
-    """Resolve both shapes to ``{field id: value}``; names that match nothing are unknown."""
+def _custom_values(
+    items: list[dict[str, Any]], fields: list[dict[str, Any]]
+) -> tuple[dict[int, Any], list[str]]:
+    """Resolve both shapes to ``{field id: value}`` over ``fields`` (those a
+    customer may hold); names and ids that match none of them are unknown."""
     by_name: dict[str, list[int]] = {}
-    for f in CUSTOM_FIELDS:
+    for f in fields:
         by_name.setdefault(f["name"], []).append(f["id"])
-    ids = {f["id"] for f in CUSTOM_FIELDS}
+    ids = {f["id"] for f in fields}
     values: dict[int, Any] = {}
     unknown: list[str] = []
     for item in items:
