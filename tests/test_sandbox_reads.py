@@ -1,10 +1,11 @@
 """The read side of the fake providers, over real HTTP on 127.0.0.1.
 
-Plain aiohttp requests (no library client): one DualEntry customer; the
-custom field definitions, seeded per fake; the per-route and per-key rate
-limit buckets (exhausted by count, never by time); and Qwoty's "Get
-Customer".  Every DualEntry answer is checked against the document's schema
-(``tests/contract``).
+Plain aiohttp requests (no library client): DualEntry's customer list with
+every filter its OpenAPI document lists, ``ordering`` and paging; one
+customer; the custom field definitions, seeded per fake; the per-route and
+per-key rate limit buckets (exhausted by count, never by time); and Qwoty's
+"Get Customer".  Every DualEntry answer is checked against the document's
+schema (``tests/contract``).
 """
 
 from __future__ import annotations
@@ -496,6 +497,175 @@ async def test_every_route_shares_the_keys_bucket():
     async with serving(fake, {"X-API-KEY": "wrong"}) as wrong:
         status, _, _ = await send(wrong, "GET", f"{V2}/customers/")
         assert status == 403
+
+
+# -- the customer list ----------------------------------------------------------------------
+
+CUSTOMER_FILTERS: list[tuple[str, Query, set[int]]] = [
+    ("id repeated", [("id", "1"), ("id", "3")], {1, 3}),
+    ("id one", [("id", "2")], {2}),
+    ("id unknown", [("id", "99")], set()),
+    ("company_id: no companies", [("company_id", "1")], set()),
+    ("customer_type one", [("customer_type", "individual")], {3, 4}),
+    ("customer_type repeated", [("customer_type", "business"), ("customer_type", "x")], {1, 2}),
+    ("customer_type comma is one value", [("customer_type", "business,individual")], set()),
+    ("name icontains", [("name", "acme")], {1, 4}),
+    ("name empty is every name", [("name", "")], {1, 2, 3, 4}),
+    ("email icontains", [("email", "ACME.EXAMPLE")], {1}),
+    ("website icontains", [("website", "BeTa")], {2}),
+    ("address icontains", [("address", "springfield")], {1}),
+    ("country icontains", [("country", "GERM")], {2}),
+    ("phone icontains", [("phone", "555")], {1}),
+    ("unique_id iexact", [("unique_id", "acme-001")], {1}),
+    ("unique_id iexact upper", [("unique_id", "BETA-002")], {2}),
+    ("unique_id is not contains", [("unique_id", "ACME")], set()),
+    ("state of the full_address", [("state", "il")], {1, 4}),
+    ("state icontains", [("state", "ERL")], {2}),
+    ("search name", [("search", "acme")], {1, 4}),
+    ("search unique_id", [("search", "beta-00")], {2}),
+    ("search email", [("search", "carol@")], {3}),
+    ("record_status one", [("record_status", "posted")], {1, 4}),
+    (
+        "record_status repeated",
+        [("record_status", "draft"), ("record_status", "archived")],
+        {2, 3},
+    ),
+    ("approval_status", [("approval_status", "pending")], {2}),
+    (
+        "approval_status repeated",
+        [("approval_status", "approved"), ("approval_status", "rejected")],
+        {1, 3, 4},
+    ),
+    (
+        "filters combine with and",
+        [("name", "acme"), ("record_status", "posted"), ("customer_type", "individual")],
+        {4},
+    ),
+    (
+        "unknown parameters are ignored",
+        [("colour", "red"), ("unique_id__iexact", "x")],
+        {1, 2, 3, 4},
+    ),
+]
+
+
+def test_the_cases_cover_every_parameter_of_the_list_operation():
+    covered = {name for _, query, _ in CUSTOMER_FILTERS for name, _ in query}
+    assert spec_parameters(f"{V2}/customers/") - {"ordering", "limit", "offset"} <= covered
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"), [c[1:] for c in CUSTOMER_FILTERS], ids=[c[0] for c in CUSTOMER_FILTERS]
+)
+async def test_every_filter_of_the_customer_list(query, expected):
+    fake = dualentry()
+    seed_varied(fake)
+    async with serving(fake, {"X-API-KEY": KEY}) as api:
+        for version in ("v1", "v2"):
+            page = await api.ok(
+                f"/public/{version}/customers/", query, "PagedCustomerListSchemaOut"
+            )
+            assert set(ids(page)) == expected
+            assert page["count"] == len(expected)
+
+
+async def test_list_items_are_the_list_schema_not_the_get_schema():
+    fake = dualentry()
+    seed_varied(fake)
+    async with serving(fake, {"X-API-KEY": KEY}) as api:
+        page = await api.ok(f"{V2}/customers/", [("id", "1")], "PagedCustomerListSchemaOut")
+        one = await api.ok(f"{V2}/customers/1/", schema="CustomerSchemaOut")
+    [item] = page["items"]
+    assert set(item) == set(SCHEMAS["CustomerListSchemaOut"]["properties"])
+    assert item["full_address"]["state"] == "IL"
+    assert "full_address" not in one
+    assert one["address"] == "1 Main St, Springfield"
+    assert {k: one[k] for k in item if k != "full_address"} == {
+        k: v for k, v in item.items() if k != "full_address"
+    }
+
+
+@pytest.mark.parametrize(
+    ("query", "parameter"),
+    [
+        ([("id", "x")], "id"),
+        ([("id", "1,2")], "id"),  # arrays are repeated parameters, not comma-separated
+        ([("id", "1"), ("id", "")], "id"),
+        ([("company_id", "acme")], "company_id"),
+        ([("record_status", "deleted")], "record_status"),
+        ([("record_status", "posted"), ("record_status", "POSTED")], "record_status"),
+        ([("limit", "0")], "limit"),
+        ([("limit", "x")], "limit"),
+        ([("offset", "-1")], "offset"),
+        ([("ordering", "colour")], "ordering"),
+        ([("ordering", "name,-id")], "ordering"),
+        ([("ordering", "")], "ordering"),
+    ],
+)
+async def test_a_value_the_spec_refuses_is_a_400_naming_the_parameter(query, parameter):
+    fake = dualentry()
+    seed_varied(fake)
+    async with serving(fake, {"X-API-KEY": KEY}) as api:
+        error = await api.bad(f"{V2}/customers/", query)
+    assert list(error["errors"]) == [parameter]
+
+
+async def test_ordering_is_deterministic_and_defaults_to_most_recently_updated_first():
+    fake = dualentry()
+    names = {1: "beta", 2: "Alpha", 3: "alpha", 4: "Gamma", 5: "ALPHA"}
+    for n in (5, 3, 1, 4, 2):  # stored out of id order: ties must not follow the store
+        fake.add(id=n, name=names[n])
+    async with serving(fake, {"X-API-KEY": KEY}) as api:
+        status, _ = await patch(api, 3, {"email": "a@b.example"})
+        assert status == 200
+
+        async def order(*ordering: str) -> list[int]:
+            query = [("ordering", o) for o in ordering]
+            return ids(await api.ok(f"{V2}/customers/", query, "PagedCustomerListSchemaOut"))
+
+        assert await order() == await order("-updated_at") == [3, 2, 4, 1, 5]
+        assert await order("updated_at") == [5, 1, 4, 2, 3]
+        assert await order("created_at") == [5, 3, 1, 4, 2]
+        assert await order("-created_at") == [2, 4, 1, 3, 5]
+        assert await order("id") == [1, 2, 3, 4, 5]
+        assert await order("-id") == [5, 4, 3, 2, 1]
+        # Case-insensitive names; equal names by ascending id, in both directions.
+        assert await order("name") == [2, 3, 5, 1, 4]
+        assert await order("-name") == [4, 1, 2, 3, 5]
+        assert await order("id", "-id") == [5, 4, 3, 2, 1]  # repeated: the last one
+        assert await order() == [3, 2, 4, 1, 5]  # reading changes nothing
+
+
+async def test_paging_over_more_than_a_hundred_customers():
+    fake = dualentry()
+    for n in range(1, 251):
+        fake.add(id=n, name=f"Customer {n}", unique_id=f"U-{n}")
+    async with serving(fake, {"X-API-KEY": KEY}) as api:
+        url = f"{V2}/customers/"
+        seen: list[int] = []
+        for offset in (0, 100, 200):
+            page = await api.ok(
+                url, [("ordering", "id"), ("offset", str(offset))], "PagedCustomerListSchemaOut"
+            )
+            assert page["count"] == 250
+            seen += ids(page)
+        assert seen == list(range(1, 251))
+        default = await api.ok(url)
+        assert (len(default["items"]), default["count"]) == (100, 250)
+        assert ids(default)[:3] == [250, 249, 248]  # -updated_at: the last added first
+        capped = await api.ok(url, [("limit", "500"), ("offset", "120"), ("ordering", "id")])
+        assert ids(capped) == list(range(121, 221))
+        small = await api.ok(url, [("limit", "7"), ("offset", "3"), ("ordering", "-id")])
+        assert ids(small) == list(range(247, 240, -1))
+        past = await api.ok(url, [("offset", "250")], "PagedCustomerListSchemaOut")
+        assert past == {"items": [], "count": 250}
+        # The count is of what the filters keep, not of the page.
+        page = await api.ok(url, [("name", "customer 1"), ("limit", "5"), ("ordering", "id")])
+        assert page["count"] == 111  # 1, 10-19, 100-199
+        assert ids(page) == [1, 10, 11, 12, 13]
+        by_id = [("id", str(n)) for n in range(1, 151)] + [("ordering", "id"), ("offset", "140")]
+        page = await api.ok(url, by_id, "PagedCustomerListSchemaOut")
+        assert (ids(page), page["count"]) == (list(range(141, 151)), 150)
 
 
 # -- Qwoty ----------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """A fake DualEntry for tests and the sandbox: customers (PATCH, GET one, the
-list) and the list of custom field definitions.
+filtered list) and the list of custom field definitions.
 
 Shapes and constraints follow DualEntry's OpenAPI document (the suite checks
 every answer and what is accepted against it); the rest follows the docs:
@@ -15,8 +15,9 @@ Routes:
 * ``GET /customers/{id}/``: the ``CustomerSchemaOut`` (no ``full_address``,
   as the schema has none); 404 for an unknown customer.
 * ``GET /customers/``: ``{"items", "count"}`` of ``CustomerListSchemaOut``
-  (see ``_LIST_FIELDS``) by id, ``limit`` (1 up, capped at 100) and
-  ``offset``; its filters are not implemented (asking for one is a 400).
+  (see ``_LIST_FIELDS``), with every filter the document lists (see
+  :meth:`DualEntryFake.list_customers`), ``ordering``, ``limit`` (1 up,
+  capped at 100) and ``offset``.
 * ``GET /custom-fields/``: ``{"items", "count"}`` of the definitions, with
   the document's filters (see :meth:`DualEntryFake.list_custom_fields`).
 
@@ -39,28 +40,37 @@ those get an entry in the ``custom_fields`` of customers :meth:`~DualEntryFake.a
 
 Where the docs are silent the fake chooses, and says so here:
 
-* On the custom field list, query parameters it does not know are
-  **ignored**, as a django-ninja server (which the document comes from)
-  ignores them: a misspelt filter answers the unfiltered list.
+* Query parameters it does not know are **ignored**, as a django-ninja
+  server (which the document comes from) ignores them: a misspelt filter
+  answers the unfiltered list.
 * Array parameters are repeated (``id=1&id=2``: OpenAPI's default
   ``form``/``explode``); a comma-separated value is one value (``id=1,2`` is
-  a 400).  A repeated single-valued
+  a 400, ``customer_type=a,b`` matches nothing).  A repeated single-valued
   parameter counts by its last value (as Django reads a query).  An empty
-  value is a value: ``name=`` matches every name.
+  value is a value: ``name=`` matches every name, ``unique_id=`` only an
+  empty unique id.
 * A value of the wrong type (``id=x``, ``limit=x``, ``is_active=maybe``) or
-  outside an enum (``record_type``, ``field_type``) is a
+  outside an enum (``record_status``, ``record_type``, ``field_type``) is a
   400 naming the parameter: ``{"success": false, "errors": {"id": [...]}}``.
 * Case-insensitive means compared after ``str.casefold()``; ``icontains`` is a
   literal substring (no wildcards).
-* ``search`` on custom fields matches ``name`` or ``description``.
-* The fake has no companies: ``company_id`` on the custom field list keeps
-  the organisation-wide fields (no ``company_id``, empty ``company_ids``)
-  and those scoped to that company, as the document describes.
-* ``ordering`` of custom fields takes one field, optionally prefixed by
-  ``-``: ``id``, ``name`` (case-insensitive) or ``updated_at`` (default
-  ``-updated_at``); anything else is a 400.  Ties are broken by ascending
-  id, so every order is deterministic.  Definitions carry no times: the
-  order they were given in is their ``-updated_at`` order.
+* ``search`` on customers matches ``name``, ``unique_id`` or ``email``
+  (icontains); on custom fields, ``name`` or ``description``.
+* ``state`` is the ``full_address``'s state (``address_obj`` in the
+  document): a customer without a ``full_address`` never matches it.
+* The fake has no companies: customers belong to none, so ``company_id`` on
+  the customer list matches nothing; on the custom field list it keeps the
+  organisation-wide fields (no ``company_id``, empty ``company_ids``) and
+  those scoped to that company, as the document describes.
+* ``ordering`` takes one field, optionally prefixed by ``-``: customers by
+  ``id``, ``name`` (case-insensitive), ``created_at`` or ``updated_at``
+  (default ``-updated_at``), custom fields by ``id``, ``name`` or
+  ``updated_at`` (default ``-updated_at``); anything else is a 400.  Ties are
+  broken by ascending id, so every order is deterministic.  Times are a
+  logical clock (each :meth:`~DualEntryFake.add` and each successful PATCH
+  is later than the one before), never the wall clock; a customer put in
+  :attr:`customers` directly sorts as the oldest.  Definitions carry
+  no times: the order they were given in is their ``-updated_at`` order.
 * ``is_required`` and ``is_active_record`` filter on the ``applies_to``
   entry of ``record_type`` and are ignored without it; ``record_type``
   alone keeps fields with an entry of that type, active or not.
@@ -146,6 +156,12 @@ RECORD_TYPES = (
     "customer_credit",
 )
 """The document's ``AppliesToTypes``: what a custom field may apply to."""
+RECORD_STATUSES = ("draft", "posted", "archived")
+"""The document's ``RecordStatus``."""
+# Customer list filters: parameter -> the stored field compared, case-insensitively.
+_ICONTAINS = {p: p for p in ("name", "email", "website", "address", "country", "phone")}
+_SEARCHED = ("name", "unique_id", "email")
+_CUSTOMER_ORDERINGS = ("id", "name", "created_at", "updated_at")
 _FIELD_ORDERINGS = ("id", "name", "updated_at")
 _TRUE = {"1", "true", "t", "yes", "y", "on"}
 _FALSE = {"0", "false", "f", "no", "n", "off"}  # what pydantic reads as booleans
@@ -344,6 +360,14 @@ def _icontains(needle: str, haystack: Any) -> bool:
 _Test = Callable[[dict[str, Any]], bool]
 
 
+def _one_of(field: str, values: list[str]) -> _Test:
+    return lambda item: item.get(field) in values
+
+
+def _containing(field: str, text: str) -> _Test:
+    return lambda item: _icontains(text, item.get(field))
+
+
 def _ordered(
     items: list[dict[str, Any]], key: Callable[[dict[str, Any]], Any], descending: bool
 ) -> list[dict[str, Any]]:
@@ -377,6 +401,9 @@ class DualEntryFake(FakeProvider):
         if len(ids) != len(set(ids)):
             raise ValueError(f"custom field ids must be unique, got {ids}")
         self._value_ids = itertools.count(1)
+        self._clock = itertools.count(1)
+        self._created: dict[Any, int] = {}
+        self._updated: dict[Any, int] = {}
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -393,7 +420,7 @@ class DualEntryFake(FakeProvider):
         """Store a customer (``CustomerSchemaOut`` plus ``full_address``); ``fields`` override.
 
         Its ``custom_fields`` has an empty entry for each definition that
-        applies to customers.
+        applies to customers; it is later than every customer stored before.
         """
         customer_id = fields.pop("id", None) or max(self.customers, default=DEMO_FIRST_ID - 1) + 1
         customer: dict[str, Any] = {
@@ -427,6 +454,7 @@ class DualEntryFake(FakeProvider):
         }
         customer.update(fields)
         self.customers[customer_id] = customer
+        self._created[customer_id] = self._updated[customer_id] = next(self._clock)
         return customer
 
     def seed_demo(self, count: int) -> list[Any]:
@@ -462,21 +490,61 @@ class DualEntryFake(FakeProvider):
         return web.json_response(_shown(customer))
 
     async def list_customers(self, request: web.Request) -> web.Response:
-        """Paged, by id; the list's filters are not implemented (asking for one is a 400)."""
+        """Filters (all combined with "and"): ``id``, ``company_id``,
+        ``customer_type``, ``record_status``, ``approval_status`` (repeated:
+        any of the values), ``name``, ``email``, ``website``, ``address``,
+        ``country``, ``phone`` (contains, case-insensitive), ``unique_id``
+        (equal, case-insensitive), ``state`` (the ``full_address``'s,
+        contains), ``search``; then ``ordering``, ``offset``, ``limit``."""
         if (denied := self._auth(request, "GET /customers/")) is not None:
             return denied
-        unsupported = sorted(set(request.query) - {"limit", "offset"})
-        if unsupported:
-            return self.error(400, f"the sandbox does not filter lists: {unsupported}")
+        query = _Query(request)
         try:
-            limit, offset = _Query(request).page()
+            keep = self._customer_filters(query)
+            field, descending = query.ordering(_CUSTOMER_ORDERINGS)
+            limit, offset = query.page()
         except _BadQuery as bad:
             return self.error(400, bad.message, bad.parameter)
-        customers = [self.customers[k] for k in sorted(self.customers)]
-        page = customers[offset : offset + limit]
+        found = [c for c in self.customers.values() if all(test(c) for test in keep)]
+        key: Callable[[dict[str, Any]], Any] = {
+            "id": lambda c: c["id"],
+            "name": lambda c: (c["name"] or "").casefold(),
+            "created_at": lambda c: self._created.get(c["id"], 0),
+            "updated_at": lambda c: self._updated.get(c["id"], 0),
+        }[field]
+        page = _ordered(found, key, descending)[offset : offset + limit]
         return web.json_response(
-            {"items": [{k: c[k] for k in _LIST_FIELDS} for c in page], "count": len(customers)}
+            {"items": [{k: c[k] for k in _LIST_FIELDS} for c in page], "count": len(found)}
         )
+
+    def _customer_filters(self, query: _Query) -> list[_Test]:
+        keep: list[_Test] = []
+        if (ids := query.integers("id")) is not None:
+            keep.append(lambda c: c["id"] in ids)
+        if query.integers("company_id") is not None:
+            keep.append(lambda c: False)  # the fake's customers belong to no company
+        for parameter, choices in (
+            ("customer_type", None),
+            ("record_status", RECORD_STATUSES),
+            ("approval_status", None),
+        ):
+            if (values := query.texts(parameter, choices)) is not None:
+                keep.append(_one_of(parameter, values))
+        for parameter, stored in _ICONTAINS.items():
+            if (text := query.text(parameter)) is not None:
+                keep.append(_containing(stored, text))
+        if (unique_id := query.text("unique_id")) is not None:
+            wanted = unique_id.casefold()
+            keep.append(
+                lambda c: (
+                    isinstance(c.get("unique_id"), str) and c["unique_id"].casefold() == wanted
+                )
+            )
+        if (state := query.text("state")) is not None:
+            keep.append(lambda c: _icontains(state, (c.get("full_address") or {}).get("state")))
+        if (search := query.text("search")) is not None:
+            keep.append(lambda c: any(_icontains(search, c.get(f)) for f in _SEARCHED))
+        return keep
 
     async def list_custom_fields(self, request: web.Request) -> web.Response:
         """Filters: ``record_type`` (has an entry of that type), ``is_required``
@@ -580,6 +648,7 @@ class DualEntryFake(FakeProvider):
             if field["id"] in values:
                 entry["value"] = self._value(field, values[field["id"]], entry["value"])
         customer["updated_by"] = _actor()
+        self._updated[customer["id"]] = next(self._clock)
         return web.json_response(_shown(customer))
 
     def _value(self, field: dict[str, Any], value: Any, old: Any) -> dict[str, Any] | None:
