@@ -369,6 +369,18 @@ class Adapter(ABC):
         problems += patch_problems
         if problems:
             raise ValidationError(problems, provider=self.provider)
+        return self.update_path(segment), self._encoded(body)
+
+    def prepare_body(self, patch: CustomerPatch) -> bytes:
+        """Validate a patch alone (the customer is not known yet) and return its body."""
+        if not isinstance(patch, CustomerPatch):
+            raise TypeError(f"expected a CustomerPatch, got {type_name(patch)}")
+        body, problems = self._patch_body(patch)
+        if problems:
+            raise ValidationError(problems, provider=self.provider)
+        return self._encoded(body)
+
+    def _encoded(self, body: dict[str, Any]) -> bytes:
         try:
             encoded = _dumps(body).encode()
         except UnicodeEncodeError:
@@ -377,7 +389,7 @@ class Adapter(ABC):
         except (RecursionError, ValueError, TypeError) as e:  # an adapter's encode went astray
             problem = Problem("", f"cannot be written as JSON ({type(e).__name__})")
             raise ValidationError([problem], provider=self.provider) from None
-        return self.update_path(segment), encoded
+        return encoded
 
     def check_custom_fields(
         self, values: Mapping[CustomFieldKey, Any], definitions: Sequence[CustomFieldDefinition]

@@ -231,6 +231,45 @@ class CustomerPatch:
         }
         return CustomerPatch(**changes, extra=extra)
 
+    def undo_for(self, before: Customer) -> tuple[CustomerPatch, tuple[str, ...]]:
+        """The patch that puts back what ``before`` had for every field this one sets,
+        and the fields it cannot (their value was not read: see
+        :attr:`Customer.read_fields`; an ``extra`` key the provider did not show).
+
+        Apply it after this patch to restore the customer.
+        """
+        values: dict[str, Any] = {}
+        external: dict[str, Any] = {}
+        unknown: list[str] = []
+        for path, value in self.set_fields():
+            if path == "custom_fields":
+                restored = {}
+                for key in value:
+                    known, current = _custom_value(before, key)
+                    if known:
+                        restored[key] = current
+                    else:
+                        unknown.append(f"custom_fields[{key!r}]")
+                if restored:
+                    values[path] = restored
+                continue
+            known, current = _read_value(before, path)
+            if not known:
+                unknown.append(path)
+            elif path.startswith("external_ids."):
+                external[path.removeprefix("external_ids.")] = current
+            else:
+                values[path] = current
+        if external:
+            values["external_ids"] = ExternalIds(**external)
+        extra = {}
+        for key in self.extra:
+            if isinstance(key, str) and key in before.raw:
+                extra[key] = before.raw[key]
+            else:
+                unknown.append(f"extra.{key}")
+        return CustomerPatch(**values, extra=extra), tuple(unknown)
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CustomerPatch:
         """Build a patch from its JSON-ready neutral form.
@@ -247,6 +286,31 @@ class CustomerPatch:
         from customer_patch._convert import unstructure_patch
 
         return unstructure_patch(self)
+
+
+def _read_value(customer: Customer, path: str) -> tuple[bool, Any]:
+    """``(known, value)`` of a neutral field path in a customer as read."""
+    known = customer.read_fields
+    if known is not None and path not in known:
+        return False, None
+    if path.startswith("external_ids."):
+        return True, getattr(customer.external_ids, path.removeprefix("external_ids."), None)
+    return True, getattr(customer, path)
+
+
+def _custom_value(customer: Customer, key: CustomFieldKey) -> tuple[bool, Any]:
+    """``(known, value)`` of one custom field, by name or id, as read."""
+    values = customer.custom_fields
+    if values is None:
+        return False, None
+    names = customer.custom_field_ids or {}
+    shared = {n for n in names.values() if list(names.values()).count(n) > 1}
+    if isinstance(key, int) and not isinstance(key, bool):
+        name = names.get(key)
+        if name is None:
+            return False, None
+        return True, values.get(key if name in shared else name)
+    return key not in shared, values.get(key)
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -272,21 +336,10 @@ def _same_tax_ids(sent: Any, current: tuple[TaxId, ...] | None) -> bool:
 def _custom_field_changes(
     sent: Mapping[CustomFieldKey, Any], customer: Customer
 ) -> dict[Any, Any]:
-    values = customer.custom_fields
-    if values is None:
-        return dict(sent)
-    names = customer.custom_field_ids or {}
-    shared = {n for n in names.values() if list(names.values()).count(n) > 1}
     differing = {}
     for key, value in sent.items():
-        if isinstance(key, int) and not isinstance(key, bool):
-            # Read values go by name unless the name is shared; find the id's.
-            name = names.get(key)
-            lookup: Any = key if name is None or name in shared else name
-            known = name is not None
-        else:
-            lookup, known = key, key not in shared
-        if not known or not _same(value, values.get(lookup)):
+        known, current = _custom_value(customer, key)
+        if not known or not _same(value, current):
             differing[key] = value
     return differing
 

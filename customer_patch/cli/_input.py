@@ -183,22 +183,30 @@ def is_regular(path: Path) -> bool:
 
 
 def read_updates(
-    source: Source | Path, adapter: Adapter, *, delimiter: str | None = None
+    source: Source | Path,
+    adapter: Adapter,
+    *,
+    delimiter: str | None = None,
+    match_on: str | None = None,
 ) -> Iterator[Line]:
-    """Every record of ``source``, checked against ``adapter``'s rules; lazily."""
+    """Every record of ``source``, checked against ``adapter``'s rules; lazily.
+
+    With ``match_on``, records name their customer by that key (a column, or
+    a JSONL key) instead of ``id``; the id is found when the run reads it.
+    """
     if isinstance(source, Path):
         source = Source.of(source)
     with source.open() as f:
-        for raw in _records(f, source, adapter, delimiter):
-            yield _check(raw, adapter)
+        for raw in _records(f, source, adapter, delimiter, match_on or "id"):
+            yield _check(raw, adapter, match_on)
 
 
 def read_digests(
-    source: Source, adapter: Adapter, *, delimiter: str | None = None
+    source: Source, adapter: Adapter, *, delimiter: str | None = None, match_on: str | None = None
 ) -> Iterator[tuple[int, str]]:
     """``(line, digest)`` of every record, without checking them."""
     with source.open() as f:
-        for raw in _records(f, source, adapter, delimiter):
+        for raw in _records(f, source, adapter, delimiter, match_on or "id"):
             yield raw.number, raw.digest
 
 
@@ -210,12 +218,12 @@ def count_records(path: Path) -> int:
 
 
 def _records(
-    f: IO[bytes], source: Source, adapter: Adapter, delimiter: str | None
+    f: IO[bytes], source: Source, adapter: Adapter, delimiter: str | None, key: str
 ) -> Iterator[_Raw]:
     lines = _physical_lines(f)
     if source.format == "csv":
-        return _csv(lines, source.name, adapter, delimiter)
-    return _jsonl(lines)
+        return _csv(lines, source.name, adapter, delimiter, key)
+    return _jsonl(lines, key)
 
 
 def _physical_lines(f: IO[bytes]) -> Iterator[bytes]:
@@ -241,10 +249,13 @@ def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:DIGEST_CHARS]
 
 
-def _check(raw: _Raw, adapter: Adapter) -> Line:
+def _check(raw: _Raw, adapter: Adapter, match_on: str | None = None) -> Line:
     number, customer_id, data = raw.number, raw.customer_id, raw.data
     if isinstance(data, Problem):
         return Line(number, customer_id, error=ValidationError([data]), digest=raw.digest)
+    if match_on is not None and not (isinstance(customer_id, str) and customer_id.strip()):
+        problem = Problem(match_on, f"must be a non-empty string, not {customer_id!r:.40}")
+        return Line(number, customer_id, error=ValidationError([problem]), digest=raw.digest)
     try:
         patch = CustomerPatch.from_dict(data)
     except ValidationError as e:  # paths are relative to the patch: say so
@@ -252,10 +263,11 @@ def _check(raw: _Raw, adapter: Adapter) -> Line:
         return Line(number, customer_id, error=ValidationError(problems), digest=raw.digest)
     except (RecursionError, TypeError, ValueError) as e:
         return _invalid(raw, _unreadable(e))
-    try:
-        path, body = adapter.prepare_update(
-            customer_id, patch
-        )  # every provider rule, before sending
+    try:  # every provider rule, before sending
+        if match_on is None:
+            path, body = adapter.prepare_update(customer_id, patch)
+        else:  # the id is not known before the run looks the key up
+            path, body = "", adapter.prepare_body(patch)
     except CustomerPatchError as e:
         return Line(number, customer_id, error=e, digest=raw.digest)
     except (RecursionError, TypeError, ValueError) as e:
@@ -289,7 +301,7 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return record
 
 
-def _jsonl(lines: Iterable[bytes]) -> Iterator[_Raw]:
+def _jsonl(lines: Iterable[bytes], key: str = "id") -> Iterator[_Raw]:
     for number, line in enumerate(lines, start=1):
         content = _content(line)
         if not content.strip():
@@ -312,16 +324,16 @@ def _jsonl(lines: Iterable[bytes]) -> Iterator[_Raw]:
         except (RecursionError, ValueError) as e:
             yield _Raw(number, digest, None, Problem("", _unreadable(e)))
             continue
-        if not isinstance(record, dict) or set(record) != {"id", "patch"}:
+        if not isinstance(record, dict) or set(record) != {key, "patch"}:
             keys = sorted(record) if isinstance(record, dict) else type(record).__name__
-            problem = Problem("", f'expected {{"id": ..., "patch": {{...}}}}, got {keys}')
+            problem = Problem("", f'expected {{"{key}": ..., "patch": {{...}}}}, got {keys}')
             yield _Raw(number, digest, None, problem)
             continue
-        customer_id = record["id"]
+        customer_id = record[key]
         if not isinstance(customer_id, str | int | float | bool | None):
             # Any other id is refused by every adapter; keep it out of the report.
             problem = Problem(
-                "id", f"must be a string or a number, not {type(customer_id).__name__}"
+                key, f"must be a string or a number, not {type(customer_id).__name__}"
             )
             yield _Raw(number, digest, None, problem)
             continue
@@ -337,7 +349,7 @@ def _delimiter(header: bytes) -> str:
 
 
 def _csv(
-    lines: Iterator[bytes], name: str, adapter: Adapter, delimiter: str | None
+    lines: Iterator[bytes], name: str, adapter: Adapter, delimiter: str | None, key: str = "id"
 ) -> Iterator[_Raw]:
     first = next(lines, b"")
     delimiter = delimiter or _delimiter(first)
@@ -363,16 +375,18 @@ def _csv(
         raise InputError(f"{name}:1: the header row is not valid CSV ({e})") from None
     header_bytes = _content(b"".join(pending))
     pending.clear()
-    if not header or "id" not in header:
+    if not header or key not in header:
         hint = "" if delimiter != "," else " (if it is not comma-separated, say --delimiter)"
-        raise InputError(f"{name}:1: a CSV needs a header row with an 'id' column{hint}")
+        raise InputError(f"{name}:1: a CSV needs a header row with an '{key}' column{hint}")
+    if key != "id" and "id" in header:
+        raise InputError(f"{name}:1: with --match-on {key}, an 'id' column would be ambiguous")
     twice = sorted(c for c, n in Counter(header).items() if n > 1)
     if twice:
         raise InputError(f"{name}:1: column(s) given twice: {', '.join(twice)}")
     unknown = [
         c
         for c in header
-        if c != "id"
+        if c != key
         and c not in _TEXT | _STRUCTURED | _EXTERNAL
         and not c.startswith("custom_fields.")
     ]
@@ -408,9 +422,10 @@ def _csv(
             yield _Raw(start, digest, None, problem)
             continue
         cells = dict(zip(header, row, strict=True))
-        raw_id = cells.pop("id").strip()
+        raw_id = cells.pop(key).strip()
         customer_id: Any = raw_id
-        if adapter.customer_id_type is int and raw_id.isascii() and raw_id.isdigit():
+        numeric = raw_id.isascii() and raw_id.isdigit()
+        if key == "id" and adapter.customer_id_type is int and numeric:
             try:
                 customer_id = int(raw_id)
             except ValueError:

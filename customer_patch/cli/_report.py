@@ -26,8 +26,9 @@ from typing import Any, BinaryIO
 
 import filelock
 
-from customer_patch._bulk import customer_key
-from customer_patch._errors import ProviderError
+from customer_patch._bulk import UpdateResult, customer_key
+from customer_patch._errors import CustomerPatchError, ProviderError
+from customer_patch._model import CustomerPatch, ExternalIds
 from customer_patch.cli._input import Line
 
 _TORN_PREFIX = b'{"line": '  # every line this module writes starts so
@@ -302,3 +303,116 @@ def entry_for(line: Line, error: BaseException | None, attempts: int) -> dict[st
         if isinstance(error, ProviderError):
             entry["status"] = error.status
     return entry
+
+
+def changes_entry(result: UpdateResult) -> dict[str, Any]:
+    """What a read-before-write record adds to its report line: whether it
+    changed anything and, for what was sent, the values before and after."""
+    entry: dict[str, Any] = {"changed": result.changed}
+    if result.before is not None:
+        entry["customer"] = result.before.id
+    if result.changed and result.sent is not None and result.before is not None:
+        restore, unknown = result.sent.undo_for(result.before)
+        entry["before"] = restore.to_dict()
+        entry["after"] = result.sent.to_dict()
+        if unknown:
+            entry["before_unknown"] = list(unknown)
+    return entry
+
+
+class UndoFile:
+    """``--undo-file``: for each record sent, a line that restores what it changed.
+
+    Lines are in the format ``apply`` reads (``{"id": ..., "patch": {...}}``),
+    by the provider's id.  Only the first value read for each field of a
+    customer is kept: applying the file in any order then restores the state
+    before the run, even when one customer had several records.  The file
+    is never replaced: a new one must not exist; with ``--resume`` it is
+    continued.
+    """
+
+    def __init__(self, path: Path, *, resume: bool) -> None:
+        self.path = path
+        self.covered: dict[str, set[str]] = {}  # customer key -> fields restored
+        self.missing = 0
+        self.error: ReportWriteError | None = None
+        if path.exists() and not resume:
+            raise ReportError(f"--undo-file {path} exists; name a new file (it is never replaced)")
+        if not path.parent.is_dir():
+            raise ReportError(f"--undo-file {path}: the folder {path.parent} does not exist")
+        if path.exists():
+            for number, line in enumerate(_lines(path), start=1):
+                try:
+                    record = json.loads(line)
+                    patch = CustomerPatch.from_dict(record["patch"])
+                except (ValueError, KeyError, TypeError, CustomerPatchError):
+                    if line.endswith(b"\n"):
+                        raise ReportError(f"{path}:{number}: not a line of an undo file") from None
+                    continue  # torn by a crash mid-write
+                self.covered.setdefault(customer_key(record["id"]), set()).update(_paths(patch))
+        try:
+            self._file = _open(path, "ab")
+        except OSError as e:
+            raise ReportError(f"--undo-file {path}: cannot be written ({e.strerror})") from None
+        if path.stat().st_size and _ends_torn(path):
+            self._put(b"\n")
+
+    def add(self, result: UpdateResult) -> tuple[str, ...]:
+        """Record how to undo ``result``; the fields it cannot restore (not read)."""
+        if result.sent is None or result.before is None or result.attempts == 0:
+            return ()
+        restore, unknown = result.sent.undo_for(result.before)
+        covered = self.covered.setdefault(customer_key(result.before.id), set())
+        kept = _without(restore, covered)
+        covered.update(_paths(kept))
+        if kept:
+            record = {"id": result.before.id, "patch": kept.to_dict()}
+            self._put(json.dumps(record).encode() + b"\n")
+        self.missing += len(unknown)
+        return unknown
+
+    def _put(self, data: bytes) -> None:
+        if self.error is not None:
+            raise self.error
+        try:
+            self._file.write(data)
+        except OSError as e:
+            self.error = ReportWriteError(self.path, e)
+            raise self.error from None
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._file.close()
+
+
+def _paths(patch: CustomerPatch) -> set[str]:
+    """Every field a patch sets, custom fields one by one."""
+    paths: set[str] = set()
+    for path, value in patch.set_fields():
+        if path == "custom_fields":
+            paths.update(f"custom_fields[{k!r}]" for k in value)
+        else:
+            paths.add(path)
+    paths.update(f"extra.{k}" for k in patch.extra)
+    return paths
+
+
+def _without(patch: CustomerPatch, covered: set[str]) -> CustomerPatch:
+    """``patch`` without the fields in ``covered``."""
+    values: dict[str, Any] = {}
+    external: dict[str, Any] = {}
+    for path, value in patch.set_fields():
+        if path == "custom_fields":
+            kept = {k: v for k, v in value.items() if f"custom_fields[{k!r}]" not in covered}
+            if kept:
+                values[path] = kept
+        elif path in covered:
+            continue
+        elif path.startswith("external_ids."):
+            external[path.removeprefix("external_ids.")] = value
+        else:
+            values[path] = value
+    if external:
+        values["external_ids"] = ExternalIds(**external)
+    extra = {k: v for k, v in patch.extra.items() if f"extra.{k}" not in covered}
+    return CustomerPatch(**values, extra=extra)
