@@ -228,6 +228,12 @@ class Client:
         )
 
     @property
+    def pace(self) -> float | None:
+        """Requests a second the client sends on one route now, at most (``None``:
+        unpaced): the slowest of its buckets, less the headroom kept for jitter."""
+        return self._pacer.rate
+
+    @property
     def provider(self) -> str:
         """The provider this client talks to."""
         return self.adapter.provider

@@ -23,7 +23,13 @@ from customer_patch._errors import (
     PermissionDeniedError,
 )
 from customer_patch.cli._input import Line
-from customer_patch.cli._report import Report, ReportWriteError, entry_for
+from customer_patch.cli._report import (
+    Report,
+    ReportWriteError,
+    UndoFile,
+    changes_entry,
+    entry_for,
+)
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -43,6 +49,8 @@ class Tally:
     invalid: int = 0
     not_attempted: int = 0
     skipped: int = 0
+    unchanged: int = 0
+    """Of the succeeded, those that already had every value (nothing sent)."""
     retries: int = 0
     stopped: str | None = None
     """Why the run stopped before the end (a 401/403, a failure threshold)."""
@@ -81,8 +89,16 @@ async def apply(
     on_result: Callable[[Tally], None],
     max_failures: int | None = None,
     max_consecutive_failures: int | None = None,
+    changes_only: bool = False,
+    match_on: str | None = None,
+    undo: UndoFile | None = None,
+    on_note: Callable[[str], None] = lambda text: None,
 ) -> None:
     """Send every valid line; record every record (invalid ones too) exactly once.
+
+    ``changes_only``: read each customer first and send only what differs;
+    ``match_on``: lines name customers by that key; ``undo``: record how to
+    restore what each record changed.
 
     Raises :class:`ReportWriteError` if the report cannot be written: the
     run stops (requests in flight are cancelled), and the report holds only
@@ -120,12 +136,26 @@ async def apply(
         concurrency=concurrency,
         max_failures=max_failures,
         max_consecutive_failures=max_consecutive_failures,
+        skip_unchanged=changes_only,
+        match_on=match_on,
     )
+    reading = changes_only or match_on is not None
     try:
         async for result in results:
             line = line_of.pop(result.index)
             _record(tally, result)
-            report.write(entry_for(line, result.error, result.attempts))
+            entry = entry_for(line, result.error, result.attempts)
+            if reading:
+                entry.update(changes_entry(result))
+            # The undo line first: a record in the report must be undoable.
+            if undo is not None:
+                unknown = undo.add(result)
+                if unknown:
+                    on_note(
+                        f"line {line.number}: the undo file cannot restore "
+                        f"{', '.join(unknown)} (not read)"
+                    )
+            report.write(entry)
             on_result(tally)
     finally:  # leaving early (an error, a signal): stop the run and its requests now
         aclose = getattr(results, "aclose", None)
@@ -140,6 +170,7 @@ def _record(tally: Tally, result: UpdateResult) -> None:
     error = result.error
     if error is None:
         tally.succeeded += 1
+        tally.unchanged += not result.changed
         return
     tally.count_error(error)
     if isinstance(error, NotAttemptedError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import NoReturn
 
 import click
+from attrs import define
 from rich.console import Console
 from rich.markup import escape
 
@@ -40,7 +42,7 @@ from customer_patch.cli._input import (
     read_updates,
 )
 from customer_patch.cli._progress import ProgressView
-from customer_patch.cli._report import Report, ReportError, ReportWriteError
+from customer_patch.cli._report import Report, ReportError, ReportWriteError, UndoFile
 from customer_patch.sandbox import Faults, fake_for
 
 GENERIC_TOKEN_ENV = "CUSTOMER_PATCH_TOKEN"  # noqa: S105 - a variable's name, not a secret
@@ -174,6 +176,20 @@ class Interrupted(Exception):
     type=click.IntRange(min=0),
     help="Stop after this many failures in a row with the same error and status (0: never).",
 )
+@click.option(
+    "--changes-only",
+    is_flag=True,
+    help="Read each customer first; send only what differs (see `plan`).",
+)
+@click.option(
+    "--undo-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="With --changes-only: write the lines that restore what this run changes.",
+)
+@click.option(
+    "--match-on",
+    help="The column that names each customer instead of 'id' (e.g. unique_id).",
+)
 @click.option("--base-url", help="Another host for the provider (https, or http to loopback).")
 @click.option(
     "--rate-limit", help="BURST/PER_SECOND[,BURST/PER_SECOND] for raised limits, or 'off'."
@@ -192,6 +208,9 @@ def apply_command(
     strict: bool,
     max_failures: int | None,
     max_consecutive_failures: int,
+    changes_only: bool,
+    undo_file: Path | None,
+    match_on: str | None,
     base_url: str | None,
     rate_limit: str | None,
 ) -> None:
@@ -210,6 +229,11 @@ def apply_command(
         _fail("--dry-run sends nothing, so it takes no --report, --resume or --overwrite-report")
     if verbose and not dry_run:
         _fail("--verbose goes with --dry-run")
+    if dry_run and (changes_only or undo_file):
+        _fail("--dry-run reads nothing; to see what would change, run `customer-patch plan`")
+    if undo_file and not changes_only:
+        _fail("--undo-file needs --changes-only (the values to restore are read first)")
+    _check_match_on(adapter, match_on)
     separator = "\t" if delimiter == "tab" else delimiter
     try:
         client = Client(adapter, token=token or "dry-run", base_url=base_url, rate_limit=limit)
@@ -218,7 +242,7 @@ def apply_command(
         _fail(str(e))
     try:
         if dry_run:
-            lines = read_updates(source, adapter, delimiter=separator)
+            lines = read_updates(source, adapter, delimiter=separator, match_on=match_on)
             status = _guarded(lambda: dry_run_lines(client, lines, verbose=verbose))
             raise SystemExit(status)
         given = None if source.path is None and str(file) == "-" else file
@@ -226,12 +250,27 @@ def apply_command(
             sink = Report.open(report, resume=resume, overwrite=overwrite_report, source=given)
         except ReportError as e:
             _fail(str(e))
-        with sink:
+        undo = None
+        if undo_file is not None:
+            for other, flag in ((given, "the input file"), (sink.path, "the report")):
+                if other is not None and (undo_file == other or _same_file(undo_file, other)):
+                    sink.close()
+                    _fail(f"--undo-file {undo_file} is {flag}; name another file")
+            try:
+                undo = UndoFile(undo_file, resume=resume is not None)
+            except ReportError as e:
+                sink.close()
+                _fail(str(e))
+        with sink, contextlib.closing(undo) if undo else contextlib.nullcontext():
             try:
                 # Reading and counting a large file takes a while: a signal here
                 # must end as cleanly as one during the run.
                 with _signals_interrupt():
-                    _guarded(lambda: _check_first(source, adapter, sink, separator, strict=strict))
+                    _guarded(
+                        lambda: _check_first(
+                            source, adapter, sink, separator, strict=strict, match_on=match_on
+                        )
+                    )
                     tally = Tally(total=source.count())
             except (Interrupted, KeyboardInterrupt) as e:
                 signum = e.signum if isinstance(e, Interrupted) else int(signal.SIGINT)
@@ -245,10 +284,11 @@ def apply_command(
                     EXIT_SIGTERM if signum == signal.SIGTERM else EXIT_SIGINT
                 ) from None
             thresholds = (max_failures, max_consecutive_failures or None)
-            lines = read_updates(source, adapter, delimiter=separator)
+            lines = read_updates(source, adapter, delimiter=separator, match_on=match_on)
+            reading = Reading(changes_only, match_on, undo)
             status = _guarded(
                 lambda: _apply_and_report(
-                    client, lines, tally, concurrency, sink, adapter, thresholds
+                    client, lines, tally, concurrency, sink, adapter, thresholds, reading
                 )
             )
     finally:
@@ -288,8 +328,30 @@ def dry_run_lines(client: Client, lines: Iterator[Line], *, verbose: bool) -> in
     )
 
 
+def _check_match_on(adapter: Adapter, match_on: str | None) -> None:
+    if match_on is not None and match_on not in adapter.match_keys:
+        keys = ", ".join(sorted(adapter.match_keys))
+        _fail(
+            f"--match-on {match_on}: {adapter.provider} can find customers by "
+            + (keys if keys else "its own ids only")
+        )
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 def _check_first(
-    source: Source, adapter: Adapter, report: Report, delimiter: str | None, *, strict: bool
+    source: Source,
+    adapter: Adapter,
+    report: Report,
+    delimiter: str | None,
+    *,
+    strict: bool,
+    match_on: str | None = None,
 ) -> None:
     """Before anything is sent: the file is the one the report saw; with --strict, valid."""
     if not (strict or report.history):
@@ -297,11 +359,11 @@ def _check_first(
     source.spool()  # standard input or a pipe: to a temporary file, to be read twice
     if report.history:
         assert report.path is not None
-        digests = read_digests(source, adapter, delimiter=delimiter)
+        digests = read_digests(source, adapter, delimiter=delimiter, match_on=match_on)
         report.history.check(digests, report.path, source.name)
     if strict:
         bad = 0
-        for line in read_updates(source, adapter, delimiter=delimiter):
+        for line in read_updates(source, adapter, delimiter=delimiter, match_on=match_on):
             if line.error is not None:
                 bad += 1
                 err.print(describe_invalid(line), markup=False)
@@ -317,23 +379,26 @@ def _apply_and_report(
     report: Report,
     adapter: Adapter,
     thresholds: tuple[int | None, int | None],
+    reading: Reading,
 ) -> int:
     resume_hint = f"; continue with --resume {report.path}" if report.path else ""
     try:
-        asyncio.run(_run(client, lines, tally, concurrency, report, adapter.provider, thresholds))
+        asyncio.run(
+            _run(client, lines, tally, concurrency, report, adapter.provider, thresholds, reading)
+        )
     except (Interrupted, KeyboardInterrupt) as e:
         signum = e.signum if isinstance(e, Interrupted) else int(signal.SIGINT)
         err.print(f"interrupted after {tally.done} records{resume_hint}", markup=False)
         return EXIT_SIGTERM if signum == signal.SIGTERM else EXIT_SIGINT
     except ReportWriteError as e:
-        _summary(tally)
+        _summary(tally, reading)
         err.print(
             f"error: {e}: stopped after {tally.done} records, each of them recorded; "
             f"make room, then continue with --resume {report.path}",
             markup=False,
         )
         return EXIT_STOPPED
-    _summary(tally)
+    _summary(tally, reading)
     if tally.stopped is not None:
         err.print(
             f"stopped: {tally.stopped}; {tally.not_attempted} record(s) not attempted"
@@ -351,6 +416,7 @@ async def _run(
     report: Report,
     label: str,
     thresholds: tuple[int | None, int | None] = (None, None),
+    reading: Reading | None = None,
 ) -> None:
     """Apply ``lines``; SIGINT and SIGTERM cancel the run cleanly (a second one, at once)."""
     loop = asyncio.get_running_loop()
@@ -372,7 +438,14 @@ async def _run(
             installed.append(sig)
     try:
         async with client:
-            with ProgressView(out, label, tally.total) as view:
+            reading = reading or Reading()
+            with ProgressView(
+                out,
+                label,
+                tally.total,
+                pace=client.pace,
+                reads_per_request=reading.per_request(client),
+            ) as view:
                 await apply(
                     client,
                     lines,
@@ -384,6 +457,10 @@ async def _run(
                     on_result=view.update,
                     max_failures=thresholds[0],
                     max_consecutive_failures=thresholds[1],
+                    changes_only=reading.changes_only,
+                    match_on=reading.match_on,
+                    undo=reading.undo,
+                    on_note=lambda text: view.note(text, err),
                 )
     except asyncio.CancelledError:
         if received:
@@ -395,8 +472,28 @@ async def _run(
             loop.remove_signal_handler(sig)
 
 
-def _summary(tally: Tally) -> None:
+@define
+class Reading:
+    """How a run reads before it writes: ``--changes-only``, ``--match-on``, ``--undo-file``."""
+
+    changes_only: bool = False
+    match_on: str | None = None
+    undo: UndoFile | None = None
+
+    def per_request(self, client: Client) -> int:
+        """Records one read request serves (0: the run reads nothing)."""
+        if self.match_on is not None:
+            return 1
+        if not self.changes_only:
+            return 0
+        adapter = client.adapter
+        return adapter.page_size if adapter.ids_filter and adapter.list_path() else 1
+
+
+def _summary(tally: Tally, reading: Reading | None = None) -> None:
     parts = [f"{tally.succeeded} succeeded", f"{tally.failed} failed", f"{tally.invalid} invalid"]
+    if reading is not None and (reading.changes_only or reading.match_on):
+        parts[0] += f" ({tally.unchanged} unchanged: nothing sent)"
     if tally.not_attempted:
         parts.append(f"{tally.not_attempted} not attempted")
     if tally.retries:
@@ -405,6 +502,128 @@ def _summary(tally: Tally) -> None:
         parts.append(f"{tally.skipped} skipped (done before)")
     errors = ", ".join(f"{n} {name}" for name, n in sorted(tally.errors.items()))
     out.print("; ".join(parts) + (f" ({errors})" if errors else ""), markup=False)
+    if reading is not None and reading.undo is not None:
+        missing = reading.undo.missing
+        out.print(
+            f"undo: {reading.undo.path}"
+            + (f" ({missing} field(s) could not be recorded: not read)" if missing else ""),
+            markup=False,
+        )
+
+
+PLAN_EXIT_HELP = """\b
+Exit status:
+  0    every record was read; the plan is complete
+  1    some customers were not found or could not be read
+  2    bad input or usage (an invalid record, a refused option or file)
+  130  interrupted (SIGINT, Ctrl-C); 143 terminated (SIGTERM)"""
+
+
+@cli.command("plan", epilog=PLAN_EXIT_HELP)
+@click.argument(
+    "file", type=click.Path(exists=True, dir_okay=False, allow_dash=True, path_type=Path)
+)
+@click.option("--provider", required=True, help="The adapter to use (see `providers`).")
+@click.option(
+    "--format",
+    "output",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="text: a line per changed field; json: a JSON line per record, then a summary.",
+)
+@click.option(
+    "--input-format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    help="The file's format, when its name does not say (standard input: jsonl by default).",
+)
+@click.option(
+    "--delimiter",
+    type=click.Choice([",", ";", "tab"]),
+    help="A CSV's separator (by default: ',' if the header has one, else ';', else tab).",
+)
+@click.option("--concurrency", default=8, show_default=True, type=click.IntRange(1, 1000))
+@click.option(
+    "--match-on",
+    help="The column that names each customer instead of 'id' (e.g. unique_id).",
+)
+@click.option("--base-url", help="Another host for the provider (https, or http to loopback).")
+@click.option(
+    "--rate-limit", help="BURST/PER_SECOND[,BURST/PER_SECOND] for raised limits, or 'off'."
+)
+def plan_command(
+    file: Path,
+    provider: str,
+    output: str,
+    fmt: str | None,
+    delimiter: str | None,
+    concurrency: int,
+    match_on: str | None,
+    base_url: str | None,
+    rate_limit: str | None,
+) -> None:
+    """Show what `apply --changes-only` would change for FILE: reads, writes nothing.
+
+    Prints, for each record that would change something, one line a field:
+    `id  field: before → after`; then a summary with the writes it would send
+    and how long they would take at the paced rate.
+    """
+    from customer_patch.cli._plan import plan, summary
+
+    adapter = _adapter(provider)
+    limit = _rate_limit(rate_limit)
+    token_env = adapter.tooling.token_env or GENERIC_TOKEN_ENV
+    token = os.environ.get(token_env, "")
+    if not token:
+        _fail(f"set {token_env} in the environment (a plan reads the customers)")
+    _check_match_on(adapter, match_on)
+    separator = "\t" if delimiter == "tab" else delimiter
+    try:
+        client = Client(adapter, token=token, base_url=base_url, rate_limit=limit)
+        source = Source.of(file, fmt, sys.stdin.buffer)
+    except (InputError, ValueError) as e:
+        _fail(str(e))
+    try:
+        lines = read_updates(source, adapter, delimiter=separator, match_on=match_on)
+        as_json = output == "json"
+
+        def run() -> int:
+            try:
+                tally = asyncio.run(
+                    plan(
+                        client,
+                        lines,
+                        out=sys.stdout,
+                        err=sys.stderr,
+                        as_json=as_json,
+                        concurrency=concurrency,
+                        match_on=match_on,
+                    )
+                )
+            except KeyboardInterrupt:
+                err.print("interrupted; nothing was sent", markup=False)
+                return EXIT_SIGINT
+            except CustomerPatchError as e:
+                _fail(str(e), 1)
+            facts = summary(tally, pace=client.pace, write=adapter.method)
+            if as_json:
+                sys.stdout.write(json.dumps({"summary": facts}) + "\n")
+            else:
+                sys.stdout.write(
+                    f"plan: {facts['changed']} to change, {facts['unchanged']} unchanged, "
+                    f"{facts['invalid']} invalid, {facts['not_found']} not found"
+                    + (f", {facts['failed']} could not be read" if facts["failed"] else "")
+                    + f"; would send {facts['requests']} {facts['request']} request(s), "
+                    f"about {facts['seconds']:g} s at the paced rate; nothing was sent\n"
+                )
+            sys.stdout.flush()
+            return tally.exit_status()
+
+        status = _guarded(run)
+    finally:
+        source.close()
+    raise SystemExit(status)
 
 
 @cli.command()

@@ -42,11 +42,11 @@ class ReportError(Exception):
 class ReportWriteError(Exception):
     """Writing the report failed mid-run (e.g. a full disk); the run must stop."""
 
-    def __init__(self, path: Path, error: OSError) -> None:
+    def __init__(self, path: Path, error: OSError, *, what: str = "the report") -> None:
         self.path = path
         self.error = error
         reason = error.strerror or str(error)
-        super().__init__(f"cannot write the report {path} ({reason})")
+        super().__init__(f"cannot write {what} {path} ({reason})")
 
 
 class History:
@@ -374,10 +374,15 @@ class UndoFile:
     def _put(self, data: bytes) -> None:
         if self.error is not None:
             raise self.error
+        view = memoryview(data)
         try:
-            self._file.write(data)
+            while view:  # unbuffered: a short write is possible, a lost one is not
+                written = self._file.write(view)
+                if written is None:  # pragma: no cover - non-blocking files only
+                    raise OSError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+                view = view[written:]
         except OSError as e:
-            self.error = ReportWriteError(self.path, e)
+            self.error = ReportWriteError(self.path, e, what="the undo file")
             raise self.error from None
 
     def close(self) -> None:

@@ -1,0 +1,155 @@
+"""``customer-patch plan``: read every customer a file names, print what ``apply
+--changes-only`` would change, and send no write."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from typing import IO, Any
+
+from attrs import define
+
+from customer_patch._bulk import UpdateResult
+from customer_patch._client import Client
+from customer_patch._errors import NotFoundError
+from customer_patch.cli._apply import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, describe_invalid
+from customer_patch.cli._input import Line
+
+
+@define
+class PlanTally:
+    changed: int = 0
+    unchanged: int = 0
+    invalid: int = 0
+    not_found: int = 0
+    failed: int = 0
+
+    def exit_status(self) -> int:
+        if self.invalid:
+            return EXIT_BAD_INPUT
+        return EXIT_FAILED if self.not_found or self.failed else EXIT_OK
+
+
+def field_changes(result: UpdateResult) -> list[tuple[str, Any, Any]]:
+    """``(field, before, after)`` for each field a record would change, in the
+    neutral JSON form ``apply`` reads; custom fields one by one."""
+    assert result.sent is not None
+    assert result.before is not None
+    restore, _ = result.sent.undo_for(result.before)  # a field not read: "(not read)"
+    before, after = _flat(restore.to_dict()), _flat(result.sent.to_dict())
+    missing = object()
+    rows = [(path, before.get(path, missing), value) for path, value in after.items()]
+    return [(p, "(not read)" if b is missing else b, a) for p, b, a in rows]
+
+
+def _flat(data: dict[str, Any]) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if key == "custom_fields" and isinstance(value, dict):  # all by name
+            flat.update((f"custom_fields.{name}", v) for name, v in value.items())
+        elif key == "custom_fields":  # by name and by id: a list of entries
+            for entry in value:
+                name = entry["name"] if "name" in entry else f"[{entry['id']}]"
+                flat[f"custom_fields.{name}"] = entry["value"]
+        elif key in ("external_ids", "extra") and isinstance(value, dict):
+            flat.update((f"{key}.{k}", v) for k, v in value.items())
+        else:
+            flat[key] = value
+    return flat
+
+
+async def plan(
+    client: Client,
+    lines: Iterator[Line],
+    *,
+    out: IO[str],
+    err: IO[str],
+    as_json: bool,
+    concurrency: int,
+    match_on: str | None,
+) -> PlanTally:
+    """Print the plan of every line (one line a changed field, or JSON Lines) and count."""
+    tally = PlanTally()
+    line_of: dict[int, Line] = {}
+
+    def emit(record: dict[str, Any]) -> None:
+        out.write(json.dumps(record) + "\n")
+
+    async def valid() -> AsyncIterator[tuple[Any, Any]]:
+        index = 0
+        for line in lines:
+            if line.error is not None:
+                tally.invalid += 1
+                if as_json:
+                    emit({"line": line.number, "id": line.customer_id, "invalid": str(line.error)})
+                else:
+                    out.flush()
+                    err.write(describe_invalid(line) + "\n")
+                continue
+            line_of[index] = line
+            index += 1
+            yield line.customer_id, line.patch
+
+    async with client:
+        async for result in client.iter_plan(valid(), concurrency=concurrency, match_on=match_on):
+            line = line_of.pop(result.index)
+            where = {"line": line.number, "id": line.customer_id}
+            if result.error is not None:
+                if isinstance(result.error, NotFoundError):
+                    tally.not_found += 1
+                else:
+                    tally.failed += 1
+                if as_json:
+                    emit(
+                        {
+                            **where,
+                            "error": type(result.error).__name__,
+                            "message": str(result.error),
+                        }
+                    )
+                else:
+                    out.write(f"{line.customer_id}  line {line.number}: {result.error}\n")
+                continue
+            if not result.changed:
+                tally.unchanged += 1
+                if as_json:
+                    emit(
+                        {
+                            **where,
+                            "customer": result.before.id if result.before else None,
+                            "changed": False,
+                        }
+                    )
+                continue
+            tally.changed += 1
+            rows = field_changes(result)
+            if as_json:
+                assert result.before is not None
+                emit(
+                    {
+                        **where,
+                        "customer": result.before.id,
+                        "changed": True,
+                        "fields": [{"field": f, "before": b, "after": a} for f, b, a in rows],
+                    }
+                )
+            else:
+                for field, before, after in rows:
+                    change = f"{json.dumps(before)} → {json.dumps(after)}"
+                    out.write(f"{line.customer_id}  {field}: {change}\n")
+    return tally
+
+
+def summary(tally: PlanTally, *, pace: float | None, write: str) -> dict[str, Any]:
+    """The plan's counts, and the writes it would send and how long at the paced rate."""
+    seconds = tally.changed / pace if pace else 0.0
+    return {
+        "changed": tally.changed,
+        "unchanged": tally.unchanged,
+        "invalid": tally.invalid,
+        "not_found": tally.not_found,
+        "failed": tally.failed,
+        "requests": tally.changed,
+        "request": write,
+        "seconds": round(seconds, 1),
+    }
