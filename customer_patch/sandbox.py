@@ -191,16 +191,16 @@ class FakeProvider:
     def rate_limited(self, *scopes: str) -> web.Response | None:
         """A 429 if any bucket is empty, else ``None`` (a token is taken from each).
 
-        Limit ``i`` of :attr:`limits` is kept per ``scopes[i]`` (the last scope
-        serves the limits beyond): e.g. ``(f"{key} PATCH /customers/{{id}}/", key)``
-        for a per-route bucket followed by a per-key one, so that each route
+        ``scopes`` go from the narrowest to the widest, e.g. ``(f"{key} PATCH
+        /customers/{{id}}/", key)``: a limit that is :attr:`~customer_patch.RateLimit.per_route`
+        is kept per the first, any other per the last, so that each route
         drains its own bucket and all of them the key's.  Every bucket is
         asked, as django-ninja's and DRF's throttles are: a request refused
         by one bucket still takes a token from each bucket that had one.
         """
         waits = []
         for i, limit in enumerate(self.limits):
-            scope = scopes[min(i, len(scopes) - 1)]
+            scope = scopes[0] if limit.per_route else scopes[-1]
             bucket = self._buckets.get((i, scope))
             if bucket is None:
                 bucket = self._buckets[i, scope] = TokenBucket(limit)

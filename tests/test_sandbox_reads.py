@@ -462,7 +462,10 @@ def test_the_fake_enforces_the_documented_limits_by_default():
 
 async def test_each_route_and_method_has_its_own_bucket():
     fake = DualEntryFake(
-        limits=(RateLimit(burst=2, per_second=SLOW), RateLimit(burst=100, per_second=SLOW))
+        limits=(
+            RateLimit(burst=2, per_second=SLOW, per_route=True),
+            RateLimit(burst=100, per_second=SLOW),
+        )
     )
     fake.add(id=1)
     async with serving(fake, {"X-API-KEY": KEY}) as api:
@@ -485,7 +488,10 @@ async def test_each_route_and_method_has_its_own_bucket():
 
 async def test_every_route_shares_the_keys_bucket():
     fake = DualEntryFake(
-        limits=(RateLimit(burst=10, per_second=SLOW), RateLimit(burst=3, per_second=SLOW))
+        limits=(
+            RateLimit(burst=10, per_second=SLOW, per_route=True),
+            RateLimit(burst=3, per_second=SLOW),
+        )
     )
     fake.add(id=1)
     async with serving(fake, {"X-API-KEY": KEY}) as api:

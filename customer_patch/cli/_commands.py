@@ -72,7 +72,8 @@ PER_SECOND_RANGE = (0.001, 1_000_000.0)
 def _rate_limit(
     text: str | None, option: str = "--rate-limit"
 ) -> tuple[RateLimit, ...] | Unset | None:
-    """``None`` (the adapter's limits), ``off``, or ``BURST/PER_SECOND[,BURST/PER_SECOND...]``."""
+    """``None`` (the adapter's limits), ``off``, or ``BURST/PER_SECOND[/route][,...]``
+    (``/route``: a bucket for each route and method)."""
     if text is None:
         return UNSET
     if text == "off":
@@ -81,18 +82,20 @@ def _rate_limit(
     limits = []
     for part in text.split(","):
         try:
-            burst_text, per_second_text = part.split("/")
+            burst_text, per_second_text, *scope = part.split("/")
             burst, per_second = int(burst_text), float(per_second_text)
+            if scope not in ([], ["route"]):
+                raise ValueError(scope)
         except ValueError:
             _fail(
-                f"{option} {text}: expected BURST/PER_SECOND (e.g. 50/5, or 10/1,50/5 "
-                "for two buckets) or 'off'"
+                f"{option} {text}: expected BURST/PER_SECOND (e.g. 50/5), with /route for "
+                "a bucket per route (e.g. 10/1/route,50/5), or 'off'"
             )
         if not 1 <= burst <= MAX_BURST:
             _fail(f"{option} {text}: BURST must be a whole number from 1 to {MAX_BURST:,}")
         if not low <= per_second <= high:  # also refuses nan and inf
             _fail(f"{option} {text}: PER_SECOND must be from {low} to {high:,.0f}")
-        limits.append(RateLimit(burst=burst, per_second=per_second))
+        limits.append(RateLimit(burst=burst, per_second=per_second, per_route=bool(scope)))
     return tuple(limits)
 
 
@@ -192,7 +195,8 @@ class Interrupted(Exception):
 )
 @click.option("--base-url", help="Another host for the provider (https, or http to loopback).")
 @click.option(
-    "--rate-limit", help="BURST/PER_SECOND[,BURST/PER_SECOND] for raised limits, or 'off'."
+    "--rate-limit",
+    help="BURST/PER_SECOND[/route][,...] for raised limits (/route: per route), or 'off'.",
 )
 def apply_command(
     file: Path,
@@ -550,7 +554,8 @@ Exit status:
 )
 @click.option("--base-url", help="Another host for the provider (https, or http to loopback).")
 @click.option(
-    "--rate-limit", help="BURST/PER_SECOND[,BURST/PER_SECOND] for raised limits, or 'off'."
+    "--rate-limit",
+    help="BURST/PER_SECOND[/route][,...] for raised limits (/route: per route), or 'off'.",
 )
 def plan_command(
     file: Path,
@@ -635,7 +640,7 @@ def plan_command(
     "--limits",
     default="documented",
     show_default=True,
-    help="'documented', 'off', or BURST/PER_SECOND[,...] (raised limits).",
+    help="'documented', 'off', or BURST/PER_SECOND[/route][,...] (raised limits).",
 )
 def sandbox(provider: str, port: int, faults: str, customers: int, limits: str) -> None:
     """Run a fake provider on 127.0.0.1 in the foreground (Ctrl-C stops it)."""
