@@ -34,7 +34,10 @@ from customer_patch._errors import (
     NotAttemptedError,
     PermissionDeniedError,
     Problem,
+    ProviderError,
+    ResponseFormatError,
     TooManyFailuresError,
+    TransportError,
     ValidationError,
 )
 from customer_patch._model import Customer, CustomerId, CustomerPatch, ExternalIds
@@ -154,6 +157,13 @@ def read_key(customer_id: Any) -> Any:
     return (type(customer_id), customer_id)
 
 
+def _answered(error: BaseException) -> bool:
+    """Whether ``error`` came from a request that went out (not from a check)."""
+    if isinstance(error, ProviderError):
+        return error.sent
+    return isinstance(error, TransportError | ResponseFormatError)
+
+
 def _is_pair(item: Any) -> bool:
     return isinstance(item, tuple | list) and len(item) == 2
 
@@ -239,13 +249,17 @@ class _Stop:
         self._streak = 0
         self._kind: tuple[type, int | None] | None = None
 
-    def record(self, result: UpdateResult) -> None:
-        """Count ``result`` (in completion order) and decide whether the run stops."""
+    def record(self, result: UpdateResult, *, read_failed: bool = False) -> None:
+        """Count ``result`` (in completion order) and decide whether the run stops.
+
+        ``read_failed``: the record failed because the provider refused to
+        read its customer, which is evidence as much as a refused write.
+        """
         error = result.error
         if error is None:
             self._streak = 0
             return
-        if result.attempts == 0 or self.cause is not None:
+        if (result.attempts == 0 and not read_failed) or self.cause is not None:
             return  # nothing was sent for it (invalid, or not attempted): no evidence
         if isinstance(error, AuthenticationError | PermissionDeniedError):
             self.cause = error  # every later record would fail the same way
@@ -314,6 +328,7 @@ async def run_bulk(
     finished: collections.deque[asyncio.Task[UpdateResult]] = collections.deque()
     latest: dict[str, asyncio.Task[UpdateResult]] = {}  # customer key -> its last task
     wake: asyncio.Future[None] | None = None
+    read_failures: set[int] = set()  # records in flight whose read the provider refused
 
     async def one(
         index: int, item: Any, previous: asyncio.Task[UpdateResult] | None, was: Any
@@ -329,6 +344,14 @@ async def run_bulk(
             )
         if previous is not None:
             await asyncio.wait((previous,))  # its outcome is its own; only its end matters
+        if read is not None and isinstance(was, Exception):
+            # Its customer could not be read (or matched): that is its outcome,
+            # whether or not the run has stopped since.  Nothing was sent.
+            if _answered(was):
+                read_failures.add(index)
+            return UpdateResult(
+                index=index, customer_id=customer_id, patch=patch, error=was, changed=False
+            )
         if stop.cause is not None:
             return UpdateResult(
                 index=index,
@@ -338,10 +361,6 @@ async def run_bulk(
             )
         target, before, changes = customer_id, None, patch
         if read is not None:
-            if isinstance(was, Exception):  # could not be read (or matched): not sent
-                return UpdateResult(
-                    index=index, customer_id=customer_id, patch=patch, error=was, changed=False
-                )
             if resolve:
                 assert isinstance(was, Customer)
                 target = was.id  # the key matched this customer
@@ -397,7 +416,9 @@ async def run_bulk(
         if task.cancelled():
             return
         if task.exception() is None:
-            stop.record(task.result())
+            result = task.result()
+            stop.record(result, read_failed=result.index in read_failures)
+            read_failures.discard(result.index)
         finished.append(task)
         if wake is not None and not wake.done():
             wake.set_result(None)
@@ -443,7 +464,8 @@ async def run_bulk(
             item = await take()
             if item is not _END:
                 batch.append((next(counter), item))
-        ids = [item[0] for _, item in batch if _is_pair(item)]
+        # Once the run stops, its records are not attempted: nothing to read.
+        ids = [item[0] for _, item in batch if _is_pair(item)] if stop.cause is None else []
         assert read is not None
         try:
             was_read = await read(ids) if ids else {}

@@ -17,6 +17,7 @@ from customer_patch import (
     Customer,
     CustomerPatch,
     ExternalIds,
+    NotAttemptedError,
     NotFoundError,
     PermissionDeniedError,
     RateLimit,
@@ -710,3 +711,34 @@ async def test_a_field_the_list_does_not_show_is_read_from_the_customer_itself()
     assert results[1].before.country == "FR"  # known, so an undo can restore it
     gets = sorted(urlsplit(r.url).path for r in store.sent("GET"))
     assert gets == ["/public/v2/customers/", "/public/v2/customers/1/", "/public/v2/customers/2/"]
+
+
+async def test_a_401_on_the_reads_stops_the_run():
+    """Every later read would be refused the same way: stop, as for a 401 on a write."""
+
+    def answer(request):
+        return Response(status=401, body=b'{"success": false, "errors": {"__all__": ["no"]}}')
+
+    transport = MockTransport(answer)
+    updates = [(i, CustomerPatch(name="x")) for i in range(1, 1001)]
+    async with Client("dualentry", token="k", transport=transport, rate_limit=None) as de:
+        results = [r async for r in de.iter_updates(updates, skip_unchanged=True)]
+    assert len(results) == 1000
+    assert len(transport.requests) == 1  # not one read per page of the 1000
+    assert sum(isinstance(r.error, NotAttemptedError) for r in results) == 900
+
+
+async def test_reads_that_keep_failing_count_towards_the_thresholds():
+    transport = MockTransport(lambda r: Response(status=500, body=b"{}"))
+    updates = [(i, CustomerPatch(name="x")) for i in range(1, 1001)]
+    async with Client(
+        "dualentry", token="k", transport=transport, rate_limit=None, retry=None
+    ) as de:
+        results = [
+            r
+            async for r in de.iter_updates(
+                updates, skip_unchanged=True, max_consecutive_failures=150
+            )
+        ]
+    assert len(results) == 1000
+    assert len(transport.requests) == 2  # the second page's failures cross the threshold
