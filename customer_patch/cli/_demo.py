@@ -70,7 +70,8 @@ async def run_demo() -> int:
     out.print(summary)
     out.print(
         "The failed and invalid records are in the example files on purpose: an unknown\n"
-        "custom field (422), a missing customer (404), values the provider cannot take."
+        "custom field (refused before sending, from the provider's definitions), a\n"
+        "missing customer (404), values the provider cannot take."
     )
     _show_examples(examples)
     return 0
