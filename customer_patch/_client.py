@@ -145,6 +145,8 @@ def _check_base_url(base_url: str) -> str:
 
 
 _UNBOUNDED = contextlib.nullcontext()
+MAX_DEFINITIONS = 10_000
+"""Custom field definitions read at most (a hundred pages)."""
 
 
 class Client:
@@ -366,6 +368,15 @@ class Client:
                     assert value is not None
                     page, count = value
                     definitions += page
+                    if len(definitions) > MAX_DEFINITIONS:
+                        # A list that never ends (a count that keeps growing,
+                        # the same page again and again) must not hold every update.
+                        raise ResponseFormatError(
+                            f"more than {MAX_DEFINITIONS} custom field definitions: "
+                            "not read further",
+                            provider=self.provider,
+                            status=200,
+                        )
                     if not page or len(definitions) >= count:
                         break
                 self._definitions = definitions

@@ -742,3 +742,12 @@ async def test_reads_that_keep_failing_count_towards_the_thresholds():
         ]
     assert len(results) == 1000
     assert len(transport.requests) == 2  # the second page's failures cross the threshold
+
+
+async def test_a_definitions_list_that_never_ends_is_a_format_error_not_a_hang():
+    page = {"items": [definition(1, "Same")] * 100, "count": 10**12}
+    transport = MockTransport(lambda r: Response(status=200, body=json.dumps(page).encode()))
+    async with Client("dualentry", token="k", transport=transport, rate_limit=None) as de:
+        with pytest.raises(ResponseFormatError, match="more than 10000"):
+            await asyncio.wait_for(de.custom_field_definitions(), HANG_GUARD)
+    assert len(transport.requests) == 101
