@@ -1,0 +1,1119 @@
+"""Issue 12 end to end, as a careless operator and a hostile server would use it:
+``plan``, ``apply --changes-only``, ``--undo-file`` and ``--match-on`` against the
+DualEntry sandbox on 127.0.0.1.
+
+The fake runs in a thread (``threaded_fake``, or :func:`serving` for a fake
+built here, some of them hostile); the command runs in-process through click's
+runner, or as a subprocess where a signal is part of the test.  Nothing waits
+on the clock: hostile fakes hold a request until the test (or another request)
+lets it go, and every wait has a generous deadline that only guards a hang.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+
+from customer_patch import Client
+from customer_patch.sandbox import Faults
+from customer_patch_dualentry._fake import DualEntryFake
+from tests.test_cli import CLI, TOKEN, jsonl, report_lines, run
+from tests.threaded_fake import threaded_fake
+
+HANG_GUARD = 20  # seconds: a run that takes this long is hung, not slow
+FAST = {"limits": ()}
+PATCHABLE = (
+    "name",
+    "unique_id",
+    "email",
+    "address",
+    "country",
+    "website",
+    "phone",
+    "full_address",
+    "shipping_address",
+)
+"""The stored fields a PATCH can change (custom fields apart)."""
+BILLING = {"street": "1 Rue Neuve", "city": "Lyon", "postal_code": "69001", "country": "FR"}
+SHIPPING = {"street": "9 Dock Rd", "city": "Leeds", "postal_code": "LS1 1AA", "name": "Depot"}
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def state(fake: DualEntryFake) -> dict[Any, dict[str, Any]]:
+    """What a PATCH can change, per customer: the patchable fields, and each custom
+    field's value by field id (``None`` when it has none)."""
+    return copy.deepcopy(
+        {
+            i: {
+                **{k: c[k] for k in PATCHABLE},
+                "custom_fields": {
+                    e["field"]["id"]: (e["value"] or {}).get("value") for e in c["custom_fields"]
+                },
+            }
+            for i, c in fake.customers.items()
+        }
+    )
+
+
+def patches(fake: DualEntryFake) -> list[Any]:
+    return [r for r in fake.requests if r.method == "PATCH"]
+
+
+def plan(path, base, *extra):
+    return run(["plan", str(path), "--provider", "dualentry", "--base-url", base, *extra])
+
+
+def apply(path, base, *extra):
+    return run(["apply", str(path), "--provider", "dualentry", "--base-url", base, *extra])
+
+
+def changes_only(path, base, *extra):
+    return apply(path, base, "--changes-only", "--rate-limit", "off", *extra)
+
+
+def lines_of(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def one_line_error(result, *needles: str) -> None:
+    """Exit 2 with a single ``error:`` line on standard error naming ``needles``."""
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    errors = lines_of(result.stderr)
+    assert len(errors) == 1, result.stderr
+    assert errors[0].startswith("error: ")
+    for needle in needles:
+        assert needle in errors[0]
+    assert "Traceback" not in result.output
+
+
+@contextmanager
+def serving(fake: DualEntryFake) -> Iterator[str]:
+    """Run ``fake`` (built here, perhaps hostile) on loopback in a thread; its base URL."""
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+    base: list[str] = []
+
+    def serve() -> None:
+        asyncio.set_event_loop(loop)
+        base.append(loop.run_until_complete(fake.start()))
+        started.set()
+        loop.run_forever()
+        loop.run_until_complete(fake.stop())
+        loop.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    assert started.wait(HANG_GUARD)
+    try:
+        yield base[0]
+    finally:
+        release = getattr(fake, "release", None)
+        if release is not None:
+            release()
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(HANG_GUARD)
+
+
+async def _until(flag: threading.Event) -> None:
+    """Wait in the fake's loop until the test (another thread) sets ``flag``; bounded."""
+    await asyncio.to_thread(flag.wait, HANG_GUARD)
+
+
+def wait_until(condition, what: str) -> None:
+    """Poll ``condition`` (the fake's state, a file) until true; fail after the hang guard."""
+    end = time.monotonic() + HANG_GUARD
+    while not condition():
+        assert time.monotonic() < end, f"hung waiting for {what}"
+        time.sleep(0.01)
+
+
+class ScriptedPatches(DualEntryFake):
+    """Answers the first PATCHes of some customers with the statuses scripted for them
+    (applying nothing), then behaves."""
+
+    def __init__(self, script: dict[int, list[int]], **options: Any) -> None:
+        super().__init__(**options)
+        self.script = {k: list(v) for k, v in script.items()}
+
+    async def patch(self, request):
+        answers = self.script.get(int(request.match_info["id"]))
+        if answers:
+            return self.error(answers.pop(0), "scripted refusal")
+        return await super().patch(request)
+
+
+class HeldReads(DualEntryFake):
+    """Holds every customer list read until the test releases it (the read phase
+    then lasts as long as the test wants)."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.held = threading.Event()
+        self.released = threading.Event()
+
+    def release(self) -> None:
+        self.released.set()
+
+    async def list_customers(self, request):
+        self.held.set()
+        await _until(self.released)
+        return await super().list_customers(request)
+
+
+# -- plan -----------------------------------------------------------------------------------
+
+
+PLAN_RECORDS = [
+    {"id": 1001, "patch": {"name": "Renamed", "email": "new@x.example"}},
+    {"id": 1002, "patch": {"name": "Demo Customer 1002"}},  # what it already is
+    {"id": 1003, "patch": {"phone": "555 0199", "custom_fields": {"Tier": "Gold"}}},
+    {"id": 1004, "patch": {"custom_fields": [{"id": 45, "value": "east"}]}},
+    {"id": 1004, "patch": {"billing_address": BILLING}},
+]
+PLAN_LINES = [
+    '1001  name: "Demo Customer 1001" → "Renamed"',
+    '1001  email: "" → "new@x.example"',
+    '1003  phone: "" → "555 0199"',
+    '1003  custom_fields.Tier: null → "Gold"',
+    '1004  custom_fields.[45]: null → "east"',
+    "1004  billing_address: null → " + json.dumps(BILLING),
+]
+
+
+def _summary(changed, unchanged, invalid=0, not_found=0, *, pace):
+    seconds = round(changed / pace, 1)
+    return (
+        f"plan: {changed} to change, {unchanged} unchanged, {invalid} invalid, "
+        f"{not_found} not found; would send {changed} PATCH request(s), "
+        f"about {seconds:g} s at the paced rate; nothing was sent"
+    )
+
+
+def test_plan_prints_before_and_after_of_each_changed_field_and_sends_no_write(tmp_path):
+    pace = Client("dualentry", token=TOKEN).pace
+    assert pace is not None
+    path = jsonl(tmp_path / "u.jsonl", PLAN_RECORDS)
+    with threaded_fake("dualentry", customers=4) as (fake, base, _):  # documented limits
+        before = state(fake)
+        result = plan(path, base)
+        after = state(fake)
+        methods = {r.method for r in fake.requests}
+    assert result.exit_code == 0, result.output
+    assert methods == {"GET"}
+    assert after == before
+    printed = lines_of(result.stdout)
+    assert sorted(printed[:-1]) == sorted(PLAN_LINES)
+    # One record's lines together, in the patch's field order.
+    assert printed.index(PLAN_LINES[1]) == printed.index(PLAN_LINES[0]) + 1
+    assert printed[-1] == _summary(4, 1, pace=pace)
+    assert result.stderr == ""
+
+
+def test_plan_exit_status_says_invalid_over_not_found_over_complete(tmp_path):
+    not_found = [*PLAN_RECORDS, {"id": 9999, "patch": {"name": "Ghost"}}]
+    invalid = [*not_found, {"id": 1001, "patch": {"name": 5}}]
+    with threaded_fake("dualentry", customers=4, **FAST) as (fake, base, _):
+        one = plan(jsonl(tmp_path / "a.jsonl", not_found), base, "--rate-limit", "off")
+        two = plan(jsonl(tmp_path / "b.jsonl", invalid), base, "--rate-limit", "off")
+        sent = patches(fake)
+    assert sent == []
+    assert one.exit_code == 1, one.output
+    assert "9999  line 6: dualentry: customer 9999 is not in the list of customers" in one.stdout
+    assert lines_of(one.stdout)[-1] == _summary(4, 1, 0, 1, pace=float("inf"))
+    assert two.exit_code == 2, two.output
+    assert lines_of(two.stderr) == ["line 7: patch.name: expected str, got int (nothing sent)"]
+    assert lines_of(two.stdout)[-1] == _summary(4, 1, 1, 1, pace=float("inf"))
+
+
+def test_plan_json_is_a_line_per_record_then_the_summary(tmp_path):
+    records = [
+        *PLAN_RECORDS,
+        {"id": 9999, "patch": {"name": "Ghost"}},
+        {"id": 1001, "patch": {"name": 5}},
+    ]
+    path = jsonl(tmp_path / "u.jsonl", records)
+    with threaded_fake("dualentry", customers=4, **FAST) as (fake, base, _):
+        result = plan(path, base, "--format", "json", "--rate-limit", "off")
+        sent = patches(fake)
+    assert sent == []
+    assert result.exit_code == 2, result.output
+    assert result.stderr == ""  # the invalid line is in the JSON
+    out = [json.loads(line) for line in lines_of(result.stdout)]
+    assert out[-1] == {
+        "summary": {
+            "changed": 4,
+            "unchanged": 1,
+            "invalid": 1,
+            "not_found": 1,
+            "failed": 0,
+            "requests": 4,
+            "request": "PATCH",
+            "seconds": 0.0,
+        }
+    }
+    by_line = {o["line"]: o for o in out[:-1]}
+    assert sorted(by_line) == [1, 2, 3, 4, 5, 6, 7]
+    assert by_line[1] == {
+        "line": 1,
+        "id": 1001,
+        "customer": 1001,
+        "changed": True,
+        "fields": [
+            {"field": "name", "before": "Demo Customer 1001", "after": "Renamed"},
+            {"field": "email", "before": "", "after": "new@x.example"},
+        ],
+    }
+    assert by_line[2] == {"line": 2, "id": 1002, "customer": 1002, "changed": False}
+    assert by_line[4]["fields"] == [
+        {"field": "custom_fields.[45]", "before": None, "after": "east"}
+    ]
+    assert by_line[5]["fields"] == [
+        {
+            "field": "billing_address",
+            "before": None,
+            "after": BILLING,
+        }
+    ]
+    assert by_line[6] == {
+        "line": 6,
+        "id": 9999,
+        "error": "NotFoundError",
+        "message": "dualentry: customer 9999 is not in the list of customers",
+    }
+    assert by_line[7]["id"] == 1001
+    assert "patch.name: expected str, got int" in by_line[7]["invalid"]
+
+
+def test_plan_of_an_empty_file_and_of_a_file_that_changes_nothing(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n\n")
+    same = jsonl(
+        tmp_path / "same.jsonl",
+        [{"id": i, "patch": {"name": f"Demo Customer {i}"}} for i in (1001, 1002, 1001)],
+    )
+    with threaded_fake("dualentry", customers=2, **FAST) as (fake, base, _):
+        nothing = plan(empty, base, "--rate-limit", "off")
+        requests_for_nothing = len(fake.requests)
+        unchanged = plan(same, base, "--rate-limit", "off")
+        as_json = plan(same, base, "--rate-limit", "off", "--format", "json")
+        sent = patches(fake)
+    assert sent == []
+    assert requests_for_nothing == 0  # nothing to read: nothing read
+    assert nothing.exit_code == 0, nothing.output
+    assert lines_of(nothing.stdout) == [_summary(0, 0, pace=float("inf"))]
+    assert unchanged.exit_code == 0, unchanged.output
+    assert lines_of(unchanged.stdout) == [_summary(0, 3, pace=float("inf"))]
+    assert as_json.exit_code == 0
+    assert json.loads(lines_of(as_json.stdout)[-1])["summary"]["unchanged"] == 3
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a refused record left the next one of its customer with nothing to compare with: AssertionError in plan",
+)
+def test_plan_of_a_customer_whose_earlier_record_would_be_refused(tmp_path):
+    """The first record names a custom field DualEntry does not have: that record is
+    an error; the next record of the same customer is still planned against what was
+    read (nothing would have been sent before it), not a crash."""
+    records = [
+        {"id": 1001, "patch": {"custom_fields": {"Nope": 1}}},
+        {"id": 1001, "patch": {"name": "Renamed"}},
+    ]
+    path = jsonl(tmp_path / "u.jsonl", records)
+    with threaded_fake("dualentry", customers=1, **FAST) as (fake, base, _):
+        text = plan(path, base, "--rate-limit", "off")
+        as_json = plan(path, base, "--rate-limit", "off", "--format", "json")
+        sent = patches(fake)
+    assert sent == []
+    for result in (text, as_json):
+        assert result.exit_code == 1, result.output
+        assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert '1001  name: "Demo Customer 1001" → "Renamed"' in lines_of(text.stdout)
+    assert "no active customer custom field is named 'Nope'" in text.stdout
+    second = [json.loads(line) for line in lines_of(as_json.stdout)]
+    assert {"field": "name", "before": "Demo Customer 1001", "after": "Renamed"} in next(
+        o["fields"] for o in second if o.get("line") == 2
+    )
+
+
+@pytest.mark.parametrize(
+    ("provider", "match_on", "message"),
+    [
+        (
+            "qwoty",
+            "unique_id",
+            "--match-on unique_id: qwoty can find customers by its own ids only",
+        ),
+        ("dualentry", "email", "--match-on email: dualentry can find customers by unique_id"),
+        ("dualentry", "id", "--match-on id: dualentry can find customers by unique_id"),
+    ],
+)
+@pytest.mark.parametrize("command", ["plan", "apply"])
+def test_match_on_a_key_the_provider_cannot_find_by_is_one_line_exit_2(
+    tmp_path, command, provider, match_on, message
+):
+    path = jsonl(tmp_path / "u.jsonl", [{match_on: "K-1", "patch": {"name": "x"}}])
+    extra = ["--changes-only"] if command == "apply" else []
+    result = run([command, str(path), "--provider", provider, "--match-on", match_on, *extra])
+    one_line_error(result, message)
+
+
+# -- apply --changes-only -------------------------------------------------------------------
+
+
+def test_changes_only_sends_only_what_differs_and_reports_before_and_after(tmp_path):
+    records = [
+        {"id": 1001, "patch": {"name": "Renamed"}},
+        {"id": 1002, "patch": {"name": "Demo Customer 1002"}},  # unchanged
+        {"id": 1003, "patch": {"name": "Demo Customer 1003", "email": "e@x.example"}},
+        {"id": 1003, "patch": {"email": "e@x.example"}},  # what line 3 left: unchanged
+        {"id": 9999, "patch": {"name": "Ghost"}},
+        {"id": 1001, "patch": {"phone": "call me"}},  # invalid: never read, never sent
+    ]
+    path = jsonl(tmp_path / "u.jsonl", records)
+    report = tmp_path / "r.jsonl"
+    with threaded_fake("dualentry", customers=3, **FAST) as (fake, base, _):
+        result = changes_only(path, base, "--report", str(report))
+        sent = [(r.path, r.body) for r in patches(fake)]
+        stored = {i: (c["name"], c["email"]) for i, c in fake.customers.items()}
+    assert result.exit_code == 2, result.output  # an invalid line
+    assert sorted(sent) == [
+        ("/public/v2/customers/1001/", {"name": "Renamed"}),
+        ("/public/v2/customers/1003/", {"email": "e@x.example"}),
+    ]
+    assert stored == {
+        1001: ("Renamed", ""),
+        1002: ("Demo Customer 1002", ""),
+        1003: ("Demo Customer 1003", "e@x.example"),
+    }
+    entries = {e["line"]: e for e in report_lines(report)}
+    assert sorted(entries) == [1, 2, 3, 4, 5, 6]
+    drop = ("hash", "message")
+    seen = {n: {k: v for k, v in e.items() if k not in drop} for n, e in entries.items()}
+    assert seen[1] == {
+        "line": 1,
+        "id": 1001,
+        "ok": True,
+        "attempts": 1,
+        "changed": True,
+        "customer": 1001,
+        "before": {"name": "Demo Customer 1001"},
+        "after": {"name": "Renamed"},
+    }
+    assert seen[2] == {
+        "line": 2,
+        "id": 1002,
+        "ok": True,
+        "attempts": 0,
+        "changed": False,
+        "customer": 1002,
+    }
+    assert seen[3]["before"] == {"email": ""}
+    assert seen[3]["after"] == {"email": "e@x.example"}
+    assert seen[4] == {**seen[2], "line": 4, "id": 1003, "customer": 1003}
+    assert seen[5] == {
+        "line": 5,
+        "id": 9999,
+        "ok": False,
+        "attempts": 0,
+        "error": "NotFoundError",
+        "status": 404,
+        "changed": False,
+    }
+    assert seen[6]["ok"] is False
+    assert seen[6]["error"] == "ValidationError"
+    assert (
+        "4 succeeded (2 unchanged: nothing sent); 1 failed; 1 invalid "
+        "(1 NotFoundError, 1 ValidationError)"
+    ) in result.stdout
+
+
+def test_changes_only_of_duplicates_an_unchanged_file_and_an_empty_one_sends_no_more(tmp_path):
+    line = {"id": 1001, "patch": {"name": "Once", "email": "once@x.example"}}
+    dup = jsonl(tmp_path / "dup.jsonl", [line, line, line])
+    same = jsonl(
+        tmp_path / "same.jsonl",
+        [{"id": i, "patch": {"name": f"Demo Customer {i}"}} for i in (1002, 1003, 1002)],
+    )
+    empty = tmp_path / "empty.csv"
+    empty.write_text("id,name\n")
+    with threaded_fake("dualentry", customers=3, **FAST) as (fake, base, _):
+        first = changes_only(dup, base)
+        sent_for_dup = len(patches(fake))
+        again = changes_only(dup, base)  # run twice by mistake: nothing more to send
+        unchanged = changes_only(same, base)
+        nothing = changes_only(empty, base)
+        sent = len(patches(fake))
+    assert first.exit_code == 0, first.output
+    assert sent_for_dup == 1
+    assert "3 succeeded (2 unchanged: nothing sent)" in first.stdout
+    for result in (again, unchanged):
+        assert result.exit_code == 0, result.output
+        assert "3 succeeded (3 unchanged: nothing sent); 0 failed; 0 invalid" in result.stdout
+    assert nothing.exit_code == 0, nothing.output
+    assert "0 succeeded (0 unchanged: nothing sent); 0 failed; 0 invalid" in nothing.stdout
+    assert sent == 1
+
+
+# -- --undo-file ----------------------------------------------------------------------------
+
+OLD_BILLING = {"street": "2 Old St", "city": "Bath", "postal_code": "BA1", "state": "Somerset"}
+SETUP = [  # a starting state with something in every kind of field
+    {"id": 1001, "patch": {"phone": "555 0100"}},
+    {
+        "id": 1002,
+        "patch": {
+            "custom_fields": [{"name": "Partner", "value": False}, {"id": 44, "value": "north"}]
+        },
+    },
+    {"id": 1003, "patch": {"billing_address": OLD_BILLING}},
+    {"id": 1005, "patch": {"email": "keep@x.example"}},
+    {"id": 1006, "patch": {"email": "old@x.example", "website": "https://old.example"}},
+]
+RUN = [
+    {"id": 1001, "patch": {"name": "A", "email": "a@x.example"}},
+    {"id": 1001, "patch": {"name": "B", "phone": "+1 555 0101"}},
+    {"id": 1001, "patch": {"name": "A"}},  # A -> B -> A: the undo restores the first name
+    {"id": 1002, "patch": {"custom_fields": {"Partner": True, "Tier": "Gold"}}},
+    {
+        "id": 1002,
+        "patch": {"custom_fields": [{"id": 45, "value": "east"}, {"id": 44, "value": "west"}]},
+    },
+    {"id": 1003, "patch": {"billing_address": BILLING, "shipping_address": SHIPPING}},
+    {"id": 1003, "patch": {"address": "1 Free Text", "country": "France"}},  # not in the list
+    {"id": 1004, "patch": {"unique_id": "NEW-1004", "website": "https://x.example"}},
+    {"id": 1005, "patch": {"email": "keep@x.example"}},  # unchanged: nothing to undo
+    {"id": 1006, "patch": {"email": None, "website": "https://new.example"}},
+    {"id": 1002, "patch": {"custom_fields": {"Tier": "Silver", "Partner": True}}},
+    {"id": 1004, "patch": {"unique_id": "DEMO-1004"}},  # back to what it was
+]
+
+
+def test_undo_file_restores_every_field_a_run_changed(tmp_path):
+    undo = tmp_path / "undo.jsonl"
+    with threaded_fake("dualentry", customers=6, **FAST) as (fake, base, _):
+        setup = apply(jsonl(tmp_path / "setup.jsonl", SETUP), base, "--rate-limit", "off")
+        assert setup.exit_code == 0, setup.output
+        snapshot = state(fake)
+        result = changes_only(
+            jsonl(tmp_path / "run.jsonl", RUN),
+            base,
+            "--undo-file",
+            str(undo),
+            "--concurrency",
+            "4",
+        )
+        changed = state(fake)
+        undone = apply(undo, base, "--rate-limit", "off")
+        restored = state(fake)
+    assert result.exit_code == 0, result.output
+    assert f"undo: {undo}" in result.stdout
+    assert "could not be recorded" not in result.output
+    assert changed != snapshot
+    assert changed[1001]["name"] == "A"
+    assert undone.exit_code == 0, undone.output
+    assert restored == snapshot
+    records = [json.loads(line) for line in lines_of(undo.read_text())]
+    assert all(set(r) == {"id", "patch"} for r in records)
+    assert sorted({r["id"] for r in records}) == [1001, 1002, 1003, 1004, 1006]  # 1005: unchanged
+    # Only the first value read of each field: 1001's name once, the one before the run.
+    assert [r["patch"] for r in records if r["id"] == 1001] == [
+        {"name": "Demo Customer 1001", "email": ""},
+        {"phone": "555 0100"},
+    ]
+
+
+def test_an_existing_undo_file_is_refused_and_left_untouched(tmp_path):
+    path = jsonl(tmp_path / "u.jsonl", [{"id": 1001, "patch": {"name": "X"}}])
+    undo = tmp_path / "undo.jsonl"
+    undo.write_text('{"id": 1001, "patch": {"name": "from an earlier run"}}\n')
+    empty = tmp_path / "empty.jsonl"
+    empty.touch()
+    with threaded_fake("dualentry", customers=1, **FAST) as (fake, base, _):
+        refused = changes_only(path, base, "--undo-file", str(undo))
+        refused_empty = changes_only(path, base, "--undo-file", str(empty))
+        sent = patches(fake)
+    for result, name in ((refused, undo), (refused_empty, empty)):
+        one_line_error(result, f"--undo-file {name} exists", "never replaced")
+    assert undo.read_text() == '{"id": 1001, "patch": {"name": "from an earlier run"}}\n'
+    assert empty.read_bytes() == b""
+    assert sent == []
+
+
+def test_the_undo_file_may_not_be_the_input_the_report_or_need_no_reading(tmp_path):
+    path = jsonl(tmp_path / "u.jsonl", [{"id": 1001, "patch": {"name": "X"}}])
+    report = tmp_path / "r.jsonl"
+    linked = tmp_path / "linked.jsonl"
+    linked.symlink_to(path)
+    with threaded_fake("dualentry", customers=1, **FAST) as (fake, base, _):
+        same_as_input = changes_only(path, base, "--undo-file", str(path))
+        link_to_input = changes_only(path, base, "--undo-file", str(linked))
+        same_as_report = changes_only(
+            path, base, "--report", str(report), "--undo-file", str(report)
+        )
+        no_reading = apply(path, base, "--undo-file", str(tmp_path / "undo.jsonl"))
+        dry = apply(
+            path, base, "--dry-run", "--changes-only", "--undo-file", str(tmp_path / "d.jsonl")
+        )
+        no_folder = changes_only(path, base, "--undo-file", str(tmp_path / "nowhere" / "u.jsonl"))
+        sent = patches(fake)
+    one_line_error(same_as_input, f"--undo-file {path} is the input file")
+    one_line_error(link_to_input, f"--undo-file {linked} is the input file")
+    one_line_error(same_as_report, f"--undo-file {report} is the report")
+    one_line_error(no_reading, "--undo-file needs --changes-only")
+    one_line_error(dry, "--dry-run reads nothing", "customer-patch plan")
+    one_line_error(no_folder, "does not exist")
+    assert sent == []
+    assert path.read_text() == '{"id": 1001, "patch": {"name": "X"}}\n'
+    assert not (tmp_path / "undo.jsonl").exists()
+    assert not (tmp_path / "d.jsonl").exists()
+
+
+# -- --match-on unique_id --------------------------------------------------------------------
+
+
+@contextmanager
+def keyed_fake() -> Iterator[tuple[DualEntryFake, str]]:
+    """Customers 1001-1003 (DEMO-1001...), two whose unique ids differ only by case,
+    and one with none."""
+    with threaded_fake("dualentry", customers=3, **FAST) as (fake, base, _):
+        fake.add(id=2001, name="Upper", unique_id="DUP-1")
+        fake.add(id=2002, name="Lower", unique_id="dup-1")
+        fake.add(id=2003, name="Nameless", unique_id=None)
+        yield fake, base
+
+
+def test_match_on_unique_id_in_a_csv(tmp_path):
+    path = tmp_path / "u.csv"
+    path.write_text(
+        "unique_id,name,email\n"
+        "demo-1001,Renamed,\n"  # another case: the same customer
+        " DEMO-1002 ,,b@x.example\n"  # spaces around a CSV cell are not part of the key
+        "DEMO-1003,Demo Customer 1003,\n"  # unchanged
+        "NOPE-1,Ghost,\n"
+        "DUP-1,Which one,\n"
+        "x&unique_id=DEMO-1001,Injected,\n"  # a key is a value, never a query
+    )
+    report = tmp_path / "r.jsonl"
+    with keyed_fake() as (fake, base):
+        result = changes_only(path, base, "--match-on", "unique_id", "--report", str(report))
+        sent = sorted((r.path, r.body) for r in patches(fake))
+        names = {i: c["name"] for i, c in fake.customers.items()}
+    assert result.exit_code == 1, result.output
+    assert sent == [
+        ("/public/v2/customers/1001/", {"name": "Renamed"}),
+        ("/public/v2/customers/1002/", {"email": "b@x.example"}),
+    ]
+    assert names[2001] == "Upper"
+    assert names[2002] == "Lower"
+    entries = {e["line"]: e for e in report_lines(report)}
+    assert sorted(entries) == [2, 3, 4, 5, 6, 7]
+    assert entries[2]["id"] == "demo-1001"
+    assert entries[2]["customer"] == 1001
+    assert entries[2]["before"] == {"name": "Demo Customer 1001"}
+    assert entries[3]["id"] == "DEMO-1002"
+    assert entries[4]["changed"] is False
+    assert entries[4]["customer"] == 1003
+    assert (entries[5]["error"], entries[5]["ok"]) == ("NotFoundError", False)
+    assert "no customer has unique_id 'NOPE-1'" in entries[5]["message"]
+    assert entries[6]["error"] == "ValidationError"
+    assert "matches 2 customers" in entries[6]["message"]
+    assert "not a guess" in entries[6]["message"]
+    assert entries[7]["error"] == "NotFoundError"
+    assert "customer" not in entries[6]
+    assert "3 succeeded (1 unchanged: nothing sent); 3 failed; 0 invalid" in result.stdout
+
+
+@pytest.mark.xfail(strict=True, reason="a plan prints a ValidationError over several lines")
+def test_match_on_unique_id_in_jsonl_and_in_a_plan(tmp_path):
+    records = [
+        {"unique_id": "Demo-1003", "patch": {"email": "c@x.example"}},
+        {"unique_id": "dup-1", "patch": {"name": "Guess"}},
+        {"unique_id": 1001, "patch": {"name": "A number is not a key"}},
+        {"id": 1001, "patch": {"name": "An id is not the key asked for"}},
+        {"unique_id": "", "patch": {"name": "Empty"}},
+    ]
+    path = jsonl(tmp_path / "u.jsonl", records)
+    with keyed_fake() as (fake, base):
+        planned = plan(path, base, "--match-on", "unique_id", "--rate-limit", "off")
+        planned_sent = len(patches(fake))
+        applied = changes_only(path, base, "--match-on", "unique_id")
+        sent = [(r.path, r.body) for r in patches(fake)]
+    assert planned_sent == 0
+    assert planned.exit_code == 2, planned.output
+    assert 'Demo-1003  email: "" → "c@x.example"' in lines_of(planned.stdout)
+    assert (  # one line, as every line of a plan is
+        "dup-1  line 2: unique_id: 'dup-1' matches 2 customers (2001, 2002...): not a guess"
+        in lines_of(planned.stdout)
+    )
+    invalid = lines_of(planned.stderr)
+    assert [line.split(":")[0] for line in invalid] == ["line 3", "line 4", "line 5"]
+    assert "unique_id: must be a non-empty string" in invalid[0]
+    assert "expected {\"unique_id\": ..., \"patch\": {...}}, got ['id', 'patch']" in invalid[1]
+    assert lines_of(planned.stdout)[-1].startswith(
+        "plan: 1 to change, 0 unchanged, 3 invalid, 0 not found, 1 could not be read;"
+    )
+    assert applied.exit_code == 2, applied.output
+    assert sent == [("/public/v2/customers/1003/", {"email": "c@x.example"})]
+
+
+def test_match_on_refuses_an_id_column_in_one_line(tmp_path):
+    path = tmp_path / "u.csv"
+    path.write_text("id,unique_id,name\n1001,DEMO-1001,X\n")
+    with threaded_fake("dualentry", customers=1, **FAST) as (fake, base, _):
+        applied = changes_only(path, base, "--match-on", "unique_id")
+        planned = plan(path, base, "--match-on", "unique_id")
+        no_key = changes_only(
+            jsonl(tmp_path / "n.csv", []), base, "--match-on", "unique_id", "--format", "csv"
+        )
+        sent = fake.requests
+    for result in (applied, planned):
+        one_line_error(result, "with --match-on unique_id, an 'id' column would be ambiguous")
+    one_line_error(no_key, "a CSV needs a header row with an 'unique_id' column")
+    assert sent == []
+
+
+@pytest.mark.xfail(
+    strict=True, reason="a plan prints keys as they are, line breaks and escapes included"
+)
+def test_a_plan_line_cannot_be_forged_by_the_data_it_prints(tmp_path):
+    """A key with a line break or a terminal escape (a CRM export can hold anything) is
+    printed escaped, on its one line: a plan is read by people deciding to apply it."""
+    evil = 'EVIL\n1002  name: "Demo Customer 1002" → "Hijacked"\x1b[2K'
+    path = jsonl(tmp_path / "u.jsonl", [{"unique_id": evil, "patch": {"name": "Renamed"}}])
+    with keyed_fake() as (fake, base):
+        fake.add(id=3001, name="Evil", unique_id=evil)
+        result = plan(path, base, "--match-on", "unique_id", "--rate-limit", "off")
+    assert result.exit_code == 0, result.output
+    printed = lines_of(result.stdout)
+    assert len(printed) == 2, printed
+    assert printed[0].endswith('name: "Evil" → "Renamed"')
+    assert "\x1b" not in result.stdout
+    assert not any(line.startswith("1002") for line in printed)
+
+
+# -- a hostile server -------------------------------------------------------------------------
+
+
+def test_changes_only_under_injected_faults_reports_each_record_once_and_ends_right(tmp_path):
+    """500s, 429s and dropped connections on reads and writes alike: every record gets
+    exactly one report line per run, and resuming until done leaves the store with each
+    customer's last value (one customer has several records)."""
+    customers = list(range(1001, 1031))
+    records = [{"id": i, "patch": {"name": f"N{i}"}} for i in customers]
+    records += [{"id": i, "patch": {"email": f"e{i}@x.example"}} for i in customers[::3]]
+    records += [{"id": 1001, "patch": {"name": "Last"}}]
+    records += [{"id": i, "patch": {"name": f"Demo Customer {i}"}} for i in range(1031, 1041)]
+    path = jsonl(tmp_path / "u.jsonl", records)
+    report = tmp_path / "r.jsonl"
+    faults = Faults(rates={"500": 0.25, "429": 0.05, "drop": 0.15}, retry_after=0, seed=12)
+    statuses, runs = [], []
+    with threaded_fake("dualentry", customers=40, faults=faults, **FAST) as (fake, base, _):
+        for attempt in range(6):  # resume until every record is done; bounded
+            flag = "--resume" if attempt else "--report"
+            before = len(report_lines(report)) if report.exists() else 0
+            result = changes_only(path, base, flag, str(report), "--max-consecutive-failures", "0")
+            statuses.append(result.exit_code)
+            runs.append([e["line"] for e in report_lines(report)[before:]])
+            if result.exit_code == 0:
+                break
+        injected = dict(fake.injected)
+        stored = {i: (c["name"], c["email"]) for i, c in fake.customers.items()}
+    assert statuses[-1] == 0, (statuses, result.output)
+    assert min(injected[kind] for kind in ("500", "429", "drop")) > 0
+    assert sorted(runs[0]) == list(range(1, len(records) + 1))  # each record once
+    for lines in runs[1:]:
+        assert len(lines) == len(set(lines))
+    expected = {i: (f"N{i}", "") for i in customers}
+    expected.update({i: (f"N{i}", f"e{i}@x.example") for i in customers[::3]})
+    expected[1001] = ("Last", "e1001@x.example")
+    expected.update({i: (f"Demo Customer {i}", "") for i in range(1031, 1041)})
+    assert stored == expected
+    done = {e["line"] for e in report_lines(report) if e["ok"]}
+    assert done == set(range(1, len(records) + 1))
+
+
+class RacingList(DualEntryFake):
+    """Serves the read of a customer that is being written as it was before the write,
+    and answers it only once the write has been answered: what a list read that runs
+    alongside the client's own PATCH of the same customer may give."""
+
+    def __init__(self, target: int, **options: Any) -> None:
+        super().__init__(**options)
+        self.target = target
+        self.writing = threading.Event()
+        self.snapshot = threading.Event()
+        self.written = threading.Event()
+
+    async def patch(self, request):
+        if int(request.match_info["id"]) != self.target or self.writing.is_set():
+            return await super().patch(request)
+        self.writing.set()
+        await _until(self.snapshot)  # the list reads the customer before this lands
+        response = await super().patch(request)
+        self.written.set()
+        return response
+
+    async def list_customers(self, request):
+        racing = str(self.target) in request.query.getall("id", [])
+        if not racing or not self.writing.is_set() or self.snapshot.is_set():
+            return await super().list_customers(request)
+        response = await super().list_customers(request)
+        self.snapshot.set()
+        await _until(self.written)
+        await asyncio.sleep(0.2)  # the client takes the PATCH's answer first
+        return response
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a batch read in flight with a write of the same customer is trusted once the write ends",
+)
+def test_a_read_that_races_the_runs_own_write_is_not_trusted(tmp_path):
+    """The last record of one read batch (100 records) renames 1001; the first record
+    of the next batch names it back.  The next batch is read while the rename is in
+    flight: the read shows the old name, so the record looks unchanged; it must be
+    compared with what the rename left, and sent, or the file's last value is lost."""
+    records = [{"id": 1002, "patch": {"name": "Demo Customer 1002"}}] * 99
+    records += [
+        {"id": 1001, "patch": {"name": "Renamed"}},
+        {"id": 1001, "patch": {"name": "Demo Customer 1001"}},  # the file's last word
+    ]
+    path = jsonl(tmp_path / "u.jsonl", records)
+    fake = RacingList(1001, **FAST)
+    fake.seed_demo(2)
+    with serving(fake) as base:
+        result = changes_only(path, base)
+        raced = fake.snapshot.is_set()
+        name = fake.customers[1001]["name"]
+    assert raced, "the read did not run alongside the write: nothing was tested"
+    assert result.exit_code == 0, result.output
+    assert name == "Demo Customer 1001"
+    assert "101 succeeded (99 unchanged: nothing sent)" in result.stdout
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="after a failed record, the next of its customer has no before: no undo line",
+)
+def test_a_record_after_one_the_provider_refused_still_gets_its_undo_line(tmp_path):
+    """1001's first record is refused (400: nothing applied), its second is sent whole:
+    the undo file must still restore what the second changed."""
+    records = [
+        {"id": 1001, "patch": {"name": "Refused"}},
+        {"id": 1001, "patch": {"email": "second@x.example", "phone": "555 0102"}},
+        {"id": 1002, "patch": {"name": "Fine"}},
+    ]
+    undo = tmp_path / "undo.jsonl"
+    fake = ScriptedPatches({1001: [400]}, **FAST)
+    fake.seed_demo(2)
+    with serving(fake) as base:
+        snapshot = state(fake)
+        result = changes_only(jsonl(tmp_path / "u.jsonl", records), base, "--undo-file", str(undo))
+        changed = state(fake)
+        undone = apply(undo, base, "--rate-limit", "off")
+        restored = state(fake)
+    assert result.exit_code == 1, result.output
+    assert changed[1001]["email"] == "second@x.example"
+    assert undone.exit_code == 0, undone.output
+    assert "could not be recorded" not in result.output
+    assert restored == snapshot
+
+
+@pytest.mark.xfail(
+    strict=True, reason="what the list read is forgotten once a record of the customer was written"
+)
+def test_a_second_record_setting_a_field_only_the_list_shows_is_undone_too(tmp_path):
+    """The billing address (``full_address``) is in the list, not in a customer's own
+    answer: after a first record of 1001 was written, its value is still known."""
+    records = [
+        {"id": 1001, "patch": {"name": "First"}},
+        {"id": 1001, "patch": {"billing_address": BILLING}},
+    ]
+    undo = tmp_path / "undo.jsonl"
+    with threaded_fake("dualentry", customers=1, **FAST) as (fake, base, _):
+        setup = apply(
+            jsonl(tmp_path / "s.jsonl", [{"id": 1001, "patch": {"billing_address": OLD_BILLING}}]),
+            base,
+            "--rate-limit",
+            "off",
+        )
+        assert setup.exit_code == 0, setup.output
+        snapshot = state(fake)
+        result = changes_only(jsonl(tmp_path / "u.jsonl", records), base, "--undo-file", str(undo))
+        undone = apply(undo, base, "--rate-limit", "off")
+        restored = state(fake)
+    assert result.exit_code == 0, result.output
+    assert "could not be recorded" not in result.output
+    assert undone.exit_code == 0, undone.output
+    assert restored == snapshot
+
+
+@pytest.mark.xfail(
+    strict=True, reason="the undo file tells custom fields apart by the key the record used"
+)
+def test_undo_of_one_custom_field_named_once_by_name_and_once_by_id(tmp_path):
+    """Partner is field 41: a record setting it by name, then one setting it by id, is
+    one field; the undo file must restore its first value, not the second's."""
+    records = [
+        {"id": 1001, "patch": {"custom_fields": {"Partner": True}}},
+        {"id": 1001, "patch": {"custom_fields": [{"id": 41, "value": False}]}},
+        {"id": 1002, "patch": {"custom_fields": [{"id": 42, "value": "Acme"}]}},
+        {"id": 1002, "patch": {"custom_fields": {"Partner Name": "Other"}}},
+    ]
+    undo = tmp_path / "undo.jsonl"
+    with threaded_fake("dualentry", customers=2, **FAST) as (fake, base, _):
+        snapshot = state(fake)
+        result = changes_only(jsonl(tmp_path / "u.jsonl", records), base, "--undo-file", str(undo))
+        changed = state(fake)
+        undone = apply(undo, base, "--rate-limit", "off")
+        restored = state(fake)
+    assert result.exit_code == 0, result.output
+    assert changed[1001]["custom_fields"][41] is False
+    assert undone.exit_code == 0, undone.output
+    assert restored == snapshot
+
+
+def test_resume_continues_the_undo_file(tmp_path):
+    """A 403 on 1003 stops the first run half way (the rest not attempted); the second,
+    with --resume, appends to the undo file, which then undoes both runs."""
+    records = [
+        {"id": 1001, "patch": {"name": "One"}},
+        {"id": 1002, "patch": {"name": "Two", "email": "two@x.example"}},
+        {"id": 1003, "patch": {"name": "Three"}},
+        {"id": 1002, "patch": {"name": "Two again", "phone": "555 0102"}},
+        {"id": 1004, "patch": {"website": "https://four.example"}},
+    ]
+    path = jsonl(tmp_path / "u.jsonl", records)
+    report, undo = tmp_path / "r.jsonl", tmp_path / "undo.jsonl"
+    fake = ScriptedPatches({1003: [403]}, **FAST)
+    fake.seed_demo(4)
+    with serving(fake) as base:
+        snapshot = state(fake)
+        common = ["--undo-file", str(undo), "--concurrency", "1"]
+        first = changes_only(path, base, "--report", str(report), *common)
+        undo_after_first = undo.read_text()
+        refused = changes_only(path, base, "--report", str(tmp_path / "r2.jsonl"), *common)
+        second = changes_only(path, base, "--resume", str(report), *common)
+        undone = apply(undo, base, "--rate-limit", "off")
+        restored = state(fake)
+    assert first.exit_code == 3, first.output
+    assert "PermissionDeniedError" in first.output
+    one_line_error(refused, f"--undo-file {undo} exists")
+    assert second.exit_code == 0, second.output
+    assert undo.read_text().startswith(undo_after_first)
+    assert len(lines_of(undo.read_text())) > len(lines_of(undo_after_first))
+    assert undone.exit_code == 0, undone.output
+    assert restored == snapshot
+
+
+# -- careless operators: refusals that must leave every file as it was -------------------------
+
+
+@pytest.mark.xfail(
+    strict=True, reason="the report is opened (and truncated) before the undo file is checked"
+)
+def test_a_refused_undo_file_leaves_the_report_alone(tmp_path):
+    path = jsonl(tmp_path / "u.jsonl", [{"id": 1001, "patch": {"name": "X"}}])
+    undo = tmp_path / "undo.jsonl"
+    undo.write_text("")
+    old_report = tmp_path / "old.jsonl"
+    old_report.write_text('{"line": 1, "id": 1001, "ok": true, "attempts": 1, "hash": "ab"}\n')
+    new_report = tmp_path / "new.jsonl"
+    with threaded_fake("dualentry", customers=1, **FAST) as (fake, base, _):
+        overwriting = changes_only(
+            path, base, "--undo-file", str(undo), "--report", str(old_report), "--overwrite-report"
+        )
+        creating = changes_only(path, base, "--undo-file", str(undo), "--report", str(new_report))
+        sent = fake.requests
+    for result in (overwriting, creating):
+        one_line_error(result, f"--undo-file {undo} exists")
+    assert old_report.read_text() == (
+        '{"line": 1, "id": 1001, "ok": true, "attempts": 1, "hash": "ab"}\n'
+    )
+    assert not new_report.exists()  # or the next run is refused for it
+    assert sent == []
+
+
+@pytest.mark.xfail(
+    strict=True, reason="a refused run leaves an empty undo file that refuses the next run"
+)
+def test_a_run_refused_before_sending_leaves_no_undo_file_behind(tmp_path):
+    """--strict refuses a file with an invalid line: once the line is fixed, the same
+    command must run, not be refused for an (empty) undo file of the refused run."""
+    records = [{"id": 1001, "patch": {"name": "X"}}, {"id": 1001, "patch": {"phone": "call me"}}]
+    path = jsonl(tmp_path / "u.jsonl", records)
+    undo = tmp_path / "undo.jsonl"
+    with threaded_fake("dualentry", customers=1, **FAST) as (fake, base, _):
+        strict = changes_only(path, base, "--strict", "--undo-file", str(undo))
+        left_behind = undo.exists()
+        jsonl(path, records[:1])
+        again = changes_only(path, base, "--strict", "--undo-file", str(undo))
+    assert strict.exit_code == 2, strict.output
+    assert not left_behind
+    assert again.exit_code == 0, again.output
+    assert json.loads(undo.read_text()) == {"id": 1001, "patch": {"name": "Demo Customer 1001"}}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="dry run with --match-on: a URL without the customer, a crash with --verbose",
+)
+def test_dry_run_with_match_on_says_which_customer_and_does_not_crash(tmp_path):
+    path = jsonl(tmp_path / "u.jsonl", [{"unique_id": "DEMO-1001", "patch": {"name": "New"}}])
+    with threaded_fake("dualentry", customers=1, **FAST) as (fake, base, _):
+        compact = apply(path, base, "--dry-run", "--match-on", "unique_id")
+        verbose = apply(path, base, "--dry-run", "--verbose", "--match-on", "unique_id")
+        sent = fake.requests
+    assert sent == []
+    for result in (compact, verbose):
+        assert result.exit_code == 0, result.output
+        assert result.exception is None or isinstance(result.exception, SystemExit)
+        assert "unique_id 'DEMO-1001'" in result.stdout
+        assert "dry run: 1 request(s) would be sent, 0 invalid line(s); nothing sent" in (
+            result.stdout
+        )
+    # Never a URL that looks like the request: the id is not known until the run reads it.
+    assert f"PATCH {base} " not in compact.stdout
+    assert "X-API-KEY: ********" in verbose.stdout
+
+
+# -- signals during the read phase ---------------------------------------------------------------
+
+
+def _start(args, base):
+    return subprocess.Popen(
+        [*CLI, *args, "--provider", "dualentry", "--base-url", base],
+        env={**os.environ, "DUALENTRY_API_KEY": TOKEN},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX signals")
+@pytest.mark.parametrize(
+    ("command", "signum", "status"),
+    [
+        ("plan", signal.SIGINT, 130),
+        pytest.param(
+            "plan",
+            signal.SIGTERM,
+            143,
+            marks=pytest.mark.xfail(strict=True, reason="plan dies of SIGTERM (-15)"),
+        ),
+        ("apply", signal.SIGINT, 130),
+        ("apply", signal.SIGTERM, 143),
+    ],
+)
+def test_a_signal_while_reading_ends_promptly_and_cleanly(tmp_path, command, signum, status):
+    """The list read is held by the fake: the command is in its read phase for sure
+    when the signal comes; it must end with its status, its message, no traceback,
+    no write sent, and a report that a resume completes."""
+    records = [{"id": i, "patch": {"name": f"N{i}"}} for i in range(1001, 1011)]
+    path = jsonl(tmp_path / "u.jsonl", records)
+    report = tmp_path / "r.jsonl"
+    extra = ["--changes-only", "--report", str(report)] if command == "apply" else []
+    fake = HeldReads(**FAST)
+    fake.seed_demo(10)
+    with serving(fake) as base:
+        proc = _start([command, str(path), "--rate-limit", "off", *extra], base)
+        try:
+            wait_until(lambda: fake.held.is_set() or proc.poll() is not None, "the read")
+            proc.send_signal(signum)
+            _, stderr = proc.communicate(timeout=HANG_GUARD)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        fake.release()
+        sent = patches(fake)
+        reported = report_lines(report) if report.exists() else None
+        resumed = None
+        if command == "apply":
+            resumed = changes_only(path, base, "--resume", str(report))
+            names = {i: fake.customers[i]["name"] for i in range(1001, 1011)}
+    assert proc.returncode == status, stderr
+    assert "Traceback" not in stderr
+    assert sent == []
+    if command == "plan":
+        assert stderr == "interrupted; nothing was sent\n"
+        return
+    assert stderr == f"interrupted after 0 records; continue with --resume {report}\n"
+    assert reported == []
+    assert resumed is not None
+    assert resumed.exit_code == 0, resumed.output
+    assert names == {i: f"N{i}" for i in range(1001, 1011)}
+
+
+class AppliedThenSilent(DualEntryFake):
+    """Applies the first PATCH of ``target``, then never answers it (until released)."""
+
+    def __init__(self, target: int, **options: Any) -> None:
+        super().__init__(**options)
+        self.target = target
+        self.applied = threading.Event()
+        self.released = threading.Event()
+
+    def release(self) -> None:
+        self.released.set()
+
+    async def patch(self, request):
+        if int(request.match_info["id"]) != self.target or self.applied.is_set():
+            return await super().patch(request)
+        await super().patch(request)
+        self.applied.set()
+        await _until(self.released)
+        return self.error(503, "gone")
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX signals")
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "undo lines are written when a result arrives, not before the PATCH is sent: a "
+        "PATCH the provider applied whose answer a kill or Ctrl-C cut off is in no undo "
+        "line, and the resumed run reads the new value as the one to keep. Needs a hook "
+        "in the core (run_bulk) called before each send."
+    ),
+)
+def test_undo_survives_a_kill_while_a_write_is_in_flight(tmp_path):
+    records = [
+        {"id": i, "patch": {"name": f"N{i}", "email": f"e{i}@x.example"}} for i in (1001, 1002)
+    ]
+    path = jsonl(tmp_path / "u.jsonl", records)
+    report, undo = tmp_path / "r.jsonl", tmp_path / "undo.jsonl"
+    fake = AppliedThenSilent(1001, **FAST)
+    fake.seed_demo(2)
+    with serving(fake) as base:
+        snapshot = state(fake)
+        args = ["apply", str(path), "--changes-only", "--rate-limit", "off"]
+        proc = _start([*args, "--report", str(report), "--undo-file", str(undo)], base)
+        try:
+            wait_until(lambda: fake.applied.is_set() or proc.poll() is not None, "the write")
+            wait_until(lambda: len(report_lines(report)) == 1 or proc.poll() is not None, "1002")
+            proc.kill()
+            proc.communicate(timeout=HANG_GUARD)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        fake.release()
+        resumed = changes_only(path, base, "--resume", str(report), "--undo-file", str(undo))
+        undone = apply(undo, base, "--rate-limit", "off")
+        restored = state(fake)
+    assert resumed.exit_code == 0, resumed.output
+    assert undone.exit_code == 0, undone.output
+    assert restored == snapshot
