@@ -327,6 +327,11 @@ async def run_bulk(
     in_flight: set[asyncio.Task[UpdateResult]] = set()
     finished: collections.deque[asyncio.Task[UpdateResult]] = collections.deque()
     latest: dict[str, asyncio.Task[UpdateResult]] = {}  # customer key -> its last task
+    # With read: each customer's last task started since the batch was read, or in
+    # flight when it was, finished or not.  A later record of that customer must
+    # follow what it left: the read predates it, or raced it.  Bounded by a batch
+    # plus concurrency.
+    recent: dict[str, asyncio.Task[UpdateResult]] = {}
     wake: asyncio.Future[None] | None = None
     read_failures: set[int] = set()  # records in flight whose read the provider refused
 
@@ -428,8 +433,11 @@ async def run_bulk(
             key = "customer-patch " + customer_key(item[0])
         except Exception:  # not a pair: one() reports it
             key = "customer-patch"
-        task = asyncio.create_task(one(index, item, latest.get(key), was), name=key)
+        previous = latest.get(key) or (recent.get(key) if read is not None else None)
+        task = asyncio.create_task(one(index, item, previous, was), name=key)
         latest[key] = task
+        if read is not None:
+            recent[key] = task
         in_flight.add(task)
         task.add_done_callback(on_done)
 
@@ -467,6 +475,8 @@ async def run_bulk(
         # Once the run stops, its records are not attempted: nothing to read.
         ids = [item[0] for _, item in batch if _is_pair(item)] if stop.cause is None else []
         assert read is not None
+        recent.clear()
+        recent.update(latest)  # in flight now: they may land before or after the read
         try:
             was_read = await read(ids) if ids else {}
         except Exception as e:  # a bug in the reader: still one result per record
