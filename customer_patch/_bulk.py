@@ -214,14 +214,32 @@ def _merged(customer: Customer, other: Customer) -> Customer:
     return attrs.evolve(customer, **top, read_fields=customer.read_fields | other.read_fields)
 
 
+def _known_only(customer: Customer, patch: CustomerPatch) -> Customer:
+    """``customer`` as read, known only for the fields ``patch`` sets."""
+    fields = frozenset(path for path, _ in patch.set_fields())
+    known = fields if customer.read_fields is None else customer.read_fields & fields
+    return attrs.evolve(customer, read_fields=known)
+
+
 def _left_by(previous: asyncio.Task[UpdateResult]) -> Customer | None:
     """The customer as an earlier record of it left it, if known."""
     if previous.cancelled() or previous.exception() is not None:
         return None
     result = previous.result()
     if not result.ok:
-        return None
-    return result.customer if result.changed else result.before
+        # Refused before anything was sent: the customer is as that record found
+        # it.  Sent, then failed: it may have landed or not; nothing is known.
+        return result.before if result.attempts == 0 else None
+    if not result.changed:
+        return result.before
+    after, before = result.customer, result.before
+    if after is None or before is None or result.sent is None:
+        return after
+    if after.read_fields is None or before.read_fields is None:
+        return after
+    # An answer may show fewer fields than the read did (a list may show a field a
+    # customer's own answer leaves out): those hold what was sent, or else was read.
+    return _merged(after, _applied(before, result.sent))
 
 
 def customer_key(customer_id: Any) -> str:
@@ -401,6 +419,11 @@ async def run_bulk(
             customer, error, attempts = None, e, 1
         if plan and error is None and before is not None:
             customer = _applied(before, changes)  # what the provider should show after
+        if before is None and isinstance(was, Customer):
+            # An earlier record of it failed after sending, so the whole patch went
+            # out: what was read stands for the fields it sets (their undo needs
+            # it), not for the others, which that record may have changed.
+            before = _known_only(was, changes)
         return UpdateResult(
             index=index,
             customer_id=customer_id,
