@@ -903,9 +903,6 @@ def test_after_a_write_that_failed_but_landed_nothing_it_may_have_changed_is_tru
     assert stored["full_address"]["street"] == OLD_BILLING["street"]
 
 
-@pytest.mark.xfail(
-    strict=True, reason="the undo file tells custom fields apart by the key the record used"
-)
 def test_undo_of_one_custom_field_named_once_by_name_and_once_by_id(tmp_path):
     """Partner is field 41: a record setting it by name, then one setting it by id, is
     one field; the undo file must restore its first value, not the second's."""

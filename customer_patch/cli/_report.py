@@ -20,7 +20,7 @@ import contextlib
 import errno
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -363,11 +363,14 @@ class UndoFile:
             return ()
         restore, unknown = result.sent.undo_for(result.before)
         covered = self.covered.setdefault(customer_key(result.before.id), set())
-        kept = _without(restore, covered)
+        # A custom field set by name in one record and by id in another is one field.
+        restored = covered | _aliases(covered, result.before.custom_field_ids or {})
+        kept = _without(restore, restored)
         covered.update(_paths(kept))
         if kept:
             record = {"id": result.before.id, "patch": kept.to_dict()}
             self._put(json.dumps(record).encode() + b"\n")
+        unknown = tuple(path for path in unknown if path not in restored)
         self.missing += len(unknown)
         return unknown
 
@@ -400,6 +403,22 @@ def _paths(patch: CustomerPatch) -> set[str]:
             paths.add(path)
     paths.update(f"extra.{k}" for k in patch.extra)
     return paths
+
+
+def _aliases(paths: set[str], names: Mapping[int, str]) -> set[str]:
+    """The other key of each custom field in ``paths``: its name for its id, its id
+    for its name (where no other field of the customer has that name)."""
+    shared = {n for n in names.values() if list(names.values()).count(n) > 1}
+    other: set[str] = set()
+    for field_id, name in names.items():
+        if name in shared:
+            continue
+        by_id, by_name = f"custom_fields[{field_id!r}]", f"custom_fields[{name!r}]"
+        if by_id in paths:
+            other.add(by_name)
+        if by_name in paths:
+            other.add(by_id)
+    return other
 
 
 def _without(patch: CustomerPatch, covered: set[str]) -> CustomerPatch:
