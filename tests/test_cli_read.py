@@ -580,6 +580,17 @@ def test_the_undo_file_may_not_be_the_input_the_report_or_need_no_reading(tmp_pa
         same_as_report = changes_only(
             path, base, "--report", str(report), "--undo-file", str(report)
         )
+        report.write_text("")
+        same_as_resumed = changes_only(
+            path,
+            base,
+            "--resume",
+            str(report),
+            "--report",
+            str(tmp_path / "new.jsonl"),
+            "--undo-file",
+            str(report),
+        )
         no_reading = apply(path, base, "--undo-file", str(tmp_path / "undo.jsonl"))
         dry = apply(
             path, base, "--dry-run", "--changes-only", "--undo-file", str(tmp_path / "d.jsonl")
@@ -589,6 +600,8 @@ def test_the_undo_file_may_not_be_the_input_the_report_or_need_no_reading(tmp_pa
     one_line_error(same_as_input, f"--undo-file {path} is the input file")
     one_line_error(link_to_input, f"--undo-file {linked} is the input file")
     one_line_error(same_as_report, f"--undo-file {report} is the report")
+    one_line_error(same_as_resumed, f"--undo-file {report} is the report")
+    assert not (tmp_path / "new.jsonl").exists()
     one_line_error(no_reading, "--undo-file needs --changes-only")
     one_line_error(dry, "--dry-run reads nothing", "customer-patch plan")
     one_line_error(no_folder, "does not exist")
@@ -961,9 +974,6 @@ def test_resume_continues_the_undo_file(tmp_path):
 # -- careless operators: refusals that must leave every file as it was -------------------------
 
 
-@pytest.mark.xfail(
-    strict=True, reason="the report is opened (and truncated) before the undo file is checked"
-)
 def test_a_refused_undo_file_leaves_the_report_alone(tmp_path):
     path = jsonl(tmp_path / "u.jsonl", [{"id": 1001, "patch": {"name": "X"}}])
     undo = tmp_path / "undo.jsonl"
@@ -986,9 +996,6 @@ def test_a_refused_undo_file_leaves_the_report_alone(tmp_path):
     assert sent == []
 
 
-@pytest.mark.xfail(
-    strict=True, reason="a refused run leaves an empty undo file that refuses the next run"
-)
 def test_a_run_refused_before_sending_leaves_no_undo_file_behind(tmp_path):
     """--strict refuses a file with an invalid line: once the line is fixed, the same
     command must run, not be refused for an (empty) undo file of the refused run."""

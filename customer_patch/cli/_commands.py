@@ -250,16 +250,14 @@ def apply_command(
             status = _guarded(lambda: dry_run_lines(client, lines, verbose=verbose))
             raise SystemExit(status)
         given = None if source.path is None and str(file) == "-" else file
+        if undo_file is not None:  # before the report is opened: a refusal touches no file
+            _check_undo_file(undo_file, given, report, resume)
         try:
             sink = Report.open(report, resume=resume, overwrite=overwrite_report, source=given)
         except ReportError as e:
             _fail(str(e))
         undo = None
         if undo_file is not None:
-            for other, flag in ((given, "the input file"), (sink.path, "the report")):
-                if other is not None and (undo_file == other or _same_file(undo_file, other)):
-                    sink.close()
-                    _fail(f"--undo-file {undo_file} is {flag}; name another file")
             try:
                 undo = UndoFile(undo_file, resume=resume is not None)
             except ReportError as e:
@@ -276,7 +274,13 @@ def apply_command(
                         )
                     )
                     tally = Tally(total=source.count())
+            except SystemExit:  # refused before anything was sent
+                if undo is not None:
+                    undo.discard_if_unused()
+                raise
             except (Interrupted, KeyboardInterrupt) as e:
+                if undo is not None:
+                    undo.discard_if_unused()
                 signum = e.signum if isinstance(e, Interrupted) else int(signal.SIGINT)
                 again = f"--resume {resume}" if resume else "--overwrite-report"
                 err.print(
@@ -339,6 +343,19 @@ def _check_match_on(adapter: Adapter, match_on: str | None) -> None:
             f"--match-on {match_on}: {adapter.provider} can find customers by "
             + (keys if keys else "its own ids only")
         )
+
+
+def _check_undo_file(
+    undo_file: Path, given: Path | None, report: Path | None, resume: Path | None
+) -> None:
+    """Refuse an --undo-file that is another file of the run, or that cannot be used."""
+    for other, flag in ((given, "the input file"), (report, "the report"), (resume, "the report")):
+        if other is not None and (undo_file == other or _same_file(undo_file, other)):
+            _fail(f"--undo-file {undo_file} is {flag}; name another file")
+    try:
+        UndoFile.check(undo_file, resume=resume is not None)
+    except ReportError as e:
+        _fail(str(e))
 
 
 def _same_file(a: Path, b: Path) -> bool:

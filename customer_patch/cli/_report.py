@@ -335,12 +335,11 @@ class UndoFile:
         self.path = path
         self.covered: dict[str, set[str]] = {}  # customer key -> fields restored
         self.missing = 0
+        self.written = 0  # lines this run wrote
         self.error: ReportWriteError | None = None
-        if path.exists() and not resume:
-            raise ReportError(f"--undo-file {path} exists; name a new file (it is never replaced)")
-        if not path.parent.is_dir():
-            raise ReportError(f"--undo-file {path}: the folder {path.parent} does not exist")
-        if path.exists():
+        self.check(path, resume=resume)
+        self.created = not path.exists()
+        if not self.created:
             for number, line in enumerate(_lines(path), start=1):
                 try:
                     record = json.loads(line)
@@ -357,6 +356,24 @@ class UndoFile:
         if path.stat().st_size and _ends_torn(path):
             self._put(b"\n")
 
+    @staticmethod
+    def check(path: Path, *, resume: bool) -> None:
+        """Raise :class:`ReportError` if ``path`` cannot be this run's undo file (it
+        exists and this is not a resumed run, or its folder does not exist)."""
+        if path.exists() and not resume:
+            raise ReportError(f"--undo-file {path} exists; name a new file (it is never replaced)")
+        if not path.parent.is_dir():
+            raise ReportError(f"--undo-file {path}: the folder {path.parent} does not exist")
+
+    def discard_if_unused(self) -> None:
+        """Close the file, and remove it if this run created it and wrote nothing:
+        for a run that ends before sending anything, so that running the same
+        command again is not refused for it."""
+        self.close()
+        if self.created and not self.written:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+
     def add(self, result: UpdateResult) -> tuple[str, ...]:
         """Record how to undo ``result``; the fields it cannot restore (not read)."""
         if result.sent is None or result.before is None or result.attempts == 0:
@@ -370,6 +387,7 @@ class UndoFile:
         if kept:
             record = {"id": result.before.id, "patch": kept.to_dict()}
             self._put(json.dumps(record).encode() + b"\n")
+            self.written += 1
         unknown = tuple(path for path in unknown if path not in restored)
         self.missing += len(unknown)
         return unknown
