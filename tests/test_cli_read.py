@@ -1054,12 +1054,7 @@ def _start(args, base):
     ("command", "signum", "status"),
     [
         ("plan", signal.SIGINT, 130),
-        pytest.param(
-            "plan",
-            signal.SIGTERM,
-            143,
-            marks=pytest.mark.xfail(strict=True, reason="plan dies of SIGTERM (-15)"),
-        ),
+        ("plan", signal.SIGTERM, 143),
         ("apply", signal.SIGINT, 130),
         ("apply", signal.SIGTERM, 143),
     ],

@@ -8,7 +8,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import NoReturn
 
@@ -440,6 +440,37 @@ async def _run(
     reading: Reading | None = None,
 ) -> None:
     """Apply ``lines``; SIGINT and SIGTERM cancel the run cleanly (a second one, at once)."""
+    async with _signals_cancel(), client:
+        reading = reading or Reading()
+        with ProgressView(
+            out,
+            label,
+            tally.total,
+            pace=client.pace,
+            reads_per_request=reading.per_request(client),
+        ) as view:
+            await apply(
+                client,
+                lines,
+                tally=tally,
+                concurrency=concurrency,
+                report=report,
+                # Through the view: a write to stderr would land inside the live bar.
+                on_invalid=lambda line: view.note(describe_invalid(line), err),
+                on_result=view.update,
+                max_failures=thresholds[0],
+                max_consecutive_failures=thresholds[1],
+                changes_only=reading.changes_only,
+                match_on=reading.match_on,
+                undo=reading.undo,
+                on_note=lambda text: view.note(text, err),
+            )
+
+
+@contextlib.asynccontextmanager
+async def _signals_cancel() -> AsyncIterator[None]:
+    """SIGINT and SIGTERM cancel the task running the block, which then raises
+    :class:`Interrupted`; a second signal acts as if none had been caught."""
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None
@@ -458,31 +489,7 @@ async def _run(
             loop.add_signal_handler(sig, on_signal, sig)
             installed.append(sig)
     try:
-        async with client:
-            reading = reading or Reading()
-            with ProgressView(
-                out,
-                label,
-                tally.total,
-                pace=client.pace,
-                reads_per_request=reading.per_request(client),
-            ) as view:
-                await apply(
-                    client,
-                    lines,
-                    tally=tally,
-                    concurrency=concurrency,
-                    report=report,
-                    # Through the view: a write to stderr would land inside the live bar.
-                    on_invalid=lambda line: view.note(describe_invalid(line), err),
-                    on_result=view.update,
-                    max_failures=thresholds[0],
-                    max_consecutive_failures=thresholds[1],
-                    changes_only=reading.changes_only,
-                    match_on=reading.match_on,
-                    undo=reading.undo,
-                    on_note=lambda text: view.note(text, err),
-                )
+        yield
     except asyncio.CancelledError:
         if received:
             task.uncancel()
@@ -591,7 +598,7 @@ def plan_command(
     `id  field: before → after`; then a summary with the writes it would send
     and how long they would take at the paced rate.
     """
-    from customer_patch.cli._plan import plan, summary
+    from customer_patch.cli._plan import PlanTally, plan, summary
 
     adapter = _adapter(provider)
     limit = _rate_limit(rate_limit)
@@ -610,22 +617,25 @@ def plan_command(
         lines = read_updates(source, adapter, delimiter=separator, match_on=match_on)
         as_json = output == "json"
 
+        async def planned() -> PlanTally:
+            async with _signals_cancel():
+                return await plan(
+                    client,
+                    lines,
+                    out=sys.stdout,
+                    err=sys.stderr,
+                    as_json=as_json,
+                    concurrency=concurrency,
+                    match_on=match_on,
+                )
+
         def run() -> int:
             try:
-                tally = asyncio.run(
-                    plan(
-                        client,
-                        lines,
-                        out=sys.stdout,
-                        err=sys.stderr,
-                        as_json=as_json,
-                        concurrency=concurrency,
-                        match_on=match_on,
-                    )
-                )
-            except KeyboardInterrupt:
+                tally = asyncio.run(planned())
+            except (Interrupted, KeyboardInterrupt) as e:
                 err.print("interrupted; nothing was sent", markup=False)
-                return EXIT_SIGINT
+                signum = e.signum if isinstance(e, Interrupted) else int(signal.SIGINT)
+                return EXIT_SIGTERM if signum == signal.SIGTERM else EXIT_SIGINT
             except CustomerPatchError as e:
                 _fail(str(e), 1)
             facts = summary(tally, pace=client.pace, write=adapter.method)
