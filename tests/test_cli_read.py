@@ -1013,10 +1013,6 @@ def test_a_run_refused_before_sending_leaves_no_undo_file_behind(tmp_path):
     assert json.loads(undo.read_text()) == {"id": 1001, "patch": {"name": "Demo Customer 1001"}}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="dry run with --match-on: a URL without the customer, a crash with --verbose",
-)
 def test_dry_run_with_match_on_says_which_customer_and_does_not_crash(tmp_path):
     path = jsonl(tmp_path / "u.jsonl", [{"unique_id": "DEMO-1001", "patch": {"name": "New"}}])
     with threaded_fake("dualentry", customers=1, **FAST) as (fake, base, _):

@@ -200,14 +200,19 @@ def dry_run(
     out: IO[str],
     err: IO[str],
     verbose: bool,
+    match_on: str | None = None,
 ) -> int:
     """Print each valid line's request (one line each, or in full), then a summary.
+
+    With ``match_on`` the customer's id is not known until a run reads it: the
+    path shows ``{id}``, and the line says which customer it stands for.
 
     Plain writes, no markup: the text is the data's, and a million lines
     must not cost a million renderings.
     """
     valid = invalid = 0
     base = client.base_url.rstrip("/")
+    adapter = client.adapter
     for line in lines:
         if line.error is not None:
             invalid += 1
@@ -217,14 +222,24 @@ def dry_run(
             continue
         valid += 1
         assert line.patch is not None
+        found = ""
+        if match_on is not None:
+            found = f"  ({{id}}: the customer with {match_on} {line.customer_id!r})"
         if verbose:
-            request = client.prepare(line.customer_id, line.patch)
+            if match_on is None:
+                request = client.prepare(line.customer_id, line.patch)
+            else:
+                path = adapter.update_path("{id}")
+                request = client._request(adapter.method, path, adapter.update_route, line.body)
             headers = "".join(f"  {k}: {v}\n" for k, v in request.redacted_headers().items())
             body = request.body.decode()
-            out.write(f"line {line.number}: {request.method} {request.url}\n{headers}  {body}\n")
+            out.write(
+                f"line {line.number}: {request.method} {request.url}{found}\n{headers}  {body}\n"
+            )
         else:
             body = line.body.decode()
-            out.write(f"line {line.number}: {client.adapter.method} {base}{line.path} {body}\n")
+            path = line.path if match_on is None else adapter.update_path("{id}")
+            out.write(f"line {line.number}: {adapter.method} {base}{path} {body}{found}\n")
     out.write(
         f"dry run: {valid} request(s) would be sent, {invalid} invalid line(s); nothing sent\n"
     )

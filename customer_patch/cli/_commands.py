@@ -247,7 +247,9 @@ def apply_command(
     try:
         if dry_run:
             lines = read_updates(source, adapter, delimiter=separator, match_on=match_on)
-            status = _guarded(lambda: dry_run_lines(client, lines, verbose=verbose))
+            status = _guarded(
+                lambda: dry_run_lines(client, lines, verbose=verbose, match_on=match_on)
+            )
             raise SystemExit(status)
         given = None if source.path is None and str(file) == "-" else file
         if undo_file is not None:  # before the report is opened: a refusal touches no file
@@ -326,13 +328,16 @@ def _guarded(step: Callable[[], int | None]) -> int:
         _fail(str(e))
 
 
-def dry_run_lines(client: Client, lines: Iterator[Line], *, verbose: bool) -> int:
+def dry_run_lines(
+    client: Client, lines: Iterator[Line], *, verbose: bool, match_on: str | None = None
+) -> int:
     return dry_run(
         client,
         lines,
         out=sys.stdout,
         err=sys.stderr,
         verbose=verbose,
+        match_on=match_on,
     )
 
 
