@@ -666,7 +666,6 @@ def test_match_on_unique_id_in_a_csv(tmp_path):
     assert "3 succeeded (1 unchanged: nothing sent); 3 failed; 0 invalid" in result.stdout
 
 
-@pytest.mark.xfail(strict=True, reason="a plan prints a ValidationError over several lines")
 def test_match_on_unique_id_in_jsonl_and_in_a_plan(tmp_path):
     records = [
         {"unique_id": "Demo-1003", "patch": {"email": "c@x.example"}},
@@ -715,9 +714,6 @@ def test_match_on_refuses_an_id_column_in_one_line(tmp_path):
     assert sent == []
 
 
-@pytest.mark.xfail(
-    strict=True, reason="a plan prints keys as they are, line breaks and escapes included"
-)
 def test_a_plan_line_cannot_be_forged_by_the_data_it_prints(tmp_path):
     """A key with a line break or a terminal escape (a CRM export can hold anything) is
     printed escaped, on its one line: a plan is read by people deciding to apply it."""

@@ -11,7 +11,7 @@ from attrs import define
 
 from customer_patch._bulk import UpdateResult
 from customer_patch._client import Client
-from customer_patch._errors import NotFoundError
+from customer_patch._errors import CustomerPatchError, NotFoundError
 from customer_patch.cli._apply import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, describe_invalid
 from customer_patch.cli._input import Line
 
@@ -108,7 +108,8 @@ async def plan(
                         }
                     )
                 else:
-                    out.write(f"{line.customer_id}  line {line.number}: {result.error}\n")
+                    named = f"{_shown(line.customer_id)}  line {line.number}"
+                    out.write(f"{named}: {_shown(_one_line(result.error))}\n")
                 continue
             if not result.changed:
                 tally.unchanged += 1
@@ -136,8 +137,25 @@ async def plan(
             else:
                 for field, before, after in rows:
                     change = f"{json.dumps(before)} → {json.dumps(after)}"
-                    out.write(f"{line.customer_id}  {field}: {change}\n")
+                    out.write(f"{_shown(line.customer_id)}  {_shown(field)}: {change}\n")
     return tally
+
+
+def _one_line(error: BaseException) -> str:
+    """An error's message on one line (a validation error's problems joined)."""
+    problems = getattr(error, "problems", None)
+    if isinstance(error, CustomerPatchError) and problems:
+        return "; ".join(str(p) for p in problems)
+    return str(error)
+
+
+def _shown(value: Any) -> str:
+    """``value`` as text for a line of the plan: what is not printable (a line
+    break, a terminal escape) is escaped, so the data cannot forge or hide lines."""
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def summary(tally: PlanTally, *, pace: float | None, write: str) -> dict[str, Any]:
