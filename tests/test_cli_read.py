@@ -6,7 +6,9 @@ The fake runs in a thread (``threaded_fake``, or :func:`serving` for a fake
 built here, some of them hostile); the command runs in-process through click's
 runner, or as a subprocess where a signal is part of the test.  Nothing waits
 on the clock: hostile fakes hold a request until the test (or another request)
-lets it go, and every wait has a generous deadline that only guards a hang.
+lets it go, and every wait has a generous deadline that only guards a hang.  (One
+hostile fake gives the client a moment to take an answer first: that decides only
+whether the race it sets up happens, never whether a correct client passes.)
 """
 
 from __future__ import annotations
@@ -448,9 +450,14 @@ def test_a_later_record_of_a_customer_is_compared_with_what_the_earlier_one_left
     records += [{"id": 1001, "patch": {"name": "Demo Customer 1001"}}]
     path = jsonl(tmp_path / "u.jsonl", records)
     with threaded_fake("dualentry", customers=3, **FAST) as (fake, base, _):
+        planned = plan(path, base, "--concurrency", "1", "--rate-limit", "off")
         result = changes_only(path, base, "--concurrency", "1")
         sent = [r.body for r in patches(fake)]
         name = fake.customers[1001]["name"]
+    assert [line for line in lines_of(planned.stdout) if line.startswith("1001")] == [
+        '1001  name: "Demo Customer 1001" → "Renamed"',
+        '1001  name: "Renamed" → "Demo Customer 1001"',
+    ]
     assert result.exit_code == 0, result.output
     assert name == "Demo Customer 1001"
     assert sent[-1] == {"name": "Demo Customer 1001"}
