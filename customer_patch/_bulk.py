@@ -140,6 +140,8 @@ _Send: TypeAlias = Callable[
 ]
 
 
+BeforeWrite: TypeAlias = Callable[[Any, Customer, CustomerPatch], None]
+"""Called just before a record's write is sent: ``(customer_id, before, changes)``."""
 _Read: TypeAlias = Callable[[list[Any]], Awaitable[Mapping[Any, Any]]]
 """Reads customers by id: ``read_key(id)`` -> the Customer, or the error why not."""
 _END: Any = object()
@@ -316,6 +318,7 @@ async def run_bulk(
     resolve: bool = False,
     plan: bool = False,
     complete: Callable[[Any], Awaitable[Any]] | None = None,
+    before_write: BeforeWrite | None = None,
 ) -> AsyncGenerator[UpdateResult, None]:
     """Yield one result per input item as each finishes; see ``Client.iter_updates``.
 
@@ -333,7 +336,7 @@ async def run_bulk(
     customer read (the input named it by another key); ``plan``: ``send``
     only checks, and the result's customer is the one predicted;
     ``complete``: reads one customer whole, for a record that sets fields
-    the batch read did not show.
+    the batch read did not show; ``before_write``: see ``Client.iter_updates``.
     """
     if concurrency < 1:
         raise ValueError(f"concurrency must be at least 1, got {concurrency}")
@@ -390,6 +393,12 @@ async def run_bulk(
             # What an earlier record of this customer left, not the first read;
             # after a failure nothing is known (None): the whole patch is sent.
             before = _left_by(previous) if previous is not None else was
+            if before is None and previous is not None and complete is not None:
+                # The earlier record was sent and failed: it may have landed or
+                # not.  Read the customer again rather than send blind (and so
+                # that an undo knows what it had).
+                fresh = await complete(target)
+                before = fresh if isinstance(fresh, Customer) else None
             if compare and before is not None:
                 try:
                     changes = patch.changes_from(before)
@@ -413,6 +422,13 @@ async def run_bulk(
                         changed=False,
                         before=before,
                     )
+        if before_write is not None and before is not None and not plan:
+            try:  # write-ahead: a kill after the send must not lose what it does
+                before_write(customer_id, before, changes)
+            except Exception as e:  # nothing is sent for this record
+                return UpdateResult(
+                    index=index, customer_id=customer_id, patch=patch, error=e, before=before
+                )
         try:
             customer, error, attempts = await send(target, changes)
         except Exception as e:  # a bug, e.g. in a third-party adapter: still one result
@@ -507,7 +523,9 @@ async def run_bulk(
 
     try:
         while True:
-            while len(in_flight) < concurrency:
+            # Finished results wait for the consumer: a slow one holds the input back,
+            # or every record of the input would end up waiting in `finished`.
+            while len(in_flight) < concurrency and len(finished) < concurrency:
                 if read is None:
                     if exhausted:
                         break

@@ -21,6 +21,7 @@ from multidict import CIMultiDict
 
 from customer_patch._adapter import Adapter
 from customer_patch._bulk import (
+    BeforeWrite,
     BulkReport,
     ProgressCallback,
     UpdateResult,
@@ -461,6 +462,7 @@ class Client:
         max_consecutive_failures: int | None = None,
         skip_unchanged: bool = False,
         match_on: str | None = None,
+        before_write: BeforeWrite | None = None,
     ) -> AsyncGenerator[UpdateResult, None]:
         """Apply many updates concurrently; yield each :class:`UpdateResult` as it finishes.
 
@@ -490,6 +492,12 @@ class Client:
         (:class:`~customer_patch.ValidationError`) is that record's error,
         never a guess.  What the lookup read serves ``skip_unchanged`` too.
 
+        ``before_write(customer_id, before, changes)``, with ``skip_unchanged``
+        or ``match_on``, is called just before each record's write is sent,
+        with the customer as read: the place to record how to undo it (a
+        write whose answer is lost to a crash may still have landed).  If it
+        raises, that record's result is the exception and nothing is sent.
+
         Every record yields exactly one result.  A failure does not stop the
         others, except a 401/403, or ``max_failures`` failed records in all, or
         ``max_consecutive_failures`` in a row with the same error class and
@@ -508,6 +516,7 @@ class Client:
             max_consecutive_failures=max_consecutive_failures,
             skip_unchanged=skip_unchanged,
             match_on=match_on,
+            before_write=before_write,
         )
 
     def iter_plan(
@@ -551,6 +560,7 @@ class Client:
         skip_unchanged: bool,
         match_on: str | None,
         plan: bool = False,
+        before_write: BeforeWrite | None = None,
     ) -> AsyncGenerator[UpdateResult, None]:
         self._check_open()
         adapter = self.adapter
@@ -580,6 +590,7 @@ class Client:
             compare=skip_unchanged,
             resolve=match_on is not None,
             plan=plan,
+            before_write=before_write,
             complete=self._get_or_error if adapter.get_path("{id}") is not None else None,
         )
 
@@ -598,6 +609,7 @@ class Client:
         max_consecutive_failures: int | None = None,
         skip_unchanged: bool = False,
         match_on: str | None = None,
+        before_write: BeforeWrite | None = None,
     ) -> BulkReport:
         """Like :meth:`iter_updates`, collecting every result into a :class:`BulkReport`.
 
@@ -615,6 +627,7 @@ class Client:
             max_consecutive_failures=max_consecutive_failures,
             skip_unchanged=skip_unchanged,
             match_on=match_on,
+            before_write=before_write,
         )
         async with contextlib.aclosing(results):
             async for result in results:

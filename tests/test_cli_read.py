@@ -1119,15 +1119,6 @@ class AppliedThenSilent(DualEntryFake):
 
 
 @pytest.mark.skipif(os.name != "posix", reason="POSIX signals")
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "undo lines are written when a result arrives, not before the PATCH is sent: a "
-        "PATCH the provider applied whose answer a kill or Ctrl-C cut off is in no undo "
-        "line, and the resumed run reads the new value as the one to keep. Needs a hook "
-        "in the core (run_bulk) called before each send."
-    ),
-)
 def test_undo_survives_a_kill_while_a_write_is_in_flight(tmp_path):
     records = [
         {"id": i, "patch": {"name": f"N{i}", "email": f"e{i}@x.example"}} for i in (1001, 1002)

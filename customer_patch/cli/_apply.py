@@ -22,6 +22,7 @@ from customer_patch._errors import (
     NotAttemptedError,
     PermissionDeniedError,
 )
+from customer_patch._model import Customer, CustomerPatch
 from customer_patch.cli._input import Line
 from customer_patch.cli._report import (
     Report,
@@ -138,6 +139,7 @@ async def apply(
         max_consecutive_failures=max_consecutive_failures,
         skip_unchanged=changes_only,
         match_on=match_on,
+        before_write=None if undo is None else _undo_first(undo, on_note),
     )
     reading = changes_only or match_on is not None
     try:
@@ -147,14 +149,8 @@ async def apply(
             entry = entry_for(line, result.error, result.attempts)
             if reading:
                 entry.update(changes_entry(result))
-            # The undo line first: a record in the report must be undoable.
-            if undo is not None:
-                unknown = undo.add(result)
-                if unknown:
-                    on_note(
-                        f"line {line.number}: the undo file cannot restore "
-                        f"{', '.join(unknown)} (not read)"
-                    )
+            if isinstance(result.error, ReportWriteError):
+                raise result.error  # the undo file could not be written: nothing was sent
             report.write(entry)
             on_result(tally)
     finally:  # leaving early (an error, a signal): stop the run and its requests now
@@ -163,6 +159,23 @@ async def apply(
             await aclose()
     if report.error is not None:
         raise report.error
+
+
+def _undo_first(
+    undo: UndoFile, on_note: Callable[[str], None]
+) -> Callable[[Any, Customer, CustomerPatch], None]:
+    """The undo line is written before the write is sent: a PATCH whose answer a
+    kill cuts off may still have landed, and then only this line knows the
+    value before it."""
+
+    def write(customer_id: Any, before: Customer, changes: CustomerPatch) -> None:
+        unknown = undo.add(before, changes)
+        if unknown:
+            on_note(
+                f"{customer_id!r}: the undo file cannot restore {', '.join(unknown)} (not read)"
+            )
+
+    return write
 
 
 def _record(tally: Tally, result: UpdateResult) -> None:

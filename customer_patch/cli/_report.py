@@ -28,7 +28,7 @@ import filelock
 
 from customer_patch._bulk import UpdateResult, customer_key
 from customer_patch._errors import CustomerPatchError, ProviderError
-from customer_patch._model import CustomerPatch, ExternalIds
+from customer_patch._model import Customer, CustomerPatch, ExternalIds
 from customer_patch.cli._input import Line
 
 _TORN_PREFIX = b'{"line": '  # every line this module writes starts so
@@ -374,18 +374,17 @@ class UndoFile:
             with contextlib.suppress(OSError):
                 self.path.unlink()
 
-    def add(self, result: UpdateResult) -> tuple[str, ...]:
-        """Record how to undo ``result``; the fields it cannot restore (not read)."""
-        if result.sent is None or result.before is None or result.attempts == 0:
-            return ()
-        restore, unknown = result.sent.undo_for(result.before)
-        covered = self.covered.setdefault(customer_key(result.before.id), set())
+    def add(self, before: Customer, sent: CustomerPatch) -> tuple[str, ...]:
+        """Record how to undo ``sent`` (called before it is sent: a write whose
+        answer a crash cuts off may still land); the fields it cannot restore."""
+        restore, unknown = sent.undo_for(before)
+        covered = self.covered.setdefault(customer_key(before.id), set())
         # A custom field set by name in one record and by id in another is one field.
-        restored = covered | _aliases(covered, result.before.custom_field_ids or {})
+        restored = covered | _aliases(covered, before.custom_field_ids or {})
         kept = _without(restore, restored)
         covered.update(_paths(kept))
         if kept:
-            record = {"id": result.before.id, "patch": kept.to_dict()}
+            record = {"id": before.id, "patch": kept.to_dict()}
             self._put(json.dumps(record).encode() + b"\n")
             self.written += 1
         unknown = tuple(path for path in unknown if path not in restored)

@@ -1,0 +1,43 @@
+"""The read side against a hostile server and a careless caller (issue 12, red team).
+
+Each test here failed before the fix its commit names.  The client's logic runs
+against a MockTransport (``Store`` from test_read is a DualEntry stand-in at the
+transport seam); nothing here asserts on timing: waits are hang guards only.
+"""
+
+import asyncio
+import json
+
+import pytest
+
+from customer_patch import CustomerPatch
+from tests.helpers import HANG_GUARD
+from tests.test_read import Store, client
+
+# -- nothing grows with the input ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("skip_unchanged", [True, False])
+async def test_a_slow_consumer_holds_at_most_concurrency_plus_a_page(skip_unchanged):
+    """The writes finish while the consumer dawdles over each result: the run must
+    stop taking input, not pile up every finished result waiting to be taken."""
+    store = Store(600)
+    taken = 0
+
+    def records():
+        nonlocal taken
+        for cid in range(1, 601):
+            taken += 1
+            yield cid, CustomerPatch(name="New")
+
+    consumed = held = 0
+    async with client(store) as de:
+        results = de.iter_updates(records(), concurrency=4, skip_unchanged=skip_unchanged)
+        async for _ in results:
+            consumed += 1
+            held = max(held, taken - consumed)
+            for _ in range(10):  # slow: every request in flight is answered meanwhile
+                await asyncio.sleep(0)
+    assert consumed == 600
+    # In flight, finished and waiting, and (reading) the batch taken for one read.
+    assert held <= 4 + 4 + (100 if skip_unchanged else 0)
