@@ -6,12 +6,10 @@ transport seam); nothing here asserts on timing: waits are hang guards only.
 """
 
 import asyncio
-import json
 
 import pytest
 
 from customer_patch import CustomerPatch
-from tests.helpers import HANG_GUARD
 from tests.test_read import Store, client
 
 # -- nothing grows with the input ---------------------------------------------------------
