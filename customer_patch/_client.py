@@ -713,6 +713,10 @@ class Client:
 
         wanted = {read_key(k): k for k in keys if read_key(k) is not None}
         found = await asyncio.gather(*(one(k) for k in wanted.values()))
+        # Some of these errors quote the list's own values (a unique_id, an id),
+        # which a provider can fill with the key it was sent: mask them too.
+        redact = self._credentials.redact
+        found = [redact(f) if isinstance(f, CustomerPatchError) else f for f in found]
         return dict(zip(wanted, found, strict=True))
 
     async def _check_custom_fields(self, patch: CustomerPatch) -> CustomerPatchError | None:

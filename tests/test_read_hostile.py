@@ -6,11 +6,13 @@ transport seam); nothing here asserts on timing: waits are hang guards only.
 """
 
 import asyncio
+import json
 
 import pytest
 
-from customer_patch import CustomerPatch
-from tests.test_read import Store, client
+from customer_patch import CustomerPatch, Response
+from tests.helpers import TOKEN, mock_client
+from tests.test_read import Store, client, row
 
 # -- nothing grows with the input ---------------------------------------------------------
 
@@ -39,3 +41,31 @@ async def test_a_slow_consumer_holds_at_most_concurrency_plus_a_page(skip_unchan
     assert consumed == 600
     # In flight, finished and waiting, and (reading) the batch taken for one read.
     assert held <= 4 + 4 + (100 if skip_unchanged else 0)
+
+
+# -- no secret in errors ------------------------------------------------------------------
+
+
+def list_answer(*items, count=None):
+    body = {"items": list(items), "count": len(items) if count is None else count}
+    return Response(status=200, body=json.dumps(body).encode())
+
+
+@pytest.mark.parametrize(
+    "items",
+    [
+        [row(1, unique_id=TOKEN)],  # "the list answered customer 1 whose unique_id is ..."
+        [row(TOKEN, unique_id="CRM-1"), row(2, unique_id="crm-1")],  # "matches 2 (ids)"
+    ],
+)
+async def test_a_list_echoing_the_key_never_puts_it_in_a_match_error(items):
+    async with mock_client(lambda r: list_answer(*items)) as de:
+        [result] = [
+            r
+            async for r in de.iter_updates(
+                [("CRM-1", CustomerPatch(name="x"))], match_on="unique_id"
+            )
+        ]
+    assert result.error is not None
+    assert TOKEN not in str(result.error)
+    assert "********" in str(result.error)
