@@ -113,6 +113,13 @@ class _Credentials:
                 self.mask(k): tuple(self.mask(m) for m in v) for k, v in error.field_errors.items()
             }
             error.headers = CIMultiDict({k: self.mask(v) for k, v in error.headers.items()})
+        # The parser's own exception, kept as the cause, quotes the bad value too,
+        # and a traceback prints it: mask its text (and its causes') as well.
+        link, seen = error.__cause__ or error.__context__, {id(error)}
+        while link is not None and id(link) not in seen:
+            seen.add(id(link))
+            link.args = tuple(self.mask(a) if isinstance(a, str) else a for a in link.args)
+            link = link.__cause__ or link.__context__
         return error
 
     def mask(self, value: str) -> str:

@@ -7,10 +7,11 @@ transport seam); nothing here asserts on timing: waits are hang guards only.
 
 import asyncio
 import json
+import traceback
 
 import pytest
 
-from customer_patch import CustomerPatch, Response
+from customer_patch import CustomerPatch, Response, ResponseFormatError
 from tests.helpers import TOKEN, mock_client
 from tests.test_read import Store, client, row
 
@@ -69,3 +70,25 @@ async def test_a_list_echoing_the_key_never_puts_it_in_a_match_error(items):
     assert result.error is not None
     assert TOKEN not in str(result.error)
     assert "********" in str(result.error)
+
+
+@pytest.mark.parametrize("operation", ["get", "list"])
+async def test_a_read_echoing_the_key_never_shows_it_in_the_traceback(operation):
+    """The parser's own exception quotes the bad value (an ISO date parser upper-cases
+    it): it is the error's __cause__, which every traceback and error tracker prints."""
+    echoed = row(1, created_by={"timestamp": TOKEN})
+
+    def answer(request):
+        if "?" in request.url:
+            return list_answer(echoed)
+        return Response(status=200, body=json.dumps(echoed).encode())
+
+    async with mock_client(answer) as de:
+        with pytest.raises(ResponseFormatError) as info:
+            if operation == "get":
+                await de.get(1)
+            else:
+                [c async for c in de.iter_customers()]
+    shown = "".join(traceback.format_exception(info.value))
+    assert TOKEN.upper() not in shown.upper()
+    assert "ValueError" in shown  # what went wrong is still said
