@@ -319,6 +319,7 @@ async def run_bulk(
     plan: bool = False,
     complete: Callable[[Any], Awaitable[Any]] | None = None,
     before_write: BeforeWrite | None = None,
+    check: _Send | None = None,
 ) -> AsyncGenerator[UpdateResult, None]:
     """Yield one result per input item as each finishes; see ``Client.iter_updates``.
 
@@ -336,7 +337,10 @@ async def run_bulk(
     customer read (the input named it by another key); ``plan``: ``send``
     only checks, and the result's customer is the one predicted;
     ``complete``: reads one customer whole, for a record that sets fields
-    the batch read did not show; ``before_write``: see ``Client.iter_updates``.
+    the batch read did not show; ``before_write``: see ``Client.iter_updates``;
+    ``check``: what ``send`` refuses before sending, as ``(None, error, 0)``:
+    with ``compare`` it checks the whole patch first, so an invalid record is
+    an error even when nothing in it differs from what was read.
     """
     if concurrency < 1:
         raise ValueError(f"concurrency must be at least 1, got {concurrency}")
@@ -400,6 +404,15 @@ async def run_bulk(
                 fresh = await complete(target)
                 before = fresh if isinstance(fresh, Customer) else None
             if compare and before is not None:
+                refused = None if check is None else (await check(target, patch))[1]
+                if refused is not None:  # as a plain update would say: nothing is sent
+                    return UpdateResult(
+                        index=index,
+                        customer_id=customer_id,
+                        patch=patch,
+                        error=refused,
+                        before=before,
+                    )
                 try:
                     changes = patch.changes_from(before)
                     unread = _unread(changes, before)

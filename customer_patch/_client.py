@@ -599,6 +599,7 @@ class Client:
             plan=plan,
             before_write=before_write,
             complete=self._get_or_error if adapter.get_path("{id}") is not None else None,
+            check=self._check,
         )
 
     async def _get_or_error(self, customer_id: CustomerId) -> Customer | CustomerPatchError:

@@ -11,9 +11,16 @@ import traceback
 
 import pytest
 
-from customer_patch import CustomerPatch, Response, ResponseFormatError
+from customer_patch import (
+    CustomerPatch,
+    Response,
+    ResponseFormatError,
+    UnknownCustomFieldError,
+    UnsupportedFieldError,
+    ValidationError,
+)
 from tests.helpers import TOKEN, mock_client
-from tests.test_read import Store, client, row
+from tests.test_read import Store, client, definition, row
 
 # -- nothing grows with the input ---------------------------------------------------------
 
@@ -92,3 +99,42 @@ async def test_a_read_echoing_the_key_never_shows_it_in_the_traceback(operation)
     shown = "".join(traceback.format_exception(info.value))
     assert TOKEN.upper() not in shown.upper()
     assert "ValueError" in shown  # what went wrong is still said
+
+
+# -- an invalid record is an error, whether or not it would change anything --------------
+
+
+INVALID_BUT_UNCHANGED = [
+    pytest.param(CustomerPatch(), ValidationError, id="sets-nothing"),
+    pytest.param(
+        CustomerPatch(name="C1", extra={"is_active": True}),
+        UnsupportedFieldError,
+        id="read-only-extra-key",
+    ),
+    pytest.param(CustomerPatch(phone="5" * 40), ValidationError, id="too-long-as-the-read-is"),
+    pytest.param(
+        CustomerPatch(custom_fields={"Partnr": None}),
+        UnknownCustomFieldError,
+        id="typo-clearing-a-field",
+    ),
+]
+
+
+@pytest.mark.parametrize(("patch", "error"), INVALID_BUT_UNCHANGED)
+@pytest.mark.parametrize("how", ["updates", "plan"])
+async def test_an_invalid_record_that_changes_nothing_is_still_an_error(patch, error, how):
+    """A plain update refuses these before sending; comparing first must not turn
+    them into "ok, unchanged" (the caller would believe Partner was cleared)."""
+    store = Store(1, [definition(1, "Partner", "boolean")])
+    store.customers[1].update(phone="5" * 40, custom_fields=[])
+    async with client(store) as de:
+        with pytest.raises(error):
+            await de.update(1, patch)
+        if how == "updates":
+            results = de.iter_updates([(1, patch)], skip_unchanged=True)
+        else:
+            results = de.iter_plan([(1, patch)])
+        [result] = [r async for r in results]
+    assert isinstance(result.error, error)
+    assert result.attempts == 0
+    assert store.sent("PATCH") == []
