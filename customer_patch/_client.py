@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import functools
 import ipaddress
 import json
@@ -54,7 +55,13 @@ from customer_patch._model import (
 )
 from customer_patch._pacing import Pacer
 from customer_patch._registry import AdapterRegistry, default_registry
-from customer_patch._retry import NO_RETRY, HeldPastDeadline, RetryPolicy, send_with_retries
+from customer_patch._retry import (
+    NO_RETRY,
+    HeldPastDeadline,
+    RetryPolicy,
+    is_retryable,
+    send_with_retries,
+)
 from customer_patch._transport import AiohttpTransport, Transport
 from customer_patch._version import __version__
 
@@ -229,6 +236,7 @@ class Client:
         self.check_custom_fields = check_custom_fields
         self._definitions: list[CustomFieldDefinition] | None = None
         self._definitions_lock = asyncio.Lock()
+        self._definitions_refused: CustomerPatchError | None = None
         self._attempt_bound = math.inf if transport else timeout
         self._transport: Transport = transport or AiohttpTransport(
             provider=self.adapter.provider,
@@ -357,38 +365,52 @@ class Client:
         """Every custom field the provider defines for customers, from every page.
 
         Read once per client and kept (updates check custom fields against
-        them); ``refresh=True`` reads them again.  Raises
+        them); ``refresh=True`` reads them again.  A final refusal (a 401 or
+        403, a list of the wrong shape or past 10,000) is kept too, and raised
+        again without a request until ``refresh=True``; one worth a retry (a
+        5xx, a lost connection) is not.  Raises
         :class:`~customer_patch.UnsupportedOperationError` if the provider
         documents no way to read them.
         """
         self._check_open()
         async with self._definitions_lock:
+            if refresh:
+                self._definitions_refused = None
+            if self._definitions_refused is not None:
+                # A copy: raising one exception again and again grows its traceback.
+                raise copy.copy(self._definitions_refused)
             if self._definitions is None or refresh:
-                definitions: list[CustomFieldDefinition] = []
-                while True:
-                    path, route = self.adapter.prepare_definitions(offset=len(definitions))
-                    request = self._request("GET", path, route)
-                    value, error, _ = await self._call(
-                        request, self.adapter.parse_definitions, label="custom fields"
-                    )
-                    if error is not None:
-                        raise error
-                    assert value is not None
-                    page, count = value
-                    definitions += page
-                    if len(definitions) > MAX_DEFINITIONS:
-                        # A list that never ends (a count that keeps growing,
-                        # the same page again and again) must not hold every update.
-                        raise ResponseFormatError(
-                            f"more than {MAX_DEFINITIONS} custom field definitions: "
-                            "not read further",
-                            provider=self.provider,
-                            status=200,
-                        )
-                    if not page or len(definitions) >= count:
-                        break
-                self._definitions = definitions
+                try:
+                    self._definitions = await self._read_definitions()
+                except CustomerPatchError as e:
+                    if not is_retryable(e):  # every update naming a custom field would ask
+                        self._definitions_refused = e
+                    raise
             return list(self._definitions)
+
+    async def _read_definitions(self) -> list[CustomFieldDefinition]:
+        definitions: list[CustomFieldDefinition] = []
+        while True:
+            path, route = self.adapter.prepare_definitions(offset=len(definitions))
+            request = self._request("GET", path, route)
+            value, error, _ = await self._call(
+                request, self.adapter.parse_definitions, label="custom fields"
+            )
+            if error is not None:
+                raise error
+            assert value is not None
+            page, count = value
+            definitions += page
+            if len(definitions) > MAX_DEFINITIONS:
+                # A list that never ends (a count that keeps growing,
+                # the same page again and again) must not hold every update.
+                raise ResponseFormatError(
+                    f"more than {MAX_DEFINITIONS} custom field definitions: not read further",
+                    provider=self.provider,
+                    status=200,
+                )
+            if not page or len(definitions) >= count:
+                return definitions
 
     async def _page(
         self, filters: Mapping[str, Any], *, offset: int, limit: int | None = None

@@ -13,12 +13,14 @@ import pytest
 
 from customer_patch import (
     CustomerPatch,
+    PermissionDeniedError,
     Response,
     ResponseFormatError,
     UnknownCustomFieldError,
     UnsupportedFieldError,
     ValidationError,
 )
+from customer_patch.testing import MockTransport
 from tests.helpers import TOKEN, mock_client
 from tests.test_read import Store, client, definition, row
 
@@ -138,3 +140,46 @@ async def test_an_invalid_record_that_changes_nothing_is_still_an_error(patch, e
     assert isinstance(result.error, error)
     assert result.attempts == 0
     assert store.sent("PATCH") == []
+
+
+# -- custom-field definitions -------------------------------------------------------------
+
+
+FOREVER = {"items": [definition(1, "Same")] * 100, "count": 10**12}
+
+
+@pytest.mark.parametrize(
+    ("answer", "error", "per_read"),
+    [
+        pytest.param(
+            Response(status=403, body=b'{"detail": "no"}'), PermissionDeniedError, 1, id="403"
+        ),
+        pytest.param(
+            Response(status=200, body=json.dumps(FOREVER).encode()),
+            ResponseFormatError,
+            101,
+            id="a-list-that-never-ends",
+        ),
+    ],
+)
+async def test_definitions_that_cannot_be_read_are_not_read_again_for_every_record(
+    answer, error, per_read
+):
+    """A final answer (not worth a retry) stands for the client: 200 records must not
+    cost 200 reads of the definitions (20,200 for a list that never ends)."""
+
+    def handler(request):
+        if "custom-fields" in request.url:
+            return answer
+        return Response(status=200, body=json.dumps(row(1)).encode())
+
+    transport = MockTransport(handler)
+    updates = [(1, CustomerPatch(custom_fields={"Same": "x"}))] * 200
+    async with mock_client(transport) as de:
+        results = [r async for r in de.iter_updates(updates, concurrency=4)]
+        assert len(results) == 200
+        assert all(isinstance(r.error, error) for r in results)
+        assert len(transport.requests) == per_read
+        with pytest.raises(error):
+            await de.custom_field_definitions(refresh=True)  # asks again when told to
+        assert len(transport.requests) == 2 * per_read
