@@ -401,7 +401,9 @@ class Adapter(ABC):
         names the ids to use instead.  Values are checked by
         :meth:`check_custom_field_value`; ``None`` (clear) always passes.
         """
-        active = [d for d in definitions if d.is_active]
+        # By id: a list paged by offset repeats a definition when one is added
+        # meanwhile, and one field listed twice is not two fields sharing a name.
+        active = list({d.id: d for d in definitions if d.is_active}.values())
         by_name: dict[str, list[CustomFieldDefinition]] = {}
         for d in active:
             by_name.setdefault(d.name, []).append(d)

@@ -183,3 +183,11 @@ async def test_definitions_that_cannot_be_read_are_not_read_again_for_every_reco
         with pytest.raises(error):
             await de.custom_field_definitions(refresh=True)  # asks again when told to
         assert len(transport.requests) == 2 * per_read
+
+
+async def test_a_definition_listed_twice_is_one_field_not_a_shared_name():
+    """Offset paging repeats a definition when one is added between two pages."""
+    store = Store(1, [definition(5, "Tier"), definition(6, "Other"), definition(5, "Tier")])
+    async with client(store) as de:
+        await de.update(1, CustomerPatch(custom_fields={"Tier": "x"}))
+    assert len(store.sent("PATCH")) == 1
