@@ -191,3 +191,21 @@ async def test_a_definition_listed_twice_is_one_field_not_a_shared_name():
     async with client(store) as de:
         await de.update(1, CustomerPatch(custom_fields={"Tier": "x"}))
     assert len(store.sent("PATCH")) == 1
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [{"id": [5]}, {"id": "5"}, {"id": True}, {"name": None}, {"name": ["Tier"]}],
+    ids=["unhashable-id", "text-id", "boolean-id", "null-name", "list-name"],
+)
+async def test_a_definition_of_the_wrong_shape_is_a_format_error_not_a_crash(odd):
+    store = Store(1, [{**definition(5, "Tier"), **odd}])
+    async with client(store) as de:
+        with pytest.raises(ResponseFormatError):
+            await de.custom_field_definitions()
+        [result] = [
+            r async for r in de.iter_updates([(1, CustomerPatch(custom_fields={"Tier": "x"}))])
+        ]
+    assert isinstance(result.error, ResponseFormatError)
+    assert result.attempts == 0
+    assert store.sent("PATCH") == []

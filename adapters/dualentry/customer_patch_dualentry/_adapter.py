@@ -249,10 +249,16 @@ class DualEntryAdapter(Adapter):
             if isinstance(a, dict) and a.get("type") == "customer"
         ]
         options = data.get("options")
+        field_id, name, field_type = data["id"], data["name"], data["field_type"]
+        # Checked: updates look fields up by id and by name in dicts.
+        if isinstance(field_id, bool) or not isinstance(field_id, int):
+            raise TypeError(f"a custom field's id should be an integer, got {type_name(field_id)}")
+        if not isinstance(name, str) or not isinstance(field_type, str):
+            raise TypeError("a custom field's name and field_type should be strings")
         return CustomFieldDefinition(
-            id=data["id"],
-            name=data["name"],
-            field_type=data["field_type"],
+            id=field_id,
+            name=name,
+            field_type=field_type,
             # Listed for customers (record_type=customer) and active there too.
             is_active=data.get("is_active") is not False
             and all(a.get("is_active", True) is not False for a in for_customers),
