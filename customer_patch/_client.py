@@ -345,14 +345,27 @@ class Client:
         documented list raises :class:`~customer_patch.UnsupportedOperationError`,
         both before any request.  One page is in memory at a time.  A customer
         may appear twice, or be missed, if customers are added or removed
-        while the pages are read (the list is paged by offset).
+        while the pages are read (the list is paged by offset); a list that
+        answers the next offset with the same page again raises
+        :class:`~customer_patch.ResponseFormatError` rather than never ending.
         """
         self._check_open()
         filters = {**self.adapter.list_defaults, **filters}
         self.adapter.prepare_list(filters, offset=0)  # refuse bad filters before any request
-        offset = 0
+        offset, last_ids = 0, None
         while True:
             customers, count = await self._page(filters, offset=offset)
+            ids = [c.id for c in customers]
+            if customers and ids == last_ids:
+                # A list that ignores its offset, with a count that never runs
+                # out, would be read (and yielded) again and again, forever.
+                raise ResponseFormatError(
+                    f"the list answered offset {offset} with the same page as the one "
+                    "before: it does not page",
+                    provider=self.provider,
+                    status=200,
+                )
+            last_ids = ids
             for customer in customers:
                 yield customer
             offset += len(customers)

@@ -21,7 +21,7 @@ from customer_patch import (
     ValidationError,
 )
 from customer_patch.testing import MockTransport
-from tests.helpers import TOKEN, mock_client
+from tests.helpers import HANG_GUARD, TOKEN, mock_client
 from tests.test_read import Store, client, definition, row
 
 # -- nothing grows with the input ---------------------------------------------------------
@@ -209,3 +209,24 @@ async def test_a_definition_of_the_wrong_shape_is_a_format_error_not_a_crash(odd
     assert isinstance(result.error, ResponseFormatError)
     assert result.attempts == 0
     assert store.sent("PATCH") == []
+
+
+# -- iter_customers -----------------------------------------------------------------------
+
+
+async def test_a_list_that_ignores_its_offset_is_an_error_not_an_endless_list():
+    """The same page for every offset, with a count that never runs out."""
+
+    async def answer(request):
+        await asyncio.sleep(0)  # lets the hang guard fire
+        return list_answer(*[row(i) for i in range(1, 101)], count=10**12)
+
+    transport = MockTransport(answer)
+
+    async def read_all():
+        return [c async for c in de.iter_customers()]
+
+    async with mock_client(transport) as de:
+        with pytest.raises(ResponseFormatError, match="same page"):
+            await asyncio.wait_for(read_all(), HANG_GUARD)
+    assert len(transport.requests) == 2
