@@ -480,7 +480,18 @@ class Client:
             except CustomerPatchError as e:
                 current.update((read_key(c), e) for c in part)
                 continue
-            found = {read_key(c.id): c for c in customers}
+            found: dict[Any, Customer | Exception] = {}
+            for c in customers:
+                key = read_key(c.id)
+                seen = found.setdefault(key, c)
+                if seen is not c and (not isinstance(seen, Customer) or seen.raw != c.raw):
+                    # Two rows for one customer: comparing with either could skip
+                    # a record that must be sent.
+                    found[key] = ResponseFormatError(
+                        f"the list shows customer {c.id!r:.80} twice, differently",
+                        provider=self.provider,
+                        status=200,
+                    )
             for customer_id in part:
                 key = read_key(customer_id)
                 current[key] = found.get(key) or NotFoundError(

@@ -8,6 +8,7 @@ transport seam); nothing here asserts on timing: waits are hang guards only.
 import asyncio
 import json
 import traceback
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -230,3 +231,51 @@ async def test_a_list_that_ignores_its_offset_is_an_error_not_an_endless_list():
         with pytest.raises(ResponseFormatError, match="same page"):
             await asyncio.wait_for(read_all(), HANG_GUARD)
     assert len(transport.requests) == 2
+
+
+# -- what a batch read answers ------------------------------------------------------------
+
+
+def batch_reads_answered_by(answer_list):
+    """A Store whose list answers are rewritten by ``answer_list(items, query_ids)``."""
+    store = Store(5)
+
+    def answer(request):
+        response = store.answer(request)
+        if request.method == "GET" and "/customers/?" in request.url:
+            query = parse_qs(urlsplit(request.url).query)
+            body = json.loads(response.body)
+            items = answer_list(body["items"], [int(i) for i in query.get("id", [])])
+            return list_answer(*items, count=body["count"] if items else 0)
+        return response
+
+    store.transport = MockTransport(answer)
+    return store
+
+
+async def test_a_customer_listed_twice_differently_is_not_guessed():
+    """Which of the two rows is current is not known: comparing with either could
+    skip a record that must be sent."""
+    store = batch_reads_answered_by(
+        lambda items, ids: [row(1, name="Old"), row(1, name="New"), *items[1:]]
+    )
+    updates = [(1, CustomerPatch(name="New")), (2, CustomerPatch(name="C2"))]
+    async with client(store) as de:
+        first, second = sorted(
+            [r async for r in de.iter_updates(updates, skip_unchanged=True)],
+            key=lambda r: r.index,
+        )
+    assert isinstance(first.error, ResponseFormatError)
+    assert "twice" in str(first.error)
+    assert second.ok  # the others of the page are read as usual
+    assert not second.changed
+
+
+async def test_a_customer_listed_twice_the_same_is_read_once():
+    store = batch_reads_answered_by(lambda items, ids: [items[0], *items])
+    async with client(store) as de:
+        [result] = [
+            r async for r in de.iter_updates([(1, CustomerPatch(name="C1"))], skip_unchanged=True)
+        ]
+    assert result.ok
+    assert not result.changed
