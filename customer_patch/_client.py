@@ -475,31 +475,54 @@ class Client:
         wanted = list(readable.values())
         for start in range(0, len(wanted), self.adapter.page_size):
             part = wanted[start : start + self.adapter.page_size]
+            asked = {read_key(c) for c in part}
+            found: dict[Any, Customer | Exception] = {}
+            strangers = False
+            # In a stable order: a provider may answer fewer than asked (a page
+            # size of its own), and the pages after the first must not move.
+            filters = {**self.adapter.list_defaults, many: part}
+            offset = 0
             try:
-                customers, _ = await self._page({many: part}, offset=0, limit=len(part))
+                while True:
+                    customers, count = await self._page(filters, offset=offset, limit=len(part))
+                    for c in customers:
+                        key = read_key(c.id)
+                        strangers = strangers or key not in asked
+                        seen = found.setdefault(key, c)
+                        if seen is not c and (not isinstance(seen, Customer) or seen.raw != c.raw):
+                            # Two rows for one customer: comparing with either could
+                            # skip a record that must be sent.
+                            found[key] = ResponseFormatError(
+                                f"the list shows customer {c.id!r:.80} twice, differently",
+                                provider=self.provider,
+                                status=200,
+                            )
+                    offset += len(customers)
+                    # No more than asked for can match: at most one page an id.
+                    if not customers or offset >= min(count, len(part)):
+                        break
             except CustomerPatchError as e:
                 current.update((read_key(c), e) for c in part)
                 continue
-            found: dict[Any, Customer | Exception] = {}
-            for c in customers:
-                key = read_key(c.id)
-                seen = found.setdefault(key, c)
-                if seen is not c and (not isinstance(seen, Customer) or seen.raw != c.raw):
-                    # Two rows for one customer: comparing with either could skip
-                    # a record that must be sent.
-                    found[key] = ResponseFormatError(
-                        f"the list shows customer {c.id!r:.80} twice, differently",
+            for customer_id in part:
+                key = read_key(customer_id)
+                if key in found:
+                    current[key] = found[key]
+                elif strangers:
+                    # It ignored the filter: who is missing from it is not known.
+                    current[key] = ResponseFormatError(
+                        f"asked for customers by id, the list answered others: whether "
+                        f"customer {customer_id!r} exists is not known",
                         provider=self.provider,
                         status=200,
                     )
-            for customer_id in part:
-                key = read_key(customer_id)
-                current[key] = found.get(key) or NotFoundError(
-                    f"customer {customer_id!r} is not in the list of customers",
-                    provider=self.provider,
-                    status=404,
-                    sent=False,
-                )
+                else:
+                    current[key] = NotFoundError(
+                        f"customer {customer_id!r} is not in the list of customers",
+                        provider=self.provider,
+                        status=404,
+                        sent=False,
+                    )
         return current
 
     # -- bulk ---------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import pytest
 
 from customer_patch import (
     CustomerPatch,
+    NotFoundError,
     PermissionDeniedError,
     Response,
     ResponseFormatError,
@@ -279,3 +280,34 @@ async def test_a_customer_listed_twice_the_same_is_read_once():
         ]
     assert result.ok
     assert not result.changed
+
+
+async def test_a_batch_read_answered_in_short_pages_reads_on_instead_of_missing_customers():
+    """The provider answers two customers a page whatever the limit asked, and says
+    how many match: the others exist, and must not be reported as not found."""
+    store = batch_reads_answered_by(lambda items, ids: items[:2])
+    updates = [(cid, CustomerPatch(name=f"C{cid}")) for cid in range(1, 6)]
+    async with client(store) as de:
+        results = [r async for r in de.iter_updates(updates, skip_unchanged=True)]
+    assert [r.error for r in results] == [None] * 5
+    assert not any(r.changed for r in results)
+    queries = [parse_qs(urlsplit(r.url).query) for r in store.sent("GET")]
+    assert [q["offset"] for q in queries] == [["0"], ["2"], ["4"]]
+    assert all(q["ordering"] == ["id"] for q in queries)  # pages that do not move
+
+
+async def test_a_batch_read_that_ignores_its_id_filter_does_not_say_who_is_missing():
+    """The list answered customers that were not asked for: it ignored the filter,
+    so a customer it did not show may well exist."""
+    store = batch_reads_answered_by(lambda items, ids: [row(cid) for cid in range(3, 6)])
+    updates = [(3, CustomerPatch(name="C3")), (1, CustomerPatch(name="x"))]
+    async with client(store) as de:
+        found, missing = sorted(
+            [r async for r in de.iter_updates(updates, skip_unchanged=True)],
+            key=lambda r: r.index,
+        )
+    assert found.ok
+    assert not found.changed
+    assert isinstance(missing.error, ResponseFormatError)
+    assert not isinstance(missing.error, NotFoundError)
+    assert store.sent("PATCH") == []
