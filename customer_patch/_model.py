@@ -310,6 +310,9 @@ def _custom_value(customer: Customer, key: CustomFieldKey) -> tuple[bool, Any]:
         if name is None:
             return False, None
         return True, values.get(key if name in shared else name)
+    if key not in values and None in names.values():
+        # A field the read showed without its name (keyed by id) may be this one.
+        return False, None
     return key not in shared, values.get(key)
 
 

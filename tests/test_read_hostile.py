@@ -21,6 +21,7 @@ from customer_patch import (
     UnknownCustomFieldError,
     UnsupportedFieldError,
     ValidationError,
+    get_adapter,
 )
 from customer_patch.testing import MockTransport
 from tests.helpers import HANG_GUARD, TOKEN, mock_client
@@ -311,3 +312,48 @@ async def test_a_batch_read_that_ignores_its_id_filter_does_not_say_who_is_missi
     assert isinstance(missing.error, ResponseFormatError)
     assert not isinstance(missing.error, NotFoundError)
     assert store.sent("PATCH") == []
+
+
+# -- custom fields as a customer shows them -----------------------------------------------
+
+
+def entry(fid, name, value, **field):
+    """One of a customer's custom_fields as DualEntry shows it."""
+    shown = {"id": fid, "name": name, "field_type": "boolean", **field}
+    return {"field": shown, "value": {"custom_field_id": fid, "value": value}}
+
+
+PARTNER_ONCE_LISTED_TWICE = [entry(41, "Partner", True), entry(41, "Partner", True)]
+PARTNER_WITHOUT_ITS_NAME = [{**entry(41, None, True), "field": {"id": 41}}]
+
+
+@pytest.mark.parametrize(
+    "shown",
+    [PARTNER_ONCE_LISTED_TWICE, PARTNER_WITHOUT_ITS_NAME],
+    ids=["the-same-entry-twice", "an-entry-without-its-name"],
+)
+async def test_clearing_a_custom_field_the_read_shows_oddly_is_still_sent(shown):
+    """Partner (41) holds True: a record clearing it must not be found "unchanged"
+    because the read keyed it by id rather than by its name."""
+    store = Store(1, [definition(41, "Partner", "boolean")])
+    store.customers[1]["custom_fields"] = shown
+    async with client(store) as de:
+        [result] = [
+            r
+            async for r in de.iter_updates(
+                [(1, CustomerPatch(custom_fields={"Partner": None}))], skip_unchanged=True
+            )
+        ]
+    assert result.ok
+    assert result.changed
+    assert len(store.sent("PATCH")) == 1
+
+
+def test_one_custom_field_shown_twice_with_two_values_is_a_format_error():
+    adapter = get_adapter("dualentry")
+    with pytest.raises(ValueError, match="41"):
+        adapter.customer_from(
+            row(1, custom_fields=[entry(41, "Partner", True), entry(41, "Partner", False)])
+        )
+    shown = adapter.customer_from(row(1, custom_fields=PARTNER_ONCE_LISTED_TWICE))
+    assert shown.custom_fields == {"Partner": True}

@@ -90,16 +90,19 @@ def _address_from(value: Any) -> Address | None:
 def _custom_fields_from(items: Any) -> dict[str | int, Any] | None:
     if items is None:
         return None
-    entries = []
+    entries: dict[Any, tuple[Any, Any]] = {}  # field id -> (name, value)
     for item in items:
         field = item["field"]
         value = item.get("value")
-        entries.append((field.get("name"), field["id"], value["value"] if value else None))
-    names = [name for name, _, _ in entries if name]
+        entry = (field.get("name"), value["value"] if value else None)
+        # One field shown twice is one field; with two values, which holds is not known.
+        if entries.setdefault(field["id"], entry)[1] != entry[1]:
+            raise ValueError(f"custom field {field['id']!r} is shown twice, with two values")
+    names = [name for name, _ in entries.values() if name]
     # Keyed by name, which people know; two fields sharing a name go by id.
     return {
         name if name and names.count(name) == 1 else field_id: value
-        for name, field_id, value in entries
+        for field_id, (name, value) in entries.items()
     }
 
 
