@@ -742,6 +742,8 @@ class Client:
         self, customer_id: CustomerId, patch: CustomerPatch
     ) -> tuple[None, CustomerPatchError | None, int]:
         """What :meth:`_update` would refuse before sending, as ``(None, error, 0)``."""
+        if self._closed:  # as _update: prepare() would raise RuntimeError out of the run
+            return None, NotAttemptedError(RuntimeError(f"{self!r} was closed")), 0
         try:
             self.prepare(customer_id, patch)
         except CustomerPatchError as e:
@@ -833,6 +835,9 @@ class Client:
         )
 
     async def _send(self, request: Request, parse: Callable[..., T], deadline: float) -> T:
+        if self._closed:
+            # Closed while a run was going (its reads, a retry): nothing more goes out.
+            raise HeldPastDeadline(NotAttemptedError(RuntimeError(f"{self!r} was closed")))
         if not await self._pacer.acquire(deadline, route=request.route):
             # Held by the provider's rate limit (a shared pause, a full bucket)
             # past this update's time budget: end it now, nothing sent.

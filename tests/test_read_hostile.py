@@ -14,6 +14,7 @@ import pytest
 
 from customer_patch import (
     CustomerPatch,
+    NotAttemptedError,
     NotFoundError,
     PermissionDeniedError,
     Response,
@@ -357,3 +358,31 @@ def test_one_custom_field_shown_twice_with_two_values_is_a_format_error():
         )
     shown = adapter.customer_from(row(1, custom_fields=PARTNER_ONCE_LISTED_TWICE))
     assert shown.custom_fields == {"Partner": True}
+
+
+# -- a closed client ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["updates", "plan"])
+async def test_a_client_closed_mid_run_sends_no_more_reads(how):
+    """aclose() in the middle of a skip_unchanged run or a plan: the pages still to
+    read are not read (a closed client sends nothing), their records are not
+    attempted, and the run does not die of the RuntimeError a closed client raises."""
+    store = Store(300)
+    updates = [(cid, CustomerPatch(name="New")) for cid in range(1, 301)]
+    results = []
+    de = client(store)
+    if how == "updates":
+        run = de.iter_updates(updates, concurrency=2, skip_unchanged=True)
+    else:
+        run = de.iter_plan(updates, concurrency=2)
+    async for result in run:
+        results.append(result)
+        if len(results) == 1:
+            await de.aclose()
+            sent_before_close = len(store.requests)
+    assert len(results) == 300
+    assert len(store.requests) == sent_before_close
+    left = [r for r in results if not r.ok]
+    assert left
+    assert all(isinstance(r.error, NotAttemptedError) and r.attempts == 0 for r in left)
