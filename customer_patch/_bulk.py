@@ -482,7 +482,10 @@ async def run_bulk(
 
     def start(index: int, item: Any, was: Any = None) -> None:
         try:
-            key = "customer-patch " + customer_key(item[0])
+            # By the customer the key matched (resolve), not the key: two keys can
+            # name one customer over a run (a record renames its unique_id).
+            named = was.id if resolve and isinstance(was, Customer) else item[0]
+            key = "customer-patch " + customer_key(named)
         except Exception:  # not a pair: one() reports it
             key = "customer-patch"
         previous = latest.get(key) or (recent.get(key) if read is not None else None)

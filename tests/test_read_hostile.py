@@ -6,6 +6,7 @@ transport seam); nothing here asserts on timing: waits are hang guards only.
 """
 
 import asyncio
+import contextlib
 import json
 import traceback
 from urllib.parse import parse_qs, urlsplit
@@ -386,3 +387,46 @@ async def test_a_client_closed_mid_run_sends_no_more_reads(how):
     left = [r for r in results if not r.ok]
     assert left
     assert all(isinstance(r.error, NotAttemptedError) and r.attempts == 0 for r in left)
+
+
+# -- match_on -----------------------------------------------------------------------------
+
+
+async def test_match_on_orders_the_records_of_one_customer_whatever_key_named_it():
+    """Record 0 renames customer 1's unique_id from A to B; record 2, read in the next
+    batch while record 0's answer is still on its way, names B: the same customer.
+    Record 0's answer is lost and it is sent again: it must not land after record 2."""
+    store = Store(2)
+    store.customers[1]["unique_id"] = "A"
+    store.customers[2]["unique_id"] = "Z"
+    second_sent = asyncio.Event()
+    first_tries = 0
+
+    async def answer(request):
+        nonlocal first_tries
+        if request.method != "PATCH":
+            return store.answer(request)
+        cid = int(urlsplit(request.url).path.rstrip("/").rsplit("/", 1)[1])
+        store.customers[cid].update(request.json())  # applied as it arrives
+        if request.json().get("name") == "second":
+            second_sent.set()
+        elif request.json().get("name") == "first" and not first_tries:
+            first_tries += 1
+            with contextlib.suppress(TimeoutError):  # only a wait for a PATCH sent too soon
+                await asyncio.wait_for(second_sent.wait(), 0.5)
+            return Response(status=503, body=b"{}")  # the answer is lost: sent again
+        return Response(status=200, body=json.dumps(store.customers[cid]).encode())
+
+    store.transport = MockTransport(answer)
+    updates = [
+        ("A", CustomerPatch(unique_id="B", name="first")),
+        ("Z", CustomerPatch(name="other")),
+        ("B", CustomerPatch(name="second")),
+    ]
+    async with client(store) as de:
+        results = await asyncio.wait_for(
+            de.update_many(updates, concurrency=2, match_on="unique_id"), HANG_GUARD
+        )
+    assert [r.ok for r in results.results] == [True, True, True]
+    assert results.results[2].customer.id == 1
+    assert store.customers[1]["name"] == "second"  # the file's last word for customer 1
