@@ -430,3 +430,14 @@ async def test_match_on_orders_the_records_of_one_customer_whatever_key_named_it
     assert [r.ok for r in results.results] == [True, True, True]
     assert results.results[2].customer.id == 1
     assert store.customers[1]["name"] == "second"  # the file's last word for customer 1
+
+
+@pytest.mark.parametrize("value", ["20261122", "2026-W47-7", "2026-327"])
+async def test_a_date_custom_field_takes_the_form_it_says_it_takes(value):
+    """The check says "a date written YYYY-MM-DD"; Python's date.fromisoformat reads
+    the ISO basic, week and ordinal forms too, which it must not let through."""
+    store = Store(1, [definition(5, "Since", "date")])
+    async with client(store) as de:
+        with pytest.raises(ValidationError, match="YYYY-MM-DD"):
+            await de.update(1, CustomerPatch(custom_fields={"Since": value}))
+    assert store.sent("PATCH") == []

@@ -30,6 +30,7 @@ from customer_patch.wire import address, parse_datetime, text, type_name
 
 # As DualEntry's OpenAPI document writes it: ECMA-262, so "\s" is JavaScript's.
 PHONE_PATTERN = r"^[0-9\s\+\-\.\(\)]*$"
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
 def _custom_fields(value: Any) -> list[str]:
@@ -284,8 +285,10 @@ class DualEntryAdapter(Adapter):
                 return [f"must be a number for a {kind} field, got {value!r}"]
             return [] if number.is_finite() else [f"must be a finite number, got {value!r}"]
         if kind == "date":
+            # fromisoformat alone also reads 20261122 and 2026-W47-7 (Python 3.11+).
+            written = value if isinstance(value, str) and _DATE.fullmatch(value) else ""
             try:
-                dt.date.fromisoformat(value if isinstance(value, str) else "")
+                dt.date.fromisoformat(written)
             except ValueError:
                 return [f"must be a date written YYYY-MM-DD, got {value!r}"]
             return []
