@@ -573,7 +573,7 @@ class Adapter(ABC):
     def parse_page(self, response: Response, *, request: Request) -> tuple[list[Customer], int]:
         """One page of the customer list: its customers and the list's total count."""
         data = self.read_json(response, request=request)
-        items, count = self._reading(self.page_from, data, response)
+        items, count = self._page_items(data, response)
         return [self._reading(self.customer_from, item, response) for item in items], count
 
     def parse_definitions(
@@ -581,8 +581,22 @@ class Adapter(ABC):
     ) -> tuple[list[CustomFieldDefinition], int]:
         """One page of custom-field definitions, and their total count."""
         data = self.read_json(response, request=request)
-        items, count = self._reading(self.page_from, data, response)
+        items, count = self._page_items(data, response)
         return [self._reading(self.definition_from, item, response) for item in items], count
+
+    def _page_items(self, data: Any, response: Response) -> tuple[Sequence[Any], int]:
+        items, count = self._reading(self.page_from, data, response)
+        if len(items) > self.page_size:
+            # No read asks for more: within the body cap, a page of 600,000 tiny
+            # items would become as many objects (hundreds of MB) for one page.
+            raise ResponseFormatError(
+                f"a page of {len(items)} items, more than the {self.page_size} asked "
+                "for at most: not read",
+                provider=self.provider,
+                status=response.status,
+                body=response.body,
+            )
+        return items, count
 
     def _reading(self, read: Callable[[Any], T], data: Any, response: Response) -> T:
         try:

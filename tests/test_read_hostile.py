@@ -441,3 +441,28 @@ async def test_a_date_custom_field_takes_the_form_it_says_it_takes(value):
         with pytest.raises(ValidationError, match="YYYY-MM-DD"):
             await de.update(1, CustomerPatch(custom_fields={"Since": value}))
     assert store.sent("PATCH") == []
+
+
+# -- a page is at most a page -------------------------------------------------------------
+
+
+async def test_a_page_longer_than_any_page_asked_for_is_refused_before_it_is_read():
+    """Every read asks for 100 items at most: a page of (say) 600,000 tiny items,
+    within the 8 MiB body cap, would be 600,000 Customer objects (hundreds of MB)."""
+    page = list_answer(*[{"id": i} for i in range(1, 102)], count=101)
+    definitions = {"items": [definition(i, f"F{i}") for i in range(1, 102)], "count": 101}
+
+    def answer(request):
+        if "custom-fields" in request.url:
+            return Response(status=200, body=json.dumps(definitions).encode())
+        return page
+
+    async with mock_client(answer) as de:
+        with pytest.raises(ResponseFormatError, match="101 items"):
+            [c async for c in de.iter_customers()]
+        with pytest.raises(ResponseFormatError, match="101 items"):
+            await de.custom_field_definitions()
+        [result] = [
+            r async for r in de.iter_updates([(1, CustomerPatch(name="x"))], skip_unchanged=True)
+        ]
+    assert isinstance(result.error, ResponseFormatError)
