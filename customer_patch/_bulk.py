@@ -279,9 +279,12 @@ class _Stop:
         if error is None:
             self._streak = 0
             return
-        if (result.attempts == 0 and not read_failed) or self.cause is not None:
-            return  # nothing was sent for it (invalid, or not attempted): no evidence
-        if isinstance(error, AuthenticationError | PermissionDeniedError):
+        sent = result.attempts > 0 or read_failed
+        # Nothing sent for it (invalid, not attempted) is no evidence; a failed read
+        # of what it needed (the custom-field definitions) is, as a failed write.
+        if self.cause is not None or not (sent or _answered(error)):
+            return
+        if sent and isinstance(error, AuthenticationError | PermissionDeniedError):
             self.cause = error  # every later record would fail the same way
             return
         self._failures += 1

@@ -466,3 +466,17 @@ async def test_a_page_longer_than_any_page_asked_for_is_refused_before_it_is_rea
             r async for r in de.iter_updates([(1, CustomerPatch(name="x"))], skip_unchanged=True)
         ]
     assert isinstance(result.error, ResponseFormatError)
+
+
+async def test_definitions_that_keep_failing_count_towards_the_thresholds():
+    """A 5xx is worth a retry, so it is not kept: each record naming a custom field
+    asks again. Those are requests that failed, as evidence as a failed write."""
+    transport = MockTransport(lambda r: Response(status=500, body=b"{}"))
+    updates = [(i, CustomerPatch(custom_fields={"Partner": True})) for i in range(1, 101)]
+    async with mock_client(transport, retry=None) as de:
+        results = [
+            r async for r in de.iter_updates(updates, concurrency=1, max_consecutive_failures=5)
+        ]
+    assert len(results) == 100
+    assert len(transport.requests) == 5
+    assert sum(isinstance(r.error, NotAttemptedError) for r in results) == 95
