@@ -477,17 +477,22 @@ class Client:
             part = wanted[start : start + self.adapter.page_size]
             asked = {read_key(c) for c in part}
             found: dict[Any, Customer | Exception] = {}
-            strangers = False
+            unreliable = False  # answered others, or the same page again
             # In a stable order: a provider may answer fewer than asked (a page
             # size of its own), and the pages after the first must not move.
             filters = {**self.adapter.list_defaults, many: part}
-            offset = 0
+            offset, last_ids = 0, None
             try:
                 while True:
                     customers, count = await self._page(filters, offset=offset, limit=len(part))
+                    ids = [c.id for c in customers]
+                    if customers and ids == last_ids:  # it ignored the offset
+                        unreliable = True
+                        break
+                    last_ids = ids
                     for c in customers:
                         key = read_key(c.id)
-                        strangers = strangers or key not in asked
+                        unreliable = unreliable or key not in asked
                         seen = found.setdefault(key, c)
                         if seen is not c and (not isinstance(seen, Customer) or seen.raw != c.raw):
                             # Two rows for one customer: comparing with either could
@@ -508,10 +513,10 @@ class Client:
                 key = read_key(customer_id)
                 if key in found:
                     current[key] = found[key]
-                elif strangers:
-                    # It ignored the filter: who is missing from it is not known.
+                elif unreliable:
+                    # It ignored the filter or the offset: who is missing is not known.
                     current[key] = ResponseFormatError(
-                        f"asked for customers by id, the list answered others: whether "
+                        f"the list did not answer the ids or offset asked: whether "
                         f"customer {customer_id!r} exists is not known",
                         provider=self.provider,
                         status=200,

@@ -480,3 +480,26 @@ async def test_definitions_that_keep_failing_count_towards_the_thresholds():
     assert len(results) == 100
     assert len(transport.requests) == 5
     assert sum(isinstance(r.error, NotAttemptedError) for r in results) == 95
+
+
+async def test_a_batch_read_in_short_pages_that_ignore_the_offset_stops_at_once():
+    """Two customers a page, the same two whatever the offset: reading on would cost
+    a request per id asked for, and the customers it never showed are not known
+    to be missing."""
+    store = Store(5)
+
+    def answer(request):
+        if request.method == "GET" and "/customers/?" in request.url:
+            return list_answer(row(1), row(2), count=5)
+        return store.answer(request)
+
+    store.transport = MockTransport(answer)
+    updates = [(cid, CustomerPatch(name=f"C{cid}")) for cid in range(1, 6)]
+    async with client(store) as de:
+        results = sorted(
+            [r async for r in de.iter_updates(updates, skip_unchanged=True)],
+            key=lambda r: r.index,
+        )
+    assert [r.ok for r in results] == [True, True, False, False, False]
+    assert all(isinstance(r.error, ResponseFormatError) for r in results[2:])
+    assert len(store.sent("GET")) == 2
