@@ -503,3 +503,22 @@ async def test_a_batch_read_in_short_pages_that_ignore_the_offset_stops_at_once(
     assert [r.ok for r in results] == [True, True, False, False, False]
     assert all(isinstance(r.error, ResponseFormatError) for r in results[2:])
     assert len(store.sent("GET")) == 2
+
+
+@pytest.mark.parametrize("shown_id", ["5", 5.0, True, None, [5]])
+async def test_match_on_a_customer_whose_id_is_not_an_id_is_a_format_error(shown_id):
+    """The key matched a customer whose id DualEntry could not have given: the
+    answer is wrong, not the record (a ValidationError would blame the input)."""
+
+    def answer(request):
+        assert request.method == "GET", "nothing may be written"
+        return list_answer(row(shown_id, unique_id="CRM-1"))
+
+    async with mock_client(answer) as de:
+        [result] = [
+            r
+            async for r in de.iter_updates(
+                [("CRM-1", CustomerPatch(name="x"))], match_on="unique_id"
+            )
+        ]
+    assert isinstance(result.error, ResponseFormatError)
