@@ -1,6 +1,7 @@
 """The read side against a hostile server and a careless caller (issue 12, red team).
 
-Each test here failed before the fix its commit names.  The client's logic runs
+Each test here failed before the fix its commit names, except those of the last
+section, which held and guard against regressions.  The client's logic runs
 against a MockTransport (``Store`` from test_read is a DualEntry stand-in at the
 transport seam); nothing here asserts on timing: waits are hang guards only.
 """
@@ -522,3 +523,50 @@ async def test_match_on_a_customer_whose_id_is_not_an_id_is_a_format_error(shown
             )
         ]
     assert isinstance(result.error, ResponseFormatError)
+
+
+# -- held: promises that kept under these answers (guards against regressions) -----------
+
+
+async def test_a_batch_read_answering_an_id_of_the_wrong_type_is_not_that_customer():
+    """ "1" is not customer 1: no comparison with it, no write, and no "not found"."""
+    store = batch_reads_answered_by(
+        lambda items, ids: [{**item, "id": str(item["id"])} for item in items]
+    )
+    async with client(store) as de:
+        [result] = [
+            r async for r in de.iter_updates([(1, CustomerPatch(name="C1"))], skip_unchanged=True)
+        ]
+    assert isinstance(result.error, ResponseFormatError)
+    assert store.sent("PATCH") == []
+
+
+@pytest.mark.parametrize("where", ["batch read", "whole-customer read", "definitions"])
+async def test_cancelling_the_consumer_during_a_read_leaves_no_task(where):
+    store = Store(20, [definition(1, "Partner", "boolean")])
+    gate, reading = asyncio.Event(), asyncio.Event()
+    held = {
+        "batch read": lambda r: "/customers/?" in r.url,
+        "whole-customer read": lambda r: r.method == "GET" and r.url.endswith("/1/"),
+        "definitions": lambda r: "custom-fields" in r.url,
+    }[where]
+
+    async def answer(request):
+        if held(request):
+            reading.set()
+            await gate.wait()  # never opened
+        return store.answer(request)
+
+    store.transport = MockTransport(answer)
+    patch = CustomerPatch(country="FR", custom_fields={"Partner": True})  # lists lack country
+    async with client(store) as de:
+
+        async def consume():
+            return [r async for r in de.iter_updates([(1, patch)], skip_unchanged=True)]
+
+        task = asyncio.create_task(consume())
+        await asyncio.wait_for(reading.wait(), HANG_GUARD)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, HANG_GUARD)
+    assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []
