@@ -6,10 +6,16 @@ transport and the :class:`Response` back here.  An adapter *declares* its
 provider (field map, limits, paths, auth) and fills in four hooks
 (``update_path``, ``auth_headers``, ``customer_from``, ``error_details``),
 with three more it may override (``check_customer_id``, ``same_customer``,
-``unknown_custom_fields``); the machinery below (unset filtering,
+``unknown_custom_fields``).  Reading is declared the same way: the list's
+filters (``list_filters``, ``list_defaults``, ``match_keys``, ``ids_filter``,
+``page_size``) and the read hooks (``get_path``, ``list_path``,
+``custom_fields_path``, ``page_query``, ``page_from``, ``definition_from``,
+``check_custom_field_value``), whose defaults say the provider documents no
+list and no custom fields.  The machinery below (unset filtering,
 unsupported fields, nullability, checks, ``extra`` clashes, path safety,
-status-to-exception mapping) is shared by every adapter so none of them can
-get it subtly wrong.
+status-to-exception mapping, the request builders and response parsers of
+every operation) is shared by every adapter so none of them can get it
+subtly wrong.
 """
 
 from __future__ import annotations
@@ -156,7 +162,11 @@ class Adapter(ABC):
 
     A subclass declares its provider as class attributes and implements
     :meth:`update_path`, :meth:`auth_headers`, :meth:`customer_from` and
-    :meth:`error_details`.  Everything else has a shared implementation.
+    :meth:`error_details`.  Everything else has a shared implementation.  A
+    customer is read with the update's path unless :meth:`get_path` says
+    otherwise; a list (:meth:`list_path`, :attr:`list_filters`) and custom
+    field definitions (:meth:`custom_fields_path`, :meth:`definition_from`)
+    exist only where a subclass declares them.
     """
 
     provider: ClassVar[str]
@@ -170,7 +180,8 @@ class Adapter(ABC):
     read_only: ClassVar[frozenset[str]] = frozenset()
     """Wire keys the provider documents as not patchable; refused in ``extra``."""
     rate_limits: ClassVar[tuple[RateLimit, ...]] = ()
-    """The provider's documented limits for this request; the client paces to all of them."""
+    """The provider's documented limits; the client paces every request to all of
+    them, a :attr:`RateLimit.per_route` one separately for each route and method."""
     customer_id_type: ClassVar[type] = str
     """``str`` or ``int``: what kind of customer id the provider uses."""
     tooling: ClassVar[Tooling] = Tooling()
@@ -233,7 +244,9 @@ class Adapter(ABC):
     """The list filter that takes many customer ids at once, if there is one:
     a bulk run reads a page of customers with one request instead of one each."""
     page_size: ClassVar[int] = 100
-    """The most items one page of a list holds."""
+    """The most items one page of a list holds: the ``limit`` each page asks for,
+    the ids one batch read of a bulk run names, and the most a page may answer
+    (a page with more is refused as a :class:`ResponseFormatError`)."""
 
     def get_path(self, segment: str) -> str | None:
         """The path to read one customer (default: the update's); ``None``: no way."""

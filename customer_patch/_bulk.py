@@ -58,7 +58,9 @@ class UpdateResult:
     patch: CustomerPatch | None = field(repr=False)
     """The patch as given, or ``None`` when the input item was not a pair."""
     customer: Customer | None = None
-    """The customer as the provider returned it, on success."""
+    """The customer as the provider returned it, on success; for a record with
+    nothing to change (``changed`` false), the customer as read; in a plan
+    (:meth:`Client.iter_plan`), the customer as it should read afterwards."""
     error: Exception | None = None
     """The typed error, on failure; :class:`NotAttemptedError` if never sent.
     (An exception that is not a :class:`CustomerPatchError` means a bug, and is
@@ -66,12 +68,20 @@ class UpdateResult:
     attempts: int = 0
     """Requests sent for this record (0 when it failed validation or was not attempted)."""
     changed: bool = True
-    """``False`` when the customer already had every value (``skip_unchanged``):
-    then nothing was sent and the record is ``ok``."""
+    """``False`` when nothing was sent because nothing needed to be
+    (``skip_unchanged``: the customer already had every value; the record is
+    then ``ok``), and also when the customer could not be read or matched
+    (``skip_unchanged``, ``match_on``: the record then has that ``error``)."""
     before: Customer | None = None
-    """The customer as read before the update (``skip_unchanged``), else ``None``."""
+    """With ``skip_unchanged`` or ``match_on``: the customer the record was compared
+    with, as read (or as an earlier record of that customer left it, or read again
+    after that record's write failed); ``None`` without them, or when the
+    customer could not be read."""
     sent: CustomerPatch | None = field(default=None, repr=False)
-    """What was sent: the patch, or with ``skip_unchanged`` only what differed."""
+    """What was sent, or was to be sent when it failed: the patch, or with
+    ``skip_unchanged`` only what differed (in a plan: what would be sent).
+    ``None`` when the record ended before that: nothing to change, a customer
+    that could not be read, a whole patch refused before the comparison."""
 
     @property
     def ok(self) -> bool:

@@ -343,7 +343,11 @@ class Client:
         one it does not document is refused with
         :class:`~customer_patch.ValidationError`, and a provider with no
         documented list raises :class:`~customer_patch.UnsupportedOperationError`,
-        both before any request.  One page is in memory at a time.  A customer
+        both before any request.  :attr:`Adapter.list_defaults` apply unless
+        ``filters`` name them (DualEntry: ``ordering="id"``, which updates do
+        not reorder).  One page is in memory at a time; a page of more than
+        :attr:`Adapter.page_size` items is refused with
+        :class:`~customer_patch.ResponseFormatError` before its items are read.  A customer
         may appear twice, or be missed, if customers are added or removed
         while the pages are read (the list is paged by offset); a list that
         answers the next offset with the same page again raises
@@ -563,7 +567,9 @@ class Client:
         a page at a time (memory: ``concurrency`` records plus one page).  A
         customer that does not exist is a :class:`~customer_patch.NotFoundError`.
         A later record of a customer is compared with what the earlier one
-        left (as the provider answered it), not with the first read.
+        left (as the provider answered it), not with the first read; if that
+        earlier write was sent and failed (it may have landed or not), the
+        customer is read again first.
 
         ``match_on`` (one of :attr:`Adapter.match_keys`, e.g. ``"unique_id"``)
         says the input's ids are that key, not the provider's ids: each is

@@ -132,8 +132,9 @@ class ProviderError(CustomerPatchError):
         self.status = status
         self.sent = sent
         """``False`` when found before anything was sent, from what the provider
-        showed (its custom fields, a list that lacks the customer): ``status``
-        is then the one the provider answers such a request with."""
+        showed (its custom fields, a list that lacks the customer) or from its
+        rate limit (a wait past the update's time budget): ``status`` is then
+        the one the provider answers such a request with."""
         self.field_errors = {k: tuple(v) for k, v in (field_errors or {}).items()}
         self.body = body
         # A copy that stays case-insensitive, as HTTP header names are.

@@ -38,7 +38,8 @@ class Request:
     route: str = ""
     """Which of the provider's routes this is, method included (``"GET
     /customers/{id}"``): requests of one route share its per-route rate limits.
-    ``""``: the method alone."""
+    ``""`` (the default, as :meth:`Adapter.build_request` leaves it): no route
+    named; every such request shares one set of per-route buckets."""
 
     def redacted_headers(self) -> dict[str, str]:
         """The headers with every credential masked, for display and logs."""
