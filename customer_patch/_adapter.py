@@ -561,6 +561,7 @@ class Adapter(ABC):
             headers=all_headers,
             body=body,
             secret_headers=secret,
+            route=self.update_route,
         )
 
     def parse_response(

@@ -754,3 +754,11 @@ async def test_a_definitions_list_that_never_ends_is_a_format_error_not_a_hang()
         with pytest.raises(ResponseFormatError, match="more than 10000"):
             await asyncio.wait_for(de.custom_field_definitions(), HANG_GUARD)
     assert len(transport.requests) == 101
+
+
+def test_a_request_built_outside_the_client_carries_its_route_too():
+    adapter = get_adapter("dualentry")
+    request = adapter.build_request(
+        1, CustomerPatch(name="x"), base_url="https://api.dualentry.com", token="t"
+    )
+    assert request.route == "PATCH /public/v2/customers/{id}/"

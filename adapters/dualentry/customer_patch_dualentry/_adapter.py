@@ -1,4 +1,7 @@
-"""DualEntry's wire format for ``PATCH /public/v2/customers/{id}/``, without any I/O.
+"""DualEntry's wire format, without any I/O: ``PATCH`` and ``GET`` of
+``/public/v2/customers/{id}/``, the customer list ``GET /public/v2/customers/``
+(its documented filters, paged by ``limit`` and ``offset``) and the customer
+custom-field definitions ``GET /public/v2/custom-fields/?record_type=customer``.
 
 Requests carry ``X-API-KEY``; a success is the bare customer object, an error
 is ``{"success": false, "errors": {field: [messages]}}``.  Custom fields go by
