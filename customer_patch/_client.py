@@ -344,7 +344,7 @@ class Client:
         :class:`~customer_patch.ValidationError`, and a provider with no
         documented list raises :class:`~customer_patch.UnsupportedOperationError`,
         both before any request.  :attr:`Adapter.list_defaults` apply unless
-        ``filters`` name them (DualEntry: ``ordering="id"``, which updates do
+        ``filters`` name them (e.g. an ordering that updates do
         not reorder).  One page is in memory at a time; a page of more than
         :attr:`Adapter.page_size` items is refused with
         :class:`~customer_patch.ResponseFormatError` before its items are read.  A customer
