@@ -31,7 +31,7 @@ from customer_patch import Client
 from customer_patch.sandbox import Faults
 from customer_patch_dualentry._fake import DualEntryFake
 from tests.test_cli import CLI, TOKEN, jsonl, report_lines, run
-from tests.threaded_fake import threaded_fake
+from tests.threaded_fake import serving, threaded_fake
 
 HANG_GUARD = 20  # seconds: a run that takes this long is hung, not slow
 FAST = {"limits": ()}
@@ -100,34 +100,6 @@ def one_line_error(result, *needles: str) -> None:
     for needle in needles:
         assert needle in errors[0]
     assert "Traceback" not in result.output
-
-
-@contextmanager
-def serving(fake: DualEntryFake) -> Iterator[str]:
-    """Run ``fake`` (built here, perhaps hostile) on loopback in a thread; its base URL."""
-    loop = asyncio.new_event_loop()
-    started = threading.Event()
-    base: list[str] = []
-
-    def serve() -> None:
-        asyncio.set_event_loop(loop)
-        base.append(loop.run_until_complete(fake.start()))
-        started.set()
-        loop.run_forever()
-        loop.run_until_complete(fake.stop())
-        loop.close()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    assert started.wait(HANG_GUARD)
-    try:
-        yield base[0]
-    finally:
-        release = getattr(fake, "release", None)
-        if release is not None:
-            release()
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(HANG_GUARD)
 
 
 async def _until(flag: threading.Event) -> None:

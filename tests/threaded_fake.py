@@ -12,18 +12,18 @@ from typing import Any
 from customer_patch import get_adapter
 from customer_patch.sandbox import FakeProvider, fake_for
 
+HANG_GUARD = 10
+
 
 @contextmanager
-def threaded_fake(
-    provider: str, *, customers: int = 0, **options: Any
-) -> Iterator[tuple[FakeProvider, str, list[Any]]]:
-    fake = fake_for(get_adapter(provider))(**options)
-    ids = fake.seed_demo(customers)
+def serving(fake: FakeProvider) -> Iterator[str]:
+    """Run ``fake`` (built by the caller, perhaps hostile) on loopback in a thread;
+    yield its base URL.  A fake with a ``release()`` is released before it stops."""
     loop = asyncio.new_event_loop()
     started = threading.Event()
     base: list[str] = []
 
-    def run() -> None:
+    def serve() -> None:
         asyncio.set_event_loop(loop)
         base.append(loop.run_until_complete(fake.start()))
         started.set()
@@ -31,11 +31,24 @@ def threaded_fake(
         loop.run_until_complete(fake.stop())
         loop.close()
 
-    thread = threading.Thread(target=run, daemon=True)
+    thread = threading.Thread(target=serve, daemon=True)
     thread.start()
-    started.wait(10)
+    assert started.wait(HANG_GUARD)
     try:
-        yield fake, base[0], ids
+        yield base[0]
     finally:
+        release = getattr(fake, "release", None)
+        if release is not None:
+            release()
         loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
+        thread.join(HANG_GUARD)
+
+
+@contextmanager
+def threaded_fake(
+    provider: str, *, customers: int = 0, **options: Any
+) -> Iterator[tuple[FakeProvider, str, list[Any]]]:
+    fake = fake_for(get_adapter(provider))(**options)
+    ids = fake.seed_demo(customers)
+    with serving(fake) as base:
+        yield fake, base, ids

@@ -99,6 +99,32 @@ def _rate_limit(
     return tuple(limits)
 
 
+# Options `apply` and `plan` share, written once.
+_FILE = click.argument(
+    "file", type=click.Path(exists=True, dir_okay=False, allow_dash=True, path_type=Path)
+)
+_PROVIDER = click.option("--provider", required=True, help="The adapter to use (see `providers`).")
+_DELIMITER = click.option(
+    "--delimiter",
+    type=click.Choice([",", ";", "tab"]),
+    help="A CSV's separator (by default: ',' if the header has one, else ';', else tab).",
+)
+_CONCURRENCY = click.option(
+    "--concurrency", default=8, show_default=True, type=click.IntRange(1, 1000)
+)
+_MATCH_ON = click.option(
+    "--match-on",
+    help="The column that names each customer instead of 'id' (e.g. unique_id).",
+)
+_BASE_URL = click.option(
+    "--base-url", help="Another host for the provider (https, or http to loopback)."
+)
+_RATE_LIMIT = click.option(
+    "--rate-limit",
+    help="BURST/PER_SECOND[/route][,...] for raised limits (/route: per route), or 'off'.",
+)
+
+
 @click.group()
 @click.version_option(package_name="customer-patch")
 def cli() -> None:
@@ -135,22 +161,16 @@ class Interrupted(Exception):
 
 
 @cli.command("apply", epilog=EXIT_STATUS_HELP)
-@click.argument(
-    "file", type=click.Path(exists=True, dir_okay=False, allow_dash=True, path_type=Path)
-)
-@click.option("--provider", required=True, help="The adapter to use (see `providers`).")
+@_FILE
+@_PROVIDER
 @click.option(
     "--format",
     "fmt",
     type=click.Choice(FORMATS),
     help="The file's format, when its name does not say (standard input: jsonl by default).",
 )
-@click.option(
-    "--delimiter",
-    type=click.Choice([",", ";", "tab"]),
-    help="A CSV's separator (by default: ',' if the header has one, else ';', else tab).",
-)
-@click.option("--concurrency", default=8, show_default=True, type=click.IntRange(1, 1000))
+@_DELIMITER
+@_CONCURRENCY
 @click.option(
     "--dry-run", is_flag=True, help="Check every line and print the requests; send nothing."
 )
@@ -189,15 +209,9 @@ class Interrupted(Exception):
     type=click.Path(dir_okay=False, path_type=Path),
     help="With --changes-only: write the lines that restore what this run changes.",
 )
-@click.option(
-    "--match-on",
-    help="The column that names each customer instead of 'id' (e.g. unique_id).",
-)
-@click.option("--base-url", help="Another host for the provider (https, or http to loopback).")
-@click.option(
-    "--rate-limit",
-    help="BURST/PER_SECOND[/route][,...] for raised limits (/route: per route), or 'off'.",
-)
+@_MATCH_ON
+@_BASE_URL
+@_RATE_LIMIT
 def apply_command(
     file: Path,
     provider: str,
@@ -553,10 +567,8 @@ Exit status:
 
 
 @cli.command("plan", epilog=PLAN_EXIT_HELP)
-@click.argument(
-    "file", type=click.Path(exists=True, dir_okay=False, allow_dash=True, path_type=Path)
-)
-@click.option("--provider", required=True, help="The adapter to use (see `providers`).")
+@_FILE
+@_PROVIDER
 @click.option(
     "--format",
     "output",
@@ -571,21 +583,11 @@ Exit status:
     type=click.Choice(FORMATS),
     help="The file's format, when its name does not say (standard input: jsonl by default).",
 )
-@click.option(
-    "--delimiter",
-    type=click.Choice([",", ";", "tab"]),
-    help="A CSV's separator (by default: ',' if the header has one, else ';', else tab).",
-)
-@click.option("--concurrency", default=8, show_default=True, type=click.IntRange(1, 1000))
-@click.option(
-    "--match-on",
-    help="The column that names each customer instead of 'id' (e.g. unique_id).",
-)
-@click.option("--base-url", help="Another host for the provider (https, or http to loopback).")
-@click.option(
-    "--rate-limit",
-    help="BURST/PER_SECOND[/route][,...] for raised limits (/route: per route), or 'off'.",
-)
+@_DELIMITER
+@_CONCURRENCY
+@_MATCH_ON
+@_BASE_URL
+@_RATE_LIMIT
 def plan_command(
     file: Path,
     provider: str,

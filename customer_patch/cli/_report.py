@@ -149,6 +149,16 @@ def _open(path: Path, mode: str) -> BinaryIO:
     return path.open(mode, buffering=0)  # type: ignore[return-value]
 
 
+def _write_all(file: BinaryIO, data: bytes) -> None:
+    """All of ``data`` to an unbuffered file: a short write may happen, a lost one must not."""
+    view = memoryview(data)
+    while view:
+        written = file.write(view)
+        if written is None:  # pragma: no cover - non-blocking files only
+            raise OSError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+        view = view[written:]
+
+
 class Report:
     """The report file of one run: locked, healed, appended to; and what it shows done.
 
@@ -243,13 +253,8 @@ class Report:
         assert self.path is not None
         if self.error is not None:
             raise self.error
-        view = memoryview(data)
         try:
-            while view:  # unbuffered: a short write is possible, a lost one is not
-                written = self._file.write(view)
-                if written is None:  # pragma: no cover - non-blocking files only
-                    raise OSError(errno.EAGAIN, os.strerror(errno.EAGAIN))
-                view = view[written:]
+            _write_all(self._file, data)
         except OSError as e:
             self.error = ReportWriteError(self.path, e)
             raise self.error from None
@@ -394,13 +399,8 @@ class UndoFile:
     def _put(self, data: bytes) -> None:
         if self.error is not None:
             raise self.error
-        view = memoryview(data)
         try:
-            while view:  # unbuffered: a short write is possible, a lost one is not
-                written = self._file.write(view)
-                if written is None:  # pragma: no cover - non-blocking files only
-                    raise OSError(errno.EAGAIN, os.strerror(errno.EAGAIN))
-                view = view[written:]
+            _write_all(self._file, data)
         except OSError as e:
             self.error = ReportWriteError(self.path, e, what="the undo file")
             raise self.error from None
