@@ -5,13 +5,14 @@ import math
 from types import MappingProxyType
 from urllib.parse import quote
 
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from hypothesis import given
 from hypothesis import strategies as st
 
-from customer_patch import CustomerPatch, Request
-from customer_patch._adapter import _JSON, _dumps
+from customer_patch import CustomerPatch, ExternalIds, Request, get_adapter
+from customer_patch._adapter import _JSON, _dumps, _loads
 from customer_patch._transport import AiohttpTransport
 from customer_patch_dualentry._adapter import DualEntryAdapter
 
@@ -42,6 +43,33 @@ def test_the_c_encoder_refuses_what_the_json_encoder_refuses():
                 pass
             else:
                 raise AssertionError(f"{encode} accepted {bad!r}")
+
+
+def outcome(read, body):
+    try:
+        return ("value", read(body))
+    except Exception as e:  # the error's type and text are part of what must match
+        return (type(e).__name__, str(e))
+
+
+json_texts = json_values.map(lambda v: json.dumps(v, ensure_ascii=False))
+edges = st.sampled_from(["", " ", "\n", "\ufeff", "x", "}", "\x00", ",1"])
+bodies = st.one_of(
+    st.binary(max_size=40),
+    st.builds(lambda a, t, b: (a + t + b).encode(), edges, json_texts, edges),
+    st.builds(lambda t, enc: t.encode(enc), json_texts, st.sampled_from(["utf-16", "utf-32-le"])),
+    st.builds(lambda t, cut: t.encode()[:cut], json_texts, st.integers(0, 30)),
+)
+
+
+@given(bodies)
+def test_the_json_shortcut_reads_and_refuses_what_json_loads_does(body):
+    assert outcome(_loads, body) == outcome(json.loads, body)
+
+
+def test_the_json_shortcut_keeps_json_loads_errors_for_hostile_bodies():
+    for body in (b"", b"[" * 100_000, b"1" * 5000, b'{"a": 1} {"b": 2}', b"\xef\xbb\xbf{}"):
+        assert outcome(_loads, body) == outcome(json.loads, body)
 
 
 class TextIds(DualEntryAdapter):
@@ -83,3 +111,50 @@ async def test_headers_are_merged_once_only_when_they_cannot_change():
         await transport.aclose()
         await server.close()
     assert seen == ["1", "2", "3"]
+
+
+def reference_fields_from(adapter, data):
+    """fields_from as its docstring defines it, one call per field, nothing shared."""
+    values = {}
+    external = {}
+    for path, spec in adapter.fields.items():
+        value = spec.decode(data.get(spec.wire))
+        if path.startswith("external_ids."):
+            external[path.removeprefix("external_ids.")] = value
+        else:
+            values[path] = value
+    if external:
+        values["external_ids"] = ExternalIds(**external)
+    if not all(spec.wire in data for spec in adapter.fields.values()):
+        values["read_fields"] = frozenset(
+            path for path, spec in adapter.fields.items() if spec.wire in data
+        )
+    return values
+
+
+@pytest.mark.parametrize("name", ["qwoty", "dualentry"])
+@given(data=st.data())
+def test_a_customer_is_read_as_one_call_per_field_would_read_it(name, data):
+    adapter = get_adapter(name)
+    wires = sorted(spec.wire for spec in adapter.fields.values())
+    shown = data.draw(st.sets(st.sampled_from(wires)))
+    answer = dict.fromkeys(shown)
+    for wire in shown:  # a string where the decoder takes one, else null
+        if data.draw(st.booleans()):
+            answer[wire] = data.draw(st.text(max_size=5))
+    expected = outcome(lambda d: reference_fields_from(adapter, d), answer)
+    got = outcome(adapter.fields_from, answer)
+    if expected[0] == "value":
+        # Every Customer default is None: a field left out equals one read as None.
+        expected = ("value", {k: v for k, v in expected[1].items() if v is not None})
+        got = ("value", {k: v for k, v in got[1].items() if v is not None})
+    assert got == expected
+
+
+def test_answers_that_leave_out_the_same_keys_share_one_read_fields():
+    adapter = get_adapter("dualentry")
+    one = adapter.fields_from({"id": 1, "name": "A"})["read_fields"]
+    two = adapter.fields_from({"id": 2, "name": "B"})["read_fields"]
+    assert one is two
+    assert "name" in one
+    assert "email" not in one
