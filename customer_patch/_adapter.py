@@ -387,17 +387,20 @@ class Adapter(ABC):
         cannot patch is not a problem of its value.
         """
         problems: list[Problem] = []
-        values = list(patch.set_fields())
-        if not values and not patch.extra:
+        fields = self.fields
+        extra = patch.extra
+        values = [(path, value, fields.get(path)) for path, value in patch.set_fields()]
+        if not values and not extra:
             problems.append(Problem("", "the patch sets no field: there is nothing to send"))
-        unsupported = [path for path, _ in values if path not in self.fields]
-        unsupported += [f"extra.{k}" for k in patch.extra if k in self.read_only]
+        unsupported = [path for path, _, spec in values if spec is None]
+        if extra:
+            unsupported += [f"extra.{k}" for k in extra if k in self.read_only]
         if unsupported:
             raise UnsupportedFieldError(unsupported, provider=self.provider)
 
         body: dict[str, Any] = {}
-        for path, value in values:
-            spec = self.fields[path]
+        for path, value, spec in values:
+            assert spec is not None  # unsupported fields were refused above
             if value is None:
                 if spec.nullable:
                     body[spec.wire] = None
@@ -412,8 +415,10 @@ class Adapter(ABC):
             if not found:
                 body[spec.wire] = spec.encode(value)
 
-        mapped = {spec.wire: path for path, spec in self.fields.items()} if patch.extra else {}
-        for key, value in patch.extra.items():
+        if not extra:
+            return body, problems
+        mapped = {spec.wire: path for path, spec in fields.items()}
+        for key, value in extra.items():
             if not isinstance(key, str):
                 problems.append(Problem("extra", f"keys must be strings, not {type_name(key)}"))
             elif key in mapped:

@@ -233,11 +233,40 @@ def _known_only(customer: Customer, patch: CustomerPatch) -> Customer:
     return attrs.evolve(customer, read_fields=known)
 
 
-def _left_by(previous: asyncio.Task[UpdateResult]) -> Customer | None:
+class _Record:
+    """One record taken from the input, as a later record of its customer sees it."""
+
+    __slots__ = ("ended", "result", "waiters")
+
+    def __init__(self) -> None:
+        self.ended = False
+        self.result: UpdateResult | None = None  # None: ended without one (cancelled, a bug)
+        self.waiters: list[asyncio.Future[None]] = []
+
+    async def wait(self) -> None:
+        """Until the record has ended: its outcome is its own; only its end matters."""
+        if not self.ended:
+            waiter = asyncio.get_running_loop().create_future()
+            self.waiters.append(waiter)
+            await waiter
+
+    def end(self, result: UpdateResult | None) -> None:
+        self.result, self.ended = result, True
+        for waiter in self.waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+
+_Job: TypeAlias = tuple[int, Any, Any, str, "_Record | None", _Record]
+"""A record taken and registered: index, item, what was read, customer key, the
+record of that customer it follows, and its own."""
+
+
+def _left_by(previous: _Record) -> Customer | None:
     """The customer as an earlier record of it left it, if known."""
-    if previous.cancelled() or previous.exception() is not None:
+    result = previous.result
+    if result is None:
         return None
-    result = previous.result()
     if not result.ok:
         # Refused before anything was sent: the customer is as that record found
         # it.  Sent, then failed: it may have landed or not; nothing is known.
@@ -336,12 +365,14 @@ async def run_bulk(
 ) -> AsyncGenerator[UpdateResult, None]:
     """Yield one result per input item as each finishes; see ``Client.iter_updates``.
 
-    One task per record in flight, started only when a slot is free: never
-    more tasks than records, never more than ``concurrency``.  A finished task
-    hands its result over through a done-callback (it never waits on the
-    consumer), so leaving the run at any point only has to cancel the tasks
-    still in flight.  A record whose customer already has one in flight waits
-    for it, so one customer's updates land in input order, retries included.
+    One task per slot, not per record: up to ``concurrency`` workers, each
+    taking the next record when it is free (a task costs more than the
+    bookkeeping of a record), started as records come, so a run of one record
+    has one task (plus one waiting on an async input).  A finished record hands
+    its result over without waiting on the consumer, so leaving the run at any
+    point only has to cancel the workers.  A record whose customer already has
+    one in flight waits for it, so one customer's updates land in input order,
+    retries included.
 
     With ``read``, the input is taken ``read_batch`` items at a time, and
     ``read`` is given their customer ids (or keys) in input order before any
@@ -362,20 +393,21 @@ async def run_bulk(
         total = len(updates)
     async_source = updates.__aiter__() if isinstance(updates, AsyncIterable) else None
     sync_source = iter(updates) if async_source is None else None  # type: ignore[arg-type]
-    in_flight: set[asyncio.Task[UpdateResult]] = set()
-    finished: collections.deque[asyncio.Task[UpdateResult]] = collections.deque()
-    latest: dict[str, asyncio.Task[UpdateResult]] = {}  # customer key -> its last task
-    # With read: each customer's last task started since the batch was read, or in
-    # flight when it was, finished or not.  A later record of that customer must
+    workers: set[asyncio.Task[None]] = set()
+    # Results (or an exception graver than a record's failure) for the consumer.
+    finished: collections.deque[UpdateResult | BaseException] = collections.deque()
+    latest: dict[str, _Record] = {}  # customer key -> its last record in flight
+    # With read: each customer's last record started since the batch was read, or
+    # in flight when it was, ended or not.  A later record of that customer must
     # follow what it left: the read predates it, or raced it.  Bounded by a batch
     # plus concurrency.
-    recent: dict[str, asyncio.Task[UpdateResult]] = {}
-    wake: asyncio.Future[None] | None = None
+    recent: dict[str, _Record] = {}
+    wake: asyncio.Future[None] | None = None  # the consumer waits for a result
+    room: asyncio.Future[None] | None = None  # workers wait for the consumer
     read_failures: set[int] = set()  # records in flight whose read the provider refused
+    taking = asyncio.Lock()  # one worker at a time awaits the input (or a read)
 
-    async def one(
-        index: int, item: Any, previous: asyncio.Task[UpdateResult] | None, was: Any
-    ) -> UpdateResult:
+    async def one(index: int, item: Any, previous: _Record | None, was: Any) -> UpdateResult:
         try:
             customer_id, patch = item
         except (TypeError, ValueError):
@@ -386,7 +418,7 @@ async def run_bulk(
                 index=index, customer_id=customer_id, patch=None, error=ValidationError([problem])
             )
         if previous is not None:
-            await asyncio.wait((previous,))  # its outcome is its own; only its end matters
+            await previous.wait()
         if read is not None and isinstance(was, Exception):
             # Its customer could not be read (or matched): that is its outcome,
             # whether or not the run has stopped since.  Nothing was sent.
@@ -477,38 +509,6 @@ async def run_bulk(
             sent=changes,
         )
 
-    def on_done(task: asyncio.Task[UpdateResult]) -> None:
-        nonlocal wake
-        in_flight.discard(task)
-        key = task.get_name()
-        if latest.get(key) is task:
-            del latest[key]
-        if task.cancelled():
-            return
-        if task.exception() is None:
-            result = task.result()
-            stop.record(result, read_failed=result.index in read_failures)
-            read_failures.discard(result.index)
-        finished.append(task)
-        if wake is not None and not wake.done():
-            wake.set_result(None)
-
-    def start(index: int, item: Any, was: Any = None) -> None:
-        try:
-            # By the customer the key matched (resolve), not the key: two keys can
-            # name one customer over a run (a record renames its unique_id).
-            named = was.id if resolve and isinstance(was, Customer) else item[0]
-            key = "customer-patch " + customer_key(named)
-        except Exception:  # not a pair: one() reports it
-            key = "customer-patch"
-        previous = latest.get(key) or (recent.get(key) if read is not None else None)
-        task = asyncio.create_task(one(index, item, previous, was), name=key)
-        latest[key] = task
-        if read is not None:
-            recent[key] = task
-        in_flight.add(task)
-        task.add_done_callback(on_done)
-
     rate = _Rate()
     done = succeeded = failed = 0
     hook = progress
@@ -516,15 +516,27 @@ async def run_bulk(
     counter = itertools.count()
     exhausted = False
 
+    def take_now() -> Any:
+        """The next item of a plain iterable, or ``_END``; an input that fails ends the run."""
+        nonlocal broken, exhausted
+        assert sync_source is not None
+        try:
+            return next(sync_source)
+        except StopIteration:
+            exhausted = True
+        except Exception as e:  # the caller's iterable failed: re-raised below
+            broken, exhausted = e, True
+        return _END
+
     async def take() -> Any:
         """The next input item, or ``_END``; an input that fails ends the run."""
         nonlocal broken, exhausted
+        if sync_source is not None:
+            return take_now()
+        assert async_source is not None
         try:
-            if sync_source is not None:
-                return next(sync_source)
-            assert async_source is not None
             return await async_source.__anext__()
-        except (StopIteration, StopAsyncIteration):
+        except StopAsyncIteration:
             exhausted = True
         except Exception as e:  # the caller's iterable failed: re-raised below
             broken, exhausted = e, True
@@ -550,34 +562,134 @@ async def run_bulk(
         except Exception as e:  # a bug in the reader: still one result per record
             was_read = {read_key(i): e for i in ids}
 
-    try:
-        while True:
-            # Finished results wait for the consumer: a slow one holds the input back,
-            # or every record of the input would end up waiting in `finished`.
-            while len(in_flight) < concurrency and len(finished) < concurrency:
+    def key_of(item: Any, was: Any) -> str:
+        try:
+            # By the customer the key matched (resolve), not the key: two keys can
+            # name one customer over a run (a record renames its unique_id).
+            return customer_key(was.id if resolve and isinstance(was, Customer) else item[0])
+        except Exception:  # not a pair (one() reports it), or an id that cannot be told
+            return ""
+
+    def notify() -> None:
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+
+    def next_record() -> tuple[int, Any, Any] | None:
+        """The next record taken already, if there is one without waiting."""
+        if read is None:
+            if sync_source is None or exhausted:
+                return None
+            item = take_now()
+            return None if item is _END else (next(counter), item, None)
+        if not batch:
+            return None
+        index, item = batch.popleft()
+        return index, item, was_read.get(read_key(item[0])) if _is_pair(item) else None
+
+    async def next_record_waiting() -> tuple[int, Any, Any] | None:
+        """The next record, waiting for the input (or a batch's read) if need be."""
+        async with taking:
+            while True:
+                taken = next_record()
+                if taken is not None or (exhausted and not batch):
+                    return taken
                 if read is None:
-                    if exhausted:
-                        break
                     item = await take()
                     if item is not _END:
-                        start(next(counter), item)
-                    continue
-                if not batch:
-                    if exhausted:
-                        break
+                        return next(counter), item, None
+                else:
                     await take_batch()
-                    if not batch:
-                        break
-                index, item = batch.popleft()
-                start(index, item, was_read.get(read_key(item[0])) if _is_pair(item) else None)
+
+    def register(taken: tuple[int, Any, Any]) -> _Job:
+        """A record just taken, as its customer's latest: done with no wait between
+        taking and registering, records of one customer run in input order."""
+        index, item, was = taken
+        key = key_of(item, was)
+        previous = latest.get(key) or (recent.get(key) if read is not None else None)
+        record = latest[key] = _Record()
+        if read is not None:
+            recent[key] = record
+        return index, item, was, key, previous, record
+
+    async def worker(job: _Job | None) -> None:
+        nonlocal room
+        while True:
+            if job is None:
+                # Finished results wait for the consumer: a slow one holds the input
+                # back, or every record of the input would end up in `finished`.
+                while len(finished) >= concurrency:
+                    if room is None or room.done():
+                        room = asyncio.get_running_loop().create_future()
+                    await room
+                taken = next_record() if not taking.locked() else None
+                if taken is None:
+                    taken = await next_record_waiting()
+                    if taken is None:
+                        return
+                job = register(taken)
+            if len(workers) < concurrency and not taking.locked():
+                # A slot is free: the next record starts now, in a task of its own.
+                # Taken here (when it needs no wait), so a run of one record has one
+                # task; an async input gets a task that waits for its next item.
+                if read is None and async_source is not None:
+                    if not exhausted:
+                        spawn(None)
+                else:
+                    ahead = next_record()
+                    if ahead is not None:
+                        spawn(register(ahead))
+            await run(*job)
+            job = None
+
+    async def run(
+        index: int, item: Any, was: Any, key: str, previous: _Record | None, record: _Record
+    ) -> None:
+        result: UpdateResult | None = None
+        try:
+            result = await one(index, item, previous, was)
+        except asyncio.CancelledError as e:
+            this = asyncio.current_task()
+            if this is None or this.cancelling():
+                raise  # the run is being left: nobody waits for this result
+            finished.append(e)  # cancelled from inside (a bug): it ends the run
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as e:  # a bug: it ends the run, never quietly
+            finished.append(e)
+        finally:
+            record.end(result)
+            if latest.get(key) is record:
+                del latest[key]
+            if result is not None:
+                stop.record(result, read_failed=result.index in read_failures)
+                read_failures.discard(result.index)
+                finished.append(result)
+            notify()
+
+    def spawn(job: _Job | None) -> None:
+        task = asyncio.create_task(worker(job), name=f"customer-patch worker {len(workers)}")
+        workers.add(task)
+        task.add_done_callback(ended)
+
+    def ended(task: asyncio.Task[None]) -> None:
+        workers.discard(task)
+        notify()
+
+    try:
+        spawn(None)
+        while True:
             if not finished:
-                if exhausted and not in_flight and not batch:
+                if not workers:
                     break
                 wake = asyncio.get_running_loop().create_future()
                 await wake
                 continue
-            # Anything graver than an Exception ends the run: never quietly.
-            result = finished.popleft().result()
+            entry = finished.popleft()
+            if room is not None and not room.done():
+                room.set_result(None)
+            if isinstance(entry, BaseException):
+                raise entry
+            result = entry
             done += 1
             if result.ok:
                 succeeded += 1
@@ -600,10 +712,10 @@ async def run_bulk(
             # Every item taken before the input failed has its result above.
             raise broken
     finally:
-        for task in in_flight:
+        for task in workers:
             task.cancel()
-        if in_flight:
-            await asyncio.wait(in_flight)
+        if workers:
+            await asyncio.wait(workers)
         # Let the caller's generator run its own clean-up (finally blocks).
         if async_source is not None and hasattr(async_source, "aclose"):
             await async_source.aclose()

@@ -12,7 +12,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from types import MappingProxyType, TracebackType
 from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
@@ -159,7 +159,6 @@ def _check_base_url(base_url: str) -> str:
     return base_url.rstrip("/")
 
 
-_UNBOUNDED = contextlib.nullcontext()
 MAX_DEFINITIONS = 10_000
 """Custom field definitions read at most (a hundred pages)."""
 
@@ -840,12 +839,15 @@ class Client:
             return ValidationError(problems, provider=self.provider)
         return None
 
-    async def _call(
+    def _call(
         self, request: Request, parse: Callable[..., T], *, label: str
-    ) -> tuple[T | None, CustomerPatchError | None, int]:
+    ) -> Coroutine[Any, Any, tuple[T | None, CustomerPatchError | None, int]]:
         """Send ``request`` with retries and pacing; ``parse(response, request=...)``
-        reads the answer.  Never raises a :class:`CustomerPatchError`."""
-        return await send_with_retries(
+        reads the answer.  Never raises a :class:`CustomerPatchError`.
+
+        Returns the retry loop itself, to await: no frame of its own between
+        the caller and every resumption of the request."""
+        return send_with_retries(
             functools.partial(self._send, request, parse),
             self.retry,
             on_rate_limited=self._pacer.on_rate_limited,
@@ -856,7 +858,11 @@ class Client:
         if self._closed:
             # Closed while a run was going (its reads, a retry): nothing more goes out.
             raise HeldPastDeadline(NotAttemptedError(RuntimeError(f"{self!r} was closed")))
-        if not await self._pacer.acquire(deadline, route=request.route):
+        # The pacer's check is synchronous when nothing holds the client: no
+        # coroutine per request for the common, unpaced case.
+        if not (
+            self._pacer.free(deadline) or await self._pacer.acquire(deadline, route=request.route)
+        ):
             # Held by the provider's rate limit (a shared pause, a full bucket)
             # past this update's time budget: end it now, nothing sent.
             raise HeldPastDeadline(
@@ -874,8 +880,10 @@ class Client:
             # The library's own transport ends every attempt within `timeout`
             # itself: a timer of ours is needed only when the budget ends sooner
             # (or the transport is someone else's).  It costs a few microseconds.
-            bound = asyncio.timeout(budget) if budget < self._attempt_bound else _UNBOUNDED
-            async with bound:
+            if budget < self._attempt_bound:
+                async with asyncio.timeout(budget):
+                    response = await self._transport.send(request)
+            else:
                 response = await self._transport.send(request)
         except TimeoutError:
             raise TransportError(

@@ -54,7 +54,10 @@ def _tuple_or_keep(value: Any) -> Any:
 
 def _dict_or_keep(value: Any) -> Any:
     # A private copy, so mutating the caller's dict later cannot change a patch.
-    if isinstance(value, Mapping):
+    # (UNSET and a plain dict first: an ABC check costs more than the copy.)
+    if value is UNSET:
+        return value
+    if type(value) is dict or isinstance(value, Mapping):
         return dict(value)
     return value
 

@@ -191,17 +191,21 @@ class Pacer:
             rates.append(self._adaptive.rate)
         return min(rates) if rates else None
 
-    async def acquire(self, deadline: float = math.inf, *, route: str = "") -> bool:
-        """Wait until one more request of ``route`` may be sent; ``False`` (at once,
-        nothing reserved) if that would be after ``deadline`` (a time of ``clock``)."""
-        # Nothing paces this client (no declared limit, no 429 yet): only a
-        # pause could hold it, and without one there is nothing to reserve.
-        if (
+    def free(self, deadline: float = math.inf) -> bool:
+        """Whether a request may go now without reserving anything: nothing paces
+        this client (no declared limit, no 429 yet) and no pause holds it.  When
+        ``False``, :meth:`acquire` decides."""
+        return (
             not self._buckets
             and not self._route_limits
             and self._adaptive.bucket is None
             and self._paused_until <= self._clock() <= deadline
-        ):
+        )
+
+    async def acquire(self, deadline: float = math.inf, *, route: str = "") -> bool:
+        """Wait until one more request of ``route`` may be sent; ``False`` (at once,
+        nothing reserved) if that would be after ``deadline`` (a time of ``clock``)."""
+        if self.free(deadline):
             return True
         buckets = self._buckets
         if self._route_limits:

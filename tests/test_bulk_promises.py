@@ -161,6 +161,50 @@ async def test_a_huge_concurrency_with_one_record_starts_one_task():
     assert peak == 1
 
 
+async def test_an_async_input_of_one_record_starts_one_worker_and_one_waiting_for_input():
+    peak = 0
+
+    async def one_record():
+        for item in updates(1):
+            yield item
+
+    async def watch():
+        nonlocal peak
+        while True:
+            peak = max(peak, len(runner_tasks()))
+            await asyncio.sleep(0)
+
+    async with mock_client(ScriptedProvider(lambda n, c: Reply(delay=0.05))) as de:
+        watcher = asyncio.create_task(watch())
+        report = await de.update_many(one_record(), concurrency=10**6)
+        watcher.cancel()
+    assert len(report.succeeded) == 1
+    assert peak == 2
+
+
+@pytest.mark.parametrize("concurrency", [1, 3, 16])
+@pytest.mark.parametrize("source", ["list", "async"])
+async def test_never_more_workers_than_concurrency_and_every_record_once(concurrency, source):
+    peak = 0
+    items = updates(60)
+
+    async def async_items():
+        for item in items:
+            await asyncio.sleep(0)
+            yield item
+
+    def progress(p):
+        nonlocal peak
+        peak = max(peak, len(runner_tasks()))
+
+    async with mock_client(ScriptedProvider(lambda n, c: Reply(delay=0.001))) as de:
+        source_items = items if source == "list" else async_items()
+        report = await de.update_many(source_items, concurrency=concurrency, progress=progress)
+        assert runner_tasks() == []
+    assert [r.index for r in report.results] == list(range(60))
+    assert 1 <= peak <= concurrency
+
+
 # -- a run of failures stops instead of sending every record -----------------------------
 
 
