@@ -651,7 +651,11 @@ async def run_bulk(
             this = asyncio.current_task()
             if this is None or this.cancelling():
                 raise  # the run is being left: nobody waits for this result
-            finished.append(e)  # cancelled from inside (a bug): it ends the run
+            # Cancelled from inside (a transport's bug), not by leaving the run:
+            # it ends the run, as any bug does, rather than lose this record.
+            error = RuntimeError(f"record {index} was cancelled from inside the run")
+            error.__cause__ = e
+            finished.append(error)
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as e:  # a bug: it ends the run, never quietly

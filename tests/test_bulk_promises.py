@@ -7,6 +7,7 @@ and runs that kept sending after every record failed.
 
 import asyncio
 import contextlib
+import json
 import random
 
 import pytest
@@ -15,6 +16,7 @@ from customer_patch import (
     CustomerPatch,
     NotAttemptedError,
     NotFoundError,
+    Response,
     TooManyFailuresError,
 )
 from tests.helpers import HANG_GUARD, mock_client, updates
@@ -203,6 +205,27 @@ async def test_never_more_workers_than_concurrency_and_every_record_once(concurr
         assert runner_tasks() == []
     assert [r.index for r in report.results] == list(range(60))
     assert 1 <= peak <= concurrency
+
+
+async def test_a_cancelled_error_from_inside_a_send_ends_the_run_instead_of_losing_a_record():
+    def handler(request):
+        if request.url.endswith("/3/"):
+            raise asyncio.CancelledError  # a transport's bug: nobody cancelled the run
+        number = int(request.url.rstrip("/").split("/")[-1])
+        return Response(status=200, body=json.dumps({"id": number, "name": "N"}).encode())
+
+    seen = []
+
+    async def consume(de):
+        async for result in de.iter_updates(updates(5), concurrency=1):
+            seen.append(result.index)
+
+    async with mock_client(handler) as de:
+        with pytest.raises(RuntimeError, match="record 2 was cancelled from inside") as info:
+            await asyncio.wait_for(consume(de), HANG_GUARD)  # it hung before
+        assert isinstance(info.value.__cause__, asyncio.CancelledError)
+        assert runner_tasks() == []
+    assert seen == [0, 1]
 
 
 # -- a run of failures stops instead of sending every record -----------------------------
