@@ -638,37 +638,33 @@ async def run_bulk(
                     ahead = next_record()
                     if ahead is not None:
                         spawn(register(ahead))
-            await run(*job)
+            index, item, was, key, previous, record = job
             job = None
-
-    async def run(
-        index: int, item: Any, was: Any, key: str, previous: _Record | None, record: _Record
-    ) -> None:
-        result: UpdateResult | None = None
-        try:
-            result = await one(index, item, previous, was)
-        except asyncio.CancelledError as e:
-            this = asyncio.current_task()
-            if this is None or this.cancelling():
-                raise  # the run is being left: nobody waits for this result
-            # Cancelled from inside (a transport's bug), not by leaving the run:
-            # it ends the run, as any bug does, rather than lose this record.
-            error = RuntimeError(f"record {index} was cancelled from inside the run")
-            error.__cause__ = e
-            finished.append(error)
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except BaseException as e:  # a bug: it ends the run, never quietly
-            finished.append(e)
-        finally:
-            record.end(result)
-            if latest.get(key) is record:
-                del latest[key]
-            if result is not None:
-                stop.record(result, read_failed=result.index in read_failures)
-                read_failures.discard(result.index)
-                finished.append(result)
-            notify()
+            result: UpdateResult | None = None
+            try:
+                result = await one(index, item, previous, was)
+            except asyncio.CancelledError as e:
+                this = asyncio.current_task()
+                if this is None or this.cancelling():
+                    raise  # the run is being left: nobody waits for this result
+                # Cancelled from inside (a transport's bug), not by leaving the run:
+                # it ends the run, as any bug does, rather than lose this record.
+                error = RuntimeError(f"record {index} was cancelled from inside the run")
+                error.__cause__ = e
+                finished.append(error)
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as e:  # a bug: it ends the run, never quietly
+                finished.append(e)
+            finally:
+                record.end(result)
+                if latest.get(key) is record:
+                    del latest[key]
+                if result is not None:
+                    stop.record(result, read_failed=result.index in read_failures)
+                    read_failures.discard(result.index)
+                    finished.append(result)
+                notify()
 
     def spawn(job: _Job | None) -> None:
         task = asyncio.create_task(worker(job), name=f"customer-patch worker {len(workers)}")

@@ -874,7 +874,8 @@ class Client:
                     sent=False,
                 )
             )
-        started = time.perf_counter()
+        debug = log.isEnabledFor(logging.DEBUG)
+        started = time.perf_counter() if debug else 0.0
         try:
             budget = deadline - time.monotonic()
             # The library's own transport ends every attempt within `timeout`
@@ -892,7 +893,7 @@ class Client:
             ) from None
         except TransportError as e:  # its text may quote the provider's bytes
             raise self._credentials.redact(e) from None
-        if log.isEnabledFor(logging.DEBUG):
+        if debug:
             log.debug(
                 "%s %s -> %d in %.1f ms",
                 request.method,
