@@ -63,6 +63,7 @@ class _Adaptive:
 
     WINDOW = 1.0  # seconds of successes that estimate what the provider accepts
     MIN_SPAN = 0.25  # a shorter sample (right after a pause) is not trusted
+    KEEP = 4096  # successes kept before trimming (more if the window holds more)
     RECENT = 20  # answers over which the share of 429s is judged
     REFUSED = 5  # 429s without a pause among them that show a limit being hit: 25%,
     # which 5% of stray 429s reach by chance about once in 400 checks
@@ -78,6 +79,7 @@ class _Adaptive:
         self.recover_to = math.inf  # below this the climb doubles; above, it probes
         self.throttled = False
         self._successes: collections.deque[float] = collections.deque()
+        self._keep = self.KEEP
         self._recent: collections.deque[bool] = collections.deque(maxlen=self.RECENT)
         self._last_change = now
         self._quiet_until = -math.inf
@@ -86,9 +88,15 @@ class _Adaptive:
 
     def on_success(self, now: float) -> None:
         self._recent.append(False)
-        self._successes.append(now)
-        while self._successes and self._successes[0] < now - self.WINDOW:
-            self._successes.popleft()
+        successes = self._successes
+        successes.append(now)
+        # Trimmed in bulk, not per success (on_rate_limited trims exactly before
+        # it counts, so only memory depends on this): at most twice what the
+        # window holds, or KEEP.
+        if len(successes) > self._keep:
+            while successes and successes[0] < now - self.WINDOW:
+                successes.popleft()
+            self._keep = max(self.KEEP, 2 * len(successes))
         # Only raise the ceiling when it held requests back: an idle client
         # must not "earn" an unlimited rate by waiting.
         if self.bucket is not None and self.throttled and now - self._last_change >= 1.0:

@@ -367,6 +367,22 @@ def test_stray_429s_among_many_successes_do_not_sink_the_pace():
     assert pacer.rate is None  # never engaged: no limit was being hit
 
 
+@pytest.mark.parametrize("per_second", [10, 10_000])
+def test_the_log_of_successes_stays_bounded_and_the_estimate_exact(per_second):
+    clock = FakeClock()
+    pacer = Pacer((), start_slow=False, clock=clock, sleep=clock.sleep)
+    adaptive = pacer._adaptive
+    held = 0
+    for _ in range(30 * per_second):  # 30 s of successes, trimmed only now and then
+        clock.now += 1 / per_second
+        pacer.on_success()
+        held = max(held, len(adaptive._successes))
+    assert held <= max(adaptive.KEEP, 2 * per_second + 2) + 1
+    # A 429 counts exactly the last second's successes, whatever was kept.
+    pacer.on_rate_limited(1.0)
+    assert adaptive.recover_to == pytest.approx(adaptive.CUT * per_second, rel=0.01)
+
+
 # -- careless use of a client ------------------------------------------------------------------
 
 
