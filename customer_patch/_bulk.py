@@ -619,7 +619,7 @@ async def run_bulk(
                 # back, or every record of the input would end up in `finished`.
                 while len(finished) >= concurrency:
                     if room is None or room.done():
-                        room = asyncio.get_running_loop().create_future()
+                        room = loop.create_future()
                     await room
                 taken = next_record() if not taking.locked() else None
                 if taken is None:
@@ -675,13 +675,14 @@ async def run_bulk(
         workers.discard(task)
         notify()
 
+    loop = asyncio.get_running_loop()  # once: asking costs a system call (getpid)
     try:
         spawn(None)
         while True:
             if not finished:
                 if not workers:
                     break
-                wake = asyncio.get_running_loop().create_future()
+                wake = loop.create_future()
                 await wake
                 continue
             entry = finished.popleft()

@@ -7,6 +7,7 @@ transport with a fake (anything with ``send`` and ``aclose``).
 from __future__ import annotations
 
 import asyncio
+import threading
 import zlib
 from collections.abc import Mapping
 from types import MappingProxyType
@@ -55,22 +56,28 @@ class AiohttpTransport:
         self._max_connections = max_connections
         self._max_bytes = max_response_bytes
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = 0
         self._closed = False
         self._merged_from: Mapping[str, str] | None = None
         self._merged: Mapping[str, str] = {}
 
     def _open(self) -> aiohttp.ClientSession:
-        loop = asyncio.get_running_loop()
         if self._closed:
             raise RuntimeError("this transport is closed; create a new Client to send more")
         # Created on first use, inside the running loop, as aiohttp requires.
         if self._session is None:
+            self._loop = asyncio.get_running_loop()
+            self._thread = threading.get_ident()
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self._max_connections),
                 cookie_jar=aiohttp.DummyCookieJar(),
             )
-            self._loop = loop
-        elif self._loop is not None and self._loop is not loop:
+        # Called from a running loop: it is this session's exactly when that loop
+        # runs, in this thread (one loop runs per thread).  Cheaper than asking
+        # asyncio for the running loop, which makes a system call (getpid) each time.
+        elif self._loop is not None and not (
+            self._thread == threading.get_ident() and self._loop.is_running()
+        ):
             raise RuntimeError(
                 "this Client's connections belong to another event loop; "
                 "create one Client per event loop (per asyncio.run)"

@@ -8,6 +8,7 @@ import asyncio
 import gzip
 import json
 import math
+import threading
 import traceback
 
 import pytest
@@ -393,6 +394,26 @@ async def test_a_closed_client_refuses_to_send():
         await client.update(1, CustomerPatch(name="A"))
     with pytest.raises(RuntimeError, match="closed"):
         client.iter_updates([(1, CustomerPatch(name="A"))])
+
+
+def test_a_client_used_from_a_loop_in_another_thread_says_so(sandbox_server):
+    # Its own loop still runs (in another thread): not this loop either.
+    base_url, token = sandbox_server
+    client = loopback_client(base_url, token=token)
+    first = asyncio.new_event_loop()
+    thread = threading.Thread(target=first.run_forever, daemon=True)
+    thread.start()
+    try:
+        asyncio.run_coroutine_threadsafe(
+            client.update(1001, CustomerPatch(name="A")), first
+        ).result(HANG_GUARD)
+        with pytest.raises(RuntimeError, match="another event loop"):
+            asyncio.run(client.update(1001, CustomerPatch(name="B")))
+    finally:
+        asyncio.run_coroutine_threadsafe(client.aclose(), first).result(HANG_GUARD)
+        first.call_soon_threadsafe(first.stop)
+        thread.join(HANG_GUARD)
+        first.close()
 
 
 def test_a_client_used_from_a_second_event_loop_says_so(sandbox_server):
