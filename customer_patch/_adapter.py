@@ -389,10 +389,17 @@ class Adapter(ABC):
         problems: list[Problem] = []
         fields = self.fields
         extra = patch.extra
-        values = [(path, value, fields.get(path)) for path, value in patch.set_fields()]
+        # Plain loops: a comprehension is a call of its own on Python 3.11, and
+        # this runs once per record.
+        values = []
+        unsupported = []
+        for path, value in patch.set_fields():
+            spec = fields.get(path)
+            if spec is None:
+                unsupported.append(path)
+            values.append((path, value, spec))
         if not values and not extra:
             problems.append(Problem("", "the patch sets no field: there is nothing to send"))
-        unsupported = [path for path, _, spec in values if spec is None]
         if extra:
             unsupported += [f"extra.{k}" for k in extra if k in self.read_only]
         if unsupported:
@@ -518,7 +525,8 @@ class Adapter(ABC):
         """The id as one percent-encoded path segment, and what is wrong with it."""
         if isinstance(customer_id, uuid.UUID):
             customer_id = str(customer_id)
-        problems = [Problem("id", m) for m in self.check_customer_id(customer_id)]
+        found = self.check_customer_id(customer_id)
+        problems = [Problem("id", m) for m in found] if found else []
         text = str(customer_id)
         if _SAFE_SEGMENT.fullmatch(text):
             segment = text  # what quote() would return, without its cost

@@ -94,6 +94,8 @@ def _address_from(value: Any) -> Address | None:
 def _custom_fields_from(items: Any) -> dict[str | int, Any] | None:
     if items is None:
         return None
+    if items == []:  # a customer without custom fields: no pass over nothing
+        return {}
     entries: dict[Any, tuple[Any, Any]] = {}  # field id -> (name, value)
     for item in items:
         field = item["field"]
@@ -113,6 +115,8 @@ def _custom_fields_from(items: Any) -> dict[str | int, Any] | None:
 def _custom_field_ids(items: Any) -> dict[int, str] | None:
     if items is None:
         return None
+    if items == []:
+        return {}
     return {item["field"]["id"]: item["field"].get("name") for item in items}
 
 
