@@ -163,6 +163,11 @@ MAX_DEFINITIONS = 10_000
 """Custom field definitions read at most (a hundred pages)."""
 
 
+async def _done(value: T) -> T:
+    """``value``, as an awaitable (for an answer known before anything is sent)."""
+    return value
+
+
 class Client:
     """Applies partial updates to customers at one provider.
 
@@ -725,24 +730,37 @@ class Client:
 
     # -- one request, with retries -----------------------------------------------------
 
-    async def _update(
+    def _update(
         self, customer_id: CustomerId, patch: CustomerPatch
-    ) -> tuple[Customer | None, CustomerPatchError | None, int]:
-        """One update with retries, as ``(customer, error, attempts)``.
+    ) -> Awaitable[tuple[Customer | None, CustomerPatchError | None, int]]:
+        """One update with retries, to await, as ``(customer, error, attempts)``.
 
         Never raises a :class:`CustomerPatchError`, so a bulk run can report it.
+        Checked here and then handed the retry loop itself: no frame of its own
+        between a record and every resumption of its request.
         """
         if self._closed:  # closed while a bulk run was going: send nothing more
-            return None, NotAttemptedError(RuntimeError(f"{self!r} was closed")), 0
+            return _done((None, NotAttemptedError(RuntimeError(f"{self!r} was closed")), 0))
         try:
             request = self.prepare(customer_id, patch)
         except CustomerPatchError as e:
-            return None, e, 0
+            return _done((None, e, 0))
         if self.check_custom_fields and patch.custom_fields:
-            refused = await self._check_custom_fields(patch)
-            if refused is not None:
-                return None, refused, 0
-        return await self._call(
+            return self._update_checked(customer_id, patch, request)
+        return self._send_update(customer_id, request)
+
+    async def _update_checked(
+        self, customer_id: CustomerId, patch: CustomerPatch, request: Request
+    ) -> tuple[Customer | None, CustomerPatchError | None, int]:
+        refused = await self._check_custom_fields(patch)
+        if refused is not None:
+            return None, refused, 0
+        return await self._send_update(customer_id, request)
+
+    def _send_update(
+        self, customer_id: CustomerId, request: Request
+    ) -> Coroutine[Any, Any, tuple[Customer | None, CustomerPatchError | None, int]]:
+        return self._call(
             request,
             functools.partial(self.adapter.parse_response, customer_id=customer_id),
             label=f"{self.provider} customer {customer_id!r:.80}",
