@@ -50,6 +50,22 @@ async def raw_aiohttp(base: str, n: int, concurrency: int) -> None:
         await asyncio.gather(*(one(i) for i in range(n)))
 
 
+async def raw_aiohttp_keeping(base: str, n: int, concurrency: int) -> None:
+    # As update_many does, keeps every answer (here, as parsed JSON) to the end.
+    sem = asyncio.Semaphore(concurrency)
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    kept: list[object] = []
+    async with aiohttp.ClientSession(connector=connector) as s:
+
+        async def one(i: int) -> None:
+            async with sem, s.patch(url(base, i), data=BODY, headers=HEADERS) as r:
+                r.raise_for_status()
+                kept.append(json.loads(await r.read()))
+
+        await asyncio.gather(*(one(i) for i in range(n)))
+    assert len(kept) == n
+
+
 async def raw_httpx(base: str, n: int, concurrency: int) -> None:
     sem = asyncio.Semaphore(concurrency)
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -83,6 +99,7 @@ CONTENDERS = {
     "customer-patch update_many": library,
     "customer-patch iter_updates": library_streamed,
     "raw aiohttp loop": raw_aiohttp,
+    "raw aiohttp, keeping answers": raw_aiohttp_keeping,
     "httpx loop": raw_httpx,
 }
 
