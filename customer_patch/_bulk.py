@@ -241,18 +241,20 @@ class _Record:
     def __init__(self) -> None:
         self.ended = False
         self.result: UpdateResult | None = None  # None: ended without one (cancelled, a bug)
-        self.waiters: list[asyncio.Future[None]] = []
+        self.waiters: list[asyncio.Future[None]] | None = None  # most records have none
 
     async def wait(self) -> None:
         """Until the record has ended: its outcome is its own; only its end matters."""
         if not self.ended:
             waiter = asyncio.get_running_loop().create_future()
+            if self.waiters is None:
+                self.waiters = []
             self.waiters.append(waiter)
             await waiter
 
     def end(self, result: UpdateResult | None) -> None:
         self.result, self.ended = result, True
-        for waiter in self.waiters:
+        for waiter in self.waiters or ():
             if not waiter.done():
                 waiter.set_result(None)
 
@@ -661,8 +663,11 @@ async def run_bulk(
                 if latest.get(key) is record:
                     del latest[key]
                 if result is not None:
-                    stop.record(result, read_failed=result.index in read_failures)
-                    read_failures.discard(result.index)
+                    if read_failures:
+                        stop.record(result, read_failed=result.index in read_failures)
+                        read_failures.discard(result.index)
+                    else:
+                        stop.record(result)
                     finished.append(result)
                 notify()
 
