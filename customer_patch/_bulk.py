@@ -264,6 +264,19 @@ _Job: TypeAlias = tuple[int, Any, Any, str, "_Record | None", _Record]
 record of that customer it follows, and its own."""
 
 
+def _from_inside(cancelled: BaseException, what: str) -> RuntimeError:
+    """The error that ends a run when ``what`` was cancelled (or otherwise ended
+    by a BaseException) from inside, not by the run being left."""
+    how = (
+        "cancelled"
+        if isinstance(cancelled, asyncio.CancelledError)
+        else f"ended by {type(cancelled).__name__}"
+    )
+    error = RuntimeError(f"{what} was {how} from inside the run")
+    error.__cause__ = cancelled
+    return error
+
+
 def _left_by(previous: _Record) -> Customer | None:
     """The customer as an earlier record of it left it, if known."""
     result = previous.result
@@ -408,6 +421,7 @@ async def run_bulk(
     room: asyncio.Future[None] | None = None  # workers wait for the consumer
     read_failures: set[int] = set()  # records in flight whose read the provider refused
     taking = asyncio.Lock()  # one worker at a time awaits the input (or a read)
+    leaving = False  # set once the run ends: workers take nothing more
 
     async def one(index: int, item: Any, previous: _Record | None, was: Any) -> UpdateResult:
         try:
@@ -415,6 +429,10 @@ async def run_bulk(
         except (TypeError, ValueError):
             customer_id, patch = None, None
         if not isinstance(patch, CustomerPatch):
+            if previous is not None:
+                # Registered as its customer's latest: a later record of that
+                # customer follows it, so it ends only once the one before has.
+                await previous.wait()
             problem = Problem("", f"expected (customer_id, CustomerPatch), got {item!r:.80}")
             return UpdateResult(
                 index=index, customer_id=customer_id, patch=None, error=ValidationError([problem])
@@ -514,7 +532,7 @@ async def run_bulk(
     rate = _Rate()
     done = succeeded = failed = 0
     hook = progress
-    broken: Exception | None = None
+    broken: BaseException | None = None
     counter = itertools.count()
     exhausted = False
 
@@ -526,7 +544,9 @@ async def run_bulk(
             return next(sync_source)
         except StopIteration:
             exhausted = True
-        except Exception as e:  # the caller's iterable failed: re-raised below
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as e:  # the caller's iterable failed: re-raised below
             broken, exhausted = e, True
         return _END
 
@@ -540,7 +560,13 @@ async def run_bulk(
             return await async_source.__anext__()
         except StopAsyncIteration:
             exhausted = True
-        except Exception as e:  # the caller's iterable failed: re-raised below
+        except asyncio.CancelledError as e:
+            if leaving:
+                raise
+            broken, exhausted = e, True  # the input cancelled itself: it ends, loudly
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as e:  # the caller's iterable failed: re-raised below
             broken, exhausted = e, True
         return _END
 
@@ -561,8 +587,13 @@ async def run_bulk(
         recent.update(latest)  # in flight now: they may land before or after the read
         try:
             was_read = await read(ids) if ids else {}
-        except Exception as e:  # a bug in the reader: still one result per record
-            was_read = {read_key(i): e for i in ids}
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as e:  # a bug in the reader: still one result per record
+            if leaving:
+                raise
+            error = e if isinstance(e, Exception) else _from_inside(e, f"a read of {len(ids)}")
+            was_read = {read_key(i): error for i in ids}
 
     def key_of(item: Any, was: Any) -> str:
         try:
@@ -614,8 +645,22 @@ async def run_bulk(
         return index, item, was, key, previous, record
 
     async def worker(job: _Job | None) -> None:
+        try:
+            await work(job)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as e:
+            if leaving:
+                raise
+            # Anything escaping a worker outside a record (a bug) ends the run,
+            # never a worker quietly gone with the records it held.
+            error = e if isinstance(e, Exception) else _from_inside(e, "a worker")
+            finished.append(error)
+            notify()
+
+    async def work(job: _Job | None) -> None:
         nonlocal room
-        while True:
+        while not leaving:
             if job is None:
                 # Finished results wait for the consumer: a slow one holds the input
                 # back, or every record of the input would end up in `finished`.
@@ -629,6 +674,8 @@ async def run_bulk(
                     if taken is None:
                         return
                 job = register(taken)
+            index, item, was, key, previous, record = job
+            job = None
             if len(workers) < concurrency and not taking.locked():
                 # A slot is free: the next record starts now, in a task of its own.
                 # Taken here (when it needs no wait), so a run of one record has one
@@ -640,20 +687,19 @@ async def run_bulk(
                     ahead = next_record()
                     if ahead is not None:
                         spawn(register(ahead))
-            index, item, was, key, previous, record = job
-            job = None
             result: UpdateResult | None = None
             try:
                 result = await one(index, item, previous, was)
             except asyncio.CancelledError as e:
+                if leaving:
+                    raise  # nobody waits for this result
+                # Cancelled from inside (a transport's bug, or a timer of its own),
+                # not by leaving the run: it ends the run, as any bug does, rather
+                # than lose this record.
                 this = asyncio.current_task()
-                if this is None or this.cancelling():
-                    raise  # the run is being left: nobody waits for this result
-                # Cancelled from inside (a transport's bug), not by leaving the run:
-                # it ends the run, as any bug does, rather than lose this record.
-                error = RuntimeError(f"record {index} was cancelled from inside the run")
-                error.__cause__ = e
-                finished.append(error)
+                if this is not None and this.cancelling():
+                    this.uncancel()
+                finished.append(_from_inside(e, f"record {index}"))
             except (KeyboardInterrupt, SystemExit):
                 raise
             except BaseException as e:  # a bug: it ends the run, never quietly
@@ -718,6 +764,7 @@ async def run_bulk(
             # Every item taken before the input failed has its result above.
             raise broken
     finally:
+        leaving = True  # a worker whose send swallowed the cancel takes no next record
         for task in workers:
             task.cancel()
         if workers:
