@@ -13,6 +13,8 @@ import time
 
 import pytest
 
+from customer_patch import _convert
+from customer_patch.cli._commands import Interrupted
 from customer_patch.sandbox import Faults
 from tests.test_cli import CLI, TOKEN, jsonl
 from tests.threaded_fake import threaded_fake
@@ -183,3 +185,20 @@ def test_a_signal_before_anything_is_sent_ends_cleanly(tmp_path, signum, status)
         assert "run again with --overwrite-report" in stderr
     else:  # the machine was fast enough to start sending: the run's own message
         assert f"continue with --resume {report}" in stderr
+
+
+def test_a_signal_while_a_line_is_parsed_is_not_an_invalid_line(monkeypatch):
+    """SIGTERM raises Interrupted wherever the main thread is; inside cattrs (which
+    gathers every Exception of a structure hook into its report) it became "line N:
+    patch: SIGTERM", and --strict went on reading 300,000 lines to exit 2 (CI saw
+    the test above time out).  Like KeyboardInterrupt, it must pass every
+    ``except Exception``."""
+    converter = _convert._converter.copy()
+
+    def interrupted(value, type_):
+        raise Interrupted(signal.SIGTERM)
+
+    converter.register_structure_hook(str, interrupted)
+    monkeypatch.setattr(_convert, "_converter", converter)
+    with pytest.raises(Interrupted):
+        _convert.structure_patch({"name": "x"})

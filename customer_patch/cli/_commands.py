@@ -152,8 +152,12 @@ Exit status:
   130  interrupted (SIGINT, Ctrl-C); 143 terminated (SIGTERM)"""
 
 
-class Interrupted(Exception):
-    """The run was stopped by a signal."""
+class Interrupted(BaseException):
+    """The run was stopped by a signal.
+
+    A BaseException, as KeyboardInterrupt is: raised from a signal handler
+    wherever the main thread is, it must pass every ``except Exception`` (cattrs
+    gathers those into a validation report: a line would be "invalid")."""
 
     def __init__(self, signum: int) -> None:
         self.signum = signum
@@ -279,42 +283,53 @@ def apply_command(
             except ReportError as e:
                 sink.close()
                 _fail(str(e))
-        with sink, contextlib.closing(undo) if undo else contextlib.nullcontext():
+
+        def before_sending(e: Interrupted | KeyboardInterrupt) -> NoReturn:
+            if undo is not None:
+                undo.discard_if_unused()
+            signum = e.signum if isinstance(e, Interrupted) else int(signal.SIGINT)
+            again = f"--resume {resume}" if resume else "--overwrite-report"
+            err.print(
+                "interrupted before anything was sent"
+                + (f"; run again with {again}" if sink.path else ""),
+                markup=False,
+            )
+            raise SystemExit(EXIT_SIGTERM if signum == signal.SIGTERM else EXIT_SIGINT) from None
+
+        # Reading and counting a large file takes a while: a signal here must end
+        # as cleanly as one during the run.  One guard until the run's event loop
+        # takes the signals over, so no signal lands between two guards.
+        with (
+            sink,
+            contextlib.closing(undo) if undo else contextlib.nullcontext(),
+            _signals_interrupt(),
+        ):
             try:
-                # Reading and counting a large file takes a while: a signal here
-                # must end as cleanly as one during the run.
-                with _signals_interrupt():
-                    _guarded(
-                        lambda: _check_first(
-                            source, adapter, sink, separator, strict=strict, match_on=match_on
-                        )
+                _guarded(
+                    lambda: _check_first(
+                        source, adapter, sink, separator, strict=strict, match_on=match_on
                     )
-                    tally = Tally(total=source.count())
+                )
+                tally = Tally(total=source.count())
+                thresholds = (max_failures, max_consecutive_failures or None)
+                lines = read_updates(source, adapter, delimiter=separator, match_on=match_on)
+                reading = Reading(changes_only, match_on, undo)
             except SystemExit:  # refused before anything was sent
                 if undo is not None:
                     undo.discard_if_unused()
                 raise
             except (Interrupted, KeyboardInterrupt) as e:
-                if undo is not None:
-                    undo.discard_if_unused()
-                signum = e.signum if isinstance(e, Interrupted) else int(signal.SIGINT)
-                again = f"--resume {resume}" if resume else "--overwrite-report"
-                err.print(
-                    "interrupted before anything was sent"
-                    + (f"; run again with {again}" if sink.path else ""),
-                    markup=False,
+                before_sending(e)
+            try:
+                status = _guarded(
+                    lambda: _apply_and_report(
+                        client, lines, tally, concurrency, sink, adapter, thresholds, reading
+                    )
                 )
-                raise SystemExit(
-                    EXIT_SIGTERM if signum == signal.SIGTERM else EXIT_SIGINT
-                ) from None
-            thresholds = (max_failures, max_consecutive_failures or None)
-            lines = read_updates(source, adapter, delimiter=separator, match_on=match_on)
-            reading = Reading(changes_only, match_on, undo)
-            status = _guarded(
-                lambda: _apply_and_report(
-                    client, lines, tally, concurrency, sink, adapter, thresholds, reading
-                )
-            )
+            except (Interrupted, KeyboardInterrupt) as e:
+                # _apply_and_report handles a signal once its run has begun: this
+                # one came before, so nothing was sent.
+                before_sending(e)
     finally:
         source.close()
     raise SystemExit(status)
