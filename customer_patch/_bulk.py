@@ -264,6 +264,19 @@ _Job: TypeAlias = tuple[int, Any, Any, str, "_Record | None", _Record]
 record of that customer it follows, and its own."""
 
 
+_RECANCEL = 0.05
+"""Seconds between two cancels of a worker that has not ended (leaving a run)."""
+
+
+def _absorb_cancel() -> None:
+    """A cancel from inside (not the run being left) was turned into results: the
+    worker goes on, so its task must not stay "being cancelled" (a task being
+    cancelled retries nothing)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        task.uncancel()
+
+
 def _from_inside(cancelled: BaseException, what: str) -> RuntimeError:
     """The error that ends a run when ``what`` was cancelled (or otherwise ended
     by a BaseException) from inside, not by the run being left."""
@@ -563,6 +576,7 @@ async def run_bulk(
         except asyncio.CancelledError as e:
             if leaving:
                 raise
+            _absorb_cancel()
             broken, exhausted = e, True  # the input cancelled itself: it ends, loudly
         except (KeyboardInterrupt, SystemExit):
             raise
@@ -592,6 +606,8 @@ async def run_bulk(
         except BaseException as e:  # a bug in the reader: still one result per record
             if leaving:
                 raise
+            if isinstance(e, asyncio.CancelledError):
+                _absorb_cancel()
             error = e if isinstance(e, Exception) else _from_inside(e, f"a read of {len(ids)}")
             was_read = {read_key(i): error for i in ids}
 
@@ -673,6 +689,8 @@ async def run_bulk(
                     taken = await next_record_waiting()
                     if taken is None:
                         return
+                if leaving:  # an input or a read that swallowed the cancel
+                    return
                 job = register(taken)
             index, item, was, key, previous, record = job
             job = None
@@ -693,13 +711,12 @@ async def run_bulk(
             except asyncio.CancelledError as e:
                 if leaving:
                     raise  # nobody waits for this result
-                # Cancelled from inside (a transport's bug, or a timer of its own),
-                # not by leaving the run: it ends the run, as any bug does, rather
-                # than lose this record.
-                this = asyncio.current_task()
-                if this is not None and this.cancelling():
-                    this.uncancel()
+                # Cancelled, but not by leaving the run (a transport's bug, a timer
+                # of its own, someone cancelling this task): it ends the run, as
+                # any bug does, rather than lose this record; this worker takes
+                # nothing more.
                 finished.append(_from_inside(e, f"record {index}"))
+                return
             except (KeyboardInterrupt, SystemExit):
                 raise
             except BaseException as e:  # a bug: it ends the run, never quietly
@@ -765,10 +782,12 @@ async def run_bulk(
             raise broken
     finally:
         leaving = True  # a worker whose send swallowed the cancel takes no next record
-        for task in workers:
-            task.cancel()
-        if workers:
-            await asyncio.wait(workers)
+        # Cancelled again until they end: a transport (or an input, or a read) that
+        # swallows one cancel must not go on to a retry or another record.
+        while workers:
+            for task in workers:
+                task.cancel()
+            await asyncio.wait(workers, timeout=_RECANCEL)
         # Let the caller's generator run its own clean-up (finally blocks).
         if async_source is not None and hasattr(async_source, "aclose"):
             await async_source.aclose()

@@ -114,6 +114,12 @@ class HeldPastDeadline(Exception):
         self.error = error
 
 
+def _being_cancelled() -> bool:
+    """Whether the current task has a cancellation request pending or swallowed."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 async def send_with_retries(
     send: Callable[[float], Awaitable[T]],
     policy: RetryPolicy,
@@ -159,6 +165,10 @@ async def send_with_retries(
             if limited:
                 on_rate_limited(wait)
             if attempt >= policy.attempts:
+                return None, error, attempt
+            if _being_cancelled():
+                # A send that swallowed this task's cancellation (a transport's bug)
+                # came back with an error: nothing more goes out once a cancel was asked.
                 return None, error, attempt
             if policy.timeout is not None and clock() - started + wait > policy.timeout:
                 log.info(
