@@ -741,6 +741,10 @@ async def run_bulk(
 
     def ended(task: asyncio.Task[None]) -> None:
         workers.discard(task)
+        if not task.cancelled():
+            # Seen: what a worker ends with was handed to the consumer, or the run
+            # is being left; asyncio need not log it as never retrieved.
+            task.exception()
         notify()
 
     loop = asyncio.get_running_loop()  # once: asking costs a system call (getpid)
