@@ -9,15 +9,26 @@ an aiohttp server on loopback (:func:`serve`) and point a client at it
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import ssl as _ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from customer_patch import Adapter, Client, CustomerId, CustomerPatch, Request, Response
+from customer_patch import (
+    Adapter,
+    Client,
+    CustomerId,
+    CustomerPatch,
+    Request,
+    Response,
+    UpdateResult,
+)
 from customer_patch.testing import MockTransport
 from tests import seeds
 
@@ -94,3 +105,41 @@ def loopback_client(
     unpaced unless ``rate_limit=`` is given."""
     options.setdefault("rate_limit", None)
     return Client(adapter, token=token, base_url=base_url, **options)
+
+
+# -- bulk runs ----------------------------------------------------------------------------
+
+
+def runner_tasks() -> list[asyncio.Task[Any]]:
+    """The bulk runner's tasks still alive (every one is named ``customer-patch ...``)."""
+    return [t for t in asyncio.all_tasks() if t.get_name().startswith("customer-patch")]
+
+
+def fold(items: Iterable[tuple[Any, CustomerPatch]]) -> dict[Any, dict[str, Any]]:
+    """What the provider must end with: each customer's lines applied in input order."""
+    expected: dict[Any, dict[str, Any]] = {}
+    for cid, patch in items:
+        expected.setdefault(cid, {}).update(patch.to_dict())
+    return expected
+
+
+def ok_answer(request: Request) -> Response:
+    """A DualEntry customer answer about the customer the request names."""
+    number = int(request.url.rstrip("/").split("/")[-1])
+    return Response(status=200, body=json.dumps({"id": number, "name": "N"}).encode())
+
+
+async def collect(run: AsyncGenerator[UpdateResult, None], into: list[UpdateResult]) -> None:
+    """Every result of ``run`` into ``into`` (what came before is kept when the run
+    raises), the run closed however it ends; a hang fails at :data:`HANG_GUARD`."""
+
+    async def drain() -> None:
+        async with contextlib.aclosing(run):
+            async for result in run:
+                into.append(result)
+
+    await asyncio.wait_for(drain(), HANG_GUARD)
+
+
+class Boom(BaseException):
+    """Not an Exception: what a caller's generator or a transport may raise (a custom abort)."""

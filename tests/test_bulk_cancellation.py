@@ -11,28 +11,13 @@ read, turned into that batch's errors, leaves later records their retries.
 
 import asyncio
 import contextlib
-import json
 
 import pytest
 
 from customer_patch import CustomerPatch, Response, RetryPolicy
 from customer_patch.testing import MockTransport
-from tests.helpers import HANG_GUARD, mock_client, updates
+from tests.helpers import HANG_GUARD, Boom, mock_client, ok_answer, runner_tasks, updates
 from tests.test_read import Store, client
-
-
-def runner_tasks():
-    return [t for t in asyncio.all_tasks() if t.get_name().startswith("customer-patch")]
-
-
-def ok_answer(request):
-    number = int(request.url.rstrip("/").split("/")[-1])
-    return Response(status=200, body=json.dumps({"id": number, "name": "N"}).encode())
-
-
-class Boom(BaseException):
-    pass
-
 
 # --- A: a batch read (skip_unchanged) that swallows the leaving cancel ----------------
 

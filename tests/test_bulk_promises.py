@@ -7,7 +7,6 @@ and runs that kept sending after every record failed.
 
 import asyncio
 import contextlib
-import json
 import random
 
 import pytest
@@ -16,24 +15,10 @@ from customer_patch import (
     CustomerPatch,
     NotAttemptedError,
     NotFoundError,
-    Response,
     TooManyFailuresError,
 )
-from tests.helpers import HANG_GUARD, mock_client, updates
+from tests.helpers import HANG_GUARD, fold, mock_client, ok_answer, runner_tasks, updates
 from tests.scripted_server import Reply, ScriptedProvider, ok
-
-
-def runner_tasks():
-    return [t for t in asyncio.all_tasks() if t.get_name().startswith("customer-patch")]
-
-
-def fold(items):
-    """What the provider must end with: each customer's lines applied in input order."""
-    expected = {}
-    for cid, patch in items:
-        expected.setdefault(cid, {}).update(patch.to_dict())
-    return expected
-
 
 # -- one customer's lines land in input order ------------------------------------------
 
@@ -142,8 +127,17 @@ async def test_cancelling_the_consumer_at_any_point_ends_promptly(after):
         assert runner_tasks() == []
 
 
-async def test_a_huge_concurrency_with_one_record_starts_one_task():
+@pytest.mark.parametrize(
+    ("source", "tasks"),
+    # An async input also has a worker waiting for its next item.
+    [("list", 1), ("async", 2)],
+)
+async def test_a_huge_concurrency_with_one_record_starts_one_task(source, tasks):
     peak = 0
+
+    async def one_record():
+        for item in updates(1):
+            yield item
 
     def progress(p):
         nonlocal peak
@@ -157,31 +151,11 @@ async def test_a_huge_concurrency_with_one_record_starts_one_task():
 
     async with mock_client(ScriptedProvider(lambda n, c: Reply(delay=0.05))) as de:
         watcher = asyncio.create_task(watch())
-        report = await de.update_many(updates(1), concurrency=10**6, progress=progress)
+        items = updates(1) if source == "list" else one_record()
+        report = await de.update_many(items, concurrency=10**6, progress=progress)
         watcher.cancel()
     assert len(report.succeeded) == 1
-    assert peak == 1
-
-
-async def test_an_async_input_of_one_record_starts_one_worker_and_one_waiting_for_input():
-    peak = 0
-
-    async def one_record():
-        for item in updates(1):
-            yield item
-
-    async def watch():
-        nonlocal peak
-        while True:
-            peak = max(peak, len(runner_tasks()))
-            await asyncio.sleep(0)
-
-    async with mock_client(ScriptedProvider(lambda n, c: Reply(delay=0.05))) as de:
-        watcher = asyncio.create_task(watch())
-        report = await de.update_many(one_record(), concurrency=10**6)
-        watcher.cancel()
-    assert len(report.succeeded) == 1
-    assert peak == 2
+    assert peak == tasks
 
 
 @pytest.mark.parametrize("concurrency", [1, 3, 16])
@@ -211,8 +185,7 @@ async def test_a_cancelled_error_from_inside_a_send_ends_the_run_instead_of_losi
     def handler(request):
         if request.url.endswith("/3/"):
             raise asyncio.CancelledError  # a transport's bug: nobody cancelled the run
-        number = int(request.url.rstrip("/").split("/")[-1])
-        return Response(status=200, body=json.dumps({"id": number, "name": "N"}).encode())
+        return ok_answer(request)
 
     seen = []
 
