@@ -142,7 +142,7 @@ def test_an_id_is_percent_encoded_as_quote_would(text):
     assert path == adapter.update_path(expected)
 
 
-async def test_headers_are_merged_once_only_when_they_cannot_change():
+async def test_the_session_sends_the_first_requests_headers_only_while_they_stay_the_same():
     seen = []
 
     async def echo(request):
@@ -166,6 +166,33 @@ async def test_headers_are_merged_once_only_when_they_cannot_change():
         await transport.aclose()
         await server.close()
     assert seen == ["1", "2", "3"]
+
+
+async def test_a_shared_transport_never_sends_one_clients_headers_with_anothers():
+    """The session opened for the first request's headers sends them by itself; a
+    request with other headers (another client's key) must go without them."""
+    seen = []
+
+    async def echo(request):
+        seen.append({k: v for k, v in request.headers.items() if k.startswith("X-")})
+        return web.Response(body=b"{}", content_type="application/json")
+
+    app = web.Application()
+    app.router.add_patch("/", echo)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    transport = AiohttpTransport(provider="test", timeout=10)
+    url = str(server.make_url("/"))
+    first = MappingProxyType({"X-Api-Key": "first-secret"})
+    other = MappingProxyType({"X-Other-Key": "other-secret"})
+    try:
+        for headers in (first, other, first, {}, other):
+            await transport.send(Request(method="PATCH", url=url, headers=headers, body=b"{}"))
+    finally:
+        await transport.aclose()
+        await server.close()
+    alone = [{"X-Api-Key": "first-secret"}, {"X-Other-Key": "other-secret"}]
+    assert seen == [alone[0], alone[1], alone[0], {}, alone[1]]
 
 
 def reference_fields_from(adapter, data):
