@@ -418,8 +418,9 @@ class Adapter(ABC):
                 found = spec.check(value)
             except RecursionError:  # a value nested deeper than any check can walk
                 found = ["is nested too deeply"]
-            problems.extend(Problem(path, message) for message in found)
-            if not found:
+            if found:
+                problems += [Problem(path, message) for message in found]
+            else:
                 body[spec.wire] = spec.encode(value)
 
         if not extra:
