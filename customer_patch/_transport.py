@@ -41,7 +41,11 @@ class AiohttpTransport:
 
     A session passed in belongs to the caller and is never closed here.
     Redirects are not followed (credentials must not travel to another host),
-    and a body larger than ``max_response_bytes`` is refused, not read.
+    and a body larger than ``max_response_bytes`` is refused, not read.  The
+    session opened here carries the first request's headers, for every request
+    with the same; a request with other headers (a transport shared by two
+    clients) goes through a second session on the same connections, with its
+    own headers only.
     """
 
     def __init__(
