@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Protocol
 
 import aiohttp
+from multidict import CIMultiDict
 from yarl import URL
 
 from customer_patch._errors import ResponseFormatError, ResponseTooLargeError, TransportError
@@ -31,9 +32,15 @@ class Transport(Protocol):
         """Release what the transport holds."""
 
 
-def _with_encoding(headers: Mapping[str, str]) -> dict[str, str]:
+def _with_encoding(headers: Mapping[str, str]) -> CIMultiDict[str]:
+    # One value per name, the last, whatever its case ("accept" after "Accept"),
+    # as aiohttp sends a request's own headers; a session's it would send twice.
+    folded: CIMultiDict[str] = CIMultiDict()
+    for name, value in headers.items():
+        folded[name] = value
     # Only what _read can decode within the size cap (no brotli).
-    return {**headers, "Accept-Encoding": "gzip, deflate"}
+    folded["Accept-Encoding"] = "gzip, deflate"
+    return folded
 
 
 class AiohttpTransport:
@@ -72,14 +79,14 @@ class AiohttpTransport:
         self._fixed: dict[str, str] | None = None
         self._bare: aiohttp.ClientSession | None = None
 
-    def _open(self, headers: Mapping[str, str]) -> aiohttp.ClientSession:
+    def _open(self, request: Request) -> aiohttp.ClientSession:
         if self._closed:
             raise RuntimeError("this transport is closed; create a new Client to send more")
         # Created on first use, inside the running loop, as aiohttp requires.
         if self._session is None:
             self._loop = asyncio.get_running_loop()
             self._thread = threading.get_ident()
-            self._fixed = dict(headers)
+            self._fixed = dict(request.headers)
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self._max_connections),
                 cookie_jar=aiohttp.DummyCookieJar(),
@@ -99,17 +106,16 @@ class AiohttpTransport:
 
     async def send(self, request: Request) -> Response:
         """Send ``request``; raise :class:`TransportError` if no complete answer comes."""
-        session = self._open(request.headers)
-        headers: Mapping[str, str] | None = None
+        session = self._open(request)
         # A client sends the same headers with every request: the session opened
         # here has them (the first request's) and sends them, rather than aiohttp
         # converting and merging each of them per request (about 2% of the
         # instructions of a request).  Any other headers go alone, nothing of the
-        # first request's with them.
-        if request.headers != self._fixed:
-            headers = _with_encoding(request.headers)
-            if self._fixed is not None:
-                session = self._bare_session()
+        # first request's with them.  (No local holds them: an error tracker
+        # records the locals of every frame an error passes through.)
+        fixed = request.headers == self._fixed
+        if not fixed and self._fixed is not None:
+            session = self._bare_session()
         try:
             async with session.request(
                 request.method,
@@ -117,7 +123,7 @@ class AiohttpTransport:
                 # yarl re-normalise it could turn %2E%2E back into "..".
                 URL(request.url, encoded=True),
                 data=request.body,
-                headers=headers,
+                headers=None if fixed else _with_encoding(request.headers),
                 # Decoded here, not by aiohttp, so the cap holds for the
                 # inflated bytes: 1 MB of gzip can be 1 GiB of JSON.
                 auto_decompress=False,

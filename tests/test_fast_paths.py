@@ -3,16 +3,19 @@
 import json
 import math
 import random
+import socket
+import traceback
 from types import MappingProxyType
 from urllib.parse import quote
 
+import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from hypothesis import given
 from hypothesis import strategies as st
 
-from customer_patch import CustomerPatch, ExternalIds, Request, get_adapter
+from customer_patch import CustomerPatch, ExternalIds, Request, TransportError, get_adapter
 from customer_patch._adapter import _JSON, _dumps, _loads
 from customer_patch._transport import AiohttpTransport
 from customer_patch_dualentry._adapter import DualEntryAdapter
@@ -193,6 +196,72 @@ async def test_a_shared_transport_never_sends_one_clients_headers_with_anothers(
         await server.close()
     alone = [{"X-Api-Key": "first-secret"}, {"X-Other-Key": "other-secret"}]
     assert seen == [alone[0], alone[1], alone[0], {}, alone[1]]
+
+
+async def test_the_session_sends_one_value_per_header_name_as_a_request_of_its_own_would():
+    """Two spellings of one name (an adapter's "accept" over the client's
+    "Accept"): the last one goes, on the session's headers as on a request's own."""
+    seen = []
+
+    async def echo(request):
+        seen.append(sorted((k.lower(), v) for k, v in request.headers.items() if k[0] in "Xx"))
+        return web.Response(body=b"{}", content_type="application/json")
+
+    app = web.Application()
+    app.router.add_patch("/", echo)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    transport = AiohttpTransport(provider="test", timeout=10)
+    url = str(server.make_url("/"))
+    twice = MappingProxyType({"X-Key": "A", "x-key": "B"})
+    try:
+        for headers in (twice, twice, {"X-Other": "1"}, twice):
+            await transport.send(Request(method="PATCH", url=url, headers=headers, body=b"{}"))
+    finally:
+        await transport.aclose()
+        await server.close()
+    assert seen == [[("x-key", "B")], [("x-key", "B")], [("x-other", "1")], [("x-key", "B")]]
+
+
+def refused_url():
+    """A 127.0.0.1 address where nothing listens (bound, then closed)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/"
+
+
+@pytest.mark.parametrize("way", ["the first headers", "other headers", "a session of the caller"])
+async def test_a_transport_error_holds_no_header_value_in_its_frames(way):
+    """An error tracker records the locals of every frame of an error's traceback:
+    none may hold a request's credentials (the suppressed aiohttp context aside)."""
+    secret = "s3cret-header-value"
+    first = MappingProxyType({"X-Api-Key": secret})
+    other = MappingProxyType({"X-Api-Key": secret, "X-Other": "1"})
+    session = aiohttp.ClientSession() if way == "a session of the caller" else None
+    transport = AiohttpTransport(provider="test", timeout=10, session=session)
+    url = refused_url()
+    try:
+        headers = first
+        if way == "other headers":
+            with pytest.raises(TransportError):
+                await transport.send(Request(method="GET", url=url, headers=first, body=b""))
+            headers = other
+        with pytest.raises(TransportError) as info:
+            await transport.send(Request(method="GET", url=url, headers=headers, body=b""))
+        await transport.aclose()
+        with pytest.raises(RuntimeError) as closed:
+            await transport.send(Request(method="GET", url=url, headers=headers, body=b""))
+    finally:
+        await transport.aclose()
+        if session is not None:
+            await session.close()
+    for error in (info.value, closed.value):
+        for frame, _ in traceback.walk_tb(error.__traceback__):
+            if frame.f_code.co_filename == __file__:
+                continue  # this test's own frame holds the headers, of course
+            for name, value in frame.f_locals.items():
+                assert secret not in repr(value), f"{frame.f_code.co_name}: {name}"
 
 
 def reference_fields_from(adapter, data):
