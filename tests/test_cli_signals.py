@@ -14,9 +14,10 @@ import time
 import pytest
 
 from customer_patch import _convert
+from customer_patch.cli import _commands
 from customer_patch.cli._commands import Interrupted
 from customer_patch.sandbox import Faults
-from tests.test_cli import CLI, TOKEN, jsonl
+from tests.test_cli import CLI, TOKEN, apply_dualentry, jsonl, run
 from tests.threaded_fake import threaded_fake
 
 PROMPTLY = 20  # seconds: a hang guard only
@@ -202,3 +203,93 @@ def test_a_signal_while_a_line_is_parsed_is_not_an_invalid_line(monkeypatch):
     monkeypatch.setattr(_convert, "_converter", converter)
     with pytest.raises(Interrupted):
         _convert.structure_patch({"name": "x"})
+
+
+# -- a signal at any moment of a command, in-process ---------------------------------------
+# The real signal lands wherever the main thread is; these raise what its handler
+# raises at the moments between the guards the subprocess tests above cannot aim at.
+
+SIGNALS = [(KeyboardInterrupt, 130), (lambda: Interrupted(signal.SIGTERM), 143)]
+
+
+def interrupted_by(raised):
+    return raised() if callable(raised) else raised
+
+
+@pytest.mark.parametrize(("raised", "status"), SIGNALS)
+def test_a_signal_just_after_the_report_is_created_ends_cleanly(
+    tmp_path, monkeypatch, raised, status
+):
+    """The window between creating the report and the first pass: click's
+    'Aborted!' (exit 1) before, and a report left that a plain re-run refuses."""
+    real_open = _commands.Report.open
+
+    def opened_then_signalled(*args, **kwargs):
+        real_open(*args, **kwargs).close()
+        raise interrupted_by(raised)
+
+    monkeypatch.setattr(_commands.Report, "open", opened_then_signalled)
+    path = jsonl(tmp_path / "u.jsonl", [{"id": 1001, "patch": {"name": "x"}}])
+    report = tmp_path / "r.jsonl"
+    # Nothing listens at this address: nothing may be sent, so nothing is.
+    result = run([*apply_dualentry(path, "http://127.0.0.1:9"), "--report", str(report)])
+    assert result.exit_code == status, result.output
+    assert "Aborted" not in result.output
+    assert "Traceback" not in result.output
+    assert "interrupted before anything was sent; run again with --overwrite-report" in (
+        result.output
+    )
+
+
+@pytest.mark.parametrize(("raised", "status"), SIGNALS)
+def test_a_signal_after_the_run_never_says_nothing_was_sent(tmp_path, monkeypatch, raised, status):
+    """During the summary: the run's records were sent, and the report holds them."""
+
+    def signalled(*args, **kwargs):
+        raise interrupted_by(raised)
+
+    monkeypatch.setattr(_commands, "_summary", signalled)
+    with threaded_fake("dualentry", customers=1, limits=()) as (fake, base, ids):
+        path = jsonl(tmp_path / "u.jsonl", [{"id": ids[0], "patch": {"name": "x"}}])
+        report = tmp_path / "r.jsonl"
+        result = run([*apply_dualentry(path, base), "--report", str(report)])
+        sent = len(fake.requests)
+    assert result.exit_code == status, result.output
+    assert sent == 1
+    assert "before anything was sent" not in result.output
+    assert f"interrupted after 1 records; continue with --resume {report}" in result.output
+
+
+@pytest.mark.parametrize(("raised", "status"), SIGNALS)
+def test_a_signal_after_a_plan_ends_cleanly(tmp_path, monkeypatch, raised, status):
+    import customer_patch.cli._plan as plan_module
+
+    def signalled(*args, **kwargs):
+        raise interrupted_by(raised)
+
+    monkeypatch.setattr(plan_module, "summary", signalled)
+    with threaded_fake("dualentry", customers=1, limits=()) as (fake, base, ids):
+        path = jsonl(tmp_path / "u.jsonl", [{"id": ids[0], "patch": {"name": "x"}}])
+        result = run(["plan", str(path), "--provider", "dualentry", "--base-url", base])
+    assert result.exit_code == status, result.output
+    assert "Aborted" not in result.output
+    assert "Traceback" not in result.output
+    assert "interrupted" in result.output
+
+
+async def test_sigterm_raises_interrupted_again_once_the_run_lets_the_signals_go():
+    """The run's loop takes SIGINT and SIGTERM; on leaving, asyncio puts SIGTERM
+    back to the system's default (kill, no message), not to the command's guard."""
+
+    def guard(signum, frame):
+        raise Interrupted(signum)
+
+    previous = signal.signal(signal.SIGTERM, guard)
+    sigint = signal.getsignal(signal.SIGINT)  # asyncio.run's own, here
+    try:
+        async with _commands._signals_cancel():
+            pass
+        assert signal.getsignal(signal.SIGTERM) is guard
+        assert signal.getsignal(signal.SIGINT) == sigint
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -10,7 +10,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import click
 from attrs import define
@@ -125,7 +125,41 @@ _RATE_LIMIT = click.option(
 )
 
 
-@click.group()
+class Interrupted(BaseException):
+    """The run was stopped by a signal.
+
+    A BaseException, as KeyboardInterrupt is: raised from a signal handler
+    wherever the main thread is, it must pass every ``except Exception`` (cattrs
+    gathers those into a validation report: a line would be "invalid")."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(signal.Signals(signum).name)
+
+
+def _signal_status(e: Interrupted | KeyboardInterrupt) -> int:
+    """The exit status of a command a signal ended: 143 for SIGTERM, else 130."""
+    signum = e.signum if isinstance(e, Interrupted) else int(signal.SIGINT)
+    return EXIT_SIGTERM if signum == signal.SIGTERM else EXIT_SIGINT
+
+
+class _Commands(click.Group):
+    """Every command runs with SIGTERM raising :class:`Interrupted`, as SIGINT
+    raises KeyboardInterrupt, from its first line to its last.  A signal that
+    lands where the command has nothing more precise to say ends it with one
+    line and 130 or 143, never click's "Aborted!" (exit 1) or a silent SIGTERM
+    death.  (``apply`` and ``plan`` say what was sent, where they know it.)"""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        with _signals_interrupt():
+            try:
+                return super().invoke(ctx)
+            except (Interrupted, KeyboardInterrupt) as e:
+                err.print("interrupted", markup=False)
+                raise SystemExit(_signal_status(e)) from None
+
+
+@click.group(cls=_Commands)
 @click.version_option(package_name="customer-patch")
 def cli() -> None:
     """Partial updates of customer records at SaaS providers, safely and fast."""
@@ -150,18 +184,6 @@ Exit status:
   3    the run was stopped: a 401/403, a failure threshold, or the report
        could not be written (takes precedence over 2 and 1)
   130  interrupted (SIGINT, Ctrl-C); 143 terminated (SIGTERM)"""
-
-
-class Interrupted(BaseException):
-    """The run was stopped by a signal.
-
-    A BaseException, as KeyboardInterrupt is: raised from a signal handler
-    wherever the main thread is, it must pass every ``except Exception`` (cattrs
-    gathers those into a validation report: a line would be "invalid")."""
-
-    def __init__(self, signum: int) -> None:
-        self.signum = signum
-        super().__init__(signal.Signals(signum).name)
 
 
 @cli.command("apply", epilog=EXIT_STATUS_HELP)
@@ -265,71 +287,68 @@ def apply_command(
     try:
         if dry_run:
             lines = read_updates(source, adapter, delimiter=separator, match_on=match_on)
-            status = _guarded(
-                lambda: dry_run_lines(client, lines, verbose=verbose, match_on=match_on)
+            raise SystemExit(
+                _guarded(lambda: dry_run_lines(client, lines, verbose=verbose, match_on=match_on))
             )
-            raise SystemExit(status)
         given = None if source.path is None and str(file) == "-" else file
         if undo_file is not None:  # before the report is opened: a refusal touches no file
             _check_undo_file(undo_file, given, report, resume)
-        try:
-            sink = Report.open(report, resume=resume, overwrite=overwrite_report, source=given)
-        except ReportError as e:
-            _fail(str(e))
-        undo = None
-        if undo_file is not None:
-            try:
-                undo = UndoFile(undo_file, resume=resume is not None)
-            except ReportError as e:
-                sink.close()
-                _fail(str(e))
+        sink: Report | None = None
+        undo: UndoFile | None = None
+        status: int | None = None
 
         def before_sending(e: Interrupted | KeyboardInterrupt) -> NoReturn:
             if undo is not None:
                 undo.discard_if_unused()
-            signum = e.signum if isinstance(e, Interrupted) else int(signal.SIGINT)
             again = f"--resume {resume}" if resume else "--overwrite-report"
+            # The report may exist before Report.open has returned.
+            named = sink.path if sink is not None else (report or resume)
             err.print(
                 "interrupted before anything was sent"
-                + (f"; run again with {again}" if sink.path else ""),
+                + (f"; run again with {again}" if named else ""),
                 markup=False,
             )
-            raise SystemExit(EXIT_SIGTERM if signum == signal.SIGTERM else EXIT_SIGINT) from None
+            raise SystemExit(_signal_status(e)) from None
 
-        # Reading and counting a large file takes a while: a signal here must end
-        # as cleanly as one during the run.  One guard until the run's event loop
-        # takes the signals over, so no signal lands between two guards.
-        with (
-            sink,
-            contextlib.closing(undo) if undo else contextlib.nullcontext(),
-            _signals_interrupt(),
-        ):
+        # From the moment the report may exist until the run's event loop takes
+        # the signals over (reading and counting a large file takes a while), a
+        # signal ends the command as one before sending: nothing was sent.
+        try:
             try:
-                _guarded(
-                    lambda: _check_first(
-                        source, adapter, sink, separator, strict=strict, match_on=match_on
+                sink = Report.open(report, resume=resume, overwrite=overwrite_report, source=given)
+            except ReportError as e:
+                _fail(str(e))
+            if undo_file is not None:
+                try:
+                    undo = UndoFile(undo_file, resume=resume is not None)
+                except ReportError as e:
+                    sink.close()
+                    _fail(str(e))
+            with sink, contextlib.closing(undo) if undo else contextlib.nullcontext():
+                try:
+                    _guarded(
+                        lambda: _check_first(
+                            source, adapter, sink, separator, strict=strict, match_on=match_on
+                        )
                     )
-                )
-                tally = Tally(total=source.count())
-                thresholds = (max_failures, max_consecutive_failures or None)
-                lines = read_updates(source, adapter, delimiter=separator, match_on=match_on)
-                reading = Reading(changes_only, match_on, undo)
-            except SystemExit:  # refused before anything was sent
-                if undo is not None:
-                    undo.discard_if_unused()
-                raise
-            except (Interrupted, KeyboardInterrupt) as e:
-                before_sending(e)
-            try:
+                    tally = Tally(total=source.count())
+                    thresholds = (max_failures, max_consecutive_failures or None)
+                    lines = read_updates(source, adapter, delimiter=separator, match_on=match_on)
+                    reading = Reading(changes_only, match_on, undo)
+                except SystemExit:  # refused before anything was sent
+                    if undo is not None:
+                        undo.discard_if_unused()
+                    raise
+                # _apply_and_report says what a signal ended from its run's start on.
                 status = _guarded(
                     lambda: _apply_and_report(
                         client, lines, tally, concurrency, sink, adapter, thresholds, reading
                     )
                 )
-            except (Interrupted, KeyboardInterrupt) as e:
-                # _apply_and_report handles a signal once its run has begun: this
-                # one came before, so nothing was sent.
-                before_sending(e)
+        except (Interrupted, KeyboardInterrupt) as e:
+            if status is not None:
+                raise  # after the run, which said what it did: the command's guard ends it
+            before_sending(e)
     finally:
         source.close()
     raise SystemExit(status)
@@ -438,29 +457,32 @@ def _apply_and_report(
 ) -> int:
     resume_hint = f"; continue with --resume {report.path}" if report.path else ""
     try:
-        asyncio.run(
-            _run(client, lines, tally, concurrency, report, adapter.provider, thresholds, reading)
-        )
-    except (Interrupted, KeyboardInterrupt) as e:
-        signum = e.signum if isinstance(e, Interrupted) else int(signal.SIGINT)
-        err.print(f"interrupted after {tally.done} records{resume_hint}", markup=False)
-        return EXIT_SIGTERM if signum == signal.SIGTERM else EXIT_SIGINT
-    except ReportWriteError as e:
+        try:
+            provider = adapter.provider
+            asyncio.run(
+                _run(client, lines, tally, concurrency, report, provider, thresholds, reading)
+            )
+        except ReportWriteError as e:
+            _summary(tally, reading)
+            err.print(
+                f"error: {e}: stopped after {tally.done} records, each of them recorded; "
+                f"make room, then continue with --resume {report.path}",
+                markup=False,
+            )
+            return EXIT_STOPPED
         _summary(tally, reading)
-        err.print(
-            f"error: {e}: stopped after {tally.done} records, each of them recorded; "
-            f"make room, then continue with --resume {report.path}",
-            markup=False,
-        )
-        return EXIT_STOPPED
-    _summary(tally, reading)
-    if tally.stopped is not None:
-        err.print(
-            f"stopped: {tally.stopped}; {tally.not_attempted} record(s) not attempted"
-            + resume_hint,
-            markup=False,
-        )
-    return tally.exit_status()
+        if tally.stopped is not None:
+            err.print(
+                f"stopped: {tally.stopped}; {tally.not_attempted} record(s) not attempted"
+                + resume_hint,
+                markup=False,
+            )
+        return tally.exit_status()
+    except (Interrupted, KeyboardInterrupt) as e:
+        # Wherever it lands, from the run's start to its summary: the report
+        # holds what was done, and --resume goes on from there.
+        err.print(f"interrupted after {tally.done} records{resume_hint}", markup=False)
+        return _signal_status(e)
 
 
 async def _run(
@@ -510,6 +532,9 @@ async def _signals_cancel() -> AsyncIterator[None]:
     assert task is not None
     received: list[int] = []
     installed: list[int] = []
+    # Leaving, asyncio puts a signal back to the system's default, not to what
+    # it was: SIGTERM would kill the command silently from then on.
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     def on_signal(signum: int) -> None:
         received.append(signum)
@@ -532,6 +557,8 @@ async def _signals_cancel() -> AsyncIterator[None]:
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
+            if previous[signal.Signals(sig)] is not None:  # None: not set from Python
+                signal.signal(sig, previous[signal.Signals(sig)])
 
 
 @define
@@ -656,8 +683,7 @@ def plan_command(
                 tally = asyncio.run(planned())
             except (Interrupted, KeyboardInterrupt) as e:
                 err.print("interrupted; nothing was sent", markup=False)
-                signum = e.signum if isinstance(e, Interrupted) else int(signal.SIGINT)
-                return EXIT_SIGTERM if signum == signal.SIGTERM else EXIT_SIGINT
+                return _signal_status(e)
             except CustomerPatchError as e:
                 _fail(str(e), 1)
             facts = summary(tally, pace=client.pace, write=adapter.method)
