@@ -4,6 +4,7 @@ Kill points are chosen by the number of lines in the report, never by
 sleeping; every wait has a deadline, and "promptly" is a hang guard (20 s),
 not a timing assertion."""
 
+import contextlib
 import json
 import os
 import random
@@ -293,3 +294,36 @@ async def test_sigterm_raises_interrupted_again_once_the_run_lets_the_signals_go
         assert signal.getsignal(signal.SIGINT) == sigint
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_whose_exception_is_swallowed_still_stops_the_run(
+    tmp_path, monkeypatch, signum, status
+):
+    """Caught in a sweep of real signals: raised inside a weakref callback of the
+    import system, the handler's exception was printed as "Exception ignored" and
+    lost; --strict read on, and the run sent every record.  The guard keeps the
+    signal, not only its exception."""
+    real_read_updates = _commands.read_updates
+    calls = []
+
+    def read_updates(*args, **kwargs):
+        calls.append(1)
+        for n, line in enumerate(real_read_updates(*args, **kwargs)):
+            if len(calls) == 1 and n == 0:
+                handler = signal.getsignal(signum)
+                # Swallowed, as where Python prints it and goes on (a finalizer,
+                # a weakref callback).
+                with contextlib.suppress(BaseException):
+                    handler(signum, None)
+            yield line
+
+    monkeypatch.setattr(_commands, "read_updates", read_updates)
+    with threaded_fake("dualentry", customers=3, limits=()) as (fake, base, ids):
+        path = jsonl(tmp_path / "u.jsonl", [{"id": i, "patch": {"name": "x"}} for i in ids])
+        report = tmp_path / "r.jsonl"
+        result = run([*apply_dualentry(path, base), "--report", str(report), "--strict"])
+        sent = len(fake.requests)
+    assert result.exit_code == status, result.output
+    assert sent == 0
+    assert "interrupted before anything was sent" in result.output

@@ -144,11 +144,12 @@ def _signal_status(e: Interrupted | KeyboardInterrupt) -> int:
 
 
 class _Commands(click.Group):
-    """Every command runs with SIGTERM raising :class:`Interrupted`, as SIGINT
-    raises KeyboardInterrupt, from its first line to its last.  A signal that
-    lands where the command has nothing more precise to say ends it with one
-    line and 130 or 143, never click's "Aborted!" (exit 1) or a silent SIGTERM
-    death.  (``apply`` and ``plan`` say what was sent, where they know it.)"""
+    """Every command runs with SIGINT and SIGTERM raising :class:`Interrupted`
+    (and kept, should something swallow it), from its first line to its last.
+    A signal that lands where the command has nothing more precise to say ends
+    it with one line and 130 or 143, never click's "Aborted!" (exit 1) or a
+    silent SIGTERM death.  (``apply`` and ``plan`` say what was sent, where
+    they know it.)"""
 
     def invoke(self, ctx: click.Context) -> Any:
         with _signals_interrupt():
@@ -339,6 +340,7 @@ def apply_command(
                     if undo is not None:
                         undo.discard_if_unused()
                     raise
+                _raise_if_signalled()
                 # _apply_and_report says what a signal ended from its run's start on.
                 status = _guarded(
                     lambda: _apply_and_report(
@@ -354,18 +356,33 @@ def apply_command(
     raise SystemExit(status)
 
 
+# The signals the guard received.  Raising is not enough: an exception raised
+# inside a finalizer or a weakref callback (the import system has some) is
+# printed as "Exception ignored" and lost, and the command would go on.
+_received: list[int] = []
+
+
+def _raise_if_signalled() -> None:
+    """Raise :class:`Interrupted` for a signal whose exception was lost."""
+    if _received:
+        raise Interrupted(_received[0])
+
+
 @contextlib.contextmanager
 def _signals_interrupt() -> Iterator[None]:
-    """SIGTERM raises :class:`Interrupted` here, as SIGINT raises KeyboardInterrupt."""
+    """SIGINT and SIGTERM raise :class:`Interrupted` here, and are kept in ``_received``."""
 
-    def on_term(signum: int, frame: object) -> None:
+    def on_signal(signum: int, frame: object) -> None:
+        _received.append(signum)
         raise Interrupted(signum)
 
-    previous = signal.signal(signal.SIGTERM, on_term)
+    _received.clear()
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _guarded(step: Callable[[], int | None]) -> int:
@@ -438,6 +455,7 @@ def _check_first(
     if strict:
         bad = 0
         for line in read_updates(source, adapter, delimiter=delimiter, match_on=match_on):
+            _raise_if_signalled()
             if line.error is not None:
                 bad += 1
                 err.print(describe_invalid(line), markup=False)
@@ -548,6 +566,7 @@ async def _signals_cancel() -> AsyncIterator[None]:
             loop.add_signal_handler(sig, on_signal, sig)
             installed.append(sig)
     try:
+        _raise_if_signalled()  # one that came before, its exception lost
         yield
     except asyncio.CancelledError:
         if received:
@@ -741,11 +760,13 @@ def sandbox(provider: str, port: int, faults: str, customers: int, limits: str) 
             f"--provider {provider} --base-url {base_url}"
         )
         try:
-            await asyncio.Event().wait()
+            async with _signals_cancel():
+                await asyncio.Event().wait()
         finally:
             await fake.stop()
 
-    with contextlib.suppress(KeyboardInterrupt):
+    # Ctrl-C (or SIGTERM) is how a sandbox is stopped: no message, exit 0.
+    with contextlib.suppress(Interrupted, KeyboardInterrupt):
         asyncio.run(serve())
 
 
