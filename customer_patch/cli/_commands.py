@@ -360,10 +360,11 @@ def apply_command(
 # inside a finalizer or a weakref callback (the import system has some) is
 # printed as "Exception ignored" and lost, and the command would go on.
 _received: list[int] = []
+_deferred = False  # see _signals_deferred
 
 
 def _raise_if_signalled() -> None:
-    """Raise :class:`Interrupted` for a signal whose exception was lost."""
+    """Raise :class:`Interrupted` for a signal kept but not (or no longer) raised."""
     if _received:
         raise Interrupted(_received[0])
 
@@ -374,7 +375,8 @@ def _signals_interrupt() -> Iterator[None]:
 
     def on_signal(signum: int, frame: object) -> None:
         _received.append(signum)
-        raise Interrupted(signum)
+        if not _deferred:
+            raise Interrupted(signum)
 
     _received.clear()
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -383,6 +385,22 @@ def _signals_interrupt() -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Inside, a signal is kept, not raised, and raised on leaving: for code that
+    checks for one itself (a loop over lines; a run whose event loop takes the
+    signals over).  Raised anywhere, it lands in asyncio's loop being built or
+    torn down (a traceback from its ``__del__``), or in a callback that prints
+    it as "Exception ignored"."""
+    global _deferred
+    was, _deferred = _deferred, True
+    try:
+        yield
+    finally:
+        _deferred = was
+    _raise_if_signalled()
 
 
 def _guarded(step: Callable[[], int | None]) -> int:
@@ -454,11 +472,12 @@ def _check_first(
         report.history.check(digests, report.path, source.name)
     if strict:
         bad = 0
-        for line in read_updates(source, adapter, delimiter=delimiter, match_on=match_on):
-            _raise_if_signalled()
-            if line.error is not None:
-                bad += 1
-                err.print(describe_invalid(line), markup=False)
+        with _signals_deferred():
+            for line in read_updates(source, adapter, delimiter=delimiter, match_on=match_on):
+                _raise_if_signalled()
+                if line.error is not None:
+                    bad += 1
+                    err.print(describe_invalid(line), markup=False)
         if bad:
             _fail(f"{bad} invalid line(s); --strict sends nothing")
 
@@ -477,9 +496,10 @@ def _apply_and_report(
     try:
         try:
             provider = adapter.provider
-            asyncio.run(
-                _run(client, lines, tally, concurrency, report, provider, thresholds, reading)
-            )
+            with _signals_deferred():
+                asyncio.run(
+                    _run(client, lines, tally, concurrency, report, provider, thresholds, reading)
+                )
         except ReportWriteError as e:
             _summary(tally, reading)
             err.print(
@@ -699,7 +719,8 @@ def plan_command(
 
         def run() -> int:
             try:
-                tally = asyncio.run(planned())
+                with _signals_deferred():
+                    tally = asyncio.run(planned())
             except (Interrupted, KeyboardInterrupt) as e:
                 err.print("interrupted; nothing was sent", markup=False)
                 return _signal_status(e)
@@ -766,7 +787,7 @@ def sandbox(provider: str, port: int, faults: str, customers: int, limits: str) 
             await fake.stop()
 
     # Ctrl-C (or SIGTERM) is how a sandbox is stopped: no message, exit 0.
-    with contextlib.suppress(Interrupted, KeyboardInterrupt):
+    with contextlib.suppress(Interrupted, KeyboardInterrupt), _signals_deferred():
         asyncio.run(serve())
 
 
