@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import click
-from attrs import define
+from attrs import Factory, define
 from rich.console import Console
 from rich.markup import escape
 
@@ -359,26 +359,33 @@ def apply_command(
 # The signals the guard received.  Raising is not enough: an exception raised
 # inside a finalizer or a weakref callback (the import system has some) is
 # printed as "Exception ignored" and lost, and the command would go on.
-_received: list[int] = []
-_deferred = False  # see _signals_deferred
+@define
+class _Signals:
+    """What the command's guard received, and whether its handler raises at once."""
+
+    received: list[int] = Factory(list)
+    deferred: bool = False  # see _signals_deferred
+
+
+_signals = _Signals()
 
 
 def _raise_if_signalled() -> None:
     """Raise :class:`Interrupted` for a signal kept but not (or no longer) raised."""
-    if _received:
-        raise Interrupted(_received[0])
+    if _signals.received:
+        raise Interrupted(_signals.received[0])
 
 
 @contextlib.contextmanager
 def _signals_interrupt() -> Iterator[None]:
-    """SIGINT and SIGTERM raise :class:`Interrupted` here, and are kept in ``_received``."""
+    """SIGINT and SIGTERM raise :class:`Interrupted` here, and are kept in ``_signals``."""
 
     def on_signal(signum: int, frame: object) -> None:
-        _received.append(signum)
-        if not _deferred:
+        _signals.received.append(signum)
+        if not _signals.deferred:
             raise Interrupted(signum)
 
-    _received.clear()
+    _signals.received.clear()
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
@@ -394,12 +401,11 @@ def _signals_deferred() -> Iterator[None]:
     signals over).  Raised anywhere, it lands in asyncio's loop being built or
     torn down (a traceback from its ``__del__``), or in a callback that prints
     it as "Exception ignored"."""
-    global _deferred
-    was, _deferred = _deferred, True
+    was, _signals.deferred = _signals.deferred, True
     try:
         yield
     finally:
-        _deferred = was
+        _signals.deferred = was
     _raise_if_signalled()
 
 
