@@ -129,16 +129,26 @@ def ok_answer(request: Request) -> Response:
     return Response(status=200, body=json.dumps({"id": number, "name": "N"}).encode())
 
 
-async def collect(run: AsyncGenerator[UpdateResult, None], into: list[UpdateResult]) -> None:
-    """Every result of ``run`` into ``into`` (what came before is kept when the run
-    raises), the run closed however it ends; a hang fails at :data:`HANG_GUARD`."""
-
-    async def drain() -> None:
-        async with contextlib.aclosing(run):
-            async for result in run:
+async def drain(
+    run: AsyncGenerator[UpdateResult, None], into: list[UpdateResult] | None = None
+) -> None:
+    """Every result of ``run`` into ``into`` (or dropped), what came before kept when
+    the run raises; the run closed however it ends (a cancel included)."""
+    async with contextlib.aclosing(run):
+        async for result in run:
+            if into is not None:
                 into.append(result)
 
-    await asyncio.wait_for(drain(), HANG_GUARD)
+
+async def collect(run: AsyncGenerator[UpdateResult, None], into: list[UpdateResult]) -> None:
+    """:func:`drain` into ``into``; a hang fails at :data:`HANG_GUARD`."""
+    await asyncio.wait_for(drain(run, into), HANG_GUARD)
+
+
+async def ends(task: asyncio.Task[Any]) -> bool:
+    """Whether ``task`` ends within :data:`HANG_GUARD` (a hang guard, not a timing)."""
+    done, _ = await asyncio.wait({task}, timeout=HANG_GUARD)
+    return task in done
 
 
 class Boom(BaseException):

@@ -16,7 +16,16 @@ import pytest
 
 from customer_patch import CustomerPatch, Response, RetryPolicy
 from customer_patch.testing import MockTransport
-from tests.helpers import HANG_GUARD, Boom, mock_client, ok_answer, runner_tasks, updates
+from tests.helpers import (
+    HANG_GUARD,
+    Boom,
+    drain,
+    ends,
+    mock_client,
+    ok_answer,
+    runner_tasks,
+    updates,
+)
 from tests.test_read import Store, client
 
 # --- A: a batch read (skip_unchanged) that swallows the leaving cancel ----------------
@@ -43,21 +52,14 @@ async def test_a_read_that_swallows_the_cancel_sends_nothing_after_leaving():
 
     store.transport = MockTransport(answer)
     async with client(store) as de:
-
-        async def consume():
-            items = [(i, CustomerPatch(name="New")) for i in range(1, 11)]
-            async with contextlib.aclosing(
-                de.iter_updates(items, concurrency=3, skip_unchanged=True)
-            ) as it:
-                async for _ in it:
-                    pass
-
-        task = asyncio.create_task(consume())
+        items = [(i, CustomerPatch(name="New")) for i in range(1, 11)]
+        task = asyncio.create_task(
+            drain(de.iter_updates(items, concurrency=3, skip_unchanged=True))
+        )
         await asyncio.wait_for(reading.wait(), HANG_GUARD)
         left = True
         task.cancel()
-        done, _ = await asyncio.wait({task}, timeout=HANG_GUARD)
-        assert task in done
+        assert await ends(task)
         leftover = runner_tasks()
         for _ in range(20):
             await asyncio.sleep(0)
@@ -91,19 +93,12 @@ async def test_an_async_input_that_swallows_the_cancel_sends_nothing_after_leavi
             yield item
 
     async with mock_client(handler) as de:
-
-        async def consume():
-            async with contextlib.aclosing(de.iter_updates(source(), concurrency=4)) as it:
-                async for _ in it:
-                    pass
-
-        task = asyncio.create_task(consume())
+        task = asyncio.create_task(drain(de.iter_updates(source(), concurrency=4)))
         await asyncio.wait_for(waiting.wait(), HANG_GUARD)
         await asyncio.sleep(0.01)
         left = True
         task.cancel()
-        done, _ = await asyncio.wait({task}, timeout=HANG_GUARD)
-        assert task in done
+        assert await ends(task)
         for _ in range(20):
             await asyncio.sleep(0)
         leftover = runner_tasks()
@@ -130,13 +125,7 @@ async def test_cancelling_every_task_at_once_sends_nothing_more(workers_first):
         return ok_answer(request)
 
     async with mock_client(handler) as de:
-
-        async def consume():
-            async with contextlib.aclosing(de.iter_updates(updates(50), concurrency=3)) as it:
-                async for _ in it:
-                    pass
-
-        task = asyncio.create_task(consume())
+        task = asyncio.create_task(drain(de.iter_updates(updates(50), concurrency=3)))
         await asyncio.wait_for(started.wait(), HANG_GUARD)
         for _ in range(10):
             await asyncio.sleep(0)
@@ -144,8 +133,7 @@ async def test_cancelling_every_task_at_once_sends_nothing_more(workers_first):
         tasks = runner_tasks() + [task] if workers_first else [task] + runner_tasks()
         for t in tasks:  # what a shutdown handler (or asyncio.run's end) does
             t.cancel()
-        done, _ = await asyncio.wait({task}, timeout=HANG_GUARD)
-        assert task in done
+        assert await ends(task)
         assert runner_tasks() == []
     assert sent_after == [], f"{len(sent_after)} requests sent after every task was cancelled"
 
@@ -256,18 +244,11 @@ async def test_a_transport_swallowing_the_cancel_on_a_503_does_not_retry_after_l
     async with mock_client(
         handler, retry=RetryPolicy(attempts=3, wait_initial=0.001, wait_max=0.001)
     ) as de:
-
-        async def consume():
-            async with contextlib.aclosing(de.iter_updates(updates(5), concurrency=1)) as it:
-                async for _ in it:
-                    pass
-
-        task = asyncio.create_task(consume())
+        task = asyncio.create_task(drain(de.iter_updates(updates(5), concurrency=1)))
         await asyncio.wait_for(started.wait(), HANG_GUARD)
         left = True
         task.cancel()
-        done, _ = await asyncio.wait({task}, timeout=HANG_GUARD)
-        assert task in done
+        assert await ends(task)
     assert sent_after == [], f"retried after leaving: {sent_after}"
 
 
@@ -376,12 +357,7 @@ def test_asyncio_run_ending_with_a_run_in_the_background_sends_nothing_more():
             nonlocal ended
             de = mock_client(handler)
 
-            async def consume():
-                async with contextlib.aclosing(de.iter_updates(updates(50), concurrency=4)) as it:
-                    async for _ in it:
-                        pass
-
-            background = asyncio.create_task(consume())
+            background = asyncio.create_task(drain(de.iter_updates(updates(50), concurrency=4)))
             for _ in range(20):
                 await asyncio.sleep(0)
             ended = True  # main returns: asyncio.run cancels every task left

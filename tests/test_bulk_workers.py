@@ -24,6 +24,8 @@ from tests.helpers import (
     HANG_GUARD,
     Boom,
     collect,
+    drain,
+    ends,
     fold,
     mock_client,
     ok_answer,
@@ -387,18 +389,11 @@ async def test_cancelling_while_the_async_input_is_awaited_closes_it():
             closed.append(True)
 
     async with mock_client(ok_answer) as de:
-
-        async def consume():
-            async with contextlib.aclosing(de.iter_updates(source(), concurrency=4)) as it:
-                async for _ in it:
-                    pass
-
-        task = asyncio.create_task(consume())
+        task = asyncio.create_task(drain(de.iter_updates(source(), concurrency=4)))
         await asyncio.wait_for(blocked.wait(), HANG_GUARD)
         await asyncio.sleep(0.01)
         task.cancel()
-        done, _ = await asyncio.wait({task}, timeout=HANG_GUARD)
-        assert task in done
+        assert await ends(task)
         assert runner_tasks() == []
     assert closed == [True]
 
@@ -426,19 +421,12 @@ async def test_cancelling_while_a_read_batch_is_awaited_ends_promptly(skip_uncha
             closed.append(True)
 
     async with client(store) as de:
-
-        async def consume():
-            async with contextlib.aclosing(
-                de.iter_updates(source(), concurrency=3, skip_unchanged=True)
-            ) as it:
-                async for _ in it:
-                    pass
-
-        task = asyncio.create_task(consume())
+        task = asyncio.create_task(
+            drain(de.iter_updates(source(), concurrency=3, skip_unchanged=True))
+        )
         await asyncio.wait_for(reading.wait(), HANG_GUARD)
         task.cancel()
-        done, _ = await asyncio.wait({task}, timeout=HANG_GUARD)
-        assert task in done
+        assert await ends(task)
         assert runner_tasks() == []
     assert closed == [True]
     assert store.sent("PATCH") == []
@@ -722,19 +710,12 @@ async def test_match_on_with_leaving_during_the_lookups_ends_promptly():
     store.transport = MockTransport(answer)
     items = [(f"K{i % 6 + 1}", CustomerPatch(name=f"v{i}")) for i in range(40)]
     async with client(store) as de:
-
-        async def consume():
-            async with contextlib.aclosing(
-                de.iter_updates(items, concurrency=3, match_on="unique_id")
-            ) as it:
-                async for _ in it:
-                    pass
-
-        task = asyncio.create_task(consume())
+        task = asyncio.create_task(
+            drain(de.iter_updates(items, concurrency=3, match_on="unique_id"))
+        )
         await asyncio.wait_for(looking.wait(), HANG_GUARD)
         task.cancel()
-        done, _ = await asyncio.wait({task}, timeout=HANG_GUARD)
-        assert task in done
+        assert await ends(task)
         assert runner_tasks() == []
         leftovers = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
         assert all(t.done() for t in leftovers) or leftovers == []

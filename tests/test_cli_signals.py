@@ -4,6 +4,7 @@ Kill points are chosen by the number of lines in the report, never by
 sleeping; every wait has a deadline, and "promptly" is a hang guard (20 s),
 not a timing assertion."""
 
+import asyncio
 import contextlib
 import gc
 import json
@@ -212,11 +213,17 @@ def test_a_signal_while_a_line_is_parsed_is_not_an_invalid_line(monkeypatch):
 # The real signal lands wherever the main thread is; these raise what its handler
 # raises at the moments between the guards the subprocess tests above cannot aim at.
 
+# What the handler raises, made fresh for each use, and the exit status it must give.
 SIGNALS = [(KeyboardInterrupt, 130), (lambda: Interrupted(signal.SIGTERM), 143)]
 
 
-def interrupted_by(raised):
-    return raised() if callable(raised) else raised
+def signalled_by(raised):
+    """A stand-in for a step of the command, during which the signal lands."""
+
+    def signalled(*args, **kwargs):
+        raise raised()
+
+    return signalled
 
 
 @pytest.mark.parametrize(("raised", "status"), SIGNALS)
@@ -229,7 +236,7 @@ def test_a_signal_just_after_the_report_is_created_ends_cleanly(
 
     def opened_then_signalled(*args, **kwargs):
         real_open(*args, **kwargs).close()
-        raise interrupted_by(raised)
+        raise raised()
 
     monkeypatch.setattr(_commands.Report, "open", opened_then_signalled)
     path = jsonl(tmp_path / "u.jsonl", [{"id": 1001, "patch": {"name": "x"}}])
@@ -248,10 +255,7 @@ def test_a_signal_just_after_the_report_is_created_ends_cleanly(
 def test_a_signal_after_the_run_never_says_nothing_was_sent(tmp_path, monkeypatch, raised, status):
     """During the summary: the run's records were sent, and the report holds them."""
 
-    def signalled(*args, **kwargs):
-        raise interrupted_by(raised)
-
-    monkeypatch.setattr(_commands, "_summary", signalled)
+    monkeypatch.setattr(_commands, "_summary", signalled_by(raised))
     with threaded_fake("dualentry", customers=1, limits=()) as (fake, base, ids):
         path = jsonl(tmp_path / "u.jsonl", [{"id": ids[0], "patch": {"name": "x"}}])
         report = tmp_path / "r.jsonl"
@@ -267,10 +271,7 @@ def test_a_signal_after_the_run_never_says_nothing_was_sent(tmp_path, monkeypatc
 def test_a_signal_after_a_plan_ends_cleanly(tmp_path, monkeypatch, raised, status):
     import customer_patch.cli._plan as plan_module
 
-    def signalled(*args, **kwargs):
-        raise interrupted_by(raised)
-
-    monkeypatch.setattr(plan_module, "summary", signalled)
+    monkeypatch.setattr(plan_module, "summary", signalled_by(raised))
     with threaded_fake("dualentry", customers=1, limits=()) as (fake, base, ids):
         path = jsonl(tmp_path / "u.jsonl", [{"id": ids[0], "patch": {"name": "x"}}])
         result = run(["plan", str(path), "--provider", "dualentry", "--base-url", base])
@@ -338,8 +339,6 @@ def test_a_signal_while_the_runs_event_loop_is_built_is_kept_for_the_loop(
     """Raised there, it landed in asyncio's half-built loop (a traceback from its
     __del__) and left the run's coroutine never awaited; a red-team sweep of real
     signals hit it 2 times in 20 just after the report appeared."""
-    import asyncio
-
     real_run = asyncio.run
 
     def signalled_then_run(main, **kwargs):

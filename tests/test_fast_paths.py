@@ -11,7 +11,6 @@ from urllib.parse import quote
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -19,6 +18,7 @@ from customer_patch import CustomerPatch, ExternalIds, Request, TransportError, 
 from customer_patch._adapter import _JSON, _dumps, _loads
 from customer_patch._transport import AiohttpTransport
 from customer_patch_dualentry._adapter import DualEntryAdapter
+from tests.helpers import serve
 
 json_values = st.recursive(
     st.none()
@@ -145,55 +145,48 @@ def test_an_id_is_percent_encoded_as_quote_would(text):
     assert path == adapter.update_path(expected)
 
 
-async def test_the_session_sends_the_first_requests_headers_only_while_they_stay_the_same():
+async def headers_received(each_request_headers, pick):
+    """Send a PATCH with each of these headers (taken one at a time, so a caller may
+    change a mapping between two) through one transport to a server on loopback;
+    what ``pick`` read of the headers of each request received."""
     seen = []
 
     async def echo(request):
-        seen.append(request.headers.get("X-Probe"))
+        seen.append(pick(request.headers))
         return web.Response(body=b"{}", content_type="application/json")
 
-    app = web.Application()
-    app.router.add_patch("/", echo)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    transport = AiohttpTransport(provider="test", timeout=10)
-    try:
+    async with serve(echo) as base:
+        transport = AiohttpTransport(provider="test", timeout=10)
+        try:
+            for headers in each_request_headers:
+                request = Request(method="PATCH", url=base + "/", headers=headers, body=b"{}")
+                await transport.send(request)
+        finally:
+            await transport.aclose()
+    return seen
+
+
+async def test_the_session_sends_the_first_requests_headers_only_while_they_stay_the_same():
+    def probes():
         headers = {"X-Probe": "1"}  # a plain dict: the caller may change it
-        url = str(server.make_url("/"))
-        await transport.send(Request(method="PATCH", url=url, headers=headers, body=b"{}"))
+        yield headers
         headers["X-Probe"] = "2"
-        await transport.send(Request(method="PATCH", url=url, headers=headers, body=b"{}"))
-        fixed = MappingProxyType({"X-Probe": "3"})
-        await transport.send(Request(method="PATCH", url=url, headers=fixed, body=b"{}"))
-    finally:
-        await transport.aclose()
-        await server.close()
+        yield headers
+        yield MappingProxyType({"X-Probe": "3"})
+
+    seen = await headers_received(probes(), lambda headers: headers.get("X-Probe"))
     assert seen == ["1", "2", "3"]
 
 
 async def test_a_shared_transport_never_sends_one_clients_headers_with_anothers():
     """The session opened for the first request's headers sends them by itself; a
     request with other headers (another client's key) must go without them."""
-    seen = []
-
-    async def echo(request):
-        seen.append({k: v for k, v in request.headers.items() if k.startswith("X-")})
-        return web.Response(body=b"{}", content_type="application/json")
-
-    app = web.Application()
-    app.router.add_patch("/", echo)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    transport = AiohttpTransport(provider="test", timeout=10)
-    url = str(server.make_url("/"))
     first = MappingProxyType({"X-Api-Key": "first-secret"})
     other = MappingProxyType({"X-Other-Key": "other-secret"})
-    try:
-        for headers in (first, other, first, {}, other):
-            await transport.send(Request(method="PATCH", url=url, headers=headers, body=b"{}"))
-    finally:
-        await transport.aclose()
-        await server.close()
+    seen = await headers_received(
+        (first, other, first, {}, other),
+        lambda headers: {k: v for k, v in headers.items() if k.startswith("X-")},
+    )
     alone = [{"X-Api-Key": "first-secret"}, {"X-Other-Key": "other-secret"}]
     assert seen == [alone[0], alone[1], alone[0], {}, alone[1]]
 
@@ -201,25 +194,11 @@ async def test_a_shared_transport_never_sends_one_clients_headers_with_anothers(
 async def test_the_session_sends_one_value_per_header_name_as_a_request_of_its_own_would():
     """Two spellings of one name (an adapter's "accept" over the client's
     "Accept"): the last one goes, on the session's headers as on a request's own."""
-    seen = []
-
-    async def echo(request):
-        seen.append(sorted((k.lower(), v) for k, v in request.headers.items() if k[0] in "Xx"))
-        return web.Response(body=b"{}", content_type="application/json")
-
-    app = web.Application()
-    app.router.add_patch("/", echo)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    transport = AiohttpTransport(provider="test", timeout=10)
-    url = str(server.make_url("/"))
     twice = MappingProxyType({"X-Key": "A", "x-key": "B"})
-    try:
-        for headers in (twice, twice, {"X-Other": "1"}, twice):
-            await transport.send(Request(method="PATCH", url=url, headers=headers, body=b"{}"))
-    finally:
-        await transport.aclose()
-        await server.close()
+    seen = await headers_received(
+        (twice, twice, {"X-Other": "1"}, twice),
+        lambda headers: sorted((k.lower(), v) for k, v in headers.items() if k[0] in "Xx"),
+    )
     assert seen == [[("x-key", "B")], [("x-key", "B")], [("x-other", "1")], [("x-key", "B")]]
 
 
