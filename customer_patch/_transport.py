@@ -150,6 +150,18 @@ class AiohttpTransport:
             ) from None
         except aiohttp.ClientError as e:
             raise TransportError(f"{type(e).__name__}: {e}", provider=self._provider) from None
+        except asyncio.CancelledError:
+            # A session that closes cancels the requests waiting for one of its
+            # connections: not this task's cancellation, which asyncio code would
+            # take it for (a TaskGroup would end), but this request's failure.
+            task = asyncio.current_task()
+            if session.closed and task is not None and not task.cancelling():
+                raise TransportError(
+                    "the connection pool was closed while this request waited for "
+                    "a connection; nothing was sent",
+                    provider=self._provider,
+                ) from None
+            raise
 
     def _bare_session(self) -> aiohttp.ClientSession:
         if self._bare is None:

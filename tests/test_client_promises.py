@@ -459,3 +459,34 @@ def sandbox_server():
 
     with threaded_fake("dualentry", customers=3, limits=()) as (fake, base_url, _):
         yield base_url, fake.token
+
+
+@pytest.mark.parametrize("how", ["update", "update_many"])
+async def test_closing_the_client_ends_requests_waiting_for_a_connection_with_an_error(how):
+    """aiohttp cancels the requests that wait for a connection when its session
+    closes: that is an error of the request, never a CancelledError in a task
+    nobody cancelled (asyncio code takes one for its own cancellation)."""
+    release = asyncio.Event()
+    arrived = asyncio.Event()
+
+    async def hold(request):
+        arrived.set()
+        await release.wait()
+        return web.json_response({"id": 1, "name": "A", "custom_fields": []})
+
+    async with serve(hold) as base:
+        client = loopback_client(base, max_connections=1)
+        items = [(i, CustomerPatch(name="A")) for i in range(1, 4)]
+        if how == "update":
+            run = asyncio.gather(*(client.update(*item) for item in items), return_exceptions=True)
+        else:
+            run = client.update_many(items, concurrency=3)
+        task = asyncio.ensure_future(run)
+        await asyncio.wait_for(arrived.wait(), HANG_GUARD)
+        await client.aclose()
+        release.set()
+        outcome = await asyncio.wait_for(task, HANG_GUARD)
+    errors = outcome if how == "update" else [r.error for r in outcome.results]
+    assert len(errors) == 3
+    assert all(isinstance(e, TransportError) for e in errors), errors
+    assert sum("closed" in str(e) for e in errors) == 2, errors
