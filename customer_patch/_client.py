@@ -280,6 +280,7 @@ class Client:
         A closed client sends nothing more: using it raises :class:`RuntimeError`.
         """
         self._closed = True
+        self._pacer.close()  # a request waiting its turn, or to retry, ends now
         await self._transport.aclose()
 
     def _check_open(self) -> None:
@@ -869,18 +870,21 @@ class Client:
             functools.partial(self._send, request, parse),
             self.retry,
             on_rate_limited=self._pacer.on_rate_limited,
+            sleep=self._pacer.sleep,
             label=label,
         )
 
     async def _send(self, request: Request, parse: Callable[..., T], deadline: float) -> T:
-        if self._closed:
-            # Closed while a run was going (its reads, a retry): nothing more goes out.
-            raise HeldPastDeadline(NotAttemptedError(RuntimeError(f"{self!r} was closed")))
         # The pacer's check is synchronous when nothing holds the client: no
         # coroutine per request for the common, unpaced case.
-        if not (
-            self._pacer.free(deadline) or await self._pacer.acquire(deadline, route=request.route)
-        ):
+        paced = self._pacer.free(deadline) or await self._pacer.acquire(
+            deadline, route=request.route
+        )
+        if self._closed:
+            # Closed while a run was going (its reads, a retry), or while this
+            # request waited its turn (closing ends that wait): nothing more goes out.
+            raise HeldPastDeadline(NotAttemptedError(RuntimeError(f"{self!r} was closed")))
+        if not paced:
             # Held by the provider's rate limit (a shared pause, a full bucket)
             # past this update's time budget: end it now, nothing sent.
             raise HeldPastDeadline(

@@ -183,6 +183,29 @@ class Pacer:
             start_slow=not limits if start_slow is None else start_slow, now=clock()
         )
         self._paused_until = -math.inf
+        self.closed = False
+        self._closing: asyncio.Future[None] | None = None  # set by close(); made on first wait
+
+    def close(self) -> None:
+        """End every wait now and for good: :meth:`acquire` returns ``False`` (nothing
+        reserved) and :meth:`sleep` returns at once.  The client that owns the
+        pacer is closed, and a request waiting its turn is not to be sent."""
+        self.closed = True
+        if self._closing is not None and not self._closing.done():
+            self._closing.set_result(None)
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep ``seconds`` (through the ``sleep`` given), or less if :meth:`close`
+        is called meanwhile.  Every wait of the client goes through here."""
+        if self.closed:
+            return
+        if self._closing is None:
+            self._closing = asyncio.get_running_loop().create_future()
+        nap = asyncio.ensure_future(self._sleep(seconds))
+        try:
+            await asyncio.wait((nap, self._closing), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            nap.cancel()
 
     def _bucket(self, limit: RateLimit) -> _Bucket:
         return _Bucket(
@@ -215,6 +238,8 @@ class Pacer:
         nothing reserved) if that would be after ``deadline`` (a time of ``clock``)."""
         if self.free(deadline):
             return True
+        if self.closed:
+            return False
         buckets = self._buckets
         if self._route_limits:
             route_buckets = self._routes.get(route)
@@ -226,7 +251,9 @@ class Pacer:
             if send_at is None:
                 return False
             while (delay := send_at - self._clock()) > 0:
-                await self._sleep(delay)
+                await self.sleep(delay)
+                if self.closed:
+                    return False
                 if self._paused_until > send_at:
                     break  # a 429 arrived meanwhile: take a new slot after the pause
             else:

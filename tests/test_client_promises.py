@@ -490,3 +490,65 @@ async def test_closing_the_client_ends_requests_waiting_for_a_connection_with_an
     assert len(errors) == 3
     assert all(isinstance(e, TransportError) for e in errors), errors
     assert sum("closed" in str(e) for e in errors) == 2, errors
+
+
+@pytest.mark.parametrize("how", ["update", "update_many"])
+async def test_closing_the_client_ends_requests_held_by_its_pace_at_once(how):
+    """Requests waiting for their turn at a slow pace (here one a minute) when
+    the client closes are not sent, and do not wait for that turn to say so."""
+    sent = []
+    first = asyncio.Event()
+
+    def answer(request):
+        sent.append(request)
+        first.set()
+        cid = int(request.url.rstrip("/").rsplit("/", 1)[1])
+        return Response(status=200, body=customer(cid))
+
+    transport = MockTransport(answer)
+    client = mock_client(transport, rate_limit=RateLimit(burst=1, per_second=1 / 60))
+    items = [(i, CustomerPatch(name="A")) for i in range(1, 4)]
+    if how == "update":
+        run = asyncio.gather(*(client.update(*item) for item in items), return_exceptions=True)
+    else:
+        run = client.update_many(items, concurrency=3)
+    task = asyncio.ensure_future(run)
+    await asyncio.wait_for(first.wait(), HANG_GUARD)
+    for _ in range(10):  # let the other two reach the pacer
+        await asyncio.sleep(0)
+    await client.aclose()
+    outcome = await asyncio.wait_for(task, HANG_GUARD)
+    errors = outcome if how == "update" else [r.error for r in outcome.results]
+    assert len(sent) == 1
+    assert [type(e) for e in errors].count(NotAttemptedError) == 2, errors
+
+
+class _MinuteBackoff(RetryPolicy):
+    def backoff(self, retry_number):
+        return 60.0  # no jitter: the retry surely waits when the client closes
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "error"),
+    [(500, {}, ServerError), (429, {"Retry-After": "60"}, RateLimitedError)],
+    ids=["backoff", "retry-after"],
+)
+async def test_closing_the_client_ends_a_wait_to_retry_at_once(status, headers, error):
+    """A failed attempt waiting a minute to retry (its own backoff, or the pause a
+    429 put on the whole client) ends when the client closes, with its error."""
+    answered = asyncio.Event()
+
+    def answer(request):
+        answered.set()
+        return Response(status=status, headers=headers, body=b"{}")
+
+    transport = MockTransport(answer)
+    client = mock_client(transport, retry=_MinuteBackoff(attempts=3))
+    task = asyncio.ensure_future(client.update(1, CustomerPatch(name="A")))
+    await asyncio.wait_for(answered.wait(), HANG_GUARD)
+    for _ in range(10):  # let it reach its wait
+        await asyncio.sleep(0)
+    await client.aclose()
+    with pytest.raises(error):
+        await asyncio.wait_for(task, HANG_GUARD)
+    assert len(transport.requests) == 1
