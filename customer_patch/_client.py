@@ -456,7 +456,8 @@ class Client:
         return await self._call(
             self._request("GET", path, route),
             functools.partial(self.adapter.parse_response, customer_id=customer_id),
-            label=f"{self.provider} customer {customer_id!r:.80}",
+            label="%s customer %.80r",
+            label_args=(self.adapter.provider, customer_id),
         )
 
     async def _read_current(self, ids: Sequence[Any]) -> dict[Any, Customer | Exception]:
@@ -764,7 +765,8 @@ class Client:
         return self._call(
             request,
             functools.partial(self.adapter.parse_response, customer_id=customer_id),
-            label=f"{self.provider} customer {customer_id!r:.80}",
+            label="%s customer %.80r",
+            label_args=(self.adapter.provider, customer_id),
         )
 
     async def _check(
@@ -859,19 +861,28 @@ class Client:
         return None
 
     def _call(
-        self, request: Request, parse: Callable[..., T], *, label: str
+        self,
+        request: Request,
+        parse: Callable[..., T],
+        *,
+        label: str,
+        label_args: tuple[Any, ...] = (),
     ) -> Coroutine[Any, Any, tuple[T | None, CustomerPatchError | None, int]]:
         """Send ``request`` with retries and pacing; ``parse(response, request=...)``
         reads the answer.  Never raises a :class:`CustomerPatchError`.
+        ``label % label_args`` names it in log lines.
 
         Returns the retry loop itself, to await: no frame of its own between
         the caller and every resumption of the request."""
         return send_with_retries(
-            functools.partial(self._send, request, parse),
-            self.retry,
+            self._send,
+            request,
+            parse,
+            policy=self.retry,
             on_rate_limited=self._pacer.on_rate_limited,
             sleep=self._pacer.sleep,
             label=label,
+            label_args=label_args,
         )
 
     async def _send(self, request: Request, parse: Callable[..., T], deadline: float) -> T:

@@ -19,7 +19,7 @@ import math
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, TypeVarTuple
 
 from attrs import Attribute, field, frozen, validators
 
@@ -35,6 +35,7 @@ from customer_patch._http import parse_retry_after
 
 log = logging.getLogger("customer_patch")
 T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
 
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 """HTTP statuses worth another attempt; every other 4xx is final."""
@@ -121,15 +122,16 @@ def _being_cancelled() -> bool:
 
 
 async def send_with_retries(
-    send: Callable[[float], Awaitable[T]],
+    send: Callable[[*Ts, float], Awaitable[T]],
+    *args: *Ts,
     policy: RetryPolicy,
-    *,
     on_rate_limited: Callable[[float], None],
     label: str,
+    label_args: tuple[Any, ...] = (),
     sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
     clock: Callable[[], float] = time.monotonic,
 ) -> tuple[T | None, CustomerPatchError | None, int]:
-    """Call ``send(deadline)`` until it succeeds or ``policy`` says stop.
+    """Call ``send(*args, deadline)`` until it succeeds or ``policy`` says stop.
 
     Returns ``(value, error, attempts)``.
 
@@ -139,8 +141,11 @@ async def send_with_retries(
     Never raises a :class:`CustomerPatchError`: the last one is returned.  A
     429 calls ``on_rate_limited(wait)`` (even with retries off: the provider's
     pause concerns every request of the client), and the retry then waits in
-    the client's pacer with all the others instead of here.  ``label`` names
-    the update in log lines.
+    the client's pacer with all the others instead of here.  ``label % label_args``
+    names the update in log lines: formatted only when one is written, as
+    :mod:`logging` does, since most updates never log.  (``args`` rather than
+    a partial, and the label's parts rather than its text: both cost every
+    update a little, for nothing when it succeeds at once.)
     """
     started = clock()
     deadline = math.inf if policy.timeout is None else started + policy.timeout
@@ -149,7 +154,7 @@ async def send_with_retries(
     while True:
         attempt += 1
         try:
-            return await send(deadline), None, attempt
+            return await send(*args, deadline), None, attempt
         except HeldPastDeadline as held:
             # Nothing was sent.  After a failed attempt its answer stands (a sleep
             # that ended late, on a busy machine, must not turn a 500 into a 429).
@@ -172,12 +177,15 @@ async def send_with_retries(
                 return None, error, attempt
             if policy.timeout is not None and clock() - started + wait > policy.timeout:
                 log.info(
-                    "%s: %s; no retry: the %gs budget would run out", label, error, policy.timeout
+                    label + ": %s; no retry: the %gs budget would run out",
+                    *label_args,
+                    error,
+                    policy.timeout,
                 )
                 return None, error, attempt
             log.info(
-                "%s: %s; retry %d of %d in %.2fs",
-                label,
+                label + ": %s; retry %d of %d in %.2fs",
+                *label_args,
                 error,
                 attempt,
                 policy.attempts - 1,

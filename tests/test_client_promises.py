@@ -7,6 +7,7 @@ sockets are used where the behaviour lives in the transport (compression).
 import asyncio
 import gzip
 import json
+import logging
 import math
 import threading
 import traceback
@@ -245,7 +246,7 @@ async def test_a_backoff_that_overshoots_the_budget_leaves_the_last_answer_stand
     policy = RetryPolicy(attempts=5, timeout=2, wait_initial=0.5, wait_max=0.5)
     value, error, attempts = await send_with_retries(
         send,
-        policy,
+        policy=policy,
         on_rate_limited=lambda w: None,
         label="x",
         sleep=oversleep,
@@ -552,3 +553,24 @@ async def test_closing_the_client_ends_a_wait_to_retry_at_once(status, headers, 
     with pytest.raises(error):
         await asyncio.wait_for(task, HANG_GUARD)
     assert len(transport.requests) == 1
+
+
+async def test_a_retry_is_logged_once_with_what_an_operator_needs(caplog):
+    """On the library's own logger, at INFO: which customer, what failed, which
+    retry of how many, after how long; nothing on any other logger (stamina's)."""
+    statuses = iter([500, 200])
+
+    def answer(request):
+        status = next(statuses)
+        return Response(status=status, body=customer(42) if status == 200 else b"{}")
+
+    caplog.set_level(logging.DEBUG)
+    client = mock_client(answer, retry=RetryPolicy(attempts=3, wait_initial=0.001))
+    await client.update(42, CustomerPatch(name="A"))
+    retries = [r for r in caplog.records if "retry" in r.getMessage()]
+    assert [(r.name, r.levelno) for r in retries] == [("customer_patch", logging.INFO)]
+    message = retries[0].getMessage()
+    assert message.startswith("dualentry customer 42: "), message
+    assert "500" in message
+    assert "retry 1 of 2 in " in message
+    assert {r.name for r in caplog.records} <= {"customer_patch"}
