@@ -6,7 +6,8 @@ process).  Every run of every contender is a fresh Python process, and the
 rounds are interleaved in rotating order, so no contender inherits a warm
 allocator, a cache or a turn of the machine's noise from another.  Each run
 reports its wall time and the CPU (user + system) its process spent, both
-measured around the run itself, after the same warm-up for all.
+measured around the run itself, after the same warm-up for all, and how much
+of that CPU went to the garbage collector's passes (timed by ``gc.callbacks``).
 
 Run: python benchmarks/bench_overhead.py [--updates N] [--rounds R] [--only NAME ...]
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import re
 import shutil
@@ -117,10 +119,22 @@ def child(name: str, base: str, n: int, concurrency: int) -> None:
     """One measured run in this (fresh) process; prints its figures as JSON."""
     run = CONTENDERS[name]
     asyncio.run(run(base, WARM_UP, concurrency))
+    # Time in the garbage collector's passes, which an allocation count starts:
+    # what keeping results (or making every coroutine up front) costs.
+    in_gc = [0.0, 0.0]  # seconds so far, start of the pass under way
+
+    def collecting(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            in_gc[1] = time.process_time()
+        else:
+            in_gc[0] += time.process_time() - in_gc[1]
+
+    gc.callbacks.append(collecting)
     wall, cpu = time.perf_counter(), time.process_time()
     asyncio.run(run(base, n, concurrency))
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    print(json.dumps({"wall": wall, "cpu": cpu}))
+    gc.callbacks.remove(collecting)
+    print(json.dumps({"wall": wall, "cpu": cpu, "gc": in_gc[0]}))
 
 
 def main() -> None:
@@ -142,6 +156,7 @@ def main() -> None:
         return
     rates: dict[str, list[float]] = {name: [] for name in names}
     cpus: dict[str, list[float]] = {name: [] for name in names}
+    gcs: dict[str, list[float]] = {name: [] for name in names}
     with server() as base:
         for r in range(args.rounds):
             for name in names[r % len(names) :] + names[: r % len(names)]:
@@ -157,6 +172,7 @@ def main() -> None:
                 run = json.loads(out.stdout.splitlines()[-1])
                 rates[name].append(args.updates / run["wall"])
                 cpus[name].append(run["cpu"] / args.updates * 1e6)
+                gcs[name].append(run["gc"] / args.updates * 1e6)
     raw_rate = statistics.median(rates.get("raw aiohttp loop", [math_nan()]))
     raw_cpu = statistics.median(cpus.get("raw aiohttp loop", [math_nan()]))
     header(
@@ -175,6 +191,7 @@ def main() -> None:
             "min",
             "max",
             "CPU x aiohttp",
+            "of it GC us",
         ],
         [
             [
@@ -187,6 +204,7 @@ def main() -> None:
                 min(cpus[name]),
                 max(cpus[name]),
                 statistics.median(cpus[name]) / raw_cpu,
+                statistics.median(gcs[name]),
             ]
             for name in names
         ],
