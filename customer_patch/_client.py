@@ -926,6 +926,9 @@ class Client:
             ) from None
         except TransportError as e:  # its text may quote the provider's bytes
             raise self._credentials.redact(e) from None
+        except NotAttemptedError as e:
+            # Closed before it went out: no attempt, and an earlier one's error stands.
+            raise HeldPastDeadline(e) from None
         if debug:
             log.debug(
                 "%s %s -> %d in %.1f ms",

@@ -184,27 +184,36 @@ class Pacer:
         )
         self._paused_until = -math.inf
         self.closed = False
-        self._closing: asyncio.Future[None] | None = None  # set by close(); made on first wait
+        self._naps: set[asyncio.Task[Any]] = set()  # the waits close() ends
 
     def close(self) -> None:
         """End every wait now and for good: :meth:`acquire` returns ``False`` (nothing
         reserved) and :meth:`sleep` returns at once.  The client that owns the
         pacer is closed, and a request waiting its turn is not to be sent."""
         self.closed = True
-        if self._closing is not None and not self._closing.done():
-            self._closing.set_result(None)
+        for nap in self._naps:
+            nap.cancel()
 
     async def sleep(self, seconds: float) -> None:
         """Sleep ``seconds`` (through the ``sleep`` given), or less if :meth:`close`
         is called meanwhile.  Every wait of the client goes through here."""
         if self.closed:
             return
-        if self._closing is None:
-            self._closing = asyncio.get_running_loop().create_future()
+        # The wait runs in a task of its own, which close() can cancel without
+        # touching the caller's task (one set entry each: no callback lists
+        # that thousands of waiters would make slow to leave).
         nap = asyncio.ensure_future(self._sleep(seconds))
+        self._naps.add(nap)
         try:
-            await asyncio.wait((nap, self._closing), return_when=asyncio.FIRST_COMPLETED)
+            await nap
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if not (
+                self.closed and nap.cancelled() and task is not None and not task.cancelling()
+            ):
+                raise  # the caller's own cancellation
         finally:
+            self._naps.discard(nap)
             nap.cancel()
 
     def _bucket(self, limit: RateLimit) -> _Bucket:

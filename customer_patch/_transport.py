@@ -16,7 +16,12 @@ import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
-from customer_patch._errors import ResponseFormatError, ResponseTooLargeError, TransportError
+from customer_patch._errors import (
+    NotAttemptedError,
+    ResponseFormatError,
+    ResponseTooLargeError,
+    TransportError,
+)
 from customer_patch._http import Request, Response
 
 DEFAULT_MAX_RESPONSE_BYTES = 8 * 1024 * 1024
@@ -26,7 +31,8 @@ class Transport(Protocol):
     """What the client needs from the network."""
 
     async def send(self, request: Request) -> Response:
-        """Send ``request``; raise :class:`TransportError` if no complete answer comes."""
+        """Send ``request``; raise :class:`TransportError` if no complete answer comes,
+        or :class:`NotAttemptedError` if the transport was closed before it went out."""
 
     async def aclose(self) -> None:
         """Release what the transport holds."""
@@ -105,7 +111,8 @@ class AiohttpTransport:
         return self._session
 
     async def send(self, request: Request) -> Response:
-        """Send ``request``; raise :class:`TransportError` if no complete answer comes."""
+        """Send ``request``; raise :class:`TransportError` if no complete answer comes,
+        or :class:`NotAttemptedError` if the session closes before it went out."""
         session = self._open(request)
         # A client sends the same headers with every request: the session opened
         # here has them (the first request's) and sends them, rather than aiohttp
@@ -154,12 +161,14 @@ class AiohttpTransport:
             # A session that closes cancels the requests waiting for one of its
             # connections: not this task's cancellation, which asyncio code would
             # take it for (a TaskGroup would end), but this request's failure.
+            # Only the waits for a connection (or for a DNS answer) are cancelled:
+            # a request on a connection has that connection closed instead.
             task = asyncio.current_task()
             if session.closed and task is not None and not task.cancelling():
-                raise TransportError(
-                    "the connection pool was closed while this request waited for "
-                    "a connection; nothing was sent",
-                    provider=self._provider,
+                raise NotAttemptedError(
+                    RuntimeError(
+                        "the connection pool was closed before this request had a connection"
+                    )
                 ) from None
             raise
 

@@ -463,10 +463,10 @@ def sandbox_server():
 
 
 @pytest.mark.parametrize("how", ["update", "update_many"])
-async def test_closing_the_client_ends_requests_waiting_for_a_connection_with_an_error(how):
+async def test_closing_the_client_ends_requests_waiting_for_a_connection_unsent(how):
     """aiohttp cancels the requests that wait for a connection when its session
-    closes: that is an error of the request, never a CancelledError in a task
-    nobody cancelled (asyncio code takes one for its own cancellation)."""
+    closes: they were not sent, which is what they say; never a CancelledError in
+    a task nobody cancelled (asyncio code takes one for its own cancellation)."""
     release = asyncio.Event()
     arrived = asyncio.Event()
 
@@ -488,9 +488,46 @@ async def test_closing_the_client_ends_requests_waiting_for_a_connection_with_an
         release.set()
         outcome = await asyncio.wait_for(task, HANG_GUARD)
     errors = outcome if how == "update" else [r.error for r in outcome.results]
-    assert len(errors) == 3
-    assert all(isinstance(e, TransportError) for e in errors), errors
-    assert sum("closed" in str(e) for e in errors) == 2, errors
+    # The one on the connection was sent; its answer was cut off by the close.
+    assert [type(e) for e in errors] == [TransportError, NotAttemptedError, NotAttemptedError]
+    if how == "update_many":
+        assert [r.attempts for r in outcome.results] == [1, 0, 0]
+        assert "connection pool was closed" in str(outcome.results[1].error.cause)
+
+
+async def test_a_sent_record_whose_retry_waits_for_a_connection_keeps_its_error_on_close():
+    """Answered 500, then closed while its retry waited for a connection: the
+    500 stands, for the one request that went out, not a "nothing was sent"."""
+    release = asyncio.Event()
+    held = asyncio.Event()
+    retrying = asyncio.Event()
+
+    async def answer(request):
+        if request.match_info["tail"].endswith("/1/"):
+            return web.json_response({}, status=500)
+        held.set()
+        await release.wait()
+        return web.json_response({"id": 2, "name": "A", "custom_fields": []})
+
+    class Retry(RetryPolicy):
+        def backoff(self, retry_number):
+            retrying.set()
+            return 0.0  # the retry goes at once, and waits for the only connection
+
+    async with serve(answer) as base:
+        client = loopback_client(base, max_connections=1, retry=Retry(attempts=3))
+        items = [(1, CustomerPatch(name="A")), (2, CustomerPatch(name="A"))]
+        task = asyncio.ensure_future(client.update_many(items, concurrency=2))
+        await asyncio.wait_for(held.wait(), HANG_GUARD)
+        await asyncio.wait_for(retrying.wait(), HANG_GUARD)
+        for _ in range(10):  # let the retry reach the connection pool
+            await asyncio.sleep(0)
+        await client.aclose()
+        release.set()
+        report = await asyncio.wait_for(task, HANG_GUARD)
+    first = report.results[0]
+    assert isinstance(first.error, ServerError), first.error
+    assert first.attempts == 1
 
 
 @pytest.mark.parametrize("how", ["update", "update_many"])
@@ -574,3 +611,49 @@ async def test_a_retry_is_logged_once_with_what_an_operator_needs(caplog):
     assert "500" in message
     assert "retry 1 of 2 in " in message
     assert {r.name for r in caplog.records} <= {"customer_patch"}
+
+
+def test_an_error_of_the_pacers_sleep_is_raised_not_lost():
+    """The injected sleep (the seam tests put a fake time at) failing is an
+    error of the wait, not a wait that ended: acquire() must not go round again."""
+
+    async def broken(seconds):
+        raise ZeroDivisionError
+
+    pacer = Pacer([RateLimit(burst=1, per_second=1)], clock=FakeClock(), sleep=broken)
+    assert asyncio.run(pacer.acquire())  # the burst's one goes at once
+    with pytest.raises(ZeroDivisionError):
+        asyncio.run(asyncio.wait_for(pacer.acquire(), HANG_GUARD))
+
+
+def test_a_client_used_in_one_event_loop_then_another_still_ends_its_waits_on_close():
+    """A MockTransport client may be used by one asyncio.run after another: the
+    waits of the second run end on close, though the first run waited too."""
+
+    limited = None
+
+    def answer(request):
+        cid = int(request.url.rstrip("/").rsplit("/", 1)[1])
+        if cid == 3:  # holds the whole client for a minute
+            limited.set()
+            return Response(status=429, headers={"Retry-After": "60"}, body=b"{}")
+        return Response(status=200, body=customer(cid))
+
+    client = mock_client(answer, rate_limit=RateLimit(burst=1, per_second=50))
+
+    async def first():  # the second update waits its turn, in this loop
+        await asyncio.gather(*(client.update(i, CustomerPatch(name="A")) for i in (1, 2)))
+
+    async def second():
+        nonlocal limited
+        limited = asyncio.Event()
+        task = asyncio.ensure_future(client.update(3, CustomerPatch(name="A")))
+        await asyncio.wait_for(limited.wait(), HANG_GUARD)
+        for _ in range(10):  # let it reach the pause
+            await asyncio.sleep(0)
+        await client.aclose()
+        with pytest.raises(RateLimitedError):
+            await asyncio.wait_for(task, HANG_GUARD)
+
+    asyncio.run(first())
+    asyncio.run(second())
