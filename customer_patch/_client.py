@@ -168,6 +168,17 @@ async def _done(value: T) -> T:
     return value
 
 
+def _reads_on(shown: int, count: int, page: int) -> bool:
+    """Whether a list paged by offset has more after a page of ``page`` items, with
+    ``shown`` items read in all and ``count`` the total the list claims.
+
+    A count lower than what the pages already showed is wrong, not the end
+    (nothing may be left out because of it): such a list is read on until a
+    page comes back empty.  An exact count costs no request past it.
+    """
+    return page > 0 and shown != count
+
+
 class Client:
     """Applies partial updates to customers at one provider.
 
@@ -356,7 +367,9 @@ class Client:
         may appear twice, or be missed, if customers are added or removed
         while the pages are read (the list is paged by offset); a list that
         answers the next offset with the same page again raises
-        :class:`~customer_patch.ResponseFormatError` rather than never ending.
+        :class:`~customer_patch.ResponseFormatError` rather than never ending,
+        and one whose count is lower than the customers it has shown is read
+        on until a page comes back empty.
         """
         self._check_open()
         filters = {**self.adapter.list_defaults, **filters}
@@ -378,7 +391,7 @@ class Client:
             for customer in customers:
                 yield customer
             offset += len(customers)
-            if not customers or offset >= count:
+            if not _reads_on(offset, count, len(customers)):
                 return
 
     async def custom_field_definitions(
@@ -431,7 +444,7 @@ class Client:
                     provider=self.provider,
                     status=200,
                 )
-            if not page or len(definitions) >= count:
+            if not _reads_on(len(definitions), count, len(page)):
                 return definitions
 
     async def _page(
@@ -514,7 +527,7 @@ class Client:
                             )
                     offset += len(customers)
                     # No more than asked for can match: at most one page an id.
-                    if not customers or offset >= min(count, len(part)):
+                    if offset >= len(part) or not _reads_on(offset, count, len(customers)):
                         break
             except CustomerPatchError as e:
                 current.update((read_key(c), e) for c in part)

@@ -238,6 +238,36 @@ async def test_a_list_that_ignores_its_offset_is_an_error_not_an_endless_list():
     assert len(transport.requests) == 2
 
 
+@pytest.mark.parametrize("count", [0, 1, 99])
+async def test_a_list_whose_count_says_fewer_than_it_shows_is_read_to_its_end(count):
+    """A count lower than what the pages already showed is wrong, not the end:
+    the customers after it are read, not silently left out."""
+    rows = [row(i) for i in range(1, 151)]
+
+    def answer(request):
+        query = parse_qs(urlsplit(request.url).query)
+        offset, limit = int(query["offset"][0]), int(query["limit"][0])
+        return list_answer(*rows[offset : offset + limit], count=count)
+
+    async with mock_client(answer) as de:
+        ids = [c.id async for c in de.iter_customers()]
+    assert ids == list(range(1, 151))
+
+
+async def test_definitions_whose_count_says_fewer_than_they_show_are_read_to_their_end():
+    fields = [definition(i, f"F{i}") for i in range(1, 151)]
+
+    def answer(request):
+        query = parse_qs(urlsplit(request.url).query)
+        offset, limit = int(query["offset"][0]), int(query["limit"][0])
+        body = {"items": fields[offset : offset + limit], "count": 1}
+        return Response(status=200, body=json.dumps(body).encode())
+
+    async with mock_client(answer) as de:
+        read = await de.custom_field_definitions()
+    assert [d.id for d in read] == list(range(1, 151))
+
+
 # -- what a batch read answers ------------------------------------------------------------
 
 
@@ -284,6 +314,26 @@ async def test_a_customer_listed_twice_the_same_is_read_once():
         ]
     assert result.ok
     assert not result.changed
+
+
+async def test_a_batch_read_whose_count_says_fewer_than_it_shows_reads_on():
+    """Two customers a page, and a count of one: the others exist, and must not be
+    reported as not found."""
+    store = Store(5)
+
+    def answer(request):
+        response = store.answer(request)
+        if request.method == "GET" and "/customers/?" in request.url:
+            items = json.loads(response.body)["items"]  # the page asked for
+            return list_answer(*items[:2], count=1)
+        return response
+
+    store.transport = MockTransport(answer)
+    updates = [(cid, CustomerPatch(name=f"C{cid}")) for cid in range(1, 6)]
+    async with client(store) as de:
+        results = [r async for r in de.iter_updates(updates, skip_unchanged=True)]
+    assert [r.error for r in results] == [None] * 5
+    assert not any(r.changed for r in results)
 
 
 async def test_a_batch_read_answered_in_short_pages_reads_on_instead_of_missing_customers():
