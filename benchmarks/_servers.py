@@ -10,6 +10,7 @@ import asyncio
 import json
 import math
 import multiprocessing
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -58,7 +59,10 @@ def _app(delay: float, bucket: tuple[int, float] | None, stats: dict[str, int]) 
     return app
 
 
-def _serve(conn: multiprocessing.connection.Connection, delay: float, bucket) -> None:  # type: ignore[no-untyped-def]
+def _serve(conn: multiprocessing.connection.Connection, delay: float, bucket, cpu) -> None:  # type: ignore[no-untyped-def]
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
+
     async def main() -> None:
         stats = {"requests": 0, "429": 0}
         runner = web.AppRunner(_app(delay, bucket, stats), access_log=None)
@@ -73,10 +77,13 @@ def _serve(conn: multiprocessing.connection.Connection, delay: float, bucket) ->
 
 
 @contextmanager
-def server(*, delay: float = 0.0, bucket: tuple[int, float] | None = None) -> Iterator[str]:
-    """A server in a child process; yields its base URL (always 127.0.0.1)."""
+def server(
+    *, delay: float = 0.0, bucket: tuple[int, float] | None = None, cpu: int | None = None
+) -> Iterator[str]:
+    """A server in a child process (on CPU ``cpu`` alone, if given); yields its
+    base URL (always 127.0.0.1)."""
     parent, child = multiprocessing.Pipe()
-    proc = multiprocessing.Process(target=_serve, args=(child, delay, bucket), daemon=True)
+    proc = multiprocessing.Process(target=_serve, args=(child, delay, bucket, cpu), daemon=True)
     proc.start()
     port = parent.recv()
     try:

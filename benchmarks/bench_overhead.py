@@ -9,7 +9,9 @@ reports its wall time and the CPU (user + system) its process spent, both
 measured around the run itself, after the same warm-up for all, and how much
 of that CPU went to the garbage collector's passes (timed by ``gc.callbacks``).
 
-Run: python benchmarks/bench_overhead.py [--updates N] [--rounds R] [--only NAME ...]
+Run: python benchmarks/bench_overhead.py [--updates N] [--rounds R] [--only NAME ...] [--pin]
+
+With --pin (Linux), the server runs on CPU 0 and every measured run on CPU 1.
 
 With --instructions, each contender instead runs under valgrind's callgrind,
 once with no updates and once with N, and the difference is printed as
@@ -25,6 +27,7 @@ import argparse
 import asyncio
 import gc
 import json
+import os
 import re
 import shutil
 import statistics
@@ -144,6 +147,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--only", nargs="+", choices=list(CONTENDERS), default=list(CONTENDERS))
     parser.add_argument("--instructions", action="store_true", help="count, under callgrind")
+    parser.add_argument(
+        "--pin", action="store_true", help="server on CPU 0, each measured run on CPU 1 (Linux)"
+    )
     parser.add_argument("--child", choices=list(CONTENDERS), help=argparse.SUPPRESS)
     parser.add_argument("--base", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -157,7 +163,10 @@ def main() -> None:
     rates: dict[str, list[float]] = {name: [] for name in names}
     cpus: dict[str, list[float]] = {name: [] for name in names}
     gcs: dict[str, list[float]] = {name: [] for name in names}
-    with server() as base:
+    # Pinned, neither the server nor a run moves between the two cores (or
+    # shares one): less of the machine's noise in each figure.
+    pinned = {"preexec_fn": lambda: os.sched_setaffinity(0, {1})} if args.pin else {}
+    with server(cpu=0 if args.pin else None) as base:
         for r in range(args.rounds):
             for name in names[r % len(names) :] + names[: r % len(names)]:
                 out = subprocess.run(
@@ -168,6 +177,7 @@ def main() -> None:
                     check=True,
                     capture_output=True,
                     text=True,
+                    **pinned,  # type: ignore[arg-type]
                 )
                 run = json.loads(out.stdout.splitlines()[-1])
                 rates[name].append(args.updates / run["wall"])
@@ -177,7 +187,8 @@ def main() -> None:
     raw_cpu = statistics.median(cpus.get("raw aiohttp loop", [math_nan()]))
     header(
         f"overhead: {args.updates} updates, concurrency {args.concurrency}, server replies "
-        f"at once; {args.rounds} interleaved rounds, each run a fresh process "
+        f"at once; {args.rounds} interleaved rounds, each run a fresh process"
+        f"{' (server on CPU 0, runs on CPU 1)' if args.pin else ''} "
         "(targets vs aiohttp: >= 0.85x throughput, <= 1/0.85 = 1.18x CPU per update)"
     )
     table(
