@@ -173,10 +173,49 @@ def _reads_on(shown: int, count: int, page: int) -> bool:
     ``shown`` items read in all and ``count`` the total the list claims.
 
     A count lower than what the pages already showed is wrong, not the end
-    (nothing may be left out because of it): such a list is read on until a
-    page comes back empty.  An exact count costs no request past it.
+    (nothing may be left out because of it): the list is read on.  An exact
+    count costs no request past it.  A reader bounds the rest: a batch read
+    by the ids it asked for, :class:`_Pages` by the pages themselves.
     """
     return page > 0 and shown != count
+
+
+class _Pages:
+    """Reading a whole list paged by offset: where it stands, when it ends."""
+
+    def __init__(self, *, asked: int, provider: str) -> None:
+        self.shown = 0  # the offset of the next page
+        self._asked = asked  # the page size asked for
+        self._provider = provider
+        self._last: list[Any] = []
+        # Past a count the list has proven wrong, the ids it showed since (ids
+        # only, not customers): a list that repeats itself, in any order, is
+        # not read again and again.  None until then, as for every honest list.
+        self._seen: set[Any] | None = None
+
+    def more(self, ids: list[Any], count: int) -> bool:
+        """Whether to read another page after one of ``ids``, the list saying it
+        has ``count`` items.  Raises :class:`ResponseFormatError` for a list that
+        does not page: it shows the page before again or, past its count, any
+        item it showed past it."""
+        past = self.shown + len(ids) > count
+        if past and self._seen is None:
+            self._seen = set(self._last)
+        repeats = ids == self._last
+        if past and self._seen is not None and not repeats:
+            repeats = not self._seen.isdisjoint(ids)
+            self._seen.update(ids)
+        if ids and repeats:
+            raise ResponseFormatError(
+                f"the list answered offset {self.shown} with the same page as the one "
+                "before (or, past the count it gave, with items it showed): it does not page",
+                provider=self._provider,
+                status=200,
+            )
+        self._last = ids
+        self.shown += len(ids)
+        # Past a wrong count, a page shorter than asked is the end, as an empty one is.
+        return _reads_on(self.shown, count, len(ids)) and not (past and len(ids) < self._asked)
 
 
 class Client:
@@ -367,31 +406,22 @@ class Client:
         may appear twice, or be missed, if customers are added or removed
         while the pages are read (the list is paged by offset); a list that
         answers the next offset with the same page again raises
-        :class:`~customer_patch.ResponseFormatError` rather than never ending,
-        and one whose count is lower than the customers it has shown is read
-        on until a page comes back empty.
+        :class:`~customer_patch.ResponseFormatError` rather than never ending.
+        A count lower than the customers already shown is wrong, not the end:
+        the list is read on until a page shorter than asked, and raises
+        :class:`~customer_patch.ResponseFormatError` if it shows a customer it
+        showed past that count again.
         """
         self._check_open()
         filters = {**self.adapter.list_defaults, **filters}
         self.adapter.prepare_list(filters, offset=0)  # refuse bad filters before any request
-        offset, last_ids = 0, None
+        pages = _Pages(asked=self.adapter.page_size, provider=self.provider)
         while True:
-            customers, count = await self._page(filters, offset=offset)
-            ids = [c.id for c in customers]
-            if customers and ids == last_ids:
-                # A list that ignores its offset, with a count that never runs
-                # out, would be read (and yielded) again and again, forever.
-                raise ResponseFormatError(
-                    f"the list answered offset {offset} with the same page as the one "
-                    "before: it does not page",
-                    provider=self.provider,
-                    status=200,
-                )
-            last_ids = ids
+            customers, count = await self._page(filters, offset=pages.shown)
+            more = pages.more([c.id for c in customers], count)
             for customer in customers:
                 yield customer
-            offset += len(customers)
-            if not _reads_on(offset, count, len(customers)):
+            if not more:
                 return
 
     async def custom_field_definitions(
@@ -425,8 +455,9 @@ class Client:
 
     async def _read_definitions(self) -> list[CustomFieldDefinition]:
         definitions: list[CustomFieldDefinition] = []
+        pages = _Pages(asked=self.adapter.page_size, provider=self.provider)
         while True:
-            path, route = self.adapter.prepare_definitions(offset=len(definitions))
+            path, route = self.adapter.prepare_definitions(offset=pages.shown)
             request = self._request("GET", path, route)
             value, error, _ = await self._call(
                 request, self.adapter.parse_definitions, label="custom fields"
@@ -435,6 +466,7 @@ class Client:
                 raise error
             assert value is not None
             page, count = value
+            more = pages.more([d.id for d in page], count)
             definitions += page
             if len(definitions) > MAX_DEFINITIONS:
                 # A list that never ends (a count that keeps growing,
@@ -444,7 +476,7 @@ class Client:
                     provider=self.provider,
                     status=200,
                 )
-            if not _reads_on(len(definitions), count, len(page)):
+            if not more:
                 return definitions
 
     async def _page(

@@ -748,8 +748,12 @@ async def test_reads_that_keep_failing_count_towards_the_thresholds():
 
 
 async def test_a_definitions_list_that_never_ends_is_a_format_error_not_a_hang():
-    page = {"items": [definition(1, "Same")] * 100, "count": 10**12}
-    transport = MockTransport(lambda r: Response(status=200, body=json.dumps(page).encode()))
+    def page(request):  # new definitions at every offset, and a count that never runs out
+        offset = int(parse_qs(urlsplit(request.url).query)["offset"][0])
+        items = [definition(offset + i, f"F{offset + i}") for i in range(1, 101)]
+        return Response(status=200, body=json.dumps({"items": items, "count": 10**12}).encode())
+
+    transport = MockTransport(page)
     async with Client("dualentry", token="k", transport=transport, rate_limit=None) as de:
         with pytest.raises(ResponseFormatError, match="more than 10000"):
             await asyncio.wait_for(de.custom_field_definitions(), HANG_GUARD)

@@ -8,6 +8,7 @@ transport seam); nothing here asserts on timing: waits are hang guards only.
 
 import asyncio
 import contextlib
+import itertools
 import json
 import traceback
 from urllib.parse import parse_qs, urlsplit
@@ -151,21 +152,35 @@ async def test_an_invalid_record_that_changes_nothing_is_still_an_error(patch, e
 # -- custom-field definitions -------------------------------------------------------------
 
 
-FOREVER = {"items": [definition(1, "Same")] * 100, "count": 10**12}
+SAME = {"items": [definition(1, "Same")] * 100, "count": 10**12}
+
+
+def never_ending(request):
+    """A page of new definitions at every offset, and a count that never runs out."""
+    offset = int(parse_qs(urlsplit(request.url).query)["offset"][0])
+    items = [
+        definition(offset + i, "Same" if offset + i == 1 else f"F{offset + i}")
+        for i in range(1, 101)
+    ]
+    return Response(status=200, body=json.dumps({"items": items, "count": 10**12}).encode())
 
 
 @pytest.mark.parametrize(
     ("answer", "error", "per_read"),
     [
         pytest.param(
-            Response(status=403, body=b'{"detail": "no"}'), PermissionDeniedError, 1, id="403"
+            lambda r: Response(status=403, body=b'{"detail": "no"}'),
+            PermissionDeniedError,
+            1,
+            id="403",
         ),
         pytest.param(
-            Response(status=200, body=json.dumps(FOREVER).encode()),
+            lambda r: Response(status=200, body=json.dumps(SAME).encode()),
             ResponseFormatError,
-            101,
-            id="a-list-that-never-ends",
+            2,  # the second page repeats the first: it does not page
+            id="the-same-page-forever",
         ),
+        pytest.param(never_ending, ResponseFormatError, 101, id="a-list-that-never-ends"),
     ],
 )
 async def test_definitions_that_cannot_be_read_are_not_read_again_for_every_record(
@@ -176,7 +191,7 @@ async def test_definitions_that_cannot_be_read_are_not_read_again_for_every_reco
 
     def handler(request):
         if "custom-fields" in request.url:
-            return answer
+            return answer(request)
         return Response(status=200, body=json.dumps(row(1)).encode())
 
     transport = MockTransport(handler)
@@ -252,6 +267,52 @@ async def test_a_list_whose_count_says_fewer_than_it_shows_is_read_to_its_end(co
     async with mock_client(answer) as de:
         ids = [c.id async for c in de.iter_customers()]
     assert ids == list(range(1, 151))
+
+
+@pytest.mark.parametrize(
+    ("pages", "count"),
+    [
+        ([range(1, 101), range(51, 151)], 150),  # ignores the offset, two pages in turn
+        ([range(1, 101), range(101, 201), range(1, 101)], 0),  # a count proven wrong
+    ],
+)
+async def test_a_list_that_does_not_page_past_its_count_is_an_error_not_an_endless_list(
+    pages, count
+):
+    """Past a count it has proven wrong, a list is believed while it pages: one
+    whose pages repeat what the page before showed would be read forever."""
+    turn = itertools.count()
+
+    async def answer(request):
+        await asyncio.sleep(0)  # lets the hang guard fire
+        ids = pages[next(turn) % len(pages)]
+        return list_answer(*[row(i) for i in ids], count=count)
+
+    transport = MockTransport(answer)
+
+    async def read_all():
+        return [c async for c in de.iter_customers()]
+
+    async with mock_client(transport) as de:
+        with pytest.raises(ResponseFormatError, match="does not page"):
+            await asyncio.wait_for(read_all(), HANG_GUARD)
+    assert len(transport.requests) == len(pages)
+
+
+async def test_a_short_list_that_ignores_its_offset_and_its_count_is_read_once():
+    """Fewer customers than a page, the same at every offset, and a count of 0:
+    the short page is the end, as it was before counts were doubted."""
+    transport = MockTransport(lambda r: list_answer(*[row(i) for i in range(1, 51)], count=0))
+    async with mock_client(transport) as de:
+        ids = [c.id async for c in de.iter_customers()]
+        definitions_answer = {"items": [definition(i, f"F{i}") for i in range(1, 11)], "count": 0}
+        transport.handler = lambda r: Response(
+            status=200, body=json.dumps(definitions_answer).encode()
+        )
+        definitions = await asyncio.wait_for(de.custom_field_definitions(), HANG_GUARD)
+    assert ids == list(range(1, 51))
+    assert [d.id for d in definitions] == list(range(1, 11))
+    assert len(transport.requests) == 2
 
 
 async def test_definitions_whose_count_says_fewer_than_they_show_are_read_to_their_end():
