@@ -549,6 +549,9 @@ class Client:
                         key = read_key(c.id)
                         unreliable = unreliable or key not in asked
                         seen = found.setdefault(key, c)
+                        # A list showing one customer twice pages unreliably: it may
+                        # have skipped another (a missing one is then not "not found").
+                        unreliable = unreliable or seen is not c
                         if seen is not c and (not isinstance(seen, Customer) or seen.raw != c.raw):
                             # Two rows for one customer: comparing with either could
                             # skip a record that must be sent.

@@ -397,6 +397,28 @@ async def test_a_batch_read_whose_count_says_fewer_than_it_shows_reads_on():
     assert not any(r.changed for r in results)
 
 
+async def test_a_batch_read_whose_pages_repeat_a_customer_says_who_is_missing_is_not_known():
+    """Each page starts one row early (the provider's bug): the rows it repeats
+    count towards the end of the read, so the last customer is never shown.
+    It exists: "not found" would be a false answer."""
+    store = Store(5)
+
+    def answer(request):
+        if request.method == "GET" and "/customers/?" in request.url:
+            offset = int(parse_qs(urlsplit(request.url).query)["offset"][0])
+            rows = [row(i, name=f"C{i}") for i in range(1, 6)]
+            return list_answer(*rows[max(0, offset - 1) : offset + 1], count=5)
+        return store.answer(request)
+
+    store.transport = MockTransport(answer)
+    updates = [(cid, CustomerPatch(name=f"C{cid}")) for cid in range(1, 6)]
+    async with client(store) as de:
+        results = {r.customer_id: r async for r in de.iter_updates(updates, skip_unchanged=True)}
+    assert not isinstance(results[5].error, NotFoundError)
+    assert isinstance(results[5].error, ResponseFormatError)
+    assert "not known" in str(results[5].error)
+
+
 async def test_a_batch_read_answered_in_short_pages_reads_on_instead_of_missing_customers():
     """The provider answers two customers a page whatever the limit asked, and says
     how many match: the others exist, and must not be reported as not found."""
