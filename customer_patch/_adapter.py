@@ -662,7 +662,19 @@ class Adapter(ABC):
         """One page of the customer list: its customers and the list's total count."""
         data = self.read_json(response, request=request)
         items, count = self._page_items(data, response)
-        return [self._reading(self.customer_from, item, response) for item in items], count
+        customers = [self._reading(self.customer_from, item, response) for item in items]
+        for customer in customers:
+            # Each is the customer its id names to every later request (and a key
+            # in the reader's sets): an id of another shape is not a customer.
+            if self.check_customer_id(customer.id):
+                raise ResponseFormatError(
+                    f"the list shows a customer whose id is {customer.id!r:.80}, "
+                    f"not an id {self.provider} gives",
+                    provider=self.provider,
+                    status=response.status,
+                    body=response.body,
+                )
+        return customers, count
 
     def parse_definitions(
         self, response: Response, *, request: Request

@@ -315,6 +315,18 @@ async def test_a_short_list_that_ignores_its_offset_and_its_count_is_read_once()
     assert len(transport.requests) == 2
 
 
+@pytest.mark.parametrize("bad_id", [[1], {"id": 1}, "7", 0, True, None])
+@pytest.mark.parametrize("count", [2, 0])
+async def test_a_listed_customer_whose_id_is_not_an_id_is_a_format_error(bad_id, count):
+    """Every listed customer is sent to by its id later: one of another shape
+    (unhashable, a string for an integer id) fails its page, typed, whatever
+    the count says, and is never handed out."""
+    page = list_answer(row(1), {**row(2), "id": bad_id}, count=count)
+    async with mock_client(lambda r: page) as de:
+        with pytest.raises(ResponseFormatError, match="not an id dualentry gives"):
+            [c async for c in de.iter_customers()]
+
+
 async def test_definitions_whose_count_says_fewer_than_they_show_are_read_to_their_end():
     fields = [definition(i, f"F{i}") for i in range(1, 151)]
 
