@@ -158,6 +158,8 @@ def main() -> None:
         return
     names: list[str] = args.only
     if args.instructions:
+        if args.pin:
+            parser.error("--pin measures time; --instructions counts (no pinning to do)")
         instructions(names, args.updates, args.concurrency)
         return
     rates: dict[str, list[float]] = {name: [] for name in names}
@@ -165,7 +167,7 @@ def main() -> None:
     gcs: dict[str, list[float]] = {name: [] for name in names}
     # Pinned, neither the server nor a run moves between the two cores (or
     # shares one): less of the machine's noise in each figure.
-    pinned = {"preexec_fn": lambda: os.sched_setaffinity(0, {1})} if args.pin else {}
+    on_cpu_1 = (lambda: os.sched_setaffinity(0, {1})) if args.pin else None
     with server(cpu=0 if args.pin else None) as base:
         for r in range(args.rounds):
             for name in names[r % len(names) :] + names[: r % len(names)]:
@@ -177,7 +179,7 @@ def main() -> None:
                     check=True,
                     capture_output=True,
                     text=True,
-                    **pinned,  # type: ignore[arg-type]
+                    preexec_fn=on_cpu_1,
                 )
                 run = json.loads(out.stdout.splitlines()[-1])
                 rates[name].append(args.updates / run["wall"])

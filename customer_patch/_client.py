@@ -172,10 +172,10 @@ def _reads_on(shown: int, count: int, page: int) -> bool:
     """Whether a list paged by offset has more after a page of ``page`` items, with
     ``shown`` items read in all and ``count`` the total the list claims.
 
-    A count lower than what the pages already showed is wrong, not the end
-    (nothing may be left out because of it): the list is read on.  An exact
-    count costs no request past it.  A reader bounds the rest: a batch read
-    by the ids it asked for, :class:`_Pages` by the pages themselves.
+    A count lower than what the pages already showed is wrong, not the end:
+    the list is read on, rather than leave out what it has not shown.  An
+    exact count costs no request past it.  A reader bounds the rest: a batch
+    read by the ids it asked for, :class:`_Pages` by the pages themselves.
     """
     return page > 0 and shown != count
 
@@ -188,21 +188,22 @@ class _Pages:
         self._asked = asked  # the page size asked for
         self._provider = provider
         self._last: list[Any] = []
-        # Past a count the list has proven wrong, the ids it showed since (ids
-        # only, not customers): a list that repeats itself, in any order, is
-        # not read again and again.  None until then, as for every honest list.
+        # Once the list has proven its count wrong, the ids of the page before
+        # and of every page since (ids only, not customers): a list that repeats
+        # itself, in any order, is not read again and again.  None until then,
+        # as for every honest list.
         self._seen: set[Any] | None = None
 
     def more(self, ids: list[Any], count: int) -> bool:
         """Whether to read another page after one of ``ids``, the list saying it
         has ``count`` items.  Raises :class:`ResponseFormatError` for a list that
-        does not page: it shows the page before again or, past its count, any
-        item it showed past it."""
+        does not page: it shows the page before again or, once past its count,
+        an item of the page before that point or of any page since."""
         past = self.shown + len(ids) > count
-        if past and self._seen is None:
-            self._seen = set(self._last)
         repeats = ids == self._last
-        if past and self._seen is not None and not repeats:
+        if past and not repeats:
+            if self._seen is None:
+                self._seen = set(self._last)
             repeats = not self._seen.isdisjoint(ids)
             self._seen.update(ids)
         if ids and repeats:
@@ -327,7 +328,10 @@ class Client:
     async def aclose(self) -> None:
         """Close the HTTP session, unless it was passed in by the caller.
 
-        A closed client sends nothing more: using it raises :class:`RuntimeError`.
+        A closed client sends nothing more: using it raises :class:`RuntimeError`,
+        and a request waiting its turn, to retry, or for a connection ends
+        (not sent: :class:`~customer_patch.NotAttemptedError`).  The waits for a
+        connection of a caller's ``session`` are that session's: close it too.
         """
         self._closed = True
         self._pacer.close()  # a request waiting its turn, or to retry, ends now
@@ -408,9 +412,10 @@ class Client:
         answers the next offset with the same page again raises
         :class:`~customer_patch.ResponseFormatError` rather than never ending.
         A count lower than the customers already shown is wrong, not the end:
-        the list is read on until a page shorter than asked, and raises
-        :class:`~customer_patch.ResponseFormatError` if it shows a customer it
-        showed past that count again.
+        the list is read on until a page shorter than asked, keeping the ids
+        (not the customers) it shows from then on, and raises
+        :class:`~customer_patch.ResponseFormatError` if it shows one of them
+        again.
         """
         self._check_open()
         filters = {**self.adapter.list_defaults, **filters}
@@ -532,7 +537,7 @@ class Client:
             part = wanted[start : start + self.adapter.page_size]
             asked = {read_key(c) for c in part}
             found: dict[Any, Customer | Exception] = {}
-            unreliable = False  # answered others, or the same page again
+            unreliable = False  # answered others, a page again, or a customer twice
             # In a stable order: a provider may answer fewer than asked (a page
             # size of its own), and the pages after the first must not move.
             filters = {**self.adapter.list_defaults, many: part}
@@ -572,10 +577,11 @@ class Client:
                 if key in found:
                     current[key] = found[key]
                 elif unreliable:
-                    # It ignored the filter or the offset: who is missing is not known.
+                    # It ignored the filter or the offset, or paged unreliably:
+                    # who is missing is not known.
                     current[key] = ResponseFormatError(
-                        f"the list did not answer the ids or offset asked: whether "
-                        f"customer {customer_id!r} exists is not known",
+                        f"the list did not page as asked (other ids, a page again, or a "
+                        f"customer twice): whether customer {customer_id!r} exists is not known",
                         provider=self.provider,
                         status=200,
                     )

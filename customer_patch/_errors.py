@@ -90,11 +90,12 @@ class AdapterRegistrationError(CustomerPatchError):
 
 
 class NotAttemptedError(CustomerPatchError):
-    """A bulk record was not sent because the run stopped first; ``cause`` says why."""
+    """A request was not sent: its bulk run had stopped, or its client was closed
+    first.  ``cause`` says why (the run's stop, or the closing)."""
 
     def __init__(self, cause: BaseException) -> None:
         self.cause = cause
-        super().__init__(f"not attempted: the run stopped after {type(cause).__name__}: {cause}")
+        super().__init__(f"not attempted, after {type(cause).__name__}: {cause}")
 
 
 class TooManyFailuresError(CustomerPatchError):

@@ -187,9 +187,10 @@ class Pacer:
         self._naps: set[asyncio.Task[Any]] = set()  # the waits close() ends
 
     def close(self) -> None:
-        """End every wait now and for good: :meth:`acquire` returns ``False`` (nothing
-        reserved) and :meth:`sleep` returns at once.  The client that owns the
-        pacer is closed, and a request waiting its turn is not to be sent."""
+        """End every wait now and for good: :meth:`sleep` returns at once, and an
+        :meth:`acquire` that would wait returns ``False`` (nothing reserved).  The
+        client that owns the pacer is closed, and checks that itself before it
+        sends: a request waiting its turn is not to be sent."""
         self.closed = True
         for nap in self._naps:
             nap.cancel()
@@ -203,6 +204,8 @@ class Pacer:
         # touching the caller's task (one set entry each: no callback lists
         # that thousands of waiters would make slow to leave).
         nap = asyncio.ensure_future(self._sleep(seconds))
+        if isinstance(nap, asyncio.Task):  # named as the bulk runner's tasks are
+            nap.set_name("customer-patch pacer wait")
         self._naps.add(nap)
         try:
             await nap

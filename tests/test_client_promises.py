@@ -559,6 +559,31 @@ async def test_closing_the_client_ends_requests_held_by_its_pace_at_once(how):
     errors = outcome if how == "update" else [r.error for r in outcome.results]
     assert len(sent) == 1
     assert [type(e) for e in errors].count(NotAttemptedError) == 2, errors
+    assert all(
+        str(e).startswith("not attempted, after RuntimeError: ") and "was closed" in str(e)
+        for e in errors
+        if isinstance(e, NotAttemptedError)
+    )
+
+
+async def test_a_wait_at_the_pace_is_a_task_the_leak_checks_see():
+    """Every task the library starts carries its name, so a test (or an operator
+    listing tasks) can tell one left behind."""
+    client = mock_client(
+        lambda r: Response(status=200, body=customer(1)),
+        rate_limit=RateLimit(burst=1, per_second=1 / 60),
+    )
+    first = asyncio.ensure_future(client.update(1, CustomerPatch(name="A")))
+    waiting = asyncio.ensure_future(client.update(1, CustomerPatch(name="B")))
+    await asyncio.wait_for(first, HANG_GUARD)
+    for _ in range(10):  # let the second reach its wait
+        await asyncio.sleep(0)
+    names = [t.get_name() for t in asyncio.all_tasks()]
+    assert "customer-patch pacer wait" in names
+    await client.aclose()
+    with pytest.raises(NotAttemptedError):
+        await asyncio.wait_for(waiting, HANG_GUARD)
+    assert "customer-patch pacer wait" not in [t.get_name() for t in asyncio.all_tasks()]
 
 
 class _MinuteBackoff(RetryPolicy):
