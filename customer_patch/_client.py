@@ -935,9 +935,13 @@ class Client:
             policy=self.retry,
             on_rate_limited=self._pacer.on_rate_limited,
             sleep=self._pacer.sleep,
+            stopped=self._is_closed,
             label=label,
             label_args=label_args,
         )
+
+    def _is_closed(self) -> bool:
+        return self._closed
 
     async def _send(self, request: Request, parse: Callable[..., T], deadline: float) -> T:
         # The pacer's check is synchronous when nothing holds the client: no

@@ -128,6 +128,7 @@ async def send_with_retries(
     on_rate_limited: Callable[[float], None],
     label: str,
     label_args: tuple[Any, ...] = (),
+    stopped: Callable[[], bool] = lambda: False,
     sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
     clock: Callable[[], float] = time.monotonic,
 ) -> tuple[T | None, CustomerPatchError | None, int]:
@@ -145,7 +146,9 @@ async def send_with_retries(
     names the update in log lines: formatted only when one is written, as
     :mod:`logging` does, since most updates never log.  (``args`` rather than
     a partial, and the label's parts rather than its text: both cost every
-    update a little, for nothing when it succeeds at once.)
+    update a little, for nothing when it succeeds at once.)  ``stopped()``
+    true ends the loop before a retry, the last error standing: the client
+    was closed, and nothing more goes out.
     """
     started = clock()
     deadline = math.inf if policy.timeout is None else started + policy.timeout
@@ -171,9 +174,11 @@ async def send_with_retries(
                 on_rate_limited(wait)
             if attempt >= policy.attempts:
                 return None, error, attempt
-            if _being_cancelled():
+            if _being_cancelled() or stopped():
                 # A send that swallowed this task's cancellation (a transport's bug)
-                # came back with an error: nothing more goes out once a cancel was asked.
+                # came back with an error, or the client was closed (and perhaps cut
+                # this attempt's connection): nothing more goes out, nor is a retry
+                # logged that will not be made.
                 return None, error, attempt
             if policy.timeout is not None and clock() - started + wait > policy.timeout:
                 log.info(

@@ -682,3 +682,26 @@ def test_a_client_used_in_one_event_loop_then_another_still_ends_its_waits_on_cl
 
     asyncio.run(first())
     asyncio.run(second())
+
+
+async def test_a_request_whose_connection_the_close_cut_is_not_retried_nor_said_to_be(caplog):
+    """Closing cuts the connection of a request in flight: it may have been
+    received (TransportError, one attempt), and no retry follows, so none is logged."""
+    arrived = asyncio.Event()
+    release = asyncio.Event()
+
+    async def hold(request):
+        arrived.set()
+        await release.wait()
+        return web.json_response({"id": 1, "name": "A", "custom_fields": []})
+
+    caplog.set_level(logging.INFO, logger="customer_patch")
+    async with serve(hold) as base:
+        client = loopback_client(base, retry=RetryPolicy(attempts=3, wait_initial=0.001))
+        task = asyncio.ensure_future(client.update(1, CustomerPatch(name="A")))
+        await asyncio.wait_for(arrived.wait(), HANG_GUARD)
+        await client.aclose()
+        release.set()
+        with pytest.raises(TransportError):
+            await asyncio.wait_for(task, HANG_GUARD)
+    assert [r.getMessage() for r in caplog.records if "retry" in r.getMessage()] == []
