@@ -462,32 +462,53 @@ def sandbox_server():
         yield base_url, fake.token
 
 
-@pytest.mark.parametrize("how", ["update", "update_many"])
-async def test_closing_the_client_ends_requests_waiting_for_a_connection_unsent(how):
-    """aiohttp cancels the requests that wait for a connection when its session
-    closes: they were not sent, which is what they say; never a CancelledError in
-    a task nobody cancelled (asyncio code takes one for its own cancellation)."""
-    release = asyncio.Event()
-    arrived = asyncio.Event()
+async def close_once_waiting(client, reached):
+    """Close ``client`` once ``reached`` is set and what it started has had ten
+    turns of the loop to reach its wait (a MockTransport answers within one)."""
+    await asyncio.wait_for(reached.wait(), HANG_GUARD)
+    for _ in range(10):
+        await asyncio.sleep(0)
+    await client.aclose()
+
+
+def three_updates(client, how):
+    """Customers 1 to 3 updated at once, by ``update()`` each (gathered, errors
+    kept) or by one ``update_many``: a task, and how to read its errors."""
+    items = [(i, CustomerPatch(name="A")) for i in range(1, 4)]
+    if how == "update":
+        run = asyncio.gather(*(client.update(*item) for item in items), return_exceptions=True)
+        return asyncio.ensure_future(run), lambda outcome: outcome
+    run = client.update_many(items, concurrency=3)
+    return asyncio.ensure_future(run), lambda report: [r.error for r in report.results]
+
+
+def held():
+    """A handler answering customer 1 only once ``release`` is set, and the
+    events: ``arrived`` (a request came) and ``release``."""
+    arrived, release = asyncio.Event(), asyncio.Event()
 
     async def hold(request):
         arrived.set()
         await release.wait()
         return web.json_response({"id": 1, "name": "A", "custom_fields": []})
 
+    return hold, arrived, release
+
+
+@pytest.mark.parametrize("how", ["update", "update_many"])
+async def test_closing_the_client_ends_requests_waiting_for_a_connection_unsent(how):
+    """aiohttp cancels the requests that wait for a connection when its session
+    closes: they were not sent, which is what they say; never a CancelledError in
+    a task nobody cancelled (asyncio code takes one for its own cancellation)."""
+    hold, arrived, release = held()
     async with serve(hold) as base:
         client = loopback_client(base, max_connections=1)
-        items = [(i, CustomerPatch(name="A")) for i in range(1, 4)]
-        if how == "update":
-            run = asyncio.gather(*(client.update(*item) for item in items), return_exceptions=True)
-        else:
-            run = client.update_many(items, concurrency=3)
-        task = asyncio.ensure_future(run)
+        task, errors_of = three_updates(client, how)
         await asyncio.wait_for(arrived.wait(), HANG_GUARD)
         await client.aclose()
         release.set()
         outcome = await asyncio.wait_for(task, HANG_GUARD)
-    errors = outcome if how == "update" else [r.error for r in outcome.results]
+    errors = errors_of(outcome)
     # The one on the connection was sent; its answer was cut off by the close.
     assert [type(e) for e in errors] == [TransportError, NotAttemptedError, NotAttemptedError]
     if how == "update_many":
@@ -545,18 +566,9 @@ async def test_closing_the_client_ends_requests_held_by_its_pace_at_once(how):
 
     transport = MockTransport(answer)
     client = mock_client(transport, rate_limit=RateLimit(burst=1, per_second=1 / 60))
-    items = [(i, CustomerPatch(name="A")) for i in range(1, 4)]
-    if how == "update":
-        run = asyncio.gather(*(client.update(*item) for item in items), return_exceptions=True)
-    else:
-        run = client.update_many(items, concurrency=3)
-    task = asyncio.ensure_future(run)
-    await asyncio.wait_for(first.wait(), HANG_GUARD)
-    for _ in range(10):  # let the other two reach the pacer
-        await asyncio.sleep(0)
-    await client.aclose()
-    outcome = await asyncio.wait_for(task, HANG_GUARD)
-    errors = outcome if how == "update" else [r.error for r in outcome.results]
+    task, errors_of = three_updates(client, how)
+    await close_once_waiting(client, first)  # the other two wait at the pace
+    errors = errors_of(await asyncio.wait_for(task, HANG_GUARD))
     assert len(sent) == 1
     assert [type(e) for e in errors].count(NotAttemptedError) == 2, errors
     assert all(
@@ -608,10 +620,7 @@ async def test_closing_the_client_ends_a_wait_to_retry_at_once(status, headers, 
     transport = MockTransport(answer)
     client = mock_client(transport, retry=_MinuteBackoff(attempts=3))
     task = asyncio.ensure_future(client.update(1, CustomerPatch(name="A")))
-    await asyncio.wait_for(answered.wait(), HANG_GUARD)
-    for _ in range(10):  # let it reach its wait
-        await asyncio.sleep(0)
-    await client.aclose()
+    await close_once_waiting(client, answered)
     with pytest.raises(error):
         await asyncio.wait_for(task, HANG_GUARD)
     assert len(transport.requests) == 1
@@ -673,10 +682,7 @@ def test_a_client_used_in_one_event_loop_then_another_still_ends_its_waits_on_cl
         nonlocal limited
         limited = asyncio.Event()
         task = asyncio.ensure_future(client.update(3, CustomerPatch(name="A")))
-        await asyncio.wait_for(limited.wait(), HANG_GUARD)
-        for _ in range(10):  # let it reach the pause
-            await asyncio.sleep(0)
-        await client.aclose()
+        await close_once_waiting(client, limited)
         with pytest.raises(RateLimitedError):
             await asyncio.wait_for(task, HANG_GUARD)
 
@@ -687,14 +693,7 @@ def test_a_client_used_in_one_event_loop_then_another_still_ends_its_waits_on_cl
 async def test_a_request_whose_connection_the_close_cut_is_not_retried_nor_said_to_be(caplog):
     """Closing cuts the connection of a request in flight: it may have been
     received (TransportError, one attempt), and no retry follows, so none is logged."""
-    arrived = asyncio.Event()
-    release = asyncio.Event()
-
-    async def hold(request):
-        arrived.set()
-        await release.wait()
-        return web.json_response({"id": 1, "name": "A", "custom_fields": []})
-
+    hold, arrived, release = held()
     caplog.set_level(logging.INFO, logger="customer_patch")
     async with serve(hold) as base:
         client = loopback_client(base, retry=RetryPolicy(attempts=3, wait_initial=0.001))
