@@ -557,12 +557,19 @@ class Adapter(ABC):
         """
         if self.get_path("{id}") is None:
             raise UnsupportedOperationError("get a customer", provider=self.provider)
+        path = self.get_path(self.prepare_id(customer_id))
+        assert path is not None
+        return path, f"GET {self.get_path('{id}')}"
+
+    def prepare_id(self, customer_id: CustomerId) -> str:
+        """Validate an id and return it as one percent-encoded path segment.
+
+        Raises :class:`ValidationError` for an id the provider cannot have.
+        """
         segment, problems = self._segment(customer_id)
         if problems:
             raise ValidationError(problems, provider=self.provider)
-        path = self.get_path(segment)
-        assert path is not None
-        return path, f"GET {self.get_path('{id}')}"
+        return segment
 
     def prepare_list(
         self, filters: Mapping[str, Any], *, offset: int, limit: int | None = None

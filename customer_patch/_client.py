@@ -521,78 +521,115 @@ class Client:
             if key is None or key in current or key in readable:
                 continue
             try:
-                self.adapter.prepare_get(customer_id)  # the id's own problems, per record
+                self.adapter.prepare_id(customer_id)  # the id's own problems, per record
             except CustomerPatchError as e:
                 current[key] = e
             else:
                 readable[key] = customer_id
         many = self.adapter.ids_filter
         if many is None or self.adapter.list_path() is None:
-            results = await asyncio.gather(*(self._get(c) for c in readable.values()))
-            for key, (customer, error, _) in zip(readable, results, strict=True):
-                current[key] = customer if error is None else error  # type: ignore[assignment]
+            await self._read_each(readable, current)
             return current
+        unsettled: dict[Any, Any] = {}  # what the list could not say, and why not
         wanted = list(readable.values())
         for start in range(0, len(wanted), self.adapter.page_size):
             part = wanted[start : start + self.adapter.page_size]
-            asked = {read_key(c) for c in part}
-            found: dict[Any, Customer | Exception] = {}
-            unreliable = False  # answered others, a page again, or a customer twice
-            # In a stable order: a provider may answer fewer than asked (a page
-            # size of its own), and the pages after the first must not move.
-            filters = {**self.adapter.list_defaults, many: part}
-            offset, last_ids = 0, None
             try:
-                while True:
-                    customers, count = await self._page(filters, offset=offset, limit=len(part))
-                    ids = [c.id for c in customers]
-                    if customers and ids == last_ids:  # it ignored the offset
-                        unreliable = True
-                        break
-                    last_ids = ids
-                    for c in customers:
-                        key = read_key(c.id)
-                        unreliable = unreliable or key not in asked
-                        seen = found.setdefault(key, c)
-                        # A list showing one customer twice pages unreliably: it may
-                        # have skipped another (a missing one is then not "not found").
-                        unreliable = unreliable or seen is not c
-                        if seen is not c and (not isinstance(seen, Customer) or seen.raw != c.raw):
-                            # Two rows for one customer: comparing with either could
-                            # skip a record that must be sent.
-                            found[key] = ResponseFormatError(
-                                f"the list shows customer {c.id!r:.80} twice, differently",
-                                provider=self.provider,
-                                status=200,
-                            )
-                    offset += len(customers)
-                    # No more than asked for can match: at most one page an id.
-                    if offset >= len(part) or not _reads_on(offset, count, len(customers)):
-                        break
+                found, doubt = await self._list_ids(many, part)
             except CustomerPatchError as e:
+                # A refusal, a lost connection: a read of each would fare no better.
                 current.update((read_key(c), e) for c in part)
                 continue
             for customer_id in part:
                 key = read_key(customer_id)
-                if key in found:
-                    current[key] = found[key]
-                elif unreliable:
-                    # It ignored the filter or the offset, or paged unreliably:
-                    # who is missing is not known.
-                    current[key] = ResponseFormatError(
-                        f"the list did not page as asked (other ids, a page again, or a "
-                        f"customer twice): whether customer {customer_id!r} exists is not known",
-                        provider=self.provider,
-                        status=200,
-                    )
-                else:
+                shown = found.get(key, doubt)
+                if isinstance(shown, Customer):
+                    current[key] = shown
+                elif shown is None:
                     current[key] = NotFoundError(
                         f"customer {customer_id!r} is not in the list of customers",
                         provider=self.provider,
                         status=404,
                         sent=False,
                     )
+                else:
+                    current[key] = shown
+                    unsettled[key] = customer_id
+        if unsettled and self.adapter.get_path("{id}") is not None:
+            # The list's answer about these is not to be trusted (or not readable
+            # at all: one malformed customer fails its page), but each exists or
+            # not, and can be read on its own: that one customer's answer must
+            # not fail (on every rerun) the hundred records of its page.
+            log.warning(
+                "%s: the customer list could not say what %d customers are; "
+                "reading them one at a time",
+                self.provider,
+                len(unsettled),
+            )
+            await self._read_each(unsettled, current)
         return current
+
+    async def _read_each(
+        self, ids: Mapping[Any, CustomerId], current: dict[Any, Customer | Exception]
+    ) -> None:
+        """Read each of ``ids`` (by key) on its own, into ``current``."""
+        results = await asyncio.gather(*(self._get(c) for c in ids.values()))
+        for key, (customer, error, _) in zip(ids, results, strict=True):
+            current[key] = customer if error is None else error  # type: ignore[assignment]
+
+    async def _list_ids(
+        self, many: str, part: list[CustomerId]
+    ) -> tuple[dict[Any, Customer | Exception], ResponseFormatError | None]:
+        """The customers of ``part`` the list (filtered by ``many`` ids) shows, by
+        :func:`read_key` (or why one shown cannot be taken), and, if the list
+        cannot be trusted about those it did not show, why not.  Raises the
+        error that ends the read otherwise."""
+        asked = {read_key(c) for c in part}
+        found: dict[Any, Customer | Exception] = {}
+        unreliable = False  # answered others, a page again, or a customer twice
+        # In a stable order: a provider may answer fewer than asked (a page
+        # size of its own), and the pages after the first must not move.
+        filters = {**self.adapter.list_defaults, many: part}
+        offset, last_ids = 0, None
+        while True:
+            try:
+                customers, count = await self._page(filters, offset=offset, limit=len(part))
+            except ResponseFormatError as e:  # a malformed customer fails its page
+                return found, e
+            ids = [c.id for c in customers]
+            if customers and ids == last_ids:  # it ignored the offset
+                unreliable = True
+                break
+            last_ids = ids
+            for c in customers:
+                key = read_key(c.id)
+                unreliable = unreliable or key not in asked
+                seen = found.setdefault(key, c)
+                # A list showing one customer twice pages unreliably: it may
+                # have skipped another (a missing one is then not "not found").
+                unreliable = unreliable or seen is not c
+                if seen is not c and (not isinstance(seen, Customer) or seen.raw != c.raw):
+                    # Two rows for one customer: comparing with either could
+                    # skip a record that must be sent.
+                    found[key] = ResponseFormatError(
+                        f"the list shows customer {c.id!r:.80} twice, differently",
+                        provider=self.provider,
+                        status=200,
+                    )
+            offset += len(customers)
+            # No more than asked for can match: at most one page an id.
+            if offset >= len(part) or not _reads_on(offset, count, len(customers)):
+                break
+        if not unreliable:
+            return found, None
+        # It ignored the filter or the offset, or paged unreliably: who is
+        # missing is not known.
+        return found, ResponseFormatError(
+            "the list did not page as asked (other ids, a page again, or a customer "
+            "twice): whether this customer exists is not known",
+            provider=self.provider,
+            status=200,
+        )
 
     # -- bulk ---------------------------------------------------------------------------
 
@@ -626,6 +663,10 @@ class Client:
         list by many ids, else one request per record; the input is then taken
         a page at a time (memory: ``concurrency`` records plus one page).  A
         customer that does not exist is a :class:`~customer_patch.NotFoundError`.
+        Customers a page cannot settle (one malformed customer fails its page;
+        a list may ignore its filter or its offset) are read one at a time,
+        with a warning logged, so only a customer that cannot be read itself
+        has an error.
         A later record of a customer is compared with what the earlier one
         left (as the provider answered it), not with the first read; if that
         earlier write was sent and failed (it may have landed or not), the

@@ -342,20 +342,40 @@ def batch_reads_answered_by(answer_list):
     return store
 
 
-async def test_a_customer_listed_twice_differently_is_not_guessed():
+class _ListOnly(type(get_adapter("dualentry"))):
+    """DualEntry as a provider with a list and no read of one customer would be."""
+
+    def get_path(self, segment):
+        return None
+
+
+def with_get(get):
+    """Client arguments for a provider that can (``True``) or cannot read one customer."""
+    return {} if get else {"provider": _ListOnly()}
+
+
+@pytest.mark.parametrize("get", [True, False])
+async def test_a_customer_listed_twice_differently_is_not_guessed(get):
     """Which of the two rows is current is not known: comparing with either could
-    skip a record that must be sent."""
+    skip a record that must be sent.  The customer is read on its own instead
+    (where the provider has a read of one customer), and the write is sent."""
     store = batch_reads_answered_by(
-        lambda items, ids: [row(1, name="Old"), row(1, name="New"), *items[1:]]
+        lambda items, ids: [row(1, name="Old"), row(1, name="C1"), *items[1:]]
     )
     updates = [(1, CustomerPatch(name="New")), (2, CustomerPatch(name="C2"))]
-    async with client(store) as de:
+    async with client(store, **with_get(get)) as de:
         first, second = sorted(
             [r async for r in de.iter_updates(updates, skip_unchanged=True)],
             key=lambda r: r.index,
         )
-    assert isinstance(first.error, ResponseFormatError)
-    assert "twice" in str(first.error)
+    if get:
+        assert first.ok
+        assert first.changed
+        assert [r.url.rsplit("/", 2)[-2] for r in store.sent("PATCH")] == ["1"]
+    else:
+        assert isinstance(first.error, ResponseFormatError)
+        assert "twice" in str(first.error)
+        assert store.sent("PATCH") == []
     assert second.ok  # the others of the page are read as usual
     assert not second.changed
 
@@ -390,10 +410,12 @@ async def test_a_batch_read_whose_count_says_fewer_than_it_shows_reads_on():
     assert not any(r.changed for r in results)
 
 
-async def test_a_batch_read_whose_pages_repeat_a_customer_says_who_is_missing_is_not_known():
+@pytest.mark.parametrize("get", [True, False])
+async def test_a_batch_read_whose_pages_repeat_a_customer_says_who_is_missing_is_not_known(get):
     """Each page starts one row early (the provider's bug): the rows it repeats
     count towards the end of the read, so the last customer is never shown.
-    It exists: "not found" would be a false answer."""
+    It exists: "not found" would be a false answer.  It is read on its own
+    instead, where the provider can read one customer."""
     store = Store(5)
 
     def answer(request):
@@ -405,11 +427,18 @@ async def test_a_batch_read_whose_pages_repeat_a_customer_says_who_is_missing_is
 
     store.transport = MockTransport(answer)
     updates = [(cid, CustomerPatch(name=f"C{cid}")) for cid in range(1, 6)]
-    async with client(store) as de:
+    async with client(store, **with_get(get)) as de:
         results = {r.customer_id: r async for r in de.iter_updates(updates, skip_unchanged=True)}
-    assert not isinstance(results[5].error, NotFoundError)
-    assert isinstance(results[5].error, ResponseFormatError)
-    assert "not known" in str(results[5].error)
+    assert [results[cid].ok for cid in range(1, 5)] == [True] * 4
+    if get:
+        assert results[5].ok
+        assert not results[5].changed
+        assert store.sent("GET")[-1].url.endswith("/customers/5/")
+    else:
+        assert not isinstance(results[5].error, NotFoundError)
+        assert isinstance(results[5].error, ResponseFormatError)
+        assert "not known" in str(results[5].error)
+    assert store.sent("PATCH") == []
 
 
 async def test_a_batch_read_answered_in_short_pages_reads_on_instead_of_missing_customers():
@@ -426,21 +455,103 @@ async def test_a_batch_read_answered_in_short_pages_reads_on_instead_of_missing_
     assert all(q["ordering"] == ["id"] for q in queries)  # pages that do not move
 
 
-async def test_a_batch_read_that_ignores_its_id_filter_does_not_say_who_is_missing():
+@pytest.mark.parametrize("get", [True, False])
+async def test_a_batch_read_that_ignores_its_id_filter_does_not_say_who_is_missing(get):
     """The list answered customers that were not asked for: it ignored the filter,
-    so a customer it did not show may well exist."""
+    so a customer it did not show may well exist (here it does)."""
     store = batch_reads_answered_by(lambda items, ids: [row(cid) for cid in range(3, 6)])
     updates = [(3, CustomerPatch(name="C3")), (1, CustomerPatch(name="x"))]
-    async with client(store) as de:
+    async with client(store, **with_get(get)) as de:
         found, missing = sorted(
             [r async for r in de.iter_updates(updates, skip_unchanged=True)],
             key=lambda r: r.index,
         )
     assert found.ok
     assert not found.changed
-    assert isinstance(missing.error, ResponseFormatError)
-    assert not isinstance(missing.error, NotFoundError)
+    if get:
+        assert missing.ok
+        assert missing.changed
+        assert store.customers[1]["name"] == "x"
+    else:
+        assert isinstance(missing.error, ResponseFormatError)
+        assert not isinstance(missing.error, NotFoundError)
+        assert store.sent("PATCH") == []
+
+
+# -- what the list cannot settle, a read of the one customer does --------------------------
+
+
+def malformed(cid):
+    """A DualEntry customer whose custom fields are not a list: it cannot be read."""
+    return {**row(cid), "custom_fields": "not a list"}
+
+
+@pytest.mark.parametrize("get_too", [False, True])
+async def test_one_malformed_customer_in_a_batch_read_fails_only_its_own_record(get_too, caplog):
+    """A page with one customer that cannot be read cannot be read: its neighbours
+    are read on their own, so that one customer's answer does not fail (again,
+    on every rerun) the hundred records of its page."""
+    store = Store(5)
+
+    def answer(request):
+        if request.method == "GET" and "/customers/?" in request.url:
+            return list_answer(*[malformed(i) if i == 3 else row(i) for i in range(1, 6)])
+        if get_too and request.method == "GET" and request.url.endswith("/customers/3/"):
+            return Response(status=200, body=json.dumps(malformed(3)).encode())
+        return store.answer(request)
+
+    store.transport = MockTransport(answer)
+    updates = [(cid, CustomerPatch(name=f"C{cid}")) for cid in range(1, 6)]
+    async with client(store) as de:
+        results = sorted(
+            [r async for r in de.iter_updates(updates, skip_unchanged=True)],
+            key=lambda r: r.index,
+        )
+    assert [r.ok for r in results] == [True, True, not get_too, True, True]
+    if get_too:
+        assert isinstance(results[2].error, ResponseFormatError)
+    assert not any(r.changed for r in results)
     assert store.sent("PATCH") == []
+    gets = [r.url.rsplit("/", 2)[-2] for r in store.sent("GET") if "?" not in r.url]
+    assert sorted(gets) == ["1", "2", "3", "4", "5"]  # the page asked, each once
+    assert "one at a time" in caplog.text
+
+
+async def test_a_batch_read_without_a_read_of_one_customer_fails_the_page_typed():
+    """A provider with a list but no read of one customer: the page's error is
+    every record's of that page, and nothing is written."""
+    store = Store(5)
+
+    def answer(request):
+        if request.method == "GET" and "/customers/?" in request.url:
+            return list_answer(*[malformed(i) if i == 3 else row(i) for i in range(1, 6)])
+        return store.answer(request)
+
+    store.transport = MockTransport(answer)
+    updates = [(cid, CustomerPatch(name=f"C{cid}")) for cid in range(1, 6)]
+    async with client(store, **with_get(False)) as de:
+        results = [r async for r in de.iter_updates(updates, skip_unchanged=True)]
+    assert all(isinstance(r.error, ResponseFormatError) for r in results)
+    assert len(store.sent("GET")) == 1
+    assert store.sent("PATCH") == []
+
+
+async def test_a_batch_read_that_fails_otherwise_is_not_read_one_at_a_time():
+    """A refusal (here a 403) would refuse every read of one customer too: the
+    page's error is its records', for one request."""
+    store = Store(5)
+
+    def answer(request):
+        if request.method == "GET" and "/customers/?" in request.url:
+            return Response(status=403, body=b'{"detail": "no"}')
+        return store.answer(request)
+
+    store.transport = MockTransport(answer)
+    updates = [(cid, CustomerPatch(name=f"C{cid}")) for cid in range(1, 6)]
+    async with client(store) as de:
+        results = [r async for r in de.iter_updates(updates, skip_unchanged=True)]
+    assert all(isinstance(r.error, PermissionDeniedError) for r in results)
+    assert len(store.requests) == 1
 
 
 # -- custom fields as a customer shows them -----------------------------------------------
@@ -609,10 +720,11 @@ async def test_definitions_that_keep_failing_count_towards_the_thresholds():
     assert sum(isinstance(r.error, NotAttemptedError) for r in results) == 95
 
 
-async def test_a_batch_read_in_short_pages_that_ignore_the_offset_stops_at_once():
+@pytest.mark.parametrize("get", [True, False])
+async def test_a_batch_read_in_short_pages_that_ignore_the_offset_stops_at_once(get):
     """Two customers a page, the same two whatever the offset: reading on would cost
     a request per id asked for, and the customers it never showed are not known
-    to be missing."""
+    to be missing (each is read on its own, where the provider can)."""
     store = Store(5)
 
     def answer(request):
@@ -622,14 +734,21 @@ async def test_a_batch_read_in_short_pages_that_ignore_the_offset_stops_at_once(
 
     store.transport = MockTransport(answer)
     updates = [(cid, CustomerPatch(name=f"C{cid}")) for cid in range(1, 6)]
-    async with client(store) as de:
+    async with client(store, **with_get(get)) as de:
         results = sorted(
             [r async for r in de.iter_updates(updates, skip_unchanged=True)],
             key=lambda r: r.index,
         )
-    assert [r.ok for r in results] == [True, True, False, False, False]
-    assert all(isinstance(r.error, ResponseFormatError) for r in results[2:])
-    assert len(store.sent("GET")) == 2
+    lists = [r for r in store.sent("GET") if "?" in r.url]
+    assert len(lists) == 2
+    if get:
+        assert [r.ok for r in results] == [True] * 5
+        assert len(store.sent("GET")) == 2 + 3
+    else:
+        assert [r.ok for r in results] == [True, True, False, False, False]
+        assert all(isinstance(r.error, ResponseFormatError) for r in results[2:])
+        assert len(store.sent("GET")) == 2
+    assert store.sent("PATCH") == []
 
 
 @pytest.mark.parametrize("shown_id", ["5", 5.0, True, None, [5]])
@@ -654,16 +773,21 @@ async def test_match_on_a_customer_whose_id_is_not_an_id_is_a_format_error(shown
 # -- held: promises that kept under these answers (guards against regressions) -----------
 
 
-async def test_a_batch_read_answering_an_id_of_the_wrong_type_is_not_that_customer():
+@pytest.mark.parametrize("get", [True, False])
+async def test_a_batch_read_answering_an_id_of_the_wrong_type_is_not_that_customer(get):
     """ "1" is not customer 1: no comparison with it, no write, and no "not found"."""
     store = batch_reads_answered_by(
         lambda items, ids: [{**item, "id": str(item["id"])} for item in items]
     )
-    async with client(store) as de:
+    async with client(store, **with_get(get)) as de:
         [result] = [
             r async for r in de.iter_updates([(1, CustomerPatch(name="C1"))], skip_unchanged=True)
         ]
-    assert isinstance(result.error, ResponseFormatError)
+    if get:  # read on its own, it is customer 1, as the patch already has it
+        assert result.ok
+        assert not result.changed
+    else:
+        assert isinstance(result.error, ResponseFormatError)
     assert store.sent("PATCH") == []
 
 
