@@ -599,6 +599,17 @@ def test_one_custom_field_shown_twice_with_two_values_is_a_format_error():
     assert shown.custom_fields == {"Partner": True}
 
 
+@pytest.mark.parametrize("odd_id", ["Region", "5", True, 5.0, None, [5]])
+def test_a_custom_field_whose_id_is_not_an_id_is_a_format_error(odd_id):
+    """Values are keyed by name, and by id where two fields share a name: an id
+    of another type could take a name's place ("Region" is then field 5's value
+    and another's) and a write that must be sent would be found unchanged."""
+    adapter = get_adapter("dualentry")
+    shown = row(1, custom_fields=[entry(5, "Region", "US"), entry(odd_id, None, "EU")])
+    with pytest.raises(TypeError, match="custom field's id"):
+        adapter.customer_from(shown)
+
+
 # -- a closed client ----------------------------------------------------------------------
 
 

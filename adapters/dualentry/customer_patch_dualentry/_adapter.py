@@ -91,6 +91,15 @@ def _address_from(value: Any) -> Address | None:
     )
 
 
+def _field_id(field: Mapping[str, Any]) -> int:
+    # Values are keyed by name, and by id where two fields share a name: an id
+    # of another type ("Region", "5") could take a name's place.
+    field_id = field["id"]
+    if isinstance(field_id, bool) or not isinstance(field_id, int):
+        raise TypeError(f"a custom field's id should be an integer, got {type_name(field_id)}")
+    return field_id
+
+
 def _custom_fields_from(items: Any) -> dict[str | int, Any] | None:
     if items is None:
         return None
@@ -101,9 +110,10 @@ def _custom_fields_from(items: Any) -> dict[str | int, Any] | None:
         field = item["field"]
         value = item.get("value")
         entry = (field.get("name"), value["value"] if value else None)
+        field_id = _field_id(field)
         # One field shown twice is one field; with two values, which holds is not known.
-        if entries.setdefault(field["id"], entry)[1] != entry[1]:
-            raise ValueError(f"custom field {field['id']!r} is shown twice, with two values")
+        if entries.setdefault(field_id, entry)[1] != entry[1]:
+            raise ValueError(f"custom field {field_id} is shown twice, with two values")
     names = [name for name, _ in entries.values() if name]
     # Keyed by name, which people know; two fields sharing a name go by id.
     return {
@@ -117,7 +127,7 @@ def _custom_field_ids(items: Any) -> dict[int, str] | None:
         return None
     if items == []:
         return {}
-    return {item["field"]["id"]: item["field"].get("name") for item in items}
+    return {_field_id(item["field"]): item["field"].get("name") for item in items}
 
 
 def _actor_time(data: Mapping[str, Any], key: str) -> Any:
@@ -260,10 +270,8 @@ class DualEntryAdapter(Adapter):
             if isinstance(a, dict) and a.get("type") == "customer"
         ]
         options = data.get("options")
-        field_id, name, field_type = data["id"], data["name"], data["field_type"]
         # Checked: updates look fields up by id and by name in dicts.
-        if isinstance(field_id, bool) or not isinstance(field_id, int):
-            raise TypeError(f"a custom field's id should be an integer, got {type_name(field_id)}")
+        field_id, name, field_type = _field_id(data), data["name"], data["field_type"]
         if not isinstance(name, str) or not isinstance(field_type, str):
             raise TypeError("a custom field's name and field_type should be strings")
         return CustomFieldDefinition(
