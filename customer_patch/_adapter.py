@@ -722,7 +722,9 @@ class Adapter(ABC):
         unreadable = None
         try:
             data: Any = _loads(response.body)
-        except json.JSONDecodeError:
+        # Not UTF-8: not JSON, as JSON with a character cut in two by a lost
+        # connection is not (worth a retry, as any body that is not JSON).
+        except (json.JSONDecodeError, UnicodeDecodeError):
             data = _NOT_JSON
         except (ValueError, RecursionError) as e:
             # Well-formed, perhaps, but past what this client reads: an integer

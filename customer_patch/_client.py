@@ -7,7 +7,6 @@ import contextlib
 import copy
 import functools
 import ipaddress
-import json
 import logging
 import math
 import re
@@ -15,7 +14,7 @@ import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from types import MappingProxyType, TracebackType
 from typing import Any, TypeVar
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 import aiohttp
 from multidict import CIMultiDict
@@ -84,21 +83,7 @@ class _Credentials:
     def __init__(self, headers: Mapping[str, str], secret_names: frozenset[str], token: str):
         self.headers: Mapping[str, str] = MappingProxyType(dict(headers))
         self.secret_names = secret_names
-        # As is, JSON-escaped (both ways) and URL-encoded: how a provider could
-        # quote the token back; in any case, since a parser may change it
-        # (an ISO date parser upper-cases what it reads, for one).
-        forms = {
-            token,
-            json.dumps(token)[1:-1],
-            json.dumps(token, ensure_ascii=False)[1:-1],
-            quote(token, safe=""),
-        }
-        self._echoes = re.compile(
-            "|".join(re.escape(f) for f in sorted(forms, key=len, reverse=True)).encode(
-                "utf-8", "surrogateescape"
-            ),
-            re.IGNORECASE,
-        )
+        self._echoes = _echoes_of(token)
 
     def __repr__(self) -> str:
         return "<credentials>"
@@ -119,19 +104,56 @@ class _Credentials:
             error.field_errors = {
                 self.mask(k): tuple(self.mask(m) for m in v) for k, v in error.field_errors.items()
             }
-            error.headers = CIMultiDict({k: self.mask(v) for k, v in error.headers.items()})
+            error.headers = CIMultiDict(
+                (self.mask(k), self.mask(v)) for k, v in error.headers.items()
+            )
         # The parser's own exception, kept as the cause, quotes the bad value too,
-        # and a traceback prints it: mask its text (and its causes') as well.
-        link, seen = error.__cause__ or error.__context__, {id(error)}
+        # and a traceback prints it: mask its text (and its causes') as well.  A
+        # context that "from None" hides is not printed, but it is still there.
+        link: BaseException | None = error
+        seen: set[int] = set()
         while link is not None and id(link) not in seen:
             seen.add(id(link))
-            link.args = tuple(self.mask(a) if isinstance(a, str) else a for a in link.args)
+            if link.__suppress_context__:
+                link.__context__ = None
+            if link is not error:
+                link.args = tuple(self.mask(a) if isinstance(a, str) else a for a in link.args)
             link = link.__cause__ or link.__context__
         return error
 
     def mask(self, value: str) -> str:
         raw = self._echoes.sub(_MASK, value.encode("utf-8", "surrogateescape"))
         return raw.decode("utf-8", "surrogateescape")
+
+
+def _echoes_of(token: str) -> re.Pattern[bytes]:
+    """Every way a provider's text could quote ``token`` back, in any case (an ISO
+    date parser upper-cases what it reads): each character as is, JSON-escaped
+    or percent-encoded, in any mix, in UTF-8; the whole token in UTF-16 or UTF-32.
+    Messages quote a provider's values cut short (``{value!r:.80}``): from its
+    first 12 characters on, as much of the token as is there is an echo too."""
+    chars = []
+    for c in token:
+        utf8 = c.encode("utf-8", "surrogateescape")
+        units = c.encode("utf-16-be", "surrogatepass")
+        forms = [
+            re.escape(utf8),
+            b"".join(b"%" + bytes([b]).hex().encode() for b in utf8),
+            b"".join(rb"\\u" + units[i : i + 2].hex().encode() for i in range(0, len(units), 2)),
+        ]
+        if c in '"\\/':  # JSON's short escapes
+            forms.append(re.escape(b"\\" + utf8))
+        chars.append(b"(?:" + b"|".join(forms) + b")")
+    wide = [
+        re.escape(token.encode(encoding, "surrogatepass"))
+        for encoding in ("utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be")
+    ]
+    # Optional groups one after the other, not nested (which the regex parser
+    # would recurse into, once a character): a match may skip a character, and
+    # masks a little more, never less.
+    least = min(len(chars), 12)
+    echo = b"".join(chars[:least]) + b"".join(c + b"?" for c in chars[least:])
+    return re.compile(b"|".join([echo, *wide]), re.IGNORECASE)
 
 
 def _is_loopback(host: str) -> bool:
@@ -1017,11 +1039,11 @@ class Client:
                 "no complete answer within the update's time budget (RetryPolicy.timeout)",
                 provider=self.provider,
             ) from None
-        except TransportError as e:  # its text may quote the provider's bytes
-            raise self._credentials.redact(e) from None
         except NotAttemptedError as e:
             # Closed before it went out: no attempt, and an earlier one's error stands.
             raise HeldPastDeadline(e) from None
+        except CustomerPatchError as e:  # its text may quote the provider's bytes
+            raise self._credentials.redact(e) from None
         if debug:
             log.debug(
                 "%s %s -> %d in %.1f ms",

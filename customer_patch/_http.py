@@ -115,11 +115,12 @@ def parse_retry_after(value: str | None, *, now: dt.datetime | None = None) -> f
     except ValueError:
         try:
             when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=dt.UTC)
+            seconds = (when - (now or dt.datetime.now(dt.UTC))).total_seconds()
+        # OverflowError: a year or an offset past what a datetime holds.
+        except (TypeError, ValueError, IndexError, OverflowError):
             return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=dt.UTC)
-        seconds = (when - (now or dt.datetime.now(dt.UTC))).total_seconds()
     if not math.isfinite(seconds):
         return None
     return max(0.0, seconds)

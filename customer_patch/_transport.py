@@ -151,12 +151,15 @@ class AiohttpTransport:
                 else:
                     body = await self._read(resp)
                 return Response(status=resp.status, headers=resp.headers, body=body)
+        # The error is raised after the except clause, not in it: aiohttp's own
+        # error would stay attached as its __context__ (even "from None" keeps
+        # it), with the request's headers, key included, in its request_info.
         except TimeoutError:
-            raise TransportError(
+            failure = TransportError(
                 f"no complete answer within {self._timeout.total}s", provider=self._provider
-            ) from None
+            )
         except aiohttp.ClientError as e:
-            raise TransportError(f"{type(e).__name__}: {e}", provider=self._provider) from None
+            failure = TransportError(f"{type(e).__name__}: {e}", provider=self._provider)
         except asyncio.CancelledError:
             # A session that closes cancels the requests waiting for one of its
             # connections: not this task's cancellation, which asyncio code would
@@ -171,6 +174,7 @@ class AiohttpTransport:
                     )
                 ) from None
             raise
+        raise failure
 
     def _bare_session(self) -> aiohttp.ClientSession:
         if self._bare is None:

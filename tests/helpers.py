@@ -98,6 +98,20 @@ async def serve(
         await server.close()
 
 
+@asynccontextmanager
+async def serve_raw(
+    on_connection: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+) -> AsyncIterator[str]:
+    """A bare TCP server on 127.0.0.1, for answers no HTTP server would write
+    (malformed header lines); yields its base URL, closes it on leaving."""
+    server = await asyncio.start_server(on_connection, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
 def loopback_client(
     base_url: str, adapter: str | Adapter = "dualentry", *, token: str = TOKEN, **options: Any
 ) -> Client:

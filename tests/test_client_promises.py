@@ -5,10 +5,12 @@ sockets are used where the behaviour lives in the transport (compression).
 """
 
 import asyncio
+import contextlib
 import gzip
 import json
 import logging
 import math
+import pickle
 import threading
 import traceback
 
@@ -16,6 +18,7 @@ import pytest
 from aiohttp import web
 
 from customer_patch import (
+    BadRequestError,
     Client,
     CustomerPatch,
     NotAttemptedError,
@@ -33,7 +36,15 @@ from customer_patch import (
 from customer_patch._pacing import Pacer
 from customer_patch._retry import HeldPastDeadline, send_with_retries
 from customer_patch.testing import MockTransport
-from tests.helpers import HANG_GUARD, QID, TOKEN, loopback_client, mock_client, serve
+from tests.helpers import (
+    HANG_GUARD,
+    QID,
+    TOKEN,
+    loopback_client,
+    mock_client,
+    serve,
+    serve_raw,
+)
 
 
 def customer(cid=1, **fields):
@@ -173,6 +184,133 @@ async def test_a_validation_error_holds_no_token_in_any_frame():
     for frame, _ in traceback.walk_tb(info.value.__traceback__):
         for name, value in frame.f_locals.items():
             assert TOKEN not in repr(value), f"{frame.f_code.co_name}: {name}"
+
+
+async def test_a_content_encoding_echoing_the_key_never_shows_it():
+    """The transport's own ResponseFormatError quotes the encoding it was sent."""
+
+    async def echo(request):
+        return web.Response(
+            body=b"{}", headers={"Content-Encoding": request.headers["X-API-KEY"].lower()}
+        )
+
+    async with serve(echo) as base, loopback_client(base) as client:
+        with pytest.raises(ResponseFormatError) as info:
+            await client.update(1, CustomerPatch(name="A"))
+    assert "encoded as '********" in str(info.value)  # cut short, then masked
+    assert TOKEN.lower() not in repr(info.value).lower()
+
+
+async def test_the_aiohttp_error_behind_a_transport_error_is_not_kept():
+    """aiohttp's error quotes the bad header line, and its request_info holds the
+    request's headers, key included: a TransportError keeps neither."""
+
+    async def on_connection(reader, writer):
+        head = await reader.readuntil(b"\r\n\r\n")
+        key = next(
+            line.split(b":", 1)[1].strip()
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"x-api-key:")
+        )
+        writer.write(b"HTTP/1.1 200 OK\r\nkey " + key + b"\r\n\r\n{}")
+        await writer.drain()
+        writer.close()
+
+    async with serve_raw(on_connection) as base, loopback_client(base, retry=None) as client:
+        with pytest.raises(TransportError) as info:
+            await client.update(1, CustomerPatch(name="A"))
+    error, seen = info.value, []
+    while error is not None:
+        seen.append(error)
+        error = error.__cause__ or error.__context__
+    assert [type(e) for e in seen] == [TransportError]
+    assert TOKEN not in str(info.value)
+
+
+def escaped(text, how):
+    """``text`` as a provider could quote it back."""
+    return {
+        "\\u escapes": "".join(f"\\u{ord(c):04x}" for c in text),
+        "\\u escapes, upper case": "".join(f"\\u{ord(c):04X}" for c in text),
+        "half escaped": "".join(f"\\u{ord(c):04x}" if i % 2 else c for i, c in enumerate(text)),
+        "percent-encoded": "".join(f"%{ord(c):02X}" for c in text),
+    }[how]
+
+
+@pytest.mark.parametrize(
+    "how", ["\\u escapes", "\\u escapes, upper case", "half escaped", "percent-encoded"]
+)
+async def test_the_key_escaped_in_a_body_is_masked_there_too(how):
+    body = f'{{"success": false, "errors": {{"__all__": ["bad key {escaped(TOKEN, how)}"]}}}}'
+    answer = Response(status=400, body=body.encode())
+    async with mock_client(lambda r: answer) as client:
+        with pytest.raises(BadRequestError) as info:
+            await client.update(1, CustomerPatch(name="A"))
+    for shown in (str(info.value), info.value.body.decode(), repr(info.value.field_errors)):
+        assert TOKEN not in shown
+        assert escaped(TOKEN, how) not in shown
+    with contextlib.suppress(ValueError):  # what json reads of the body, too
+        assert TOKEN not in json.dumps(json.loads(info.value.body), ensure_ascii=False)
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be", "utf-32"])
+async def test_the_key_in_a_body_of_another_encoding_is_masked_there_too(encoding):
+    body = json.dumps({"success": False, "errors": {"__all__": [f"bad key {TOKEN}"]}})
+    answer = Response(status=400, body=body.encode(encoding))
+    async with mock_client(lambda r: answer) as client:
+        with pytest.raises(BadRequestError) as info:
+            await client.update(1, CustomerPatch(name="A"))
+    assert TOKEN not in info.value.body.decode(encoding, "replace")
+    assert TOKEN not in str(info.value)
+
+
+async def test_the_key_as_a_header_name_is_masked_too():
+    def echo(request):
+        key = request.headers["X-API-KEY"]
+        headers = {f"X-Echo-{key}": "1", "X-Other": "2"}
+        return Response(status=400, headers=headers, body=b'{"detail": "bad"}')
+
+    async with mock_client(echo) as client:
+        with pytest.raises(BadRequestError) as info:
+            await client.update(1, CustomerPatch(name="A"))
+    assert TOKEN.lower() not in repr(dict(info.value.headers)).lower()
+    assert TOKEN.encode().lower() not in pickle.dumps(info.value).lower()
+    assert info.value.headers["X-Other"] == "2"
+
+
+@pytest.mark.parametrize("status", [429, 503])
+@pytest.mark.parametrize(
+    "retry_after",
+    [
+        "Mon, 01 Jan 99999999999999999999 00:00:00 GMT",
+        "Mon, 01 Jan 2026 00:00:00 +99999999999999999999",
+    ],
+)
+async def test_a_retry_after_date_past_any_calendar_is_no_retry_after(status, retry_after):
+    answer = Response(status=status, headers={"Retry-After": retry_after}, body=b"{}")
+    async with mock_client(lambda r: answer, retry=None) as client:
+        with pytest.raises((RateLimitedError, ServerError)) as info:
+            await client.update(1, CustomerPatch(name="A"))
+    assert info.value.status == status
+
+
+async def test_a_body_cut_inside_a_character_is_retried_as_a_body_cut_short():
+    whole = json.dumps({"id": 1, "name": "Café"}, ensure_ascii=False).encode()
+    bodies = iter([whole[: whole.index("é".encode()) + 1], whole])
+    transport = MockTransport(lambda r: Response(status=200, body=next(bodies)))
+    async with mock_client(transport) as client:
+        customer = await client.update(1, CustomerPatch(name="Café"))
+    assert customer.name == "Café"
+    assert len(transport.requests) == 2
+
+
+async def test_a_body_that_is_not_utf_8_is_not_json_and_worth_a_retry():
+    transport = MockTransport(lambda r: Response(status=200, body=b'{"name": "\xe9"}'))
+    async with mock_client(transport, retry=RetryPolicy(attempts=2)) as client:
+        with pytest.raises(ResponseFormatError) as info:
+            await client.update(1, CustomerPatch(name="A"))
+    assert info.value.incomplete
+    assert len(transport.requests) == 2
 
 
 # -- the time budget holds for every wait ----------------------------------------------------
