@@ -40,7 +40,14 @@ from customer_patch._errors import (
     TransportError,
     ValidationError,
 )
-from customer_patch._model import Customer, CustomerId, CustomerPatch, ExternalIds
+from customer_patch._model import (
+    _EXTERNAL_ID_FIELDS,
+    _PATCH_FIELDS,
+    Customer,
+    CustomerId,
+    CustomerPatch,
+    ExternalIds,
+)
 
 Update: TypeAlias = tuple[CustomerId, CustomerPatch]
 Updates: TypeAlias = Iterable[Update] | AsyncIterable[Update]
@@ -236,10 +243,11 @@ def _known_only(customer: Customer, patch: CustomerPatch) -> Customer:
 class _Record:
     """One record taken from the input, as a later record of its customer sees it."""
 
-    __slots__ = ("ended", "result", "waiters")
+    __slots__ = ("ended", "reads_before_end", "result", "waiters")
 
     def __init__(self) -> None:
         self.ended = False
+        self.reads_before_end = 0  # batch reads issued when it ended
         self.result: UpdateResult | None = None  # None: ended without one (cancelled, a bug)
         self.waiters: list[asyncio.Future[None]] | None = None  # most records have none
 
@@ -259,9 +267,10 @@ class _Record:
                 waiter.set_result(None)
 
 
-_Job: TypeAlias = tuple[int, Any, Any, str, "_Record | None", _Record]
+_Job: TypeAlias = tuple[int, Any, Any, str, "_Record | None", bool, _Record]
 """A record taken and registered: index, item, what was read, customer key, the
-record of that customer it follows, and its own."""
+record of that customer it follows, whether what was read was read after that
+record ended, and its own."""
 
 
 _RECANCEL = 0.05
@@ -301,14 +310,52 @@ def _left_by(previous: _Record) -> Customer | None:
         return result.before if result.attempts == 0 else None
     if not result.changed:
         return result.before
-    after, before = result.customer, result.before
-    if after is None or before is None or result.sent is None:
+    after, before, sent = result.customer, result.before, result.sent
+    if after is None or sent is None:
         return after
-    if after.read_fields is None or before.read_fields is None:
-        return after
-    # An answer may show fewer fields than the read did (a list may show a field a
-    # customer's own answer leaves out): those hold what was sent, or else was read.
-    return _merged(after, _applied(before, result.sent))
+    if before is not None and after.read_fields is not None and before.read_fields is not None:
+        # An answer may show fewer fields than the read did (a list may show a field
+        # a customer's own answer leaves out): those hold what was sent, or else was read.
+        left = _merged(after, _applied(before, sent))
+    else:
+        left = after
+    # A field the answer shows otherwise than it was sent (a provider that answers
+    # before it applies, or one that rewrites what it is sent) is not known: a
+    # later record setting it is sent, not found unchanged.
+    shown = after.read_fields
+    unsure = {
+        path
+        for path, _ in sent.changes_from(after).set_fields()
+        if shown is None or path in shown
+    }
+    return _forgetting(left, unsure) if unsure else left
+
+
+_READ_PATHS = frozenset(
+    [*(p for p in _PATCH_FIELDS if p != "external_ids")]
+    + [f"external_ids.{m}" for m in _EXTERNAL_ID_FIELDS]
+)
+"""Every neutral field a read can have (:attr:`Customer.read_fields` of ``None``)."""
+
+
+def _forgetting(customer: Customer, paths: Iterable[str]) -> Customer:
+    """``customer``, its ``paths`` not known (a later patch setting one is sent)."""
+    known = _READ_PATHS if customer.read_fields is None else customer.read_fields
+    return attrs.evolve(customer, read_fields=known - frozenset(paths))
+
+
+def _reconciled(left: Customer, read: Customer, patch: CustomerPatch) -> Customer:
+    """``left`` (what an earlier record of the customer left), not known where
+    ``read``, made after that record ended, shows a field ``patch`` sets
+    otherwise: the read may lag behind writes (a cache, a replica), or show a
+    change someone made since; which one is not known, so the field is sent."""
+    differ = patch.undo_for(left)[0].changes_from(read)
+    shown = read.read_fields
+    paths = [p for p, _ in differ.set_fields() if shown is None or p in shown]
+    extra = [k for k in differ.extra if k in read.raw]
+    if extra:  # an extra key is compared with the provider's JSON: leave it out
+        left = attrs.evolve(left, raw={k: v for k, v in left.raw.items() if k not in extra})
+    return _forgetting(left, paths) if paths else left
 
 
 def customer_key(customer_id: Any) -> str:
@@ -430,13 +477,19 @@ async def run_bulk(
     # follow what it left: the read predates it, or raced it.  Bounded by a batch
     # plus concurrency.
     recent: dict[str, _Record] = {}
+    # With read: each customer's last record since the last read.  Kept in `recent`
+    # for one batch more: a list that lags behind writes may not show it yet.
+    since_read: dict[str, _Record] = {}
+    reads = 0  # batch reads issued
     wake: asyncio.Future[None] | None = None  # the consumer waits for a result
     room: asyncio.Future[None] | None = None  # workers wait for the consumer
     read_failures: set[int] = set()  # records in flight whose read the provider refused
     taking = asyncio.Lock()  # one worker at a time awaits the input (or a read)
     leaving = False  # set once the run ends: workers take nothing more
 
-    async def one(index: int, item: Any, previous: _Record | None, was: Any) -> UpdateResult:
+    async def one(
+        index: int, item: Any, previous: _Record | None, read_after: bool, was: Any
+    ) -> UpdateResult:
         try:
             customer_id, patch = item
         except (TypeError, ValueError):
@@ -475,6 +528,8 @@ async def run_bulk(
             # What an earlier record of this customer left, not the first read;
             # after a failure nothing is known (None): the whole patch is sent.
             before = _left_by(previous) if previous is not None else was
+            if read_after and before is not None and isinstance(was, Customer):
+                before = _reconciled(before, was, patch)
             if before is None and previous is not None and complete is not None:
                 # The earlier record was sent and failed: it may have landed or
                 # not.  Read the customer again rather than send blind (and so
@@ -589,7 +644,7 @@ async def run_bulk(
     was_read: Mapping[str, Any] = {}
 
     async def take_batch() -> None:
-        nonlocal was_read
+        nonlocal was_read, reads
         while not exhausted and len(batch) < read_batch:
             item = await take()
             if item is not _END:
@@ -598,7 +653,10 @@ async def run_bulk(
         ids = [item[0] for _, item in batch if _is_pair(item)] if stop.cause is None else []
         assert read is not None
         recent.clear()
+        recent.update(since_read)  # ended or not: the read may not show them yet
         recent.update(latest)  # in flight now: they may land before or after the read
+        since_read.clear()
+        reads += 1
         try:
             was_read = await read(ids) if ids else {}
         except (KeyboardInterrupt, SystemExit):
@@ -657,8 +715,10 @@ async def run_bulk(
         previous = latest.get(key) or (recent.get(key) if read is not None else None)
         record = latest[key] = _Record()
         if read is not None:
-            recent[key] = record
-        return index, item, was, key, previous, record
+            recent[key] = since_read[key] = record
+        # Ended before this batch was read: that read is news of its own.
+        read_after = previous is not None and previous.ended and previous.reads_before_end < reads
+        return index, item, was, key, previous, read_after, record
 
     async def worker(job: _Job | None) -> None:
         try:
@@ -692,7 +752,7 @@ async def run_bulk(
                 if leaving:  # an input or a read that swallowed the cancel
                     return
                 job = register(taken)
-            index, item, was, key, previous, record = job
+            index, item, was, key, previous, read_after, record = job
             job = None
             if len(workers) < concurrency and not taking.locked():
                 # A slot is free: the next record starts now, in a task of its own.
@@ -707,7 +767,7 @@ async def run_bulk(
                         spawn(register(ahead))
             result: UpdateResult | None = None
             try:
-                result = await one(index, item, previous, was)
+                result = await one(index, item, previous, read_after, was)
             except asyncio.CancelledError as e:
                 if leaving:
                     raise  # nobody waits for this result
@@ -722,6 +782,7 @@ async def run_bulk(
             except BaseException as e:  # a bug: it ends the run, never quietly
                 finished.append(e)
             finally:
+                record.reads_before_end = reads
                 record.end(result)
                 if latest.get(key) is record:
                     del latest[key]

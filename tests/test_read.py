@@ -6,6 +6,7 @@ against the sandbox in test_read_runs.py.
 """
 
 import asyncio
+import itertools
 import json
 from urllib.parse import parse_qs, urlsplit
 
@@ -471,6 +472,90 @@ async def test_a_customers_later_record_is_compared_with_what_the_earlier_one_le
     assert [r.changed for r in results] == [False, True, True, False]
     assert store.customers[1]["name"] == "A"
     assert [r.json() for r in store.sent("PATCH")] == [{"name": "B"}, {"name": "A"}]
+
+
+def list_lagging_behind_writes(store):
+    """``store``'s list shows every customer as it was before the run (a cache or a
+    replica that lags behind writes); its read of one customer is current."""
+    before = json.loads(json.dumps(store.customers))
+
+    def answer(request):
+        if request.method == "GET" and "/customers/?" in request.url:
+            current, store.customers = store.customers, {int(k): v for k, v in before.items()}
+            try:
+                return store.answer(request)
+            finally:
+                store.customers = current
+        return store.answer(request)
+
+    store.transport = MockTransport(answer)
+
+
+async def test_a_later_record_in_the_next_batch_is_not_compared_with_a_list_lagging_behind():
+    """Customer 7 is set to A, then (100 records on, in the next read's batch) back
+    to its old name: a list that still shows the old name must not make the run
+    skip that write, which the run's own earlier answer says is needed."""
+    store = Store(150)
+    list_lagging_behind_writes(store)
+    updates = [(7, CustomerPatch(name="A"))]
+    updates += [(cid, CustomerPatch(name=f"C{cid}")) for cid in range(20, 119)]  # unchanged
+    updates += [(7, CustomerPatch(name="C7"))]
+    async with client(store) as de:
+        results = [r async for r in de.iter_updates(updates, skip_unchanged=True)]
+    assert [(r.index, r.changed) for r in results if r.customer_id == 7] == [
+        (0, True),
+        (100, True),
+    ]
+    assert [r.json() for r in store.sent("PATCH")] == [{"name": "A"}, {"name": "C7"}]
+    assert store.customers[7]["name"] == "C7"
+
+
+async def test_a_later_record_in_the_next_batch_still_sees_a_change_made_meanwhile():
+    """The run set 7 to A; someone set it to B before the next batch was read; the
+    later record sets A again: the read says B, so it is sent, whatever the run
+    itself last saw."""
+    store = Store(150)
+    reads = itertools.count()
+
+    def answer(request):
+        if request.method == "GET" and "/customers/?" in request.url and next(reads) == 1:
+            store.customers[7]["name"] = "B"  # just before the second batch's read
+        return store.answer(request)
+
+    store.transport = MockTransport(answer)
+    updates = [(7, CustomerPatch(name="A"))]
+    updates += [(cid, CustomerPatch(name=f"C{cid}")) for cid in range(20, 119)]
+    updates += [(7, CustomerPatch(name="A"))]
+    async with client(store) as de:
+        results = [r async for r in de.iter_updates(updates, skip_unchanged=True)]
+    assert [(r.index, r.changed) for r in results if r.customer_id == 7] == [
+        (0, True),
+        (100, True),
+    ]
+    assert store.customers[7]["name"] == "A"
+
+
+async def test_a_write_whose_answer_does_not_show_it_leaves_that_field_unknown():
+    """The provider applied A but answered with the customer as it was: the next
+    record, setting the old name again, is sent rather than found unchanged."""
+    store = Store(1)
+    stale = iter([True])
+
+    def answer(request):
+        if request.method == "PATCH" and next(stale, False):
+            shown = dict(store.customers[1])
+            store.answer(request)  # applied...
+            return Response(status=200, body=json.dumps(shown).encode())  # ...shown as before
+        return store.answer(request)
+
+    store.transport = MockTransport(answer)
+    updates = [(1, CustomerPatch(name="A")), (1, CustomerPatch(name="C1"))]
+    async with client(store) as de:
+        results = sorted(
+            [r async for r in de.iter_updates(updates, skip_unchanged=True)], key=lambda r: r.index
+        )
+    assert [r.changed for r in results] == [True, True]
+    assert store.customers[1]["name"] == "C1"
 
 
 async def test_after_a_failed_record_the_next_one_of_that_customer_reads_it_again():
