@@ -324,9 +324,7 @@ def _left_by(previous: _Record) -> Customer | None:
     # later record setting it is sent, not found unchanged.
     shown = after.read_fields
     unsure = {
-        path
-        for path, _ in sent.changes_from(after).set_fields()
-        if shown is None or path in shown
+        path for path, _ in sent.changes_from(after).set_fields() if shown is None or path in shown
     }
     return _forgetting(left, unsure) if unsure else left
 

@@ -322,6 +322,12 @@ class Client:
             max_connections=max_connections,
         )
 
+    def mask(self, text: str) -> str:
+        """``text`` with every echo of this client's token masked, as errors have it:
+        for printing or storing what a provider answered (a customer's data too
+        may quote the token back)."""
+        return self._credentials.mask(text)
+
     @property
     def pace(self) -> float | None:
         """Requests a second the client sends on one route now, at most (``None``:

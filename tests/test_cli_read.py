@@ -531,6 +531,37 @@ def test_undo_file_restores_every_field_a_run_changed(tmp_path):
     ]
 
 
+def test_a_provider_showing_the_key_in_customer_data_never_puts_it_in_output_or_files(
+    tmp_path,
+):
+    """A provider that echoes the key into a customer (its name here): the plan, the
+    report and the undo file never hold it; the undo says the name cannot be restored."""
+    path = jsonl(tmp_path / "u.jsonl", [{"id": 1001, "patch": {"name": "Fixed", "email": "a@b"}}])
+    report, undo = tmp_path / "r.jsonl", tmp_path / "undo.jsonl"
+    with threaded_fake("dualentry", customers=1, **FAST) as (fake, base, _):
+        fake.customers[1001]["name"] = f"echo {TOKEN}"
+        planned = plan(path, base, "--rate-limit", "off")
+        as_json = plan(path, base, "--rate-limit", "off", "--format", "json")
+        applied = changes_only(path, base, "--report", str(report), "--undo-file", str(undo))
+        ended = state(fake)[1001]
+    assert planned.exit_code == 0, planned.output
+    assert applied.exit_code == 0, applied.output
+    assert ended["name"] == "Fixed"
+    assert "********" in planned.stdout
+    for text in (
+        planned.output,
+        as_json.output,
+        applied.output,
+        report.read_text(),
+        undo.read_text(),
+    ):
+        assert TOKEN not in text
+        assert TOKEN not in json.dumps(text)
+    [restore] = [json.loads(line) for line in lines_of(undo.read_text())]
+    assert restore == {"id": 1001, "patch": {"email": ""}}  # the name is not restored
+    assert "could not be recorded" in applied.output
+
+
 def test_an_existing_undo_file_is_refused_and_left_untouched(tmp_path):
     path = jsonl(tmp_path / "u.jsonl", [{"id": 1001, "patch": {"name": "X"}}])
     undo = tmp_path / "undo.jsonl"

@@ -151,7 +151,8 @@ async def apply(
                 entry.update(changes_entry(result))
             if isinstance(result.error, ReportWriteError):
                 raise result.error  # the undo file could not be written: nothing was sent
-            report.write(entry)
+            # The values read are the provider's: it may have put the token in them.
+            report.write(_masked(entry, client.mask) if reading else entry)
             on_result(tally)
     finally:  # leaving early (an error, a signal): stop the run and its requests now
         aclose = getattr(results, "aclose", None)
@@ -169,13 +170,28 @@ def _undo_first(
     value before it."""
 
     def write(customer_id: Any, before: Customer, changes: CustomerPatch) -> None:
-        unknown = undo.add(before, changes)
-        if unknown:
-            on_note(
-                f"{customer_id!r}: the undo file cannot restore {', '.join(unknown)} (not read)"
-            )
+        unknown, quoting = undo.add(before, changes)
+        for fields, why in (
+            (unknown, "not read"),
+            (quoting, "the provider shows the token there"),
+        ):
+            if fields:
+                on_note(
+                    f"{customer_id!r}: the undo file cannot restore {', '.join(fields)} ({why})"
+                )
 
     return write
+
+
+def _masked(value: Any, mask: Callable[[str], str]) -> Any:
+    """``value`` (JSON-ready) with ``mask`` applied to every string in it, keys too."""
+    if isinstance(value, str):
+        return mask(value)
+    if isinstance(value, dict):
+        return {_masked(k, mask): _masked(v, mask) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_masked(v, mask) for v in value]
+    return value
 
 
 def _record(tally: Tally, result: UpdateResult) -> None:

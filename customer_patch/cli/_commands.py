@@ -321,7 +321,7 @@ def apply_command(
                 _fail(str(e))
             if undo_file is not None:
                 try:
-                    undo = UndoFile(undo_file, resume=resume is not None)
+                    undo = UndoFile(undo_file, resume=resume is not None, mask=client.mask)
                 except ReportError as e:
                     sink.close()
                     _fail(str(e))

@@ -72,8 +72,12 @@ async def plan(
     tally = PlanTally()
     line_of: dict[int, Line] = {}
 
+    # The values read are the provider's: it may have put the token in them.
     def emit(record: dict[str, Any]) -> None:
-        out.write(json.dumps(record) + "\n")
+        out.write(client.mask(json.dumps(record)) + "\n")
+
+    def say(text: str) -> None:
+        out.write(client.mask(text) + "\n")
 
     async def valid() -> AsyncIterator[tuple[Any, Any]]:
         index = 0
@@ -109,7 +113,7 @@ async def plan(
                     )
                 else:
                     named = f"{_shown(line.customer_id)}  line {line.number}"
-                    out.write(f"{named}: {_shown(_one_line(result.error))}\n")
+                    say(f"{named}: {_shown(_one_line(result.error))}")
                 continue
             if not result.changed:
                 tally.unchanged += 1
@@ -137,7 +141,7 @@ async def plan(
             else:
                 for field, before, after in rows:
                     change = f"{json.dumps(before)} → {json.dumps(after)}"
-                    out.write(f"{_shown(line.customer_id)}  {_shown(field)}: {change}\n")
+                    say(f"{_shown(line.customer_id)}  {_shown(field)}: {change}")
     return tally
 
 

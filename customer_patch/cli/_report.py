@@ -20,7 +20,7 @@ import contextlib
 import errno
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -336,8 +336,11 @@ class UndoFile:
     continued.
     """
 
-    def __init__(self, path: Path, *, resume: bool) -> None:
+    def __init__(
+        self, path: Path, *, resume: bool, mask: Callable[[str], str] | None = None
+    ) -> None:
         self.path = path
+        self._mask = mask  # the client's: a value quoting the token is not written
         self.covered: dict[str, set[str]] = {}  # customer key -> fields restored
         self.missing = 0
         self.written = 0  # lines this run wrote
@@ -379,10 +382,17 @@ class UndoFile:
             with contextlib.suppress(OSError):
                 self.path.unlink()
 
-    def add(self, before: Customer, sent: CustomerPatch) -> tuple[str, ...]:
+    def add(
+        self, before: Customer, sent: CustomerPatch
+    ) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """Record how to undo ``sent`` (called before it is sent: a write whose
-        answer a crash cuts off may still land); the fields it cannot restore."""
+        answer a crash cuts off may still land); the fields it cannot restore,
+        as not read, and as quoting the token (the provider echoed it there)."""
         restore, unknown = sent.undo_for(before)
+        secret: set[str] = set()
+        if self._mask is not None:
+            secret = _echoing(restore, self._mask)
+            restore = _without(restore, secret)
         covered = self.covered.setdefault(customer_key(before.id), set())
         # A custom field set by name in one record and by id in another is one field.
         restored = covered | _aliases(covered, before.custom_field_ids or {})
@@ -393,8 +403,9 @@ class UndoFile:
             self._put(json.dumps(record).encode() + b"\n")
             self.written += 1
         unknown = tuple(path for path in unknown if path not in restored)
-        self.missing += len(unknown)
-        return unknown
+        quoting = tuple(sorted(path for path in secret if path not in restored))
+        self.missing += len(unknown) + len(quoting)
+        return unknown, quoting
 
     def _put(self, data: bytes) -> None:
         if self.error is not None:
@@ -420,6 +431,23 @@ def _paths(patch: CustomerPatch) -> set[str]:
             paths.add(path)
     paths.update(f"extra.{k}" for k in patch.extra)
     return paths
+
+
+def _echoing(patch: CustomerPatch, mask: Callable[[str], str]) -> set[str]:
+    """The fields of ``patch`` (named as by :func:`_paths`) whose value ``mask`` changes."""
+
+    def echoes(value: Any) -> bool:
+        text = json.dumps(value, default=repr, ensure_ascii=False)
+        return mask(text) != text
+
+    found: set[str] = set()
+    for path, value in patch.set_fields():
+        if path == "custom_fields":
+            found.update(f"custom_fields[{k!r}]" for k, v in value.items() if echoes(v))
+        elif echoes(value):
+            found.add(path)
+    found.update(f"extra.{k}" for k, v in patch.extra.items() if echoes(v))
+    return found
 
 
 def _aliases(paths: set[str], names: Mapping[int, str]) -> set[str]:
