@@ -535,20 +535,29 @@ async def test_a_later_record_in_the_next_batch_still_sees_a_change_made_meanwhi
     assert store.customers[7]["name"] == "A"
 
 
+def first_write_answered(store, how):
+    """``store``, its first PATCH answered by ``how(request)`` instead."""
+    first = iter([True])
+
+    def answer(request):
+        if request.method == "PATCH" and next(first, False):
+            return how(request)
+        return store.answer(request)
+
+    store.transport = MockTransport(answer)
+
+
 async def test_a_write_whose_answer_does_not_show_it_leaves_that_field_unknown():
     """The provider applied A but answered with the customer as it was: the next
     record, setting the old name again, is sent rather than found unchanged."""
     store = Store(1)
-    stale = iter([True])
 
-    def answer(request):
-        if request.method == "PATCH" and next(stale, False):
-            shown = dict(store.customers[1])
-            store.answer(request)  # applied...
-            return Response(status=200, body=json.dumps(shown).encode())  # ...shown as before
-        return store.answer(request)
+    def applied_shown_as_before(request):
+        shown = dict(store.customers[1])
+        store.answer(request)
+        return Response(status=200, body=json.dumps(shown).encode())
 
-    store.transport = MockTransport(answer)
+    first_write_answered(store, applied_shown_as_before)
     updates = [(1, CustomerPatch(name="A")), (1, CustomerPatch(name="C1"))]
     async with client(store) as de:
         results = sorted(
@@ -563,14 +572,8 @@ async def test_after_a_failed_record_the_next_one_of_that_customer_reads_it_agai
     customer is compared with a fresh read, not with the first one or nothing."""
     store = Store(1)
     store.customers[1]["name"] = "A"
-    failures = iter([True])
-
-    def answer(request):
-        if request.method == "PATCH" and next(failures, False):
-            return Response(status=400, body=b'{"success": false, "errors": {"name": ["no"]}}')
-        return store.answer(request)
-
-    store.transport = MockTransport(answer)
+    refusal = Response(status=400, body=b'{"success": false, "errors": {"name": ["no"]}}')
+    first_write_answered(store, lambda request: refusal)
     updates = [(1, CustomerPatch(name="B")), (1, CustomerPatch(name="A"))]
     async with client(store) as de:
         results = sorted(
