@@ -169,6 +169,11 @@ def _check_base_url(base_url: str) -> str:
     parts = urlsplit(base_url)
     if parts.scheme not in {"http", "https"} or not parts.hostname:
         raise ValueError(f"base_url must be an absolute http(s) URL, got {base_url!r}")
+    try:
+        parts.port  # noqa: B018 - read to be checked: it raises when out of range
+    except ValueError:
+        port = parts.netloc.rsplit(":", 1)[-1]
+        raise ValueError(f"base_url's port {port} is out of range (0 to 65535)") from None
     if parts.username or parts.password:
         raise ValueError("base_url must not carry credentials; pass token= instead")
     if "?" in base_url or "#" in base_url:  # even empty: requests would go elsewhere
@@ -293,7 +298,9 @@ class Client:
             raise ValueError("token must not contain control characters (line breaks, NUL...)")
         if timeout <= 0:
             raise ValueError(f"timeout must be positive, got {timeout!r}")
-        self.base_url = _check_base_url(base_url or self.adapter.default_base_url)
+        self.base_url = _check_base_url(
+            self.adapter.default_base_url if base_url is None else base_url
+        )
         self.user_agent = user_agent or f"customer-patch/{__version__}"
         # Built once: every request of this client carries the same headers.
         self._credentials = _Credentials(

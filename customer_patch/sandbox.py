@@ -263,7 +263,11 @@ class FakeProvider:
         )
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port, backlog=512)
-        await site.start()
+        try:
+            await site.start()
+        except BaseException:  # the port is taken, say: nothing left half-open
+            await self.stop()
+            raise
         bound = self._runner.addresses[0]
         self.base_url = f"http://{host}:{bound[1]}{self.base_path}"
         return self.base_url

@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -270,6 +271,17 @@ def test_apply_as_a_subprocess_never_prints_the_token(tmp_path):
     assert "line 4: name: cannot be cleared" in proc.stderr
     for text in (proc.stdout, proc.stderr, (tmp_path / "r.jsonl").read_text()):
         assert secret not in text
+
+
+def test_a_sandbox_on_a_port_already_taken_is_one_line_and_exit_2():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run(["sandbox", "--provider", "dualentry", "--port", str(port)])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(f"error: --port {port}: ")
+    assert len(result.output.strip().splitlines()) == 1, result.output
 
 
 def test_demo_runs_and_exits_0():

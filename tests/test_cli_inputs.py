@@ -5,6 +5,8 @@ Each test runs ``apply`` in-process against a DualEntry fake on loopback."""
 import errno
 import json
 import os
+import resource
+import subprocess
 
 import filelock
 import pytest
@@ -12,7 +14,7 @@ import pytest
 from customer_patch.cli import _report
 from customer_patch.cli._input import CSV_FIELD_LIMIT
 from tests.helpers import QID
-from tests.test_cli import TOKEN, apply_dualentry, digest, jsonl, report_lines, run
+from tests.test_cli import CLI, TOKEN, apply_dualentry, digest, jsonl, report_lines, run
 from tests.threaded_fake import threaded_fake
 
 FAST = {"limits": ()}
@@ -179,6 +181,104 @@ def test_two_runs_cannot_write_one_report(tmp_path):
     assert result.exit_code == 2
     assert f"{report} is in use by another run" in result.output
     assert not report.exists()
+
+
+def test_a_report_reached_through_a_link_is_locked_as_the_report(tmp_path):
+    """A running apply holds its report's lock: another run naming the same file
+    through a symbolic link must be refused too, not empty the file under it;
+    a report with a hard link (a second name, which no lock sees) is refused."""
+    path = jsonl(tmp_path / "u.jsonl", [{"id": 1001, "patch": {"name": "x"}}])
+    report = tmp_path / "r.jsonl"
+    report.write_text("precious\n")
+    (tmp_path / "link.jsonl").symlink_to(report)
+    (tmp_path / "dir").symlink_to(tmp_path)
+    with threaded_fake("dualentry", customers=1, **FAST) as (fake, base, _):
+        with filelock.FileLock(f"{report}.lock"):  # what a running apply holds
+            through = [
+                run([*apply_fast(path, base), "--report", str(name), "--overwrite-report"])
+                for name in (tmp_path / "link.jsonl", tmp_path / "dir" / "r.jsonl")
+            ]
+        os.link(report, tmp_path / "hard.jsonl")
+        hard = [
+            run([*apply_fast(path, base), "--report", str(name), "--overwrite-report"])
+            for name in (report, tmp_path / "hard.jsonl")
+        ]
+        assert fake.requests == []
+    for result in through:
+        assert result.exit_code == 2, result.output
+        assert "is in use by another run" in result.output
+    for result in hard:
+        assert result.exit_code == 2, result.output
+        assert "has 2 names (hard links)" in result.output
+    assert report.read_text() == "precious\n"
+
+
+def test_standard_input_and_a_report_of_the_same_file_are_refused(tmp_path):
+    path = jsonl(tmp_path / "u.jsonl", [{"id": 1001, "patch": {"name": "x"}}])
+    before = path.read_bytes()
+    with path.open("rb") as stdin:
+        proc = subprocess.run(
+            [*CLI, "apply", "-", "--provider", "dualentry", "--report", str(path)]
+            + ["--overwrite-report", "--base-url", "http://127.0.0.1:9"],
+            stdin=stdin,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "DUALENTRY_API_KEY": TOKEN},
+            timeout=60,
+        )
+    assert proc.returncode == 2, proc.stderr
+    assert f"--report {path} is the input file" in proc.stderr
+    assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("torn", [b'{"line":', b"{", b'{"li', b'{"line": 2, "id": 10'])
+@pytest.mark.parametrize("healed", [False, True], ids=["last", "healed"])
+def test_a_report_line_torn_anywhere_is_done_again_on_resume(tmp_path, torn, healed):
+    """A full disk (or a kill) can cut a line after any byte: a resume does that
+    record again, whatever was left of its line."""
+    records = [{"id": 1001, "patch": {"name": "A"}}, {"id": 1002, "patch": {"name": "B"}}]
+    path = jsonl(tmp_path / "u.jsonl", records)
+    report = tmp_path / "r.jsonl"
+    done = json.dumps(entry(1, 1001, records[0], ok=True)).encode() + b"\n"
+    report.write_bytes(done + torn + (b"\n" if healed else b""))
+    with threaded_fake("dualentry", customers=2, **FAST) as (fake, base, ids):
+        resumed = run([*apply_fast(path, base), "--resume", str(report)])
+        stored = names(fake, ids)
+    assert resumed.exit_code == 0, resumed.output
+    assert stored == {1001: "Demo Customer 1001", 1002: "B"}  # only the torn one again
+
+
+def _limited_memory():
+    resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+
+@pytest.mark.parametrize("flag", ["--resume", "--undo-file"])
+def test_a_report_or_undo_file_that_is_not_a_file_is_refused_not_read_forever(tmp_path, flag):
+    path = jsonl(tmp_path / "u.jsonl", [{"id": 1001, "patch": {"name": "x"}}])
+    report = tmp_path / "r.jsonl"
+    report.write_bytes(b"")
+    more = ["--changes-only", "--resume", str(report)] if flag == "--undo-file" else []
+    proc = subprocess.run(
+        [*CLI, "apply", str(path), "--provider", "dualentry", flag, "/dev/zero", *more]
+        + ["--base-url", "http://127.0.0.1:9"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "DUALENTRY_API_KEY": TOKEN},
+        timeout=60,
+        preexec_fn=_limited_memory,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"{flag} /dev/zero is not a regular file" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_report_line_longer_than_any_report_writes_is_refused(tmp_path):
+    path = jsonl(tmp_path / "u.jsonl", [{"id": 1001, "patch": {"name": "x"}}])
+    report = tmp_path / "r.jsonl"
+    report.write_bytes(b'{"line": 1, "id": "' + b"x" * (2 << 20) + b'"}\n')
+    result = run(["apply", str(path), "--provider", "dualentry", "--resume", str(report)])
+    assert result.exit_code == 2, result.output
+    assert ":1: not a line of a customer-patch report (longer than" in result.output
 
 
 # -- 6: standard input and named pipes ------------------------------------------------------------
@@ -389,6 +489,9 @@ def test_a_csv_cell_over_the_limit_is_an_invalid_record(tmp_path):
         (["--report", "/no/such/folder/r.jsonl"], "the folder /no/such/folder does not exist"),
         (["--dry-run", "--report", "r.jsonl"], "--dry-run sends nothing"),
         (["--verbose"], "--verbose goes with --dry-run"),
+        (["--base-url", "http://127.0.0.1:99999"], "port 99999 is out of range"),
+        (["--base-url", ""], "base_url must be an absolute http(s) URL"),
+        (["--changes-only", "--undo-file", "u" * 300], "--undo-file uuuu"),
     ],
 )
 def test_option_problems_are_one_line_and_exit_2(tmp_path, args, message):

@@ -129,6 +129,19 @@ def test_an_empty_query_or_fragment_is_refused(base_url):
         Client("dualentry", token=TOKEN, base_url=base_url)
 
 
+@pytest.mark.parametrize(
+    ("base_url", "message"),
+    [
+        ("", "must be an absolute"),  # an unset variable: not the production host
+        ("http://127.0.0.1:99999", "port 99999 is out of range"),
+        ("https://api.example:-1", "port -1 is out of range"),
+    ],
+)
+def test_a_base_url_that_names_no_server_is_refused(base_url, message):
+    with pytest.raises(ValueError, match=message):
+        Client("dualentry", token=TOKEN, base_url=base_url)
+
+
 @pytest.mark.parametrize("token", ["a\x01b", "a\x7fb", "a\tb"])
 def test_tokens_with_control_characters_are_refused(token):
     with pytest.raises(ValueError, match="control characters") as info:

@@ -292,6 +292,10 @@ def apply_command(
                 _guarded(lambda: dry_run_lines(client, lines, verbose=verbose, match_on=match_on))
             )
         given = None if source.path is None and str(file) == "-" else file
+        if given is None and os.path.exists("/dev/stdin"):
+            # Standard input can be a file too (`< u.jsonl`): a report naming it
+            # would empty it before it is read.
+            given = Path("/dev/stdin")
         if undo_file is not None:  # before the report is opened: a refusal touches no file
             _check_undo_file(undo_file, given, report, resume)
         sink: Report | None = None
@@ -509,8 +513,9 @@ def _apply_and_report(
         except ReportWriteError as e:
             _summary(tally, reading)
             err.print(
-                f"error: {e}: stopped after {tally.done} records, each of them recorded; "
-                f"make room, then continue with --resume {report.path}",
+                f"error: {e}: stopped after {tally.done} records; make room, then "
+                f"continue with --resume {report.path} (a record whose line the report "
+                "could not hold whole is done again)",
                 markup=False,
             )
             return EXIT_STOPPED
@@ -776,7 +781,10 @@ def sandbox(provider: str, port: int, faults: str, customers: int, limits: str) 
         _fail(str(e))
 
     async def serve() -> None:
-        base_url = await fake.start(port=port)
+        try:
+            base_url = await fake.start(port=port)
+        except OSError as e:  # the port is taken, or not ours to take
+            _fail(f"--port {port}: {e.strerror or e}")
         ids = fake.seed_demo(customers)
         out.print(f"{adapter.provider} sandbox on {base_url} (token: {fake.token})")
         out.print(

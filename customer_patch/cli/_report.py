@@ -110,7 +110,7 @@ def read_history(path: Path) -> History:
     for number, line in enumerate(_lines(path), start=1):
         entry = _entry(line)
         if entry is None:
-            if line.startswith(_TORN_PREFIX) and line.isascii():
+            if _torn(line):
                 continue  # torn by a crash mid-write: its record is simply done again
             raise ReportError(f"{path}:{number}: not a line of a customer-patch report")
         missing = [k for k, kind in _REQUIRED.items() if not isinstance(entry.get(k), kind)]
@@ -128,12 +128,42 @@ def read_history(path: Path) -> History:
     return history
 
 
+def _torn(line: bytes) -> bool:
+    """Whether ``line`` is what a crash mid-write (or a full disk) left of a line:
+    any start of one, cut after any byte (and ended since, or not)."""
+    cut = line.removesuffix(b"\n")
+    return cut.isascii() and (cut.startswith(_TORN_PREFIX) or _TORN_PREFIX.startswith(cut))
+
+
+MAX_LINE = 1 << 20
+"""Bytes of a report or undo line at most: far more than any this module writes
+(a line holds one record's values), and a bound on what a wrong file costs."""
+
+
 def _lines(path: Path) -> Iterable[bytes]:
     try:
         with path.open("rb") as f:
-            yield from f
+            number = 0
+            while line := f.readline(MAX_LINE + 1):
+                number += 1
+                if len(line) > MAX_LINE:
+                    raise ReportError(
+                        f"{path}:{number}: not a line of a customer-patch report "
+                        f"(longer than {MAX_LINE} bytes)"
+                    )
+                yield line
     except OSError as e:
         raise ReportError(f"{path}: cannot be read ({e.strerror})") from None
+
+
+def regular_file(path: Path, flag: str) -> None:
+    """Raise :class:`ReportError` if ``path`` exists and is not a regular file (a
+    device or a pipe would be read without end, or block)."""
+    try:
+        if path.exists() and not path.is_file():
+            raise ReportError(f"{flag} {path} is not a regular file")
+    except OSError as e:  # a name too long, a folder that cannot be searched
+        raise ReportError(f"{flag} {path}: {e.strerror}") from None
 
 
 def _entry(line: bytes) -> dict[str, Any] | None:
@@ -191,6 +221,8 @@ class Report:
         target = report or resume
         if target is None:
             return cls()
+        if resume is not None:
+            regular_file(resume, "--resume")
         for given, flag in ((report, "--report"), (resume, "--resume")):
             if given is not None and source is not None and _same(given, source):
                 raise ReportError(f"{flag} {given} is the input file; name another file")
@@ -227,11 +259,20 @@ class Report:
         return self
 
     def _lock(self, path: Path) -> None:
-        lock = filelock.FileLock(f"{path}.lock", timeout=0)
+        # By the file's own name, not the one given: another run reaching it
+        # through a link (or a folder's) must meet the same lock.
+        real = os.path.realpath(path)
+        lock = filelock.FileLock(f"{real}.lock", timeout=0)
         try:
+            links = os.stat(real).st_nlink if os.path.exists(real) else 1
+            if links > 1:  # another name no lock sees
+                raise ReportError(
+                    f"{path} has {links} names (hard links): another run could write it "
+                    "under another one; name a file of its own"
+                )
             lock.acquire()
         except filelock.Timeout:
-            raise ReportError(f"{path} is in use by another run (locked by {path}.lock)") from None
+            raise ReportError(f"{path} is in use by another run (locked by {real}.lock)") from None
         except OSError as e:
             raise ReportError(f"{path}: cannot be locked ({e.strerror})") from None
         self._locks.append(lock)
@@ -368,6 +409,7 @@ class UndoFile:
     def check(path: Path, *, resume: bool) -> None:
         """Raise :class:`ReportError` if ``path`` cannot be this run's undo file (it
         exists and this is not a resumed run, or its folder does not exist)."""
+        regular_file(path, "--undo-file")
         if path.exists() and not resume:
             raise ReportError(f"--undo-file {path} exists; name a new file (it is never replaced)")
         if not path.parent.is_dir():
