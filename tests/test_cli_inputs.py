@@ -461,6 +461,38 @@ def test_malformed_csv_rows_are_invalid_records(tmp_path):
     assert stored[1003] != "caf\ufffd"
 
 
+@pytest.mark.parametrize("strict", [False, True])
+def test_a_quote_left_open_in_a_csv_is_an_error_naming_the_lines_it_swallowed(tmp_path, strict):
+    """The quote opened on line 3 never closes: CSV reads every line after it as
+    part of that cell.  That is an invalid record naming those lines, never a
+    name holding three rows, nor rows gone without a word."""
+    path = tmp_path / "u.csv"
+    path.write_text('id,name\n1001,Acme\n1002,"Beta\n1003,Gamma\n1004,Delta\n')
+    with threaded_fake("dualentry", customers=4, **FAST) as (fake, base, ids):
+        result = run([*apply_fast(path, base), *(["--strict"] if strict else [])])
+        stored = names(fake, ids)
+    assert result.exit_code == 2, result.output
+    assert "line 3: not valid CSV: unexpected end of data (lines 3 to 5 were read as one" in (
+        result.output
+    )
+    assert stored == {
+        1001: "Demo Customer 1001" if strict else "Acme",
+        1002: "Demo Customer 1002",
+        1003: "Demo Customer 1003",
+        1004: "Demo Customer 1004",
+    }
+
+
+def test_a_quoted_cell_over_several_lines_is_still_one_cell(tmp_path):
+    path = tmp_path / "u.csv"
+    path.write_text('id,address\n1001,"1 Main St\nSpringfield"\n1002,Elm St\n')
+    with threaded_fake("dualentry", customers=2, **FAST) as (fake, base, ids):
+        result = run([*apply_fast(path, base)])
+        stored = {i: fake.customers[i]["address"] for i in ids}
+    assert result.exit_code == 0, result.output
+    assert stored == {1001: "1 Main St\nSpringfield", 1002: "Elm St"}
+
+
 def test_a_csv_cell_over_the_limit_is_an_invalid_record(tmp_path):
     path = tmp_path / "u.csv"
     path.write_text("id,name\n1001," + "x" * (CSV_FIELD_LIMIT + 1) + "\n1002,B\n")

@@ -281,6 +281,21 @@ def test_a_signal_after_a_plan_ends_cleanly(tmp_path, monkeypatch, raised, statu
     assert "interrupted" in result.output
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+async def test_a_second_signal_acts_as_if_none_had_been_caught(signum):
+    """While the run winds down after one signal, another ends the process at
+    once, as an uncaught signal does: not a KeyboardInterrupt raised inside the
+    event loop, which could leave it waiting on tasks that never wake."""
+    with pytest.raises(Interrupted):
+        async with _commands._signals_cancel():
+            os.kill(os.getpid(), signum)
+            try:
+                await asyncio.sleep(PROMPTLY)  # cancelled by the first signal
+            finally:
+                second = signal.getsignal(signum)
+    assert second == signal.SIG_DFL
+
+
 async def test_sigterm_raises_interrupted_again_once_the_run_lets_the_signals_go():
     """The run's loop takes SIGINT and SIGTERM; on leaving, asyncio puts SIGTERM
     back to the system's default (kill, no message), not to the command's guard."""

@@ -589,6 +589,10 @@ async def _signals_cancel() -> AsyncIterator[None]:
         received.append(signum)
         for sig in installed:  # a second signal acts as if we had never caught the first
             loop.remove_signal_handler(sig)
+            # Which puts SIGINT back to Python's KeyboardInterrupt, raised inside
+            # the loop as it winds down (it could wait there on tasks that never
+            # wake): the system's default ends the process at once.
+            signal.signal(sig, signal.SIG_DFL)
         installed.clear()
         task.cancel()
 

@@ -368,7 +368,9 @@ def _csv(
             yield line.decode("utf-8", "surrogateescape")
 
     csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
-    reader = csv.reader(feed(), delimiter=delimiter, strict=False)
+    # strict: a quote left open to the end of the file, or text after a closing
+    # quote, is an error, not a cell that swallowed the rows after it.
+    reader = csv.reader(feed(), delimiter=delimiter, strict=True)
     try:
         header = next(reader, None)
     except csv.Error as e:
@@ -401,7 +403,7 @@ def _csv(
         except StopIteration:
             return
         except csv.Error as e:
-            row, problem = [], Problem("", f"not valid CSV: {e}")
+            row, problem = [], Problem("", f"not valid CSV: {e}{_span(start, consumed)}")
         record = _content(b"".join(pending))
         pending.clear()
         digest_of = header_hash.copy()
@@ -418,7 +420,8 @@ def _csv(
             yield _Raw(start, digest, None, Problem("", f"not UTF-8 (byte {e.start + 1})"))
             continue
         if len(row) != len(header):
-            problem = Problem("", f"has {len(row)} cells; the header has {len(header)}")
+            counted = f"has {len(row)} cells; the header has {len(header)}"
+            problem = Problem("", counted + _span(start, consumed))
             yield _Raw(start, digest, None, problem)
             continue
         cells = dict(zip(header, row, strict=True))
@@ -437,6 +440,14 @@ def _csv(
         except (RecursionError, ValueError) as e:
             message = str(e) if not isinstance(e, RecursionError) else _unreadable(e)
             yield _Raw(start, digest, customer_id, Problem("", message))
+
+
+def _span(start: int, end: int) -> str:
+    """For an invalid record read over several lines, which ones (a quote left open
+    takes the lines after it into its cell)."""
+    if end <= start:
+        return ""
+    return f" (lines {start} to {end} were read as one record: is a quote left open?)"
 
 
 def _row_to_patch(cells: dict[str, str]) -> dict[str, Any]:
