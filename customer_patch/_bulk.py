@@ -342,18 +342,24 @@ def _forgetting(customer: Customer, paths: Iterable[str]) -> Customer:
     return attrs.evolve(customer, read_fields=known - frozenset(paths))
 
 
-def _reconciled(left: Customer, read: Customer, patch: CustomerPatch) -> Customer:
+def _reconciled(
+    left: Customer, read: Customer, patch: CustomerPatch
+) -> tuple[Customer, frozenset[str]]:
     """``left`` (what an earlier record of the customer left), not known where
     ``read``, made after that record ended, shows a field ``patch`` sets
-    otherwise: the read may lag behind writes (a cache, a replica), or show a
-    change someone made since; which one is not known, so the field is sent."""
-    differ = patch.undo_for(left)[0].changes_from(read)
+    otherwise, and those fields: the read may lag behind writes (a cache, a
+    replica), or show a change someone made since; which one is not known, so
+    the field is sent."""
+    try:
+        differ = patch.undo_for(left)[0].changes_from(read)
+    except Exception:  # an invalid patch (nothing to compare): sending it says why
+        return left, frozenset()
     shown = read.read_fields
-    paths = [p for p, _ in differ.set_fields() if shown is None or p in shown]
+    paths = frozenset(p for p, _ in differ.set_fields() if shown is None or p in shown)
     extra = [k for k in differ.extra if k in read.raw]
     if extra:  # an extra key is compared with the provider's JSON: leave it out
         left = attrs.evolve(left, raw={k: v for k, v in left.raw.items() if k not in extra})
-    return _forgetting(left, paths) if paths else left
+    return (_forgetting(left, paths) if paths else left), paths
 
 
 def customer_key(customer_id: Any) -> str:
@@ -526,8 +532,9 @@ async def run_bulk(
             # What an earlier record of this customer left, not the first read;
             # after a failure nothing is known (None): the whole patch is sent.
             before = _left_by(previous) if previous is not None else was
+            disputed: frozenset[str] = frozenset()
             if read_after and before is not None and isinstance(was, Customer):
-                before = _reconciled(before, was, patch)
+                before, disputed = _reconciled(before, was, patch)
             if before is None and previous is not None and complete is not None:
                 # The earlier record was sent and failed: it may have landed or
                 # not.  Read the customer again rather than send blind (and so
@@ -553,7 +560,10 @@ async def run_bulk(
                         # their values known for undo) rather than sent blind.
                         fuller = await complete(target)
                         if isinstance(fuller, Customer):
+                            # Not the disputed fields: that read may lag as well.
                             before = _merged(before, fuller)
+                            if disputed:
+                                before = _forgetting(before, disputed)
                             changes = patch.changes_from(before)
                 except Exception:  # an invalid patch: sending it reports why
                     changes = patch

@@ -100,6 +100,10 @@ class _Credentials:
                 setattr(error, name, self.mask(value))
             elif isinstance(value, bytes):
                 setattr(error, name, self._echoes.sub(_MASK, value))
+        if isinstance(error, ValidationError):
+            error.problems = tuple(
+                Problem(self.mask(p.field), self.mask(p.message)) for p in error.problems
+            )
         if isinstance(error, ProviderError):
             error.field_errors = {
                 self.mask(k): tuple(self.mask(m) for m in v) for k, v in error.field_errors.items()
@@ -122,8 +126,14 @@ class _Credentials:
         return error
 
     def mask(self, value: str) -> str:
-        raw = self._echoes.sub(_MASK, value.encode("utf-8", "surrogateescape"))
-        return raw.decode("utf-8", "surrogateescape")
+        # surrogateescape keeps bytes a decoder let through as they were (the key's
+        # forms are matched in bytes); a lone surrogate JSON spelled out ("\\ud800")
+        # has no byte of its own: surrogatepass then, both ways.
+        try:
+            raw, errors = value.encode("utf-8", "surrogateescape"), "surrogateescape"
+        except UnicodeEncodeError:
+            raw, errors = value.encode("utf-8", "surrogatepass"), "surrogatepass"
+        return self._echoes.sub(_MASK, raw).decode("utf-8", errors)
 
 
 def _echoes_of(token: str) -> re.Pattern[bytes]:
@@ -545,10 +555,13 @@ class Client:
             label_args=(self.adapter.provider, customer_id),
         )
 
-    async def _read_current(self, ids: Sequence[Any]) -> dict[Any, Customer | Exception]:
+    async def _read_current(
+        self, ids: Sequence[Any], *, concurrency: int
+    ) -> dict[Any, Customer | Exception]:
         """The customers of ``ids`` as they are now, by :func:`read_key`; for a
         customer that cannot be read, why.  With the provider's many-ids filter,
-        one request per page of ids; otherwise one request each."""
+        one request per page of ids; otherwise one request each, ``concurrency``
+        at a time."""
         current: dict[Any, Customer | Exception] = {}
         readable: dict[Any, Any] = {}
         for customer_id in ids:
@@ -563,7 +576,7 @@ class Client:
                 readable[key] = customer_id
         many = self.adapter.ids_filter
         if many is None or self.adapter.list_path() is None:
-            await self._read_each(readable, current)
+            await self._read_each(readable, current, concurrency)
             return current
         unsettled: dict[Any, Any] = {}  # what the list could not say, and why not
         wanted = list(readable.values())
@@ -601,16 +614,23 @@ class Client:
                 self.provider,
                 len(unsettled),
             )
-            await self._read_each(unsettled, current)
+            await self._read_each(unsettled, current, concurrency)
         return current
 
     async def _read_each(
-        self, ids: Mapping[Any, CustomerId], current: dict[Any, Customer | Exception]
+        self,
+        ids: Mapping[Any, CustomerId],
+        current: dict[Any, Customer | Exception],
+        concurrency: int,
     ) -> None:
-        """Read each of ``ids`` (by key) on its own, into ``current``."""
-        results = await asyncio.gather(*(self._get(c) for c in ids.values()))
-        for key, (customer, error, _) in zip(ids, results, strict=True):
-            current[key] = customer if error is None else error  # type: ignore[assignment]
+        """Read each of ``ids`` (by key) on its own, into ``current``, ``concurrency``
+        at a time (the run's: no more requests in flight than it allows)."""
+        pending = list(ids.items())
+        for start in range(0, len(pending), concurrency):
+            part = pending[start : start + concurrency]
+            results = await asyncio.gather(*(self._get(c) for _, c in part))
+            for (key, _), (customer, error, _) in zip(part, results, strict=True):
+                current[key] = customer if error is None else error  # type: ignore[assignment]
 
     async def _list_ids(
         self, many: str, part: list[CustomerId]
@@ -797,7 +817,7 @@ class Client:
         if match_on is not None:
             read = functools.partial(self._match, match_on)
         elif skip_unchanged:
-            read = self._read_current
+            read = functools.partial(self._read_current, concurrency=concurrency)
             if adapter.ids_filter is not None and adapter.list_path() is not None:
                 batch = adapter.page_size
         return run_bulk(
@@ -981,7 +1001,8 @@ class Client:
                 sent=False,
             )
         if problems:
-            return ValidationError(problems, provider=self.provider)
+            # The problems quote the provider's definitions (a field's options).
+            return self._credentials.redact(ValidationError(problems, provider=self.provider))
         return None
 
     def _call(

@@ -272,15 +272,6 @@ def test_a_report_or_undo_file_that_is_not_a_file_is_refused_not_read_forever(tm
     assert "Traceback" not in proc.stderr
 
 
-def test_a_report_line_longer_than_any_report_writes_is_refused(tmp_path):
-    path = jsonl(tmp_path / "u.jsonl", [{"id": 1001, "patch": {"name": "x"}}])
-    report = tmp_path / "r.jsonl"
-    report.write_bytes(b'{"line": 1, "id": "' + b"x" * (2 << 20) + b'"}\n')
-    result = run(["apply", str(path), "--provider", "dualentry", "--resume", str(report)])
-    assert result.exit_code == 2, result.output
-    assert ":1: not a line of a customer-patch report (longer than" in result.output
-
-
 # -- 6: standard input and named pipes ------------------------------------------------------------
 
 

@@ -562,6 +562,41 @@ def test_a_provider_showing_the_key_in_customer_data_never_puts_it_in_output_or_
     assert "could not be recorded" in applied.output
 
 
+def test_a_field_the_undo_file_leaves_out_for_the_key_is_not_restored_by_a_later_record(
+    tmp_path,
+):
+    """A then B: the name before the run held the key, so the undo file restores
+    no name at all, not the in-between A."""
+    records = [{"id": 1001, "patch": {"name": "A"}}, {"id": 1001, "patch": {"name": "B"}}]
+    path = jsonl(tmp_path / "u.jsonl", records)
+    undo = tmp_path / "undo.jsonl"
+    with threaded_fake("dualentry", customers=1, **FAST) as (fake, base, _):
+        fake.customers[1001]["name"] = f"echo {TOKEN}"
+        applied = changes_only(path, base, "--undo-file", str(undo), "--concurrency", "1")
+    assert applied.exit_code == 0, applied.output
+    assert undo.read_text() == ""
+    assert "the provider shows the token there" in applied.output
+
+
+def test_a_report_the_command_wrote_with_a_large_value_resumes(tmp_path):
+    """Before and after of a 400 KB address, JSON-escaped: a report line of over
+    a megabyte, which --resume must read back."""
+    path = jsonl(
+        tmp_path / "u.jsonl",
+        [{"id": 1001, "patch": {"address": "é" * 200_000}}, {"id": 1001, "patch": {"name": "N"}}],
+    )
+    report = tmp_path / "r.jsonl"
+    with threaded_fake("dualentry", customers=1, **FAST) as (fake, base, _):
+        first = changes_only(path, base, "--report", str(report))
+        report.write_bytes(report.read_bytes().splitlines(keepends=True)[0])  # as if killed
+        resumed = changes_only(path, base, "--resume", str(report))
+        name = fake.customers[1001]["name"]
+    assert first.exit_code == 0, first.output
+    assert len(report.read_bytes().splitlines()[0]) > 1 << 20
+    assert resumed.exit_code == 0, resumed.output
+    assert name == "N"
+
+
 def test_an_existing_undo_file_is_refused_and_left_untouched(tmp_path):
     path = jsonl(tmp_path / "u.jsonl", [{"id": 1001, "patch": {"name": "X"}}])
     undo = tmp_path / "undo.jsonl"

@@ -326,6 +326,34 @@ async def test_a_body_that_is_not_utf_8_is_not_json_and_worth_a_retry():
     assert len(transport.requests) == 2
 
 
+@pytest.mark.parametrize("where", ["message", "body"])
+async def test_an_answer_holding_a_lone_surrogate_is_still_a_typed_error(where):
+    """JSON may carry "\\ud800"; masking the key in such a text must not fail."""
+    text = "bad \\ud800 name" if where == "message" else "bad"
+    body = f'{{"success": false, "errors": {{"name": ["{text}"]}}, "x": "\\udfff"}}'
+    async with mock_client(lambda r: Response(status=400, body=body.encode())) as client:
+        with pytest.raises(BadRequestError) as info:
+            await client.update(1, CustomerPatch(name="A"))
+    assert "bad" in str(info.value)
+    assert client.mask("a \ud800 b") == "a \ud800 b"
+
+
+async def test_a_custom_field_option_echoing_the_key_never_shows_it():
+    """The check against the provider's definitions quotes its options."""
+    options = ["Bronze", f"echo {TOKEN}"]
+    definitions = {
+        "items": [{"id": 5, "name": "Tier", "field_type": "single_select", "options": options}],
+        "count": 1,
+    }
+    answer = Response(status=200, body=json.dumps(definitions).encode())
+    async with mock_client(lambda r: answer) as client:
+        with pytest.raises(ValidationError) as info:
+            await client.update(1, CustomerPatch(custom_fields={"Tier": "Gold"}))
+    assert "Bronze" in str(info.value)
+    assert TOKEN not in str(info.value)
+    assert TOKEN not in repr(info.value.problems)
+
+
 # -- the time budget holds for every wait ----------------------------------------------------
 
 

@@ -474,13 +474,14 @@ async def test_a_customers_later_record_is_compared_with_what_the_earlier_one_le
     assert [r.json() for r in store.sent("PATCH")] == [{"name": "B"}, {"name": "A"}]
 
 
-def list_lagging_behind_writes(store):
-    """``store``'s list shows every customer as it was before the run (a cache or a
-    replica that lags behind writes); its read of one customer is current."""
+def list_lagging_behind_writes(store, *, gets_too=False):
+    """``store``'s list (and, ``gets_too``, its read of one customer) shows every
+    customer as it was before the run (a cache or a replica that lags behind
+    writes)."""
     before = json.loads(json.dumps(store.customers))
 
     def answer(request):
-        if request.method == "GET" and "/customers/?" in request.url:
+        if request.method == "GET" and ("/customers/?" in request.url or gets_too):
             current, store.customers = store.customers, {int(k): v for k, v in before.items()}
             try:
                 return store.answer(request)
@@ -533,6 +534,68 @@ async def test_a_later_record_in_the_next_batch_still_sees_a_change_made_meanwhi
         (100, True),
     ]
     assert store.customers[7]["name"] == "A"
+
+
+async def test_a_malformed_patch_of_a_customer_written_a_batch_before_is_its_own_error():
+    """Compared with both what the earlier record left and the new read, a patch
+    that cannot be compared (custom fields as a list) is still that record's
+    ValidationError, and the run goes on."""
+    store = Store(150)
+    updates = [(7, CustomerPatch(name="A"))]
+    updates += [(cid, CustomerPatch(name=f"C{cid}")) for cid in range(20, 119)]
+    updates += [
+        (7, CustomerPatch(custom_fields=[{"Partner": True}])),
+        (8, CustomerPatch(name="B")),
+    ]
+    async with client(store) as de:
+        results = sorted(
+            [r async for r in de.iter_updates(updates, skip_unchanged=True)], key=lambda r: r.index
+        )
+    assert len(results) == len(updates)
+    assert isinstance(results[100].error, ValidationError)
+    assert results[101].ok
+    assert store.customers[8]["name"] == "B"
+
+
+async def test_a_field_disputed_by_a_lagging_list_is_sent_even_when_reads_of_one_lag_too():
+    """The list and the read of one customer both show the name as it was before
+    the run's first write (a replica serving every read): the field stays
+    disputed, and is sent."""
+    store = Store(150)
+    list_lagging_behind_writes(store, gets_too=True)
+    updates = [(7, CustomerPatch(name="A", country="FR"))]  # the list shows no country
+    updates += [(cid, CustomerPatch(name=f"C{cid}")) for cid in range(20, 119)]
+    updates += [(7, CustomerPatch(name="C7", country="FR"))]
+    async with client(store) as de:
+        results = [r async for r in de.iter_updates(updates, skip_unchanged=True)]
+    assert [(r.index, r.changed) for r in results if r.customer_id == 7] == [
+        (0, True),
+        (100, True),
+    ]
+    assert store.customers[7]["name"] == "C7"
+
+
+async def test_customers_the_list_cannot_settle_are_read_at_most_concurrency_at_a_time():
+    store = Store(20)
+    in_flight, most = 0, 0
+
+    async def answer(request):
+        nonlocal in_flight, most
+        if request.method == "GET" and "/customers/?" in request.url:
+            return Response(status=200, body=b'{"items": [{"id": 1}], "count": "many"}')
+        in_flight += 1
+        most = max(most, in_flight)
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        in_flight -= 1
+        return store.answer(request)
+
+    store.transport = MockTransport(answer)
+    updates = [(cid, CustomerPatch(name=f"C{cid}")) for cid in range(1, 21)]
+    async with client(store) as de:
+        results = [r async for r in de.iter_updates(updates, skip_unchanged=True, concurrency=3)]
+    assert [r.error for r in results] == [None] * 20
+    assert most == 3
 
 
 def first_write_answered(store, how):

@@ -649,7 +649,7 @@ def _summary(tally: Tally, reading: Reading | None = None) -> None:
         missing = reading.undo.missing
         out.print(
             f"undo: {reading.undo.path}"
-            + (f" ({missing} field(s) could not be recorded: not read)" if missing else ""),
+            + (f" ({missing} field(s) could not be recorded; see the notes)" if missing else ""),
             markup=False,
         )
 

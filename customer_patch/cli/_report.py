@@ -135,23 +135,13 @@ def _torn(line: bytes) -> bool:
     return cut.isascii() and (cut.startswith(_TORN_PREFIX) or _TORN_PREFIX.startswith(cut))
 
 
-MAX_LINE = 1 << 20
-"""Bytes of a report or undo line at most: far more than any this module writes
-(a line holds one record's values), and a bound on what a wrong file costs."""
-
-
 def _lines(path: Path) -> Iterable[bytes]:
+    # No cap on a line: the command writes lines as long as the values it was
+    # given (it reads input lines of any length); a device or a pipe, which
+    # could be read without end, is refused before (see regular_file).
     try:
         with path.open("rb") as f:
-            number = 0
-            while line := f.readline(MAX_LINE + 1):
-                number += 1
-                if len(line) > MAX_LINE:
-                    raise ReportError(
-                        f"{path}:{number}: not a line of a customer-patch report "
-                        f"(longer than {MAX_LINE} bytes)"
-                    )
-                yield line
+            yield from f
     except OSError as e:
         raise ReportError(f"{path}: cannot be read ({e.strerror})") from None
 
@@ -439,7 +429,9 @@ class UndoFile:
         # A custom field set by name in one record and by id in another is one field.
         restored = covered | _aliases(covered, before.custom_field_ids or {})
         kept = _without(restore, restored)
-        covered.update(_paths(kept))
+        # A field left out for the key is done with too: a later record's value
+        # for it is not what the customer had before the run.
+        covered.update(_paths(kept) | secret)
         if kept:
             record = {"id": before.id, "patch": kept.to_dict()}
             self._put(json.dumps(record).encode() + b"\n")
