@@ -219,10 +219,12 @@ def _unread(patch: CustomerPatch, customer: Customer) -> bool:
 
 
 def _merged(customer: Customer, other: Customer) -> Customer:
-    """``customer`` with the fields only ``other`` was read with."""
-    if customer.read_fields is None or other.read_fields is None:
-        return other if other.read_fields is None else customer
-    extra = other.read_fields - customer.read_fields
+    """``customer`` with the fields only ``other`` was read with (what ``customer``
+    knows stays: it may be newer than that read)."""
+    if customer.read_fields is None:
+        return customer
+    shown = _READ_PATHS if other.read_fields is None else other.read_fields
+    extra = shown - customer.read_fields
     top = {p: getattr(other, p) for p in extra if not p.startswith("external_ids.")}
     members = {p.removeprefix("external_ids."): p for p in extra if p.startswith("external_ids.")}
     if members:
@@ -230,7 +232,7 @@ def _merged(customer: Customer, other: Customer) -> Customer:
         top["external_ids"] = attrs.evolve(
             current, **{m: getattr(other.external_ids, m, None) for m in members}
         )
-    return attrs.evolve(customer, **top, read_fields=customer.read_fields | other.read_fields)
+    return attrs.evolve(customer, **top, read_fields=customer.read_fields | shown)
 
 
 def _known_only(customer: Customer, patch: CustomerPatch) -> Customer:
@@ -541,6 +543,15 @@ async def run_bulk(
                 # that an undo knows what it had).
                 fresh = await complete(target)
                 before = fresh if isinstance(fresh, Customer) else None
+                last = previous.result
+                if before is not None and last is not None and last.sent is not None:
+                    # Unless refused (a 4xx), what it sent may have landed after
+                    # that read was served (a read that lags behind writes): not
+                    # known, so sent again.
+                    rejected = isinstance(last.error, ProviderError) and last.error.status < 500
+                    if not rejected:
+                        disputed = frozenset(path for path, _ in last.sent.set_fields())
+                        before = _forgetting(before, disputed)
             if compare and before is not None:
                 refused = None if check is None else (await check(target, patch))[1]
                 if refused is not None:  # as a plain update would say: nothing is sent

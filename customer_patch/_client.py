@@ -93,7 +93,7 @@ class _Credentials:
         a provider (or a parser quoting the provider's bytes) must not put the
         credential into messages, reports or logs."""
         # Only on the error path, so the cost does not matter: mask everything.
-        error.args = tuple(self.mask(a) if isinstance(a, str) else a for a in error.args)
+        error.args = tuple(self._masked(a) for a in error.args)
         for name in ("message", "body", "field_errors", "headers"):
             value = getattr(error, name, None)
             if isinstance(value, str):
@@ -102,7 +102,7 @@ class _Credentials:
                 setattr(error, name, self._echoes.sub(_MASK, value))
         if isinstance(error, ValidationError):
             error.problems = tuple(
-                Problem(self.mask(p.field), self.mask(p.message)) for p in error.problems
+                Problem(self._masked(p.field), self._masked(p.message)) for p in error.problems
             )
         if isinstance(error, ProviderError):
             error.field_errors = {
@@ -121,9 +121,12 @@ class _Credentials:
             if link.__suppress_context__:
                 link.__context__ = None
             if link is not error:
-                link.args = tuple(self.mask(a) if isinstance(a, str) else a for a in link.args)
+                link.args = tuple(self._masked(a) for a in link.args)
             link = link.__cause__ or link.__context__
         return error
+
+    def _masked(self, value: Any) -> Any:
+        return self.mask(value) if isinstance(value, str) else value
 
     def mask(self, value: str) -> str:
         # surrogateescape keeps bytes a decoder let through as they were (the key's
@@ -133,6 +136,8 @@ class _Credentials:
             raw, errors = value.encode("utf-8", "surrogateescape"), "surrogateescape"
         except UnicodeEncodeError:
             raw, errors = value.encode("utf-8", "surrogatepass"), "surrogatepass"
+        if not self._echoes.search(raw):
+            return value  # as it was: a round trip could join escaped bytes into a character
         return self._echoes.sub(_MASK, raw).decode("utf-8", errors)
 
 
@@ -625,12 +630,15 @@ class Client:
     ) -> None:
         """Read each of ``ids`` (by key) on its own, into ``current``, ``concurrency``
         at a time (the run's: no more requests in flight than it allows)."""
-        pending = list(ids.items())
-        for start in range(0, len(pending), concurrency):
-            part = pending[start : start + concurrency]
-            results = await asyncio.gather(*(self._get(c) for _, c in part))
-            for (key, _), (customer, error, _) in zip(part, results, strict=True):
-                current[key] = customer if error is None else error  # type: ignore[assignment]
+        slots = asyncio.Semaphore(concurrency)
+
+        async def read(customer_id: CustomerId) -> Customer | CustomerPatchError:
+            async with slots:
+                customer, error, _ = await self._get(customer_id)
+            return customer if error is None else error  # type: ignore[return-value]
+
+        results = await asyncio.gather(*(read(c) for c in ids.values()))
+        current.update(zip(ids, results, strict=True))
 
     async def _list_ids(
         self, many: str, part: list[CustomerId]

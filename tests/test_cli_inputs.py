@@ -272,6 +272,20 @@ def test_a_report_or_undo_file_that_is_not_a_file_is_refused_not_read_forever(tm
     assert "Traceback" not in proc.stderr
 
 
+def test_a_resume_file_of_one_endless_line_is_refused_not_read_whole(tmp_path):
+    """A large file with no line break (a disk image given by mistake) is refused
+    once a line is longer than any the command writes, not read into memory."""
+    path = jsonl(tmp_path / "u.jsonl", [{"id": 1001, "patch": {"name": "x"}}])
+    report = tmp_path / "r.jsonl"
+    with report.open("wb") as f:
+        f.truncate(6 << 30)  # sparse: no disk used
+    result = run(["apply", str(path), "--provider", "dualentry", "--resume", str(report)])
+    assert result.exit_code == 2, result.output
+    assert ":1: not a line of a customer-patch report or undo file (longer than 64 MiB)" in (
+        result.output
+    )
+
+
 # -- 6: standard input and named pipes ------------------------------------------------------------
 
 

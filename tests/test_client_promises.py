@@ -23,6 +23,7 @@ from customer_patch import (
     CustomerPatch,
     NotAttemptedError,
     NotFoundError,
+    Problem,
     RateLimit,
     RateLimitedError,
     Response,
@@ -352,6 +353,19 @@ async def test_a_custom_field_option_echoing_the_key_never_shows_it():
     assert "Bronze" in str(info.value)
     assert TOKEN not in str(info.value)
     assert TOKEN not in repr(info.value.problems)
+
+
+@pytest.mark.parametrize("text", ["\udcc3\udca9", "\udcc3\udca9 \ud800", "x\ud800y"])
+def test_masking_leaves_a_text_without_the_key_as_it_was(text):
+    client = Client("dualentry", token=TOKEN)
+    assert client.mask(text) == text
+
+
+def test_a_problem_that_is_not_text_survives_redaction():
+    """A third-party adapter's check may say anything: redacting it must not fail."""
+    client = Client("dualentry", token=TOKEN)
+    error = client._credentials.redact(ValidationError([Problem(5, 404)]))
+    assert error.problems == (Problem(5, 404),)
 
 
 # -- the time budget holds for every wait ----------------------------------------------------

@@ -10,6 +10,7 @@ import itertools
 import json
 from urllib.parse import parse_qs, urlsplit
 
+import attrs
 import pytest
 
 from customer_patch import (
@@ -25,6 +26,7 @@ from customer_patch import (
     Response,
     ResponseFormatError,
     TaxId,
+    TransportError,
     UnknownCustomFieldError,
     UnsupportedOperationError,
     ValidationError,
@@ -596,6 +598,43 @@ async def test_customers_the_list_cannot_settle_are_read_at_most_concurrency_at_
         results = [r async for r in de.iter_updates(updates, skip_unchanged=True, concurrency=3)]
     assert [r.error for r in results] == [None] * 20
     assert most == 3
+
+
+async def test_after_a_write_that_may_have_landed_a_lagging_read_does_not_skip_the_next():
+    """Record 0 landed but its answer was lost; every read lags behind writes: the
+    next record, setting the old name again, must be sent, not found unchanged."""
+    store = Store(10)
+    list_lagging_behind_writes(store, gets_too=True)
+    lagging = store.transport.handler
+    cut = iter([True])
+
+    def answer(request):
+        if request.method == "PATCH" and next(cut, False):
+            store.answer(request)  # applied, and the connection lost
+            raise TransportError("the answer was cut short", provider="dualentry")
+        return lagging(request)
+
+    store.transport = MockTransport(answer)
+    updates = [(7, CustomerPatch(name="A")), (7, CustomerPatch(name="C7"))]
+    async with client(store, retry=None) as de:
+        results = [r async for r in de.iter_updates(updates, skip_unchanged=True)]
+    first, second = sorted(results, key=lambda r: r.index)
+    assert isinstance(first.error, TransportError)
+    assert second.ok
+    assert second.changed
+    assert store.customers[7]["name"] == "C7"
+
+
+def test_a_read_of_every_field_does_not_replace_what_an_earlier_record_left():
+    """Merged with a read that shows every field, what was known stays: only the
+    fields it did not know are taken from that read."""
+    from customer_patch._bulk import _merged
+
+    adapter = get_adapter("dualentry")
+    known = adapter.customer_from(row(7, name="A"))  # a list row: no address, no country
+    fuller = attrs.evolve(known, name="old", country="US", read_fields=None)
+    merged = _merged(known, fuller)
+    assert (merged.name, merged.country) == ("A", "US")
 
 
 def first_write_answered(store, how):

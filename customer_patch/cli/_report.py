@@ -135,15 +135,39 @@ def _torn(line: bytes) -> bool:
     return cut.isascii() and (cut.startswith(_TORN_PREFIX) or _TORN_PREFIX.startswith(cut))
 
 
+MAX_LINE = 64 << 20
+"""Bytes of a report or undo line read back at most.  What this module writes
+stays well under it: a report shows at most ``SHOWN`` bytes of a record's
+values and of its message; an undo line holds values a provider answered,
+within the client's 8 MiB cap (6 bytes a character at most, JSON-escaped).
+A wrong file costs no more than this; a device or a pipe, which could be
+read without end, is refused before (see regular_file)."""
+
+SHOWN = 1 << 20
+"""Bytes of JSON (or of text) a report line shows of a record's values, and of
+its error's message, at most: the rest is summed up, not written."""
+
+
 def _lines(path: Path) -> Iterable[bytes]:
-    # No cap on a line: the command writes lines as long as the values it was
-    # given (it reads input lines of any length); a device or a pipe, which
-    # could be read without end, is refused before (see regular_file).
     try:
         with path.open("rb") as f:
-            yield from f
+            number = 0
+            while line := f.readline(MAX_LINE + 1):
+                number += 1
+                if len(line) > MAX_LINE:
+                    raise ReportError(
+                        f"{path}:{number}: not a line of a customer-patch report or undo "
+                        f"file (longer than {MAX_LINE >> 20} MiB)"
+                    )
+                yield line
     except OSError as e:
         raise ReportError(f"{path}: cannot be read ({e.strerror})") from None
+
+
+def _shown(values: dict[str, Any]) -> dict[str, Any] | str:
+    """``values`` for a report line, or how large they are, past ``SHOWN``."""
+    size = len(json.dumps(values))
+    return values if size <= SHOWN else f"not shown: {size} bytes of JSON"
 
 
 def regular_file(path: Path, flag: str) -> None:
@@ -335,7 +359,10 @@ def entry_for(line: Line, error: BaseException | None, attempts: int) -> dict[st
     }
     if error is not None:
         entry["error"] = type(error).__name__
-        entry["message"] = str(error)
+        message = str(error)  # it may quote an input's value, of any length
+        if len(message) > SHOWN:
+            message = f"{message[:SHOWN]}... ({len(message) - SHOWN} more characters)"
+        entry["message"] = message
         if isinstance(error, ProviderError):
             entry["status"] = error.status
     return entry
@@ -349,8 +376,8 @@ def changes_entry(result: UpdateResult) -> dict[str, Any]:
         entry["customer"] = result.before.id
     if result.changed and result.sent is not None and result.before is not None:
         restore, unknown = result.sent.undo_for(result.before)
-        entry["before"] = restore.to_dict()
-        entry["after"] = result.sent.to_dict()
+        entry["before"] = _shown(restore.to_dict())
+        entry["after"] = _shown(result.sent.to_dict())
         if unknown:
             entry["before_unknown"] = list(unknown)
     return entry
