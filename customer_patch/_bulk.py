@@ -210,12 +210,12 @@ def _applied(customer: Customer, patch: CustomerPatch) -> Customer:
     return attrs.evolve(customer, **changes, raw=raw)
 
 
-def _unread(patch: CustomerPatch, customer: Customer) -> bool:
-    """Whether ``patch`` sets a field ``customer`` was read without."""
+def _unread(patch: CustomerPatch, customer: Customer, besides: frozenset[str]) -> bool:
+    """Whether ``patch`` sets a field ``customer`` was read without, ``besides`` those."""
     known = customer.read_fields
     if known is None:
         return False
-    return any(path not in known for path, _ in patch.set_fields())
+    return any(path not in known and path not in besides for path, _ in patch.set_fields())
 
 
 def _merged(customer: Customer, other: Customer) -> Customer:
@@ -467,8 +467,9 @@ async def run_bulk(
     with ``compare`` it checks the whole patch first, so an invalid record is
     an error even when nothing in it differs from what was read.
     """
-    if concurrency < 1:
-        raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+        # 2.5 would bound nothing: a semaphore of 2.5 never blocks.
+        raise ValueError(f"concurrency must be a whole number of at least 1, got {concurrency!r}")
     stop = _Stop(max_failures, max_consecutive_failures)
     if total is None and isinstance(updates, Sized):
         total = len(updates)
@@ -545,10 +546,14 @@ async def run_bulk(
                 before = fresh if isinstance(fresh, Customer) else None
                 last = previous.result
                 if before is not None and last is not None and last.sent is not None:
-                    # Unless refused (a 4xx), what it sent may have landed after
-                    # that read was served (a read that lags behind writes): not
-                    # known, so sent again.
-                    rejected = isinstance(last.error, ProviderError) and last.error.status < 500
+                    # Unless its only attempt was refused (a 4xx), what it sent
+                    # may have landed after that read was served (a read that
+                    # lags behind writes): not known, so sent again.
+                    rejected = (
+                        last.attempts == 1
+                        and isinstance(last.error, ProviderError)
+                        and last.error.status < 500
+                    )
                     if not rejected:
                         disputed = frozenset(path for path, _ in last.sent.set_fields())
                         before = _forgetting(before, disputed)
@@ -564,7 +569,8 @@ async def run_bulk(
                     )
                 try:
                     changes = patch.changes_from(before)
-                    unread = _unread(changes, before)
+                    # Disputed fields are sent whatever a read says: not worth one.
+                    unread = _unread(changes, before, disputed)
                     if unread and complete is not None:
                         # The list did not show some fields this record sets:
                         # read the customer itself, so they are compared (and

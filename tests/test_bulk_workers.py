@@ -734,3 +734,11 @@ async def test_match_on_with_duplicates_ends_with_the_last_value(concurrency):
     assert all(r.ok for r in report.results), [r.error for r in report.results if not r.ok][:3]
     for cid in range(1, 7):
         assert store.customers[cid]["name"] == f"v{54 + cid - 1}"
+
+
+@pytest.mark.parametrize("concurrency", [2.5, 0, True, "4"])
+async def test_a_concurrency_that_is_not_a_whole_number_is_refused(concurrency):
+    """2.5 would not bound anything (a semaphore of 2.5 never blocks)."""
+    async with mock_client(lambda r: Response(status=200, body=b"{}")) as de:
+        with pytest.raises((ValueError, TypeError), match="concurrency must be a whole number"):
+            [r async for r in de.iter_updates([], concurrency=concurrency)]

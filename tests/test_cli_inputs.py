@@ -286,6 +286,26 @@ def test_a_resume_file_of_one_endless_line_is_refused_not_read_whole(tmp_path):
     )
 
 
+def test_a_report_line_for_a_huge_id_is_one_resume_reads_back(tmp_path):
+    """An invalid record whose id is 3 MiB of text: its report line is kept small
+    enough for --resume, whatever the input held."""
+    path = tmp_path / "u.jsonl"
+    path.write_text(
+        json.dumps({"id": "x" * (3 << 20), "patch": {}})
+        + "\n"
+        + json.dumps({"id": 1001, "patch": {"name": "N"}})
+        + "\n"
+    )
+    report = tmp_path / "r.jsonl"
+    with threaded_fake("dualentry", customers=1, **FAST) as (fake, base, _):
+        first = run([*apply_fast(path, base), "--report", str(report)])
+        resumed = run([*apply_fast(path, base), "--resume", str(report)])
+    assert first.exit_code == 2, first.output  # the invalid line
+    assert max(len(line) for line in report.read_bytes().splitlines()) < 2 << 20
+    assert resumed.exit_code == 2, resumed.output  # the same invalid line, and nothing else
+    assert "not a line" not in resumed.output
+
+
 # -- 6: standard input and named pipes ------------------------------------------------------------
 
 

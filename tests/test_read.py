@@ -25,6 +25,7 @@ from customer_patch import (
     RateLimit,
     Response,
     ResponseFormatError,
+    RetryPolicy,
     TaxId,
     TransportError,
     UnknownCustomFieldError,
@@ -623,6 +624,47 @@ async def test_after_a_write_that_may_have_landed_a_lagging_read_does_not_skip_t
     assert second.ok
     assert second.changed
     assert store.customers[7]["name"] == "C7"
+
+
+@pytest.mark.parametrize("then", [429, 409])
+async def test_after_a_write_that_landed_then_was_refused_the_next_is_still_sent(then):
+    """The first attempt landed and its answer was lost; its retry was refused: the
+    record fails with a 4xx, but what it sent may well be there."""
+    store = Store(10)
+    list_lagging_behind_writes(store, gets_too=True)
+    lagging = store.transport.handler
+    attempts = iter(["landed", "refused"])
+
+    def answer(request):
+        if request.method == "PATCH":
+            what = next(attempts, None)
+            if what == "landed":
+                store.answer(request)
+                raise TransportError("the answer was cut short", provider="dualentry")
+            if what == "refused":
+                return Response(status=then, headers={"Retry-After": "0"}, body=b"{}")
+        return lagging(request)
+
+    store.transport = MockTransport(answer)
+    updates = [(7, CustomerPatch(name="A")), (7, CustomerPatch(name="C7"))]
+    async with client(store, retry=RetryPolicy(attempts=2)) as de:
+        results = sorted(
+            [r async for r in de.iter_updates(updates, skip_unchanged=True)],
+            key=lambda r: r.index,
+        )
+    assert results[0].error is not None
+    assert results[1].changed
+    assert store.customers[7]["name"] == "C7"
+
+
+async def test_after_a_failed_write_the_customer_is_read_once_not_twice():
+    store = Store(10)
+    first_write_answered(store, lambda request: Response(status=500, body=b"{}"))
+    updates = [(7, CustomerPatch(name="A")), (7, CustomerPatch(name="B"))]
+    async with client(store, retry=None) as de:
+        results = [r async for r in de.iter_updates(updates, skip_unchanged=True)]
+    assert len(results) == 2
+    assert [r.url for r in store.sent("GET")].count(store.sent("GET")[-1].url) == 1
 
 
 def test_a_read_of_every_field_does_not_replace_what_an_earlier_record_left():

@@ -137,15 +137,36 @@ def _torn(line: bytes) -> bool:
 
 MAX_LINE = 64 << 20
 """Bytes of a report or undo line read back at most.  What this module writes
-stays well under it: a report shows at most ``SHOWN`` bytes of a record's
-values and of its message; an undo line holds values a provider answered,
-within the client's 8 MiB cap (6 bytes a character at most, JSON-escaped).
-A wrong file costs no more than this; a device or a pipe, which could be
-read without end, is refused before (see regular_file)."""
+stays under it: a report line is cut down to ``SHOWN`` (see ``_fitted``); an
+undo line holds values a provider answered, within the client's 8 MiB cap
+(6 bytes a character at most, JSON-escaped).  A wrong file costs no more than
+this; a device or a pipe, which could be read without end, is refused before
+(see regular_file)."""
 
 SHOWN = 1 << 20
-"""Bytes of JSON (or of text) a report line shows of a record's values, and of
-its error's message, at most: the rest is summed up, not written."""
+"""Bytes of JSON a report line holds at most, before it is cut down."""
+
+# What a report line keeps when it is cut down: what --resume reads, and what
+# an operator needs to know about the record.
+_KEPT = ("line", "id", "ok", "attempts", "hash", "error", "status", "changed", "customer")
+
+
+def _fitted(entry: dict[str, Any]) -> bytes:
+    """``entry`` as a report line: whole, or, past ``SHOWN`` bytes (a value, a
+    message or an id as long as the input made it), without the values and
+    with the id and message cut, saying how much was left out."""
+    data = json.dumps(entry).encode()
+    if len(data) <= SHOWN:
+        return data
+    kept = {k: entry[k] for k in _KEPT if k in entry}
+    for key in ("id", "message"):
+        text = entry.get(key)
+        if isinstance(text, str) and len(text) > SHOWN // 4:
+            kept[key] = f"{text[: SHOWN // 4]}... ({len(text) - SHOWN // 4} more characters)"
+        elif key in entry:
+            kept[key] = entry[key]
+    kept["not_shown"] = f"{len(data)} bytes of JSON, cut down"
+    return json.dumps(kept).encode()
 
 
 def _lines(path: Path) -> Iterable[bytes]:
@@ -162,12 +183,6 @@ def _lines(path: Path) -> Iterable[bytes]:
                 yield line
     except OSError as e:
         raise ReportError(f"{path}: cannot be read ({e.strerror})") from None
-
-
-def _shown(values: dict[str, Any]) -> dict[str, Any] | str:
-    """``values`` for a report line, or how large they are, past ``SHOWN``."""
-    size = len(json.dumps(values))
-    return values if size <= SHOWN else f"not shown: {size} bytes of JSON"
 
 
 def regular_file(path: Path, flag: str) -> None:
@@ -301,7 +316,7 @@ class Report:
         """Append one entry; raise :class:`ReportWriteError` if it (or an earlier one) failed."""
         if self._file is None:
             return
-        self._write(json.dumps(entry).encode() + b"\n")
+        self._write(_fitted(entry) + b"\n")
 
     def _write(self, data: bytes) -> None:
         assert self._file is not None
@@ -359,10 +374,7 @@ def entry_for(line: Line, error: BaseException | None, attempts: int) -> dict[st
     }
     if error is not None:
         entry["error"] = type(error).__name__
-        message = str(error)  # it may quote an input's value, of any length
-        if len(message) > SHOWN:
-            message = f"{message[:SHOWN]}... ({len(message) - SHOWN} more characters)"
-        entry["message"] = message
+        entry["message"] = str(error)
         if isinstance(error, ProviderError):
             entry["status"] = error.status
     return entry
@@ -376,8 +388,8 @@ def changes_entry(result: UpdateResult) -> dict[str, Any]:
         entry["customer"] = result.before.id
     if result.changed and result.sent is not None and result.before is not None:
         restore, unknown = result.sent.undo_for(result.before)
-        entry["before"] = _shown(restore.to_dict())
-        entry["after"] = _shown(result.sent.to_dict())
+        entry["before"] = restore.to_dict()
+        entry["after"] = result.sent.to_dict()
         if unknown:
             entry["before_unknown"] = list(unknown)
     return entry
