@@ -30,7 +30,7 @@ import pytest
 from customer_patch import Client
 from customer_patch.sandbox import Faults
 from customer_patch_dualentry._fake import DualEntryFake
-from tests.test_cli import CLI, TOKEN, jsonl, report_lines, run
+from tests.test_cli import CLI, TOKEN, digest, jsonl, report_lines, run
 from tests.threaded_fake import serving, threaded_fake
 
 HANG_GUARD = 20  # seconds: a run that takes this long is hung, not slow
@@ -595,6 +595,23 @@ def test_a_report_the_command_wrote_with_a_large_value_resumes(tmp_path, size):
     assert first.exit_code == 0, first.output
     assert resumed.exit_code == 0, resumed.output
     assert name == "N"
+
+
+def test_masking_the_key_never_touches_what_resume_reads(tmp_path):
+    """A short key that happens to be the start of a record's hash: the report
+    masks what the provider said, not its own bookkeeping, so it resumes."""
+    record = {"id": 1001, "patch": {"name": "N"}}
+    path = jsonl(tmp_path / "u.jsonl", [record])
+    key = digest(record)[:12]
+    report = tmp_path / "r.jsonl"
+    args = ["apply", str(path), "--provider", "dualentry", "--changes-only"]
+    with threaded_fake("dualentry", customers=1, token=key, **FAST) as (fake, base, _):
+        env = {"DUALENTRY_API_KEY": key}
+        first = run([*args, "--base-url", base, "--report", str(report)], env=env)
+        resumed = run([*args, "--base-url", base, "--resume", str(report)], env=env)
+    assert first.exit_code == 0, first.output
+    assert report_lines(report)[0]["hash"] == digest(record)
+    assert resumed.exit_code == 0, resumed.output
 
 
 def test_an_existing_undo_file_is_refused_and_left_untouched(tmp_path):

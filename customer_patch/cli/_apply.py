@@ -151,8 +151,11 @@ async def apply(
                 entry.update(changes_entry(result))
             if isinstance(result.error, ReportWriteError):
                 raise result.error  # the undo file could not be written: nothing was sent
-            # The values read are the provider's: it may have put the token in them.
-            report.write(_masked(entry, client.mask) if reading else entry)
+            if reading:  # the values read are the provider's: it may have put the token there
+                entry.update(
+                    (k, _masked(entry[k], client.mask)) for k in _FROM_PROVIDER if k in entry
+                )
+            report.write(entry)
             on_result(tally)
     finally:  # leaving early (an error, a signal): stop the run and its requests now
         aclose = getattr(results, "aclose", None)
@@ -181,6 +184,11 @@ def _undo_first(
                 )
 
     return write
+
+
+# The parts of a report line a provider's answer fills (never what --resume
+# reads: its line number, hash and the input's id stay as written).
+_FROM_PROVIDER = ("before", "after", "customer", "message")
 
 
 def _masked(value: Any, mask: Callable[[str], str]) -> Any:
