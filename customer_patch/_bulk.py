@@ -479,10 +479,10 @@ async def run_bulk(
     # Results (or an exception graver than a record's failure) for the consumer.
     finished: collections.deque[UpdateResult | BaseException] = collections.deque()
     latest: dict[str, _Record] = {}  # customer key -> its last record in flight
-    # With read: each customer's last record started since the batch was read, or
-    # in flight when it was, ended or not.  A later record of that customer must
-    # follow what it left: the read predates it, or raced it.  Bounded by a batch
-    # plus concurrency.
+    # With read: each customer's last record started since the batch before was
+    # read, or in flight when this one was, ended or not.  A later record of that
+    # customer must follow what it left: the read predates it, raced it, or may
+    # lag behind it.  Bounded by two batches plus concurrency.
     recent: dict[str, _Record] = {}
     # With read: each customer's last record since the last read.  Kept in `recent`
     # for one batch more: a list that lags behind writes may not show it yet.
