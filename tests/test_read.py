@@ -495,21 +495,28 @@ def list_lagging_behind_writes(store, *, gets_too=False):
     store.transport = MockTransport(answer)
 
 
+def a_batch_apart(first, *later):
+    """Customer 7's ``first`` patch, 99 records that change nothing, then ``later``
+    (index 100 on: in the next read's batch)."""
+    unchanged = [(cid, CustomerPatch(name=f"C{cid}")) for cid in range(20, 119)]
+    return [(7, first), *unchanged, *later]
+
+
+async def changes_to_7(store, updates):
+    """Run ``updates`` with ``skip_unchanged``: ``(index, changed)`` of customer 7's records."""
+    async with client(store) as de:
+        results = [r async for r in de.iter_updates(updates, skip_unchanged=True)]
+    return [(r.index, r.changed) for r in results if r.customer_id == 7]
+
+
 async def test_a_later_record_in_the_next_batch_is_not_compared_with_a_list_lagging_behind():
     """Customer 7 is set to A, then (100 records on, in the next read's batch) back
     to its old name: a list that still shows the old name must not make the run
     skip that write, which the run's own earlier answer says is needed."""
     store = Store(150)
     list_lagging_behind_writes(store)
-    updates = [(7, CustomerPatch(name="A"))]
-    updates += [(cid, CustomerPatch(name=f"C{cid}")) for cid in range(20, 119)]  # unchanged
-    updates += [(7, CustomerPatch(name="C7"))]
-    async with client(store) as de:
-        results = [r async for r in de.iter_updates(updates, skip_unchanged=True)]
-    assert [(r.index, r.changed) for r in results if r.customer_id == 7] == [
-        (0, True),
-        (100, True),
-    ]
+    updates = a_batch_apart(CustomerPatch(name="A"), (7, CustomerPatch(name="C7")))
+    assert await changes_to_7(store, updates) == [(0, True), (100, True)]
     assert [r.json() for r in store.sent("PATCH")] == [{"name": "A"}, {"name": "C7"}]
     assert store.customers[7]["name"] == "C7"
 
@@ -527,15 +534,8 @@ async def test_a_later_record_in_the_next_batch_still_sees_a_change_made_meanwhi
         return store.answer(request)
 
     store.transport = MockTransport(answer)
-    updates = [(7, CustomerPatch(name="A"))]
-    updates += [(cid, CustomerPatch(name=f"C{cid}")) for cid in range(20, 119)]
-    updates += [(7, CustomerPatch(name="A"))]
-    async with client(store) as de:
-        results = [r async for r in de.iter_updates(updates, skip_unchanged=True)]
-    assert [(r.index, r.changed) for r in results if r.customer_id == 7] == [
-        (0, True),
-        (100, True),
-    ]
+    updates = a_batch_apart(CustomerPatch(name="A"), (7, CustomerPatch(name="A")))
+    assert await changes_to_7(store, updates) == [(0, True), (100, True)]
     assert store.customers[7]["name"] == "A"
 
 
@@ -544,12 +544,11 @@ async def test_a_malformed_patch_of_a_customer_written_a_batch_before_is_its_own
     that cannot be compared (custom fields as a list) is still that record's
     ValidationError, and the run goes on."""
     store = Store(150)
-    updates = [(7, CustomerPatch(name="A"))]
-    updates += [(cid, CustomerPatch(name=f"C{cid}")) for cid in range(20, 119)]
-    updates += [
+    updates = a_batch_apart(
+        CustomerPatch(name="A"),
         (7, CustomerPatch(custom_fields=[{"Partner": True}])),
         (8, CustomerPatch(name="B")),
-    ]
+    )
     async with client(store) as de:
         results = sorted(
             [r async for r in de.iter_updates(updates, skip_unchanged=True)], key=lambda r: r.index
@@ -566,15 +565,10 @@ async def test_a_field_disputed_by_a_lagging_list_is_sent_even_when_reads_of_one
     disputed, and is sent."""
     store = Store(150)
     list_lagging_behind_writes(store, gets_too=True)
-    updates = [(7, CustomerPatch(name="A", country="FR"))]  # the list shows no country
-    updates += [(cid, CustomerPatch(name=f"C{cid}")) for cid in range(20, 119)]
-    updates += [(7, CustomerPatch(name="C7", country="FR"))]
-    async with client(store) as de:
-        results = [r async for r in de.iter_updates(updates, skip_unchanged=True)]
-    assert [(r.index, r.changed) for r in results if r.customer_id == 7] == [
-        (0, True),
-        (100, True),
-    ]
+    updates = a_batch_apart(  # the list shows no country
+        CustomerPatch(name="A", country="FR"), (7, CustomerPatch(name="C7", country="FR"))
+    )
+    assert await changes_to_7(store, updates) == [(0, True), (100, True)]
     assert store.customers[7]["name"] == "C7"
 
 
