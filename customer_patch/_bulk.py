@@ -54,7 +54,7 @@ Updates: TypeAlias = Iterable[Update] | AsyncIterable[Update]
 """What the bulk methods take: ``(customer_id, patch)`` pairs, plain or async."""
 
 
-@frozen(kw_only=True)
+@frozen(kw_only=True, slots=False)  # built per request: see Customer
 class UpdateResult:
     """What happened to one record of a bulk run."""
 

@@ -21,7 +21,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 _MASK = "********"
 
 
-@frozen(kw_only=True)
+@frozen(kw_only=True, slots=False)  # built per request: see Customer
 class Request:
     """An HTTP request, ready to send.  Its repr never shows secret headers."""
 
@@ -58,7 +58,7 @@ def _case_insensitive(headers: Mapping[str, str]) -> Mapping[str, str]:
     return headers if isinstance(headers, CIMultiDictProxy | CIMultiDict) else CIMultiDict(headers)
 
 
-@frozen(kw_only=True)
+@frozen(kw_only=True, slots=False)  # built per request: see Customer
 class Response:
     """An HTTP response as received: status, headers and the raw body."""
 
