@@ -8,6 +8,9 @@ allocator, a cache or a turn of the machine's noise from another.  Each run
 reports its wall time and the CPU (user + system) its process spent, both
 measured around the run itself, after the same warm-up for all, and how much
 of that CPU went to the garbage collector's passes (timed by ``gc.callbacks``).
+"CPU x aiohttp" is the ratio of the medians; "paired" is the median of each
+round's ratio to the raw loop's run in the same round, which the machine's
+slow swings move less.
 
 Run: python benchmarks/bench_overhead.py [--updates N] [--rounds R] [--only NAME ...] [--pin]
 
@@ -187,6 +190,14 @@ def main() -> None:
                 gcs[name].append(run["gc"] / args.updates * 1e6)
     raw_rate = statistics.median(rates.get("raw aiohttp loop", [math_nan()]))
     raw_cpu = statistics.median(cpus.get("raw aiohttp loop", [math_nan()]))
+    raw_cpus = cpus.get("raw aiohttp loop", [math_nan()] * args.rounds)
+
+    def paired(name: str) -> float:
+        # Each round's ratio to the raw loop of the same round, then the median:
+        # the machine's slow swings (a round at half speed) move both runs of a
+        # round, so they cancel here, where a median of each side keeps them.
+        return statistics.median(c / r for c, r in zip(cpus[name], raw_cpus, strict=True))
+
     header(
         f"overhead: {args.updates} updates, concurrency {args.concurrency}, server replies "
         f"at once; {args.rounds} interleaved rounds, each run a fresh process"
@@ -204,6 +215,7 @@ def main() -> None:
             "min",
             "max",
             "CPU x aiohttp",
+            "paired",
             "of it GC us",
         ],
         [
@@ -217,6 +229,7 @@ def main() -> None:
                 min(cpus[name]),
                 max(cpus[name]),
                 statistics.median(cpus[name]) / raw_cpu,
+                paired(name),
                 statistics.median(gcs[name]),
             ]
             for name in names
