@@ -29,6 +29,7 @@ from typing import Any, TypeAlias
 import attrs
 from attrs import field, frozen
 
+from customer_patch._checks import check_callable, check_whole
 from customer_patch._errors import (
     AuthenticationError,
     NotAttemptedError,
@@ -376,12 +377,8 @@ class _Stop:
     """Why a run stops sending: a 401/403, or a failure threshold crossed."""
 
     def __init__(self, max_failures: int | None, max_consecutive: int | None) -> None:
-        for name, value in (
-            ("max_failures", max_failures),
-            ("max_consecutive_failures", max_consecutive),
-        ):
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be at least 1 or None, got {value}")
+        check_whole("max_failures", max_failures, none=True)
+        check_whole("max_consecutive_failures", max_consecutive, none=True)
         self.max_failures = max_failures
         self.max_consecutive = max_consecutive
         self.cause: BaseException | None = None
@@ -467,9 +464,13 @@ async def run_bulk(
     with ``compare`` it checks the whole patch first, so an invalid record is
     an error even when nothing in it differs from what was read.
     """
-    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-        # 2.5 would bound nothing: a semaphore of 2.5 never blocks.
-        raise ValueError(f"concurrency must be a whole number of at least 1, got {concurrency!r}")
+    # Refused before anything is sent: 2.5 would bound nothing (a semaphore of 2.5
+    # never blocks), and a progress hook that cannot be called would end the run
+    # after its first record.
+    check_whole("concurrency", concurrency)
+    check_whole("total", total, least=0, none=True)
+    check_callable("progress", progress)
+    check_callable("before_write", before_write)
     stop = _Stop(max_failures, max_consecutive_failures)
     if total is None and isinstance(updates, Sized):
         total = len(updates)

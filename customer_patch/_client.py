@@ -11,7 +11,15 @@ import logging
 import math
 import re
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from types import MappingProxyType, TracebackType
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -29,6 +37,7 @@ from customer_patch._bulk import (
     read_key,
     run_bulk,
 )
+from customer_patch._checks import check_flag, check_seconds, check_whole
 from customer_patch._errors import (
     CustomerPatchError,
     NotAttemptedError,
@@ -261,6 +270,26 @@ class _Pages:
         return _reads_on(self.shown, count, len(ids)) and not (past and len(ids) < self._asked)
 
 
+# Characters no header value may hold (a line break would end the header).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _limits(rate_limit: object) -> tuple[RateLimit, ...]:
+    """``rate_limit`` as a tuple of limits, or a TypeError saying what it should be."""
+    if isinstance(rate_limit, RateLimit):
+        return (rate_limit,)
+    limits = (
+        tuple(rate_limit)
+        if isinstance(rate_limit, Iterable) and not isinstance(rate_limit, str)
+        else None
+    )
+    if limits is None or not all(isinstance(limit, RateLimit) for limit in limits):
+        raise TypeError(
+            f"rate_limit must be a RateLimit, several, or None, got {rate_limit!r:.80}"
+        )
+    return limits
+
+
 class Client:
     """Applies partial updates to customers at one provider.
 
@@ -308,11 +337,34 @@ class Client:
             raise TypeError(f"expected an adapter name or an Adapter, got {adapter!r}")
         if not isinstance(token, str) or not token.strip():
             raise ValueError("token must be a non-empty string")
-        if any(c < " " or c == "\x7f" for c in token):
+        if _CONTROL.search(token):
             # Never echo the token: say what is wrong with it, not what it is.
             raise ValueError("token must not contain control characters (line breaks, NUL...)")
-        if timeout <= 0:
-            raise ValueError(f"timeout must be positive, got {timeout!r}")
+        check_seconds("timeout", timeout)
+        check_whole("max_connections", max_connections)
+        if user_agent is not None and (not isinstance(user_agent, str) or not user_agent):
+            raise ValueError(
+                f"user_agent must be a non-empty string or None, got {user_agent!r:.80}"
+            )
+        if user_agent is not None and _CONTROL.search(user_agent):
+            # Sent as a header with every request: a line break would end it.
+            raise ValueError(
+                "user_agent must not contain control characters (line breaks, NUL...)"
+            )
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise TypeError(f"retry must be a RetryPolicy or None, got {retry!r:.80}")
+        check_flag("check_custom_fields", check_custom_fields)
+        if session is not None and not isinstance(session, aiohttp.ClientSession):
+            raise TypeError(
+                f"session must be an aiohttp.ClientSession or None, got {session!r:.80}"
+            )
+        if transport is not None and not (
+            callable(getattr(transport, "send", None))
+            and callable(getattr(transport, "aclose", None))
+        ):
+            raise TypeError(
+                f"transport must have async send() and aclose(), got {transport!r:.80}"
+            )
         self.base_url = _check_base_url(
             self.adapter.default_base_url if base_url is None else base_url
         )
@@ -329,8 +381,7 @@ class Client:
             # the adaptive pace, or a run would fail record after record.
             self._pacer = Pacer((), start_slow=False)
         else:
-            limits = (rate_limit,) if isinstance(rate_limit, RateLimit) else tuple(rate_limit)
-            self._pacer = Pacer(limits)
+            self._pacer = Pacer(_limits(rate_limit))
         self._closed = False
         self.check_custom_fields = check_custom_fields
         self._definitions: list[CustomFieldDefinition] | None = None
@@ -814,6 +865,7 @@ class Client:
         before_write: BeforeWrite | None = None,
     ) -> AsyncGenerator[UpdateResult, None]:
         self._check_open()
+        check_flag("skip_unchanged", skip_unchanged)  # "no" is true: it would read
         adapter = self.adapter
         if match_on is not None and match_on not in adapter.match_keys:
             keys = ", ".join(sorted(adapter.match_keys)) or "none"

@@ -1,8 +1,9 @@
 """HTTP values: what crosses the transport seam, and how a provider limits it.
 
 The bottom of the dependency graph: plain values and pure functions, which
-import nothing else of this package.  Adapters build :class:`Request` and
-read :class:`Response`; transports send the one and return the other.
+import nothing else of this package but its checks of arguments.  Adapters
+build :class:`Request` and read :class:`Response`; transports send the one
+and return the other.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import Any
 
 from attrs import field, frozen
 from multidict import CIMultiDict, CIMultiDictProxy
+
+from customer_patch._checks import check_flag
 
 _MASK = "********"
 
@@ -84,6 +87,10 @@ def _sane_burst(instance: object, attribute: Any, value: int) -> None:
         raise ValueError(f"burst must be a whole number from 1 to 1,000,000, got {value!r}")
 
 
+def _flag(instance: object, attribute: Any, value: Any) -> None:
+    check_flag(attribute.name, value)
+
+
 @frozen
 class RateLimit:
     """A token bucket: ``burst`` requests at once, then ``per_second`` sustained."""
@@ -92,7 +99,7 @@ class RateLimit:
     """Requests that may go at once, from a full bucket."""
     per_second: float = field(validator=_sane_rate)
     """Requests per second, sustained."""
-    per_route: bool = False
+    per_route: bool = field(default=False, validator=_flag)
     """``True``: each route and method (:attr:`Request.route`) has a bucket of its
     own; ``False``: one bucket for every request of the client."""
 

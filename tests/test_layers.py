@@ -25,12 +25,13 @@ def imported(module: str) -> set[str]:
 @pytest.mark.parametrize(
     ("module", "allowed"),
     [
-        ("_http", set()),
+        ("_checks", set()),
+        ("_http", {"customer_patch._checks"}),
         ("_errors", set()),
         ("_transport", {"customer_patch._http", "customer_patch._errors"}),
-        ("_retry", {"customer_patch._http", "customer_patch._errors"}),
+        ("_retry", {"customer_patch._checks", "customer_patch._http", "customer_patch._errors"}),
         ("_pacing", {"customer_patch._http"}),
-        ("_bulk", {"customer_patch._model", "customer_patch._errors"}),
+        ("_bulk", {"customer_patch._checks", "customer_patch._model", "customer_patch._errors"}),
     ],
 )
 def test_each_lower_layer_imports_only_what_is_below_it(module, allowed):
@@ -49,6 +50,7 @@ def test_importing_the_transport_loads_neither_the_adapters_nor_the_pacer():
     assert "customer_patch._pacing" not in loaded
     assert set(loaded) == {
         "customer_patch",
+        "customer_patch._checks",
         "customer_patch._errors",
         "customer_patch._http",
         "customer_patch._transport",

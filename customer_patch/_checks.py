@@ -1,0 +1,60 @@
+"""Checks of the arguments a caller passes, at the bottom of the dependency graph.
+
+Each refuses at once, naming the parameter and the value, rather than let a
+wrong one fail deep inside a run (a ``TypeError`` after records were sent)
+or be read as something else (``"no"`` is true; aiohttp reads a limit of 0
+as no limit).  A number or a flag out of place is a :class:`ValueError`, as
+the library's other checks of values; an object of the wrong kind, a
+:class:`TypeError`.  Never pass a secret: its value is quoted.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+def _shown(value: Any) -> str:
+    return f"{value!r:.80}"
+
+
+def check_whole(name: str, value: Any, *, least: int = 1, none: bool = False) -> None:
+    """A whole number (``int``, not ``bool``) of at least ``least``; ``None`` if ``none``."""
+    if none and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        also = " or None" if none else ""
+        raise ValueError(
+            f"{name} must be a whole number of at least {least}{also}, got {_shown(value)}"
+        )
+
+
+def check_seconds(name: str, value: Any, *, zero: bool = False, none: bool = False) -> None:
+    """A finite number of seconds (``int`` or ``float``, not ``bool``), above 0
+    (or 0 as well if ``zero``); ``None`` if ``none``."""
+    if none and value is None:
+        return
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value < 0
+        or (value == 0 and not zero)
+    ):
+        least = ", 0 or more" if zero else " above 0"
+        also = " or None" if none else ""
+        raise ValueError(
+            f"{name} must be a finite number of seconds{least}{also}, got {_shown(value)}"
+        )
+
+
+def check_flag(name: str, value: Any) -> None:
+    """``True`` or ``False``, nothing else that is merely true or false."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {_shown(value)}")
+
+
+def check_callable(name: str, value: Any) -> None:
+    """A callable, or ``None``."""
+    if value is not None and not callable(value):
+        raise TypeError(f"{name} must be callable or None, got {_shown(value)}")
