@@ -55,7 +55,7 @@ Updates: TypeAlias = Iterable[Update] | AsyncIterable[Update]
 """What the bulk methods take: ``(customer_id, patch)`` pairs, plain or async."""
 
 
-@frozen(kw_only=True, slots=False)  # built per request: see Customer
+@frozen(kw_only=True)
 class UpdateResult:
     """What happened to one record of a bulk run."""
 

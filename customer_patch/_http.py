@@ -24,7 +24,7 @@ from customer_patch._checks import check_flag
 _MASK = "********"
 
 
-@frozen(kw_only=True, slots=False)  # built per request: see Customer
+@frozen(kw_only=True)
 class Request:
     """An HTTP request, ready to send.  Its repr never shows secret headers."""
 
@@ -61,7 +61,7 @@ def _case_insensitive(headers: Mapping[str, str]) -> Mapping[str, str]:
     return headers if isinstance(headers, CIMultiDictProxy | CIMultiDict) else CIMultiDict(headers)
 
 
-@frozen(kw_only=True, slots=False)  # built per request: see Customer
+@frozen(kw_only=True)
 class Response:
     """An HTTP response as received: status, headers and the raw body."""
 

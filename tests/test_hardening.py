@@ -268,10 +268,13 @@ async def test_the_token_never_appears_anywhere(sandbox, caplog):
     ]
     report = await sb.client.update_many(updates)
     assert report.failed  # the faults made errors to inspect
+    request = sb.client.prepare(sb.ids[0], CustomerPatch(name="z"))
     texts = [
         repr(sb.client),
         repr(vars(sb.client)),
-        repr(sb.client.prepare(sb.ids[0], CustomerPatch(name="z"))),
+        repr(request),
+        # What a log line of vars(request), or a debugger's view of it, would show.
+        repr(getattr(request, "__dict__", None)),
     ]
     for result in report.results:
         texts += [repr(result), str(result.error), repr(result.error)]

@@ -50,6 +50,23 @@ def test_set_fields_flattens_external_ids_and_keeps_none():
     }
 
 
+def test_a_subclass_holding_a_field_in_a_slot_is_still_read():
+    # attrs makes a subclass slotted: a field it declares again lives in a slot,
+    # not in the __dict__ of CustomerPatch (a dict class).
+    @attrs.frozen(kw_only=True)
+    class Trimmed(CustomerPatch):
+        name: str | None = attrs.field(
+            default=UNSET,
+            converter=lambda value: value.strip() if isinstance(value, str) else value,
+        )
+        country: str = "FR"
+
+    patch = Trimmed(name="  Acme  ")
+    assert dict(patch.set_fields()) == {"name": "Acme", "country": "FR"}
+    assert patch
+    assert not patch.is_empty()
+
+
 def test_patch_and_unset_survive_pickle():
     patch = CustomerPatch(name="A", external_ids=ExternalIds(crm=None))
     again = pickle.loads(pickle.dumps(patch))
