@@ -30,8 +30,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 from urllib.parse import quote, urlencode
 
-from attrs import frozen
+from attrs import field, frozen
 
+from customer_patch._checks import flag_field
 from customer_patch._errors import (
     Problem,
     ProviderError,
@@ -125,19 +126,35 @@ def _text_or_null(value: Any) -> str | None:
     raise TypeError(f"expected a string or null, got {type_name(value)}")
 
 
+def _key(instance: object, attribute: Any, value: Any) -> None:
+    if not isinstance(value, str) or not value:
+        raise TypeError(f"{attribute.name} must be a non-empty string, got {value!r:.80}")
+
+
+def _function(instance: object, attribute: Any, value: Any) -> None:
+    if not callable(value):
+        raise TypeError(f"{attribute.name} must be callable, got {value!r:.80}")
+
+
+def _choices(instance: object, attribute: Any, value: Any) -> None:
+    # One string is a collection of its characters: "ab" would be "one of 'abc'".
+    if isinstance(value, str):
+        raise TypeError(f"choices must be a collection of strings, not one string: {value!r:.80}")
+
+
 @frozen(kw_only=True)
 class WireField:
     """How one neutral field travels to a provider."""
 
-    wire: str
+    wire: str = field(validator=_key)
     """The key in the provider's JSON body."""
-    nullable: bool = True
+    nullable: bool = field(default=True, validator=flag_field)
     """Whether ``None`` (clear the field) is allowed."""
-    check: Check = _no_problems
+    check: Check = field(default=_no_problems, validator=_function)
     """What makes a (non-``None``) value acceptable; see :mod:`customer_patch.wire`."""
-    encode: Callable[[Any], Any] = _as_is
+    encode: Callable[[Any], Any] = field(default=_as_is, validator=_function)
     """Turns a valid neutral value into its JSON form."""
-    decode: Callable[[Any], Any] = _text_or_null
+    decode: Callable[[Any], Any] = field(default=_text_or_null, validator=_function)
     """Reads the neutral value back from the provider's JSON (given ``None`` when the
     key is absent or null); raises on a value of the wrong shape.  The default
     takes a string or ``None``."""
@@ -147,13 +164,13 @@ class WireField:
 class ListFilter:
     """One documented filter of a provider's list: how a value is checked and sent."""
 
-    wire: str
+    wire: str = field(validator=_key)
     """The query parameter's name."""
     item: type = str
     """``str`` or ``int``: the type of each value."""
-    many: bool = False
+    many: bool = field(default=False, validator=flag_field)
     """Takes a list of values, sent as the parameter repeated (``id=1&id=2``)."""
-    choices: frozenset[str] | None = None
+    choices: frozenset[str] | None = field(default=None, validator=_choices)
     """The values allowed, when the provider documents an enumeration."""
 
     def check(self, value: Any) -> list[str]:
@@ -389,6 +406,9 @@ class Adapter(ABC):
         problems: list[Problem] = []
         fields = self.fields
         extra = patch.extra
+        if not isinstance(extra, Mapping):  # construction never raises on content
+            problems.append(Problem("extra", f"must be a mapping, not {type_name(extra)}"))
+            extra = {}
         # Plain loops: a comprehension is a call of its own on Python 3.11, and
         # this runs once per record.
         values = []

@@ -29,7 +29,7 @@ from typing import Any, TypeAlias
 import attrs
 from attrs import field, frozen
 
-from customer_patch._checks import check_callable, check_whole
+from customer_patch._checks import check_hook, check_whole
 from customer_patch._errors import (
     AuthenticationError,
     NotAttemptedError,
@@ -469,8 +469,22 @@ async def run_bulk(
     # after its first record.
     check_whole("concurrency", concurrency)
     check_whole("total", total, least=0, none=True)
-    check_callable("progress", progress)
-    check_callable("before_write", before_write)
+    check_hook("progress", progress, takes="one argument (a Progress)", count=1)
+    check_hook(
+        "before_write",
+        before_write,
+        takes="three arguments (customer_id, customer, changes)",
+        count=3,
+    )
+    if isinstance(updates, Mapping):
+        raise TypeError(
+            "updates must be (customer_id, CustomerPatch) pairs, not a dict: pass its .items()"
+        )
+    if not isinstance(updates, Iterable | AsyncIterable):
+        raise TypeError(
+            "updates must be an iterable of (customer_id, CustomerPatch) pairs, "
+            f"got {updates!r:.80}"
+        )
     stop = _Stop(max_failures, max_consecutive_failures)
     if total is None and isinstance(updates, Sized):
         total = len(updates)

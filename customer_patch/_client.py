@@ -16,7 +16,6 @@ from collections.abc import (
     Awaitable,
     Callable,
     Coroutine,
-    Iterable,
     Mapping,
     Sequence,
 )
@@ -51,7 +50,7 @@ from customer_patch._errors import (
     UnsupportedOperationError,
     ValidationError,
 )
-from customer_patch._http import RateLimit, Request
+from customer_patch._http import RateLimit, Request, as_limits
 from customer_patch._model import (
     UNSET,
     Customer,
@@ -190,7 +189,17 @@ def _is_loopback(host: str) -> bool:
 
 
 def _check_base_url(base_url: str) -> str:
+    if not isinstance(base_url, str):
+        raise TypeError(f"base_url must be a string or None, got {base_url!r:.80}")
+    if re.search(r"[\s\x00-\x1f\x7f]", base_url):
+        # urlsplit drops a tab or a line break, so every check below would pass
+        # while the URL kept them, and requests went to another path.
+        raise ValueError("base_url must not contain whitespace or control characters")
     parts = urlsplit(base_url)
+    if "://" not in base_url:
+        # Not quoted: what lands here without a scheme is as likely the token,
+        # pasted into the wrong argument (or variable), as a URL.
+        raise ValueError("base_url must be an absolute http(s) URL; it has no scheme (http://)")
     if parts.scheme not in {"http", "https"} or not parts.hostname:
         raise ValueError(f"base_url must be an absolute http(s) URL, got {base_url!r}")
     try:
@@ -274,19 +283,50 @@ class _Pages:
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
-def _limits(rate_limit: object) -> tuple[RateLimit, ...]:
-    """``rate_limit`` as a tuple of limits, or a TypeError saying what it should be."""
-    if isinstance(rate_limit, RateLimit):
-        return (rate_limit,)
-    limits = (
-        tuple(rate_limit)
-        if isinstance(rate_limit, Iterable) and not isinstance(rate_limit, str)
-        else None
-    )
-    if limits is None or not all(isinstance(limit, RateLimit) for limit in limits):
-        raise TypeError(
-            f"rate_limit must be a RateLimit, several, or None, got {rate_limit!r:.80}"
+def _check_options(
+    *,
+    timeout: object,
+    session: object,
+    user_agent: object,
+    max_connections: object,
+    retry: object,
+    registry: object,
+    transport: object,
+    check_custom_fields: object,
+) -> None:
+    """Refuse what :class:`Client` cannot use, naming the parameter."""
+    check_seconds("timeout", timeout)
+    check_whole("max_connections", max_connections)
+    if user_agent is not None and not isinstance(user_agent, str):
+        raise TypeError(f"user_agent must be a non-empty string or None, got {user_agent!r:.80}")
+    if user_agent == "":
+        raise ValueError("user_agent must be a non-empty string or None, got ''")
+    if isinstance(user_agent, str) and _CONTROL.search(user_agent):
+        # Sent as a header with every request: a line break would end it.
+        raise ValueError("user_agent must not contain control characters (line breaks, NUL...)")
+    if retry is not None and not isinstance(retry, RetryPolicy):
+        raise TypeError(f"retry must be a RetryPolicy or None, got {retry!r:.80}")
+    if registry is not None and not isinstance(registry, AdapterRegistry):
+        raise TypeError(f"registry must be an AdapterRegistry or None, got {registry!r:.80}")
+    check_flag("check_custom_fields", check_custom_fields)
+    if session is not None and not isinstance(session, aiohttp.ClientSession):
+        raise TypeError(f"session must be an aiohttp.ClientSession or None, got {session!r:.80}")
+    if isinstance(transport, type):
+        raise TypeError(f"transport must be an instance, not the class {transport.__name__}")
+    if transport is not None and not (
+        callable(getattr(transport, "send", None)) and callable(getattr(transport, "aclose", None))
+    ):
+        raise TypeError(f"transport must have async send() and aclose(), got {transport!r:.80}")
+    if session is not None and transport is not None:
+        raise ValueError(
+            "session and transport: give one (a session is for the built-in transport)"
         )
+
+
+def _limits(rate_limit: object) -> tuple[RateLimit, ...]:
+    limits = as_limits(rate_limit, name="rate_limit")
+    if not limits:  # neither the adapter's limits (leave it out) nor none (None)
+        raise ValueError("rate_limit must hold at least one RateLimit; None turns pacing off")
     return limits
 
 
@@ -330,44 +370,41 @@ class Client:
         transport: Transport | None = None,
         check_custom_fields: bool = True,
     ) -> None:
-        self.adapter = (
-            (registry or default_registry).get(adapter) if isinstance(adapter, str) else adapter
-        )
-        if not isinstance(self.adapter, Adapter):
-            raise TypeError(f"expected an adapter name or an Adapter, got {adapter!r}")
         if not isinstance(token, str) or not token.strip():
             raise ValueError("token must be a non-empty string")
         if _CONTROL.search(token):
             # Never echo the token: say what is wrong with it, not what it is.
             raise ValueError("token must not contain control characters (line breaks, NUL...)")
-        check_seconds("timeout", timeout)
-        check_whole("max_connections", max_connections)
-        if user_agent is not None and (not isinstance(user_agent, str) or not user_agent):
-            raise ValueError(
-                f"user_agent must be a non-empty string or None, got {user_agent!r:.80}"
+        try:
+            _check_options(
+                timeout=timeout,
+                session=session,
+                user_agent=user_agent,
+                max_connections=max_connections,
+                retry=retry,
+                registry=registry,
+                transport=transport,
+                check_custom_fields=check_custom_fields,
             )
-        if user_agent is not None and _CONTROL.search(user_agent):
-            # Sent as a header with every request: a line break would end it.
-            raise ValueError(
-                "user_agent must not contain control characters (line breaks, NUL...)"
+            self.adapter = (
+                (registry or default_registry).get(adapter)
+                if isinstance(adapter, str)
+                else adapter
             )
-        if retry is not None and not isinstance(retry, RetryPolicy):
-            raise TypeError(f"retry must be a RetryPolicy or None, got {retry!r:.80}")
-        check_flag("check_custom_fields", check_custom_fields)
-        if session is not None and not isinstance(session, aiohttp.ClientSession):
-            raise TypeError(
-                f"session must be an aiohttp.ClientSession or None, got {session!r:.80}"
+            if not isinstance(self.adapter, Adapter):
+                raise TypeError(f"expected an adapter name or an Adapter, got {adapter!r:.80}")
+            self.base_url = _check_base_url(
+                self.adapter.default_base_url if base_url is None else base_url
             )
-        if transport is not None and not (
-            callable(getattr(transport, "send", None))
-            and callable(getattr(transport, "aclose", None))
-        ):
-            raise TypeError(
-                f"transport must have async send() and aclose(), got {transport!r:.80}"
-            )
-        self.base_url = _check_base_url(
-            self.adapter.default_base_url if base_url is None else base_url
-        )
+            limits = None if rate_limit is UNSET or rate_limit is None else _limits(rate_limit)
+        except Exception as e:
+            # A token pasted where another argument goes (the adapter's name,
+            # base_url) must not come back in the error that refuses it.
+            if any(isinstance(v, str) and token in v for v in (adapter, base_url, user_agent)):
+                e.args = tuple(
+                    a.replace(token, "********") if isinstance(a, str) else a for a in e.args
+                )
+            raise
         self.user_agent = user_agent or f"customer-patch/{__version__}"
         # Built once: every request of this client carries the same headers.
         self._credentials = _Credentials(
@@ -376,12 +413,12 @@ class Client:
         self.retry = retry or NO_RETRY
         if rate_limit is UNSET:
             self._pacer = Pacer(self.adapter.rate_limits)
-        elif rate_limit is None:
+        elif limits is None:
             # No declared limit, not "ignore the provider": a 429 still engages
             # the adaptive pace, or a run would fail record after record.
             self._pacer = Pacer((), start_slow=False)
         else:
-            self._pacer = Pacer(_limits(rate_limit))
+            self._pacer = Pacer(limits)
         self._closed = False
         self.check_custom_fields = check_custom_fields
         self._definitions: list[CustomFieldDefinition] | None = None
@@ -544,6 +581,7 @@ class Client:
         documents no way to read them.
         """
         self._check_open()
+        check_flag("refresh", refresh)
         async with self._definitions_lock:
             if refresh:
                 self._definitions_refused = None
@@ -866,6 +904,14 @@ class Client:
     ) -> AsyncGenerator[UpdateResult, None]:
         self._check_open()
         check_flag("skip_unchanged", skip_unchanged)  # "no" is true: it would read
+        if match_on is not None and not isinstance(match_on, str):
+            raise TypeError(f"match_on must be a string or None, got {match_on!r:.80}")
+        if before_write is not None and not skip_unchanged and match_on is None:
+            # It is given the customer as read: with no read it would never be called.
+            raise ValueError(
+                "before_write needs skip_unchanged=True or match_on: it is given the "
+                "customer as read, and nothing is read without them"
+            )
         adapter = self.adapter
         if match_on is not None and match_on not in adapter.match_keys:
             keys = ", ".join(sorted(adapter.match_keys)) or "none"

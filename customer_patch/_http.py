@@ -12,14 +12,14 @@ import datetime as dt
 import email.utils
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from http import HTTPStatus
 from typing import Any
 
 from attrs import field, frozen
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from customer_patch._checks import check_flag
+from customer_patch._checks import flag_field
 
 _MASK = "********"
 
@@ -61,11 +61,17 @@ def _case_insensitive(headers: Mapping[str, str]) -> Mapping[str, str]:
     return headers if isinstance(headers, CIMultiDictProxy | CIMultiDict) else CIMultiDict(headers)
 
 
+def _http_status(instance: object, attribute: Any, value: Any) -> None:
+    # Three digits, as HTTP writes it: "200" or True would compare wrongly everywhere.
+    if isinstance(value, bool) or not isinstance(value, int) or not 100 <= value <= 999:
+        raise ValueError(f"status must be a whole number from 100 to 999, got {value!r:.80}")
+
+
 @frozen(kw_only=True)
 class Response:
     """An HTTP response as received: status, headers and the raw body."""
 
-    status: int
+    status: int = field(validator=_http_status)
     """The HTTP status."""
     headers: Mapping[str, str] = field(factory=CIMultiDict, converter=_case_insensitive)
     """The headers, looked up without regard to case."""
@@ -76,7 +82,9 @@ class Response:
 def _sane_rate(instance: object, attribute: Any, value: float) -> None:
     # inf or 1e-300 would overflow the arithmetic of the buckets (and a wait
     # of years is a typo, not a limit).
-    if not (isinstance(value, int | float) and math.isfinite(value) and value >= 1 / 86_400):
+    if isinstance(value, bool) or not (
+        isinstance(value, int | float) and 1 / 86_400 <= value < math.inf  # no float() of 10**400
+    ):
         raise ValueError(
             f"per_second must be a finite rate of at least one request a day, got {value!r}"
         )
@@ -87,10 +95,6 @@ def _sane_burst(instance: object, attribute: Any, value: int) -> None:
         raise ValueError(f"burst must be a whole number from 1 to 1,000,000, got {value!r}")
 
 
-def _flag(instance: object, attribute: Any, value: Any) -> None:
-    check_flag(attribute.name, value)
-
-
 @frozen
 class RateLimit:
     """A token bucket: ``burst`` requests at once, then ``per_second`` sustained."""
@@ -99,9 +103,20 @@ class RateLimit:
     """Requests that may go at once, from a full bucket."""
     per_second: float = field(validator=_sane_rate)
     """Requests per second, sustained."""
-    per_route: bool = field(default=False, validator=_flag)
+    per_route: bool = field(default=False, validator=flag_field)
     """``True``: each route and method (:attr:`Request.route`) has a bucket of its
     own; ``False``: one bucket for every request of the client."""
+
+
+def as_limits(value: object, *, name: str) -> tuple[RateLimit, ...]:
+    """``value`` (one :class:`RateLimit` or several) as a tuple, or a
+    :class:`TypeError` naming ``name`` and what it should be."""
+    if isinstance(value, RateLimit):
+        return (value,)
+    limits = tuple(value) if isinstance(value, Iterable) and not isinstance(value, str) else None
+    if limits is None or not all(isinstance(limit, RateLimit) for limit in limits):
+        raise TypeError(f"{name} must be a RateLimit, several, or None, got {value!r:.80}")
+    return limits
 
 
 def status_text(status: int) -> str:

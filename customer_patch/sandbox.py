@@ -26,8 +26,9 @@ from aiohttp import web
 from attrs import field, frozen
 
 from customer_patch._adapter import Adapter
+from customer_patch._checks import check_flag, check_seconds, check_whole
 from customer_patch._errors import AdapterRegistrationError
-from customer_patch._http import RateLimit
+from customer_patch._http import RateLimit, as_limits
 
 __all__ = ["FAULT_KINDS", "FakeProvider", "Faults", "RecordedRequest", "TokenBucket", "fake_for"]
 
@@ -58,11 +59,24 @@ class Faults:
     """Seed for the random draws, for runs that repeat exactly."""
 
     def __attrs_post_init__(self) -> None:
+        check_seconds("latency", self.latency, zero=True)
+        check_whole("retry_after", self.retry_after, least=0)
+        check_flag("hang", self.hang)
+        check_whole("seed", self.seed, least=0, none=True)
         unknown = set(self.rates) - set(FAULT_KINDS)
         if unknown:
             raise ValueError(f"unknown fault kind(s) {sorted(unknown)}; known: {FAULT_KINDS}")
-        if sum(self.rates.values()) > 1 or any(r < 0 for r in self.rates.values()):
-            raise ValueError("fault rates must be between 0 and 1 and add up to at most 1")
+        rates = list(self.rates.values())
+        # "0 <= r <= 1" is false for nan, which would silence every fault drawn after it.
+        if not (
+            all(isinstance(r, int | float) and not isinstance(r, bool) for r in rates)
+            and all(0 <= r <= 1 for r in rates)
+            and sum(rates) <= 1
+        ):
+            raise ValueError(
+                "fault rates must be numbers from 0 to 1 and add up to at most 1, "
+                f"got {rates!r:.80}"
+            )
 
     @classmethod
     def parse(cls, spec: str) -> Faults:
@@ -73,14 +87,23 @@ class Faults:
             key, sep, value = part.partition("=")
             if not sep:
                 raise ValueError(f"expected key=value in {part!r}")
-            if key in ("latency",):
-                options[key] = float(value)
-            elif key in ("retry_after", "seed"):
-                options[key] = int(value)
-            elif key == "hang":
-                options[key] = value.lower() in ("1", "true", "yes")
-            else:
-                rates[key] = float(value)
+            expected = {
+                "latency": "a number of seconds",
+                "retry_after": "a whole number",
+                "seed": "a whole number",
+                "hang": "true or false",
+            }.get(key, "a number from 0 to 1")
+            try:
+                if key == "latency":
+                    options[key] = float(value)
+                elif key in ("retry_after", "seed"):
+                    options[key] = int(value)
+                elif key == "hang":
+                    options[key] = {"true": True, "false": False}[value.lower()]
+                else:
+                    rates[key] = float(value)
+            except (KeyError, ValueError):
+                raise ValueError(f"--faults {part}: expected {expected}") from None
         return cls(rates=rates, **options)
 
     def draw(self, rng: random.Random) -> str | None:
@@ -150,11 +173,14 @@ class FakeProvider:
         *,
         token: str = "sandbox-token",  # noqa: S107 - the sandbox's documented token
         faults: Faults | None = None,
-        limits: tuple[RateLimit, ...] | None = None,
+        limits: RateLimit | tuple[RateLimit, ...] | None = None,
     ) -> None:
+        if faults is not None and not isinstance(faults, Faults):
+            raise TypeError(f"faults must be a Faults or None, got {faults!r:.80}")
         self.token = token
         self.faults = faults or Faults()
-        self.limits = self.rate_limits if limits is None else limits
+        # One limit or several, as a client takes them; () enforces none.
+        self.limits = self.rate_limits if limits is None else as_limits(limits, name="limits")
         self.customers: dict[Any, dict[str, Any]] = {}
         self.requests: list[RecordedRequest] = []
         self.injected: dict[str, int] = dict.fromkeys(FAULT_KINDS, 0)

@@ -59,6 +59,10 @@ class MockTransport:
         response = self.handler(request)
         if inspect.isawaitable(response):
             response = await response
+        if not isinstance(response, Response):
+            raise TypeError(
+                f"the MockTransport handler must return a Response, got {type(response).__name__}"
+            )
         return response
 
     async def aclose(self) -> None:

@@ -561,6 +561,24 @@ def test_option_problems_are_one_line_and_exit_2(tmp_path, args, message):
 
 
 @pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--limits", "bogus"], "--limits bogus: expected BURST/PER_SECOND"),
+        (["--customers", "-5"], "--customers"),
+        (["--customers", "100000000"], "--customers"),
+        (["--faults", "500=abc"], "--faults 500=abc: expected a number from 0 to 1"),
+        (["--faults", "hang=on"], "--faults hang=on: expected true or false"),
+    ],
+)
+def test_sandbox_option_problems_are_one_line_and_exit_2(args, message):
+    # --customers -5 seeded none without a word; 100,000,000 ran on and on.
+    result = run(["sandbox", "--provider", "dualentry", *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
     ("content", "message"),
     [
         (b'{"id": 1001, "ok": true, "attempts": 1, "hash": "x"}\n', "a report line needs"),

@@ -765,7 +765,13 @@ def plan_command(
 @click.option("--provider", required=True)
 @click.option("--port", default=0, type=click.IntRange(0, 65535), help="0 picks a free port.")
 @click.option("--faults", default="", help="e.g. latency=0.05,429=0.05,500=0.1,drop=0.02")
-@click.option("--customers", default=20, show_default=True, help="Demo customers to seed.")
+@click.option(
+    "--customers",
+    default=20,
+    show_default=True,
+    type=click.IntRange(0, 100_000),
+    help="Demo customers to seed.",
+)
 @click.option(
     "--limits",
     default="documented",
@@ -777,7 +783,7 @@ def sandbox(provider: str, port: int, faults: str, customers: int, limits: str) 
     adapter = _adapter(provider)
     enforced: tuple[RateLimit, ...] | None = None  # the provider's documented limits
     if limits != "documented":
-        parsed = _rate_limit(limits)
+        parsed = _rate_limit(limits, "--limits")
         enforced = parsed if isinstance(parsed, tuple) else ()
     try:
         fake = fake_for(adapter)(faults=Faults.parse(faults), limits=enforced)
