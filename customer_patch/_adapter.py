@@ -32,7 +32,7 @@ from urllib.parse import quote, urlencode
 
 from attrs import field, frozen
 
-from customer_patch._checks import flag_field
+from customer_patch._checks import check_choices, flag_field
 from customer_patch._errors import (
     Problem,
     ProviderError,
@@ -128,7 +128,7 @@ def _text_or_null(value: Any) -> str | None:
 
 def _key(instance: object, attribute: Any, value: Any) -> None:
     if not isinstance(value, str) or not value:
-        raise TypeError(f"{attribute.name} must be a non-empty string, got {value!r:.80}")
+        raise ValueError(f"{attribute.name} must be a non-empty string, got {value!r:.80}")
 
 
 def _function(instance: object, attribute: Any, value: Any) -> None:
@@ -137,9 +137,7 @@ def _function(instance: object, attribute: Any, value: Any) -> None:
 
 
 def _choices(instance: object, attribute: Any, value: Any) -> None:
-    # One string is a collection of its characters: "ab" would be "one of 'abc'".
-    if isinstance(value, str):
-        raise TypeError(f"choices must be a collection of strings, not one string: {value!r:.80}")
+    check_choices(attribute.name, value)
 
 
 @frozen(kw_only=True)
@@ -406,7 +404,8 @@ class Adapter(ABC):
         problems: list[Problem] = []
         fields = self.fields
         extra = patch.extra
-        if not isinstance(extra, Mapping):  # construction never raises on content
+        # Construction never raises on content.  (A dict first: an ABC check costs.)
+        if type(extra) is not dict and not isinstance(extra, Mapping):
             problems.append(Problem("extra", f"must be a mapping, not {type_name(extra)}"))
             extra = {}
         # Plain loops: a comprehension is a call of its own on Python 3.11, and

@@ -3,14 +3,19 @@
 Each refuses at once, naming the parameter and the value, rather than let a
 wrong one fail deep inside a run (a ``TypeError`` after records were sent)
 or be read as something else (``"no"`` is true; aiohttp reads a limit of 0
-as no limit).  A number or a flag out of place is a :class:`ValueError`, as
-the library's other checks of values; an object of the wrong kind, a
-:class:`TypeError`.  Never pass a secret: its value is quoted.
+as no limit).  A number, a flag or a string out of place (of the wrong type
+too: ``"30"`` for seconds) is a :class:`ValueError`, as the library's other
+checks of values; an object of the wrong kind (a hook, a policy, a session,
+a collection), a :class:`TypeError`.  Never pass a secret: its value is quoted.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
+import numbers
+import operator
+import types
 from typing import Any
 
 A_DAY = 86_400
@@ -22,27 +27,36 @@ def _shown(value: Any) -> str:
     return f"{value!r:.80}"
 
 
-def check_whole(name: str, value: Any, *, least: int = 1, none: bool = False) -> None:
-    """A whole number (``int``, not ``bool``) of at least ``least``; ``None`` if ``none``."""
+def check_whole(
+    name: str, value: Any, *, least: int = 1, most: int | None = None, none: bool = False
+) -> None:
+    """A whole number (an ``int`` or what ``operator.index`` takes, not ``bool``)
+    from ``least`` to ``most``; ``None`` if ``none``."""
     if none and value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+    try:
+        number = None if isinstance(value, bool) else operator.index(value)
+    except TypeError:
+        number = None
+    if number is None or number < least or (most is not None and number > most):
+        upto = f" and at most {most}" if most is not None else ""
         also = " or None" if none else ""
         raise ValueError(
-            f"{name} must be a whole number of at least {least}{also}, got {_shown(value)}"
+            f"{name} must be a whole number of at least {least}{upto}{also}, got {_shown(value)}"
         )
 
 
 def check_seconds(name: str, value: Any, *, zero: bool = False, none: bool = False) -> None:
-    """A number of seconds (``int`` or ``float``, not ``bool``) above 0 (or 0 as
-    well if ``zero``) and at most :data:`A_DAY`; ``None`` if ``none``."""
+    """A real number of seconds (not ``bool``) above 0 (or 0 as well if ``zero``)
+    and at most :data:`A_DAY`; ``None`` if ``none``."""
     if none and value is None:
         return
+    amount: Any = value  # a Real compares, whatever typeshed says of numbers.Real
     if (
         isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not 0 <= value <= A_DAY  # False for nan; no float() of a huge int
-        or (value == 0 and not zero)
+        or not isinstance(value, numbers.Real)
+        or not 0 <= amount <= A_DAY  # False for nan; no float() of a huge int
+        or (amount == 0 and not zero)
     ):
         least = ", 0 or more," if zero else " above 0"
         also = " or None" if none else ""
@@ -63,23 +77,45 @@ def flag_field(instance: object, attribute: Any, value: Any) -> None:
     check_flag(attribute.name, value)
 
 
+def check_choices(name: str, value: Any) -> None:
+    """Not one string: that is a collection of its characters ("ab" would be one of "abc")."""
+    if isinstance(value, str):
+        raise TypeError(f"{name} must be a collection of strings, not one string: {_shown(value)}")
+
+
+def _is_coroutine_function(value: Any) -> bool:
+    # Only what is surely one: a function, a method, a partial of one, or an
+    # instance whose class has an async __call__.  A mock made with a spec
+    # passes for a function without being one (and an AsyncMock, called and
+    # never awaited, is a test's business, as it always was).
+    if isinstance(value, type):
+        return False
+    if type(value) is functools.partial:
+        return _is_coroutine_function(value.func)
+    if type(value) in (types.FunctionType, types.MethodType):
+        return inspect.iscoroutinefunction(value)
+    call = getattr(type(value), "__call__", None)  # noqa: B004 - the class's own __call__
+    return type(call) is types.FunctionType and inspect.iscoroutinefunction(call)
+
+
 def check_hook(name: str, value: Any, *, takes: str, count: int) -> None:
     """A plain function (not a coroutine function) that can be called with
     ``count`` positional arguments (``takes`` says which), or ``None``: a hook
-    that cannot would fail only when first called, after records were sent."""
+    that cannot would fail only when first called, after records were sent.
+    What cannot be told for sure (no signature, a mock) is taken."""
     if value is None:
         return
     if not callable(value):
         raise TypeError(f"{name} must be callable or None, got {_shown(value)}")
-    if inspect.iscoroutinefunction(value) or inspect.iscoroutinefunction(
-        getattr(value, "__call__", None)  # noqa: B004 - an object with async __call__
-    ):
+    if _is_coroutine_function(value):
         raise TypeError(
             f"{name} must be a plain function, not a coroutine function: it is not awaited"
         )
     try:
-        signature = inspect.signature(value)
-    except (TypeError, ValueError):  # a builtin without one: it will say when called
+        # Not through __wrapped__: a decorator may take other arguments than
+        # the function it wraps.
+        signature = inspect.signature(value, follow_wrapped=False)
+    except Exception:  # a builtin without one, a mock: it will say when called
         return
     try:
         signature.bind(*[None] * count)

@@ -190,16 +190,16 @@ def _is_loopback(host: str) -> bool:
 
 def _check_base_url(base_url: str) -> str:
     if not isinstance(base_url, str):
-        raise TypeError(f"base_url must be a string or None, got {base_url!r:.80}")
+        raise ValueError(f"base_url must be a string or None, got {base_url!r:.80}")
     if re.search(r"[\s\x00-\x1f\x7f]", base_url):
         # urlsplit drops a tab or a line break, so every check below would pass
         # while the URL kept them, and requests went to another path.
         raise ValueError("base_url must not contain whitespace or control characters")
     parts = urlsplit(base_url)
     if "://" not in base_url:
-        # Not quoted: what lands here without a scheme is as likely the token,
+        # Not quoted: what lands here without one is as likely the token,
         # pasted into the wrong argument (or variable), as a URL.
-        raise ValueError("base_url must be an absolute http(s) URL; it has no scheme (http://)")
+        raise ValueError("base_url must be an absolute URL starting with https:// or http://")
     if parts.scheme not in {"http", "https"} or not parts.hostname:
         raise ValueError(f"base_url must be an absolute http(s) URL, got {base_url!r}")
     try:
@@ -298,7 +298,7 @@ def _check_options(
     check_seconds("timeout", timeout)
     check_whole("max_connections", max_connections)
     if user_agent is not None and not isinstance(user_agent, str):
-        raise TypeError(f"user_agent must be a non-empty string or None, got {user_agent!r:.80}")
+        raise ValueError(f"user_agent must be a non-empty string or None, got {user_agent!r:.80}")
     if user_agent == "":
         raise ValueError("user_agent must be a non-empty string or None, got ''")
     if isinstance(user_agent, str) and _CONTROL.search(user_agent):
@@ -321,6 +321,16 @@ def _check_options(
         raise ValueError(
             "session and transport: give one (a session is for the built-in transport)"
         )
+
+
+def _unquote(error: BaseException, token: str) -> None:
+    """Mask ``token`` wherever ``error`` quotes it: its args and text attributes."""
+    error.args = tuple(
+        a.replace(token, "********") if isinstance(a, str) else a for a in error.args
+    )
+    for name, value in vars(error).items():
+        if isinstance(value, str) and token in value:
+            setattr(error, name, value.replace(token, "********"))
 
 
 def _limits(rate_limit: object) -> tuple[RateLimit, ...]:
@@ -398,13 +408,17 @@ class Client:
             )
             limits = None if rate_limit is UNSET or rate_limit is None else _limits(rate_limit)
         except Exception as e:
-            # A token pasted where another argument goes (the adapter's name,
-            # base_url) must not come back in the error that refuses it.
-            if any(isinstance(v, str) and token in v for v in (adapter, base_url, user_agent)):
-                e.args = tuple(
-                    a.replace(token, "********") if isinstance(a, str) else a for a in e.args
-                )
+            # A token passed where another argument goes (the adapter's name,
+            # base_url, rate_limit...) must not come back in the error that
+            # refuses it.  (A token of a few characters is left: masking "test"
+            # would garble "api.test.internal", and no credential is that short.)
+            if len(token) >= 8:
+                _unquote(e, token)
             raise
+        if isinstance(user_agent, str) and len(token) >= 8 and token in user_agent:
+            raise ValueError(
+                "user_agent must not contain the token: it is sent with every request"
+            )
         self.user_agent = user_agent or f"customer-patch/{__version__}"
         # Built once: every request of this client carries the same headers.
         self._credentials = _Credentials(
@@ -905,7 +919,7 @@ class Client:
         self._check_open()
         check_flag("skip_unchanged", skip_unchanged)  # "no" is true: it would read
         if match_on is not None and not isinstance(match_on, str):
-            raise TypeError(f"match_on must be a string or None, got {match_on!r:.80}")
+            raise ValueError(f"match_on must be a string or None, got {match_on!r:.80}")
         if before_write is not None and not skip_unchanged and match_on is None:
             # It is given the customer as read: with no read it would never be called.
             raise ValueError(

@@ -61,17 +61,11 @@ def _case_insensitive(headers: Mapping[str, str]) -> Mapping[str, str]:
     return headers if isinstance(headers, CIMultiDictProxy | CIMultiDict) else CIMultiDict(headers)
 
 
-def _http_status(instance: object, attribute: Any, value: Any) -> None:
-    # Three digits, as HTTP writes it: "200" or True would compare wrongly everywhere.
-    if isinstance(value, bool) or not isinstance(value, int) or not 100 <= value <= 999:
-        raise ValueError(f"status must be a whole number from 100 to 999, got {value!r:.80}")
-
-
 @frozen(kw_only=True)
 class Response:
     """An HTTP response as received: status, headers and the raw body."""
 
-    status: int = field(validator=_http_status)
+    status: int
     """The HTTP status."""
     headers: Mapping[str, str] = field(factory=CIMultiDict, converter=_case_insensitive)
     """The headers, looked up without regard to case."""

@@ -26,7 +26,7 @@ from aiohttp import web
 from attrs import field, frozen
 
 from customer_patch._adapter import Adapter
-from customer_patch._checks import check_flag, check_seconds, check_whole
+from customer_patch._checks import A_DAY, check_flag, check_seconds, check_whole
 from customer_patch._errors import AdapterRegistrationError
 from customer_patch._http import RateLimit, as_limits
 
@@ -41,6 +41,12 @@ FAULT_KINDS = ("429", "500", "503", "drop", "truncate", "garbage", "false_succes
 * ``garbage``: the change is applied, then the answer is a 200 that is not JSON;
 * ``false_success``: a 200 whose body says ``success: false``, nothing applied.
 """
+
+
+# The words click reads as a flag: --faults hang=yes as --faults hang=true.
+_YES_NO = dict.fromkeys(("1", "true", "yes", "on", "y", "t"), True) | dict.fromkeys(
+    ("0", "false", "no", "off", "n", "f"), False
+)
 
 
 @frozen(kw_only=True)
@@ -60,9 +66,12 @@ class Faults:
 
     def __attrs_post_init__(self) -> None:
         check_seconds("latency", self.latency, zero=True)
-        check_whole("retry_after", self.retry_after, least=0)
+        check_whole("retry_after", self.retry_after, least=0, most=A_DAY)
         check_flag("hang", self.hang)
-        check_whole("seed", self.seed, least=0, none=True)
+        if self.seed is not None and (
+            isinstance(self.seed, bool) or not isinstance(self.seed, int)
+        ):
+            raise ValueError(f"seed must be a whole number or None, got {self.seed!r:.80}")
         unknown = set(self.rates) - set(FAULT_KINDS)
         if unknown:
             raise ValueError(f"unknown fault kind(s) {sorted(unknown)}; known: {FAULT_KINDS}")
@@ -91,7 +100,7 @@ class Faults:
                 "latency": "a number of seconds",
                 "retry_after": "a whole number",
                 "seed": "a whole number",
-                "hang": "true or false",
+                "hang": "true or false (or yes/no, on/off, 1/0)",
             }.get(key, "a number from 0 to 1")
             try:
                 if key == "latency":
@@ -99,7 +108,7 @@ class Faults:
                 elif key in ("retry_after", "seed"):
                     options[key] = int(value)
                 elif key == "hang":
-                    options[key] = {"true": True, "false": False}[value.lower()]
+                    options[key] = _YES_NO[value.strip().lower()]
                 else:
                     rates[key] = float(value)
             except (KeyError, ValueError):

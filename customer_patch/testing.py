@@ -27,6 +27,7 @@ import pytest_asyncio
 from attrs import frozen
 
 from customer_patch._adapter import Adapter
+from customer_patch._checks import check_whole
 from customer_patch._client import Client
 from customer_patch._http import RateLimit, Request, Response
 from customer_patch._registry import get_adapter
@@ -63,6 +64,10 @@ class MockTransport:
             raise TypeError(
                 f"the MockTransport handler must return a Response, got {type(response).__name__}"
             )
+        # Three digits, as HTTP writes it: "200" or True would compare wrongly everywhere.
+        check_whole(
+            "the MockTransport handler's Response.status", response.status, least=100, most=999
+        )
         return response
 
     async def aclose(self) -> None:

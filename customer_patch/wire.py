@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
+from customer_patch._checks import check_choices
 from customer_patch._model import Address
 
 __all__ = [
@@ -354,10 +355,7 @@ def text(
     (ECMA-262, matched anywhere unless anchored; see :func:`ecma_pattern`),
     checked exactly as the provider's validator checks it.
     """
-    if isinstance(choices, str):  # a collection of its characters: "ab" would pass
-        raise TypeError(
-            f"choices must be a collection of strings, not one string: {choices!r:.80}"
-        )
+    check_choices("choices", choices)
     compiled = re.compile(pattern) if pattern is not None else None
     schema = re.compile(ecma_pattern(schema_pattern)) if schema_pattern is not None else None
 

@@ -2,7 +2,9 @@
 before anything is sent (not a TypeError from deep inside, nor a run that
 fails record by record, nor a value quietly read as something else)."""
 
+import functools
 import math
+from unittest import mock
 
 import aiohttp
 import pytest
@@ -63,7 +65,7 @@ def client(**options):
             "^user_agent must not contain control characters",
         ),
         ({"user_agent": ""}, ValueError, "^user_agent must be a non-empty string or None"),
-        ({"user_agent": 5}, TypeError, "^user_agent must be a non-empty string or None, got 5$"),
+        ({"user_agent": 5}, ValueError, "^user_agent must be a non-empty string or None, got 5$"),
         ({"retry": 3}, TypeError, r"^retry must be a RetryPolicy or None, got 3$"),
         ({"retry": RetryPolicy}, TypeError, "^retry must be a RetryPolicy or None"),
         (
@@ -361,7 +363,7 @@ async def test_updates_of_the_wrong_kind_are_refused_naming_them(updates, messag
 async def test_match_on_must_be_a_name():
     async with mock_client(MockTransport(ok_answer)) as c:
         with pytest.raises(
-            TypeError, match=r"^match_on must be a string or None, got \['unique_id'\]$"
+            ValueError, match=r"^match_on must be a string or None, got \['unique_id'\]$"
         ):
             await c.update_many([], match_on=["unique_id"])
 
@@ -375,9 +377,13 @@ async def test_a_mock_transport_handler_must_answer_with_a_response():
 
 
 @pytest.mark.parametrize("status", ["200", 99, 1000, True])
-def test_a_response_status_is_an_http_status(status):
-    with pytest.raises(ValueError, match=r"^status must be a whole number from 100 to 999"):
-        Response(status=status)
+async def test_a_mock_transport_handler_answers_with_an_http_status(status):
+    async with mock_client(MockTransport(lambda request: Response(status=status))) as c:
+        with pytest.raises(
+            ValueError,
+            match=r"Response.status must be a whole number of at least 100 and at most 999",
+        ):
+            await c.update(1, CustomerPatch(name="a"))
 
 
 # -- the sandbox's own arguments ----------------------------------------------------------
@@ -405,7 +411,11 @@ def test_a_fake_takes_one_rate_limit_as_a_client_does():
         ({"latency": INF}, r"^latency must be a finite number of seconds"),
         ({"hang": "no"}, r"^hang must be True or False, got 'no'$"),
         ({"retry_after": -1}, r"^retry_after must be a whole number of at least 0"),
-        ({"seed": "x"}, r"^seed must be a whole number of at least 0 or None"),
+        ({"seed": "x"}, r"^seed must be a whole number or None"),
+        (
+            {"retry_after": 10**6},
+            r"^retry_after must be a whole number of at least 0 and at most 86400",
+        ),
     ],
 )
 def test_faults_refuse_what_they_cannot_use(options, message):
@@ -418,7 +428,7 @@ def test_faults_refuse_what_they_cannot_use(options, message):
     [
         ("500=abc", r"^--faults 500=abc: expected a number from 0 to 1"),
         ("seed=x", r"^--faults seed=x: expected a whole number"),
-        ("hang=on", r"^--faults hang=on: expected true or false"),
+        ("hang=maybe", r"^--faults hang=maybe: expected true or false"),
         ("latency=x", r"^--faults latency=x: expected a number of seconds"),
     ],
 )
@@ -435,6 +445,10 @@ def test_a_faults_spec_reads_every_form_it_documents():
         latency=0.05, rates={"429": 0.05, "500": 0.1, "drop": 0.02}, seed=7, retry_after=2
     )
     assert Faults.parse("hang=true").hang is True
+    # The words click reads as a flag, as this option read them before.
+    words = ("1", "yes", "on", "0", "no", "off")
+    assert [Faults.parse(f"hang={w}").hang for w in words] == [True] * 3 + [False] * 3
+    assert Faults(seed=-1).seed == -1  # random.Random takes any integer
 
 
 # -- what an adapter's author declares ----------------------------------------------------
@@ -464,8 +478,8 @@ def test_a_faults_spec_reads_every_form_it_documents():
             ValueError,
             r"^nullable must be True or False, got 'no'$",
         ),
-        (lambda: WireField(wire=5), TypeError, r"^wire must be a non-empty string, got 5$"),
-        (lambda: WireField(wire=""), TypeError, r"^wire must be a non-empty string, got ''$"),
+        (lambda: WireField(wire=5), ValueError, r"^wire must be a non-empty string, got 5$"),
+        (lambda: WireField(wire=""), ValueError, r"^wire must be a non-empty string, got ''$"),
         (lambda: WireField(wire="x", check=5), TypeError, r"^check must be callable"),
         (lambda: WireField(wire="x", decode="str"), TypeError, r"^decode must be callable"),
     ],
@@ -479,3 +493,95 @@ def test_choices_still_take_any_collection_of_strings():
     assert text(choices=("a", "b"))("a") == []
     assert text(choices=frozenset({"a"}))("b")
     assert ListFilter(wire="x", choices=frozenset({"a"})).check("a") == []
+
+
+# -- what a careful reviewer found the checks refusing wrongly ------------------------------
+
+
+def _on_progress(progress):
+    return None
+
+
+@pytest.mark.parametrize(
+    "hook",
+    [
+        # Users' tests pass mocks; one made with a spec passes for a function.
+        mock.Mock(spec=_on_progress),
+        mock.MagicMock(spec=_on_progress),
+        mock.create_autospec(_on_progress),
+        mock.Mock(),
+        functools.partial(lambda prefix, progress: None, "p"),
+        print,
+    ],
+)
+async def test_hooks_that_can_be_called_so_are_taken(hook):
+    async with mock_client(MockTransport(ok_answer)) as c:
+        report = await c.update_many([(1, CustomerPatch(name="a"))], progress=hook)
+    assert not report.failed
+
+
+async def test_a_decorated_hook_is_judged_by_its_own_signature():
+    calls = []
+
+    def counting(f):
+        @functools.wraps(f)
+        def wrapper(*args):  # takes what the run gives
+            calls.append(args)
+            return f(*args)
+
+        return wrapper
+
+    async with mock_client(MockTransport(ok_answer)) as c:
+        await c.update_many([(1, CustomerPatch(name="a"))], progress=counting(lambda p: None))
+    assert len(calls) == 1
+
+
+async def test_a_class_as_a_hook_is_judged_by_its_constructor():
+    class Seen:
+        def __init__(self, progress):
+            self.progress = progress
+
+        async def __call__(self):  # its instances' business, not the hook's
+            return None
+
+    async with mock_client(MockTransport(ok_answer)) as c:
+        assert not (await c.update_many([(1, CustomerPatch(name="a"))], progress=Seen)).failed
+
+
+@pytest.mark.parametrize(
+    "option", ["rate_limit", "registry", "retry", "session", "transport", "timeout"]
+)
+def test_a_token_passed_as_any_argument_is_not_quoted(option):
+    with pytest.raises((TypeError, ValueError)) as info:
+        client(**{option: TOKEN})
+    assert TOKEN not in str(info.value)
+    assert TOKEN not in repr(vars(info.value))
+
+
+def test_a_token_given_as_the_adapter_name_is_masked_in_the_error_it_keeps():
+    with pytest.raises(Exception) as info:  # any error, as long as it is quiet
+        Client(TOKEN, token=TOKEN)
+    assert TOKEN not in str(info.value)
+    assert TOKEN not in repr(vars(info.value))
+
+
+def test_a_user_agent_that_holds_the_token_is_refused():
+    # Sent with every request, in a header no one masks.
+    with pytest.raises(ValueError, match=r"^user_agent must not contain the token"):
+        client(user_agent=f"my-app {TOKEN}")
+
+
+def test_a_short_token_does_not_garble_the_errors():
+    with pytest.raises(ValueError) as info:
+        Client("dualentry", token="test", base_url="http://api.test.internal/v1")
+    assert "api.test.internal" in str(info.value)
+
+
+def test_whole_numbers_and_seconds_of_other_numeric_types_are_taken():
+    from fractions import Fraction
+
+    class Count:  # an integer type of its own, as numpy's are
+        def __index__(self):
+            return 4
+
+    assert RetryPolicy(attempts=Count(), timeout=Fraction(1, 2)).timeout == Fraction(1, 2)

@@ -547,7 +547,7 @@ def test_a_csv_cell_over_the_limit_is_an_invalid_record(tmp_path):
         (["--dry-run", "--report", "r.jsonl"], "--dry-run sends nothing"),
         (["--verbose"], "--verbose goes with --dry-run"),
         (["--base-url", "http://127.0.0.1:99999"], "port 99999 is out of range"),
-        (["--base-url", ""], "base_url must be an absolute http(s) URL"),
+        (["--base-url", ""], "base_url must be an absolute URL starting with https://"),
         (["--changes-only", "--undo-file", "u" * 300], "--undo-file uuuu"),
     ],
 )
@@ -567,7 +567,7 @@ def test_option_problems_are_one_line_and_exit_2(tmp_path, args, message):
         (["--customers", "-5"], "--customers"),
         (["--customers", "100000000"], "--customers"),
         (["--faults", "500=abc"], "--faults 500=abc: expected a number from 0 to 1"),
-        (["--faults", "hang=on"], "--faults hang=on: expected true or false"),
+        (["--faults", "hang=maybe"], "--faults hang=maybe: expected true or false"),
     ],
 )
 def test_sandbox_option_problems_are_one_line_and_exit_2(args, message):
