@@ -11,14 +11,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import (
-    AsyncGenerator,
-    Awaitable,
-    Callable,
-    Coroutine,
-    Mapping,
-    Sequence,
-)
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from types import MappingProxyType, TracebackType
 from typing import Any, TypeVar
 from urllib.parse import urlsplit

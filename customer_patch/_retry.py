@@ -66,6 +66,7 @@ class RetryPolicy:
     Waits grow exponentially with full jitter (a uniform draw between zero
     and ``wait_initial * 2**n``, capped at ``wait_max``), except after a 429
     or 503 with ``Retry-After``, which is honoured up to ``max_retry_after``.
+    Every number of seconds is at most a day: a longer wait is a hang.
     """
 
     attempts: int = field(default=5, validator=_attempts)
