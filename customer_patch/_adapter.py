@@ -180,6 +180,8 @@ class ListFilter:
         for v in values:
             if isinstance(v, bool) or not isinstance(v, self.item):
                 problems.append(f"must be {self.item.__name__}, not {type_name(v)}")
+            elif v == "":  # "contains nothing" matches every customer
+                problems.append("must not be empty")
             elif self.choices is not None and v not in self.choices:
                 problems.append(f"must be one of {', '.join(sorted(self.choices))}; got {v!r}")
         return problems

@@ -128,6 +128,20 @@ def test_list_filters_are_checked_and_sent_as_the_spec_writes_them():
     assert {p.field for p in info.value.problems} == {"id", "colour", "record_status", "name"}
 
 
+@pytest.mark.parametrize(
+    "filters", [{"email": ""}, {"search": ""}, {"customer_type": ["company", ""]}]
+)
+async def test_an_empty_filter_is_refused_not_sent(filters):
+    # "Contains nothing" matches every customer: code like iter_customers(email=addr)
+    # with an empty addr would walk the whole list as if every one matched.
+    store = Store(3)
+    async with client(store) as de:
+        with pytest.raises(ValidationError, match="must not be empty"):
+            async for _ in de.iter_customers(**filters):
+                pass
+    assert store.requests == []
+
+
 def test_text_filters_are_percent_encoded():
     adapter = get_adapter("dualentry")
     path, _ = adapter.prepare_list({"search": "a&b=c d/é"}, offset=0)
