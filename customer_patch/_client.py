@@ -339,7 +339,10 @@ class Client:
     ``adapter`` is a registered name (see :func:`available_adapters`) or an
     :class:`Adapter` instance.  Use it as an async context manager, or call
     :meth:`aclose` when done.  A ``session`` passed in is used for every
-    request and never closed by the client.
+    request and never closed by the client.  ``timeout`` (seconds an attempt
+    may take), ``max_connections`` and ``session`` configure the built-in
+    transport: with a ``transport`` of your own, it decides (a ``session``
+    with it is refused).
 
     ``retry`` applies to every update, single or bulk (``None``: no retries).
     ``rate_limit`` left alone paces to the adapter's declared limits; a
