@@ -32,7 +32,7 @@ from urllib.parse import quote, urlencode
 
 from attrs import field, frozen
 
-from customer_patch._checks import check_choices, flag_field
+from customer_patch._checks import check_choices, check_flag, on_field
 from customer_patch._errors import (
     Problem,
     ProviderError,
@@ -136,17 +136,13 @@ def _function(instance: object, attribute: Any, value: Any) -> None:
         raise TypeError(f"{attribute.name} must be callable, got {value!r:.80}")
 
 
-def _choices(instance: object, attribute: Any, value: Any) -> None:
-    check_choices(attribute.name, value)
-
-
 @frozen(kw_only=True)
 class WireField:
     """How one neutral field travels to a provider."""
 
     wire: str = field(validator=_key)
     """The key in the provider's JSON body."""
-    nullable: bool = field(default=True, validator=flag_field)
+    nullable: bool = field(default=True, validator=on_field(check_flag))
     """Whether ``None`` (clear the field) is allowed."""
     check: Check = field(default=_no_problems, validator=_function)
     """What makes a (non-``None``) value acceptable; see :mod:`customer_patch.wire`."""
@@ -166,9 +162,9 @@ class ListFilter:
     """The query parameter's name."""
     item: type = str
     """``str`` or ``int``: the type of each value."""
-    many: bool = field(default=False, validator=flag_field)
+    many: bool = field(default=False, validator=on_field(check_flag))
     """Takes a list of values, sent as the parameter repeated (``id=1&id=2``)."""
-    choices: frozenset[str] | None = field(default=None, validator=_choices)
+    choices: frozenset[str] | None = field(default=None, validator=on_field(check_choices))
     """The values allowed, when the provider documents an enumeration."""
 
     def check(self, value: Any) -> list[str]:

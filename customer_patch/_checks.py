@@ -16,6 +16,7 @@ import inspect
 import numbers
 import operator
 import types
+from collections.abc import Callable
 from typing import Any
 
 A_DAY = 86_400
@@ -72,9 +73,14 @@ def check_flag(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be True or False, got {_shown(value)}")
 
 
-def flag_field(instance: object, attribute: Any, value: Any) -> None:
-    """:func:`check_flag` as an attrs validator."""
-    check_flag(attribute.name, value)
+def on_field(check: Callable[..., None], **options: Any) -> Callable[[Any, Any, Any], None]:
+    """``check`` (one of these, with ``options``) as an attrs validator: the
+    field's name is the parameter's."""
+
+    def validate(instance: Any, attribute: Any, value: Any) -> None:
+        check(attribute.name, value, **options)
+
+    return validate
 
 
 def check_choices(name: str, value: Any) -> None:

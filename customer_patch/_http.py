@@ -19,7 +19,7 @@ from typing import Any
 from attrs import field, frozen
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from customer_patch._checks import flag_field
+from customer_patch._checks import check_flag, on_field
 
 _MASK = "********"
 
@@ -97,7 +97,7 @@ class RateLimit:
     """Requests that may go at once, from a full bucket."""
     per_second: float = field(validator=_sane_rate)
     """Requests per second, sustained."""
-    per_route: bool = field(default=False, validator=flag_field)
+    per_route: bool = field(default=False, validator=on_field(check_flag))
     """``True``: each route and method (:attr:`Request.route`) has a bucket of its
     own; ``False``: one bucket for every request of the client."""
 

@@ -21,9 +21,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, TypeVarTuple
 
-from attrs import Attribute, field, frozen
+from attrs import field, frozen
 
-from customer_patch._checks import check_seconds, check_whole
+from customer_patch._checks import check_seconds, check_whole, on_field
 from customer_patch._errors import (
     CustomerPatchError,
     ProviderError,
@@ -42,23 +42,6 @@ RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 """HTTP statuses worth another attempt; every other 4xx is final."""
 
 
-def _attempts(instance: object, attribute: Attribute[Any], value: Any) -> None:
-    check_whole(attribute.name, value)
-
-
-def _seconds_or_none(instance: object, attribute: Attribute[Any], value: Any) -> None:
-    check_seconds(attribute.name, value, none=True)
-
-
-def _seconds(instance: object, attribute: Attribute[Any], value: Any) -> None:
-    check_seconds(attribute.name, value)
-
-
-def _seconds_or_zero(instance: object, attribute: Attribute[Any], value: Any) -> None:
-    # A wait of forever, with no budget to end it, would hang a run on one 500.
-    check_seconds(attribute.name, value, zero=True)
-
-
 @frozen(kw_only=True)
 class RetryPolicy:
     """How the client retries one update (a bulk run applies it to each record).
@@ -69,19 +52,19 @@ class RetryPolicy:
     Every number of seconds is at most a day: a longer wait is a hang.
     """
 
-    attempts: int = field(default=5, validator=_attempts)
+    attempts: int = field(default=5, validator=on_field(check_whole))
     """Attempts in all, the first included; ``1`` turns retries off."""
-    timeout: float | None = field(default=300.0, validator=_seconds_or_none)
+    timeout: float | None = field(default=300.0, validator=on_field(check_seconds, none=True))
     """Seconds an update may take in all, from its first attempt: attempts and waits
     count.  A retry whose wait would end past it is not made (the last error stands),
     and a ``Retry-After`` longer than what is left ends the update with
     :class:`RateLimitedError` rather than waiting.  ``None``: no limit."""
-    wait_initial: float = field(default=0.5, validator=_seconds)
+    wait_initial: float = field(default=0.5, validator=on_field(check_seconds))
     """The *ceiling* of the first (jittered) wait: it is drawn from 0 to this.
     (In stamina the parameter of this name is the *minimum* first wait.)"""
-    wait_max: float = field(default=30.0, validator=_seconds)
+    wait_max: float = field(default=30.0, validator=on_field(check_seconds))
     """No jittered wait is drawn from above this."""
-    max_retry_after: float = field(default=120.0, validator=_seconds_or_zero)
+    max_retry_after: float = field(default=120.0, validator=on_field(check_seconds, zero=True))
     """The longest ``Retry-After`` that is honoured as asked; longer ones are cut to this."""
 
     def backoff(self, retry_number: int) -> float:
