@@ -310,10 +310,10 @@ def test_plan_of_a_customer_whose_earlier_record_would_be_refused(tmp_path):
         sent = patches(fake)
     assert sent == []
     for result in (text, as_json):
-        assert result.exit_code == 1, result.output
+        assert result.exit_code == 2, result.output  # the first line is invalid
         assert result.exception is None or isinstance(result.exception, SystemExit)
     assert '1001  name: "Demo Customer 1001" → "Renamed"' in lines_of(text.stdout)
-    assert "no active customer custom field is named 'Nope'" in text.stdout
+    assert "line 1: dualentry: no active customer custom field is named 'Nope'" in text.stderr
     second = [json.loads(line) for line in lines_of(as_json.stdout)]
     assert {"field": "name", "before": "Demo Customer 1001", "after": "Renamed"} in next(
         o["fields"] for o in second if o.get("line") == 2
@@ -1201,3 +1201,134 @@ def test_undo_survives_a_kill_while_a_write_is_in_flight(tmp_path):
     assert resumed.exit_code == 0, resumed.output
     assert undone.exit_code == 0, undone.output
     assert restored == snapshot
+
+
+# -- a custom field the provider's definitions refuse is an invalid record ----------------
+
+REFUSED_FIELD = [
+    {"id": 1001, "patch": {"name": "One"}},
+    {"id": 1002, "patch": {"custom_fields": {"Nope": 1}}},
+    {"id": 1003, "patch": {"name": "Three"}},
+]
+REFUSED_LINE = (
+    "line 2: dualentry: no active customer custom field is named 'Nope'; nothing was sent"
+)
+
+
+def test_apply_counts_a_custom_field_the_definitions_refuse_as_an_invalid_line(tmp_path):
+    """Found before anything is sent, from the input alone: the line is invalid (exit 2),
+    said with its number on standard error, as a line the reader refuses is; the rest of
+    the run goes on.  It was a failed record (exit 1), named nowhere but the report."""
+    path = jsonl(tmp_path / "u.jsonl", REFUSED_FIELD)
+    report = tmp_path / "r.jsonl"
+    with threaded_fake("dualentry", customers=3, **FAST) as (fake, base, _):
+        result = apply(path, base, "--rate-limit", "off", "--report", str(report))
+        sent = sorted(r.path for r in patches(fake))
+    assert result.exit_code == 2, result.output
+    assert lines_of(result.stderr) == [REFUSED_LINE]
+    assert "2 succeeded; 0 failed; 1 invalid (1 UnknownCustomFieldError)" in result.stdout
+    assert sent == ["/public/v2/customers/1001/", "/public/v2/customers/1003/"]
+    refused = [r for r in report_lines(report) if not r["ok"]]
+    assert [(r["line"], r["error"]) for r in refused] == [(2, "UnknownCustomFieldError")]
+
+
+def test_strict_checks_custom_fields_against_the_definitions_before_sending_anything(
+    tmp_path,
+):
+    """--strict sends nothing if any line is invalid: a name the definitions do not have
+    makes a line invalid, so the definitions are read before the first write."""
+    path = jsonl(tmp_path / "u.jsonl", REFUSED_FIELD)
+    with threaded_fake("dualentry", customers=3, **FAST) as (fake, base, _):
+        result = apply(path, base, "--rate-limit", "off", "--strict")
+        sent = patches(fake)
+        asked = {(r.method, r.path.split("?")[0]) for r in fake.requests}
+    assert result.exit_code == 2, result.output
+    assert sent == []
+    assert asked == {("GET", "/public/v2/custom-fields/")}
+    assert lines_of(result.stderr) == [
+        REFUSED_LINE,
+        "error: 1 invalid line(s); --strict sends nothing",
+    ]
+
+
+def test_strict_with_custom_fields_it_cannot_check_sends_nothing(tmp_path):
+    """The definitions cannot be read (a key the provider refuses): --strict cannot
+    know every line is valid, so it sends nothing and says why in one line."""
+    path = jsonl(tmp_path / "u.jsonl", REFUSED_FIELD)
+    with threaded_fake("dualentry", customers=3, **FAST) as (fake, base, _):
+        result = run(
+            ["apply", str(path), "--provider", "dualentry", "--base-url", base, "--strict"],
+            env={"DUALENTRY_API_KEY": "not-the-key"},
+        )
+        sent = patches(fake)
+    assert sent == []
+    assert result.exit_code == 3, result.output
+    errors = lines_of(result.stderr)
+    assert len(errors) == 1, result.stderr
+    assert errors[0].startswith("error: could not read the custom field definitions")
+    assert "PermissionDeniedError" in errors[0]
+    assert errors[0].endswith("--strict sends nothing")
+    assert "not-the-key" not in result.output
+
+
+def test_strict_with_valid_custom_fields_sends_every_line(tmp_path):
+    records = [
+        {"id": 1001, "patch": {"custom_fields": {"Tier": "Gold"}}},
+        {"id": 1002, "patch": {"name": "Two"}},
+    ]
+    path = jsonl(tmp_path / "u.jsonl", records)
+    with threaded_fake("dualentry", customers=2, **FAST) as (fake, base, _):
+        result = apply(path, base, "--rate-limit", "off", "--strict")
+        sent = len(patches(fake))
+    assert result.exit_code == 0, result.output
+    assert sent == 2
+
+
+def test_plan_counts_a_custom_field_the_definitions_refuse_as_an_invalid_line(tmp_path):
+    path = jsonl(tmp_path / "u.jsonl", REFUSED_FIELD)
+    with threaded_fake("dualentry", customers=3, **FAST) as (fake, base, _):
+        text = plan(path, base, "--rate-limit", "off")
+        as_json = plan(path, base, "--rate-limit", "off", "--format", "json")
+    assert text.exit_code == 2, text.output
+    assert lines_of(text.stderr) == [REFUSED_LINE]
+    assert lines_of(text.stdout)[-1] == _summary(2, 0, 1, pace=float("inf"))
+    assert as_json.exit_code == 2, as_json.output
+    records = [json.loads(line) for line in lines_of(as_json.stdout)]
+    assert {"line": 2, "id": 1002, "invalid": REFUSED_LINE.split(": ", 1)[1]} in records
+    assert records[-1]["summary"]["invalid"] == 1
+
+
+def test_dry_run_says_it_does_not_check_custom_field_names(tmp_path):
+    """--dry-run reads nothing, so it cannot know the provider's custom fields: it says
+    so, and where they are checked, instead of calling such a line fine."""
+    path = jsonl(tmp_path / "u.jsonl", REFUSED_FIELD)
+    result = apply(path, "http://127.0.0.1:9", "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert lines_of(result.stdout)[-1] == (
+        "dry run: 3 request(s) would be sent, 0 invalid line(s); nothing sent "
+        "(1 line sets custom fields, which `plan` checks against the provider's "
+        "definitions; a dry run reads nothing)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("custom_fields", "why"),
+    [
+        ({"Tier": "Platinum"}, "custom_fields['Tier']: must be one of"),
+        ({"Region": "north"}, "custom_fields['Region']: is the name of 2 fields; use an id"),
+    ],
+)
+def test_apply_counts_a_custom_field_value_the_definitions_refuse_as_invalid(
+    tmp_path, custom_fields, why
+):
+    records = [{"id": 1001, "patch": {"custom_fields": custom_fields}}]
+    path = jsonl(tmp_path / "u.jsonl", records)
+    with threaded_fake("dualentry", customers=1, **FAST) as (fake, base, _):
+        result = apply(path, base, "--rate-limit", "off")
+        sent = patches(fake)
+    assert sent == []
+    assert result.exit_code == 2, result.output
+    [said] = lines_of(result.stderr)
+    assert said.startswith(f"line 1: {why}"), said
+    assert said.endswith("(nothing sent)")
+    assert "0 succeeded; 0 failed; 1 invalid (1 ValidationError)" in result.stdout

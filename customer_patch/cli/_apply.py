@@ -18,9 +18,10 @@ from customer_patch._bulk import UpdateResult
 from customer_patch._client import Client
 from customer_patch._errors import (
     AuthenticationError,
-    CustomerPatchError,
     NotAttemptedError,
     PermissionDeniedError,
+    UnknownCustomFieldError,
+    ValidationError,
 )
 from customer_patch._model import Customer, CustomerPatch
 from customer_patch.cli._input import Line
@@ -86,7 +87,7 @@ async def apply(
     tally: Tally,
     concurrency: int,
     report: Report,
-    on_invalid: Callable[[Line], None],
+    on_invalid: Callable[[str], None],
     on_result: Callable[[Tally], None],
     max_failures: int | None = None,
     max_consecutive_failures: int | None = None,
@@ -96,6 +97,10 @@ async def apply(
     on_note: Callable[[str], None] = lambda text: None,
 ) -> None:
     """Send every valid line; record every record (invalid ones too) exactly once.
+
+    ``on_invalid`` is given the description of each invalid line: one the file
+    reader refused, or one the client refused before sending (see
+    :func:`refused_input`).
 
     ``changes_only``: read each customer first and send only what differs;
     ``match_on``: lines name customers by that key; ``undo``: record how to
@@ -123,7 +128,7 @@ async def apply(
                     report.write(entry_for(line, line.error, 0))
                 except ReportWriteError:
                     return  # the run stops: the consumer raises it
-                on_invalid(line)
+                on_invalid(describe_invalid(line))
                 on_result(tally)
                 continue
             if history:
@@ -146,6 +151,9 @@ async def apply(
         async for result in results:
             line = line_of.pop(result.index)
             _record(tally, result)
+            if refused_input(result.error):
+                assert result.error is not None
+                on_invalid(client.mask(describe_refused(line.number, result.error)))
             entry = entry_for(line, result.error, result.attempts)
             if reading:
                 entry.update(changes_entry(result))
@@ -210,6 +218,9 @@ def _record(tally: Tally, result: UpdateResult) -> None:
         tally.unchanged += not result.changed
         return
     tally.count_error(error)
+    if refused_input(error):
+        tally.invalid += 1
+        return
     if isinstance(error, NotAttemptedError):
         tally.not_attempted += 1
         if tally.stopped is None:
@@ -220,14 +231,39 @@ def _record(tally: Tally, result: UpdateResult) -> None:
         tally.stopped = f"{type(error).__name__}: {error}"
 
 
+def refused_input(error: BaseException | None) -> bool:
+    """Whether ``error`` says the record's own custom fields are wrong, found
+    before anything was sent for it: a name the provider's definitions do not
+    have, a name two fields share, a value that does not fit its field.  The
+    line is then invalid, as one the file reader refuses (exit status 2), not
+    failed.  (A match key no customer has, or two do, stays a failure, as a
+    customer not found does.)"""
+    if isinstance(error, UnknownCustomFieldError):
+        return not error.sent  # sent: the provider's own 422, an answer like any other
+    return (
+        isinstance(error, ValidationError)
+        and bool(error.problems)
+        and all(p.field.startswith("custom_fields") for p in error.problems)
+    )
+
+
+def why_refused(error: BaseException) -> str:
+    """What is wrong with a record, in one line (a validation's problems joined)."""
+    if isinstance(error, ValidationError):
+        return "; ".join(str(p) for p in error.problems)
+    return str(error)
+
+
+def describe_refused(number: int, error: BaseException) -> str:
+    """``line N: what is wrong (nothing sent)``, for standard error."""
+    details = why_refused(error)
+    said = "" if details.endswith("nothing was sent") else " (nothing sent)"
+    return f"line {number}: {details}{said}"
+
+
 def describe_invalid(line: Line) -> str:
-    error = line.error
-    assert error is not None
-    if isinstance(error, CustomerPatchError) and hasattr(error, "problems"):
-        details = "; ".join(str(p) for p in error.problems)
-    else:
-        details = str(error)
-    return f"line {line.number}: {details} (nothing sent)"
+    assert line.error is not None
+    return describe_refused(line.number, line.error)
 
 
 def dry_run(
@@ -247,7 +283,7 @@ def dry_run(
     Plain writes, no markup: the text is the data's, and a million lines
     must not cost a million renderings.
     """
-    valid = invalid = 0
+    valid = invalid = custom = 0
     base = client.base_url.rstrip("/")
     adapter = client.adapter
     for line in lines:
@@ -259,6 +295,7 @@ def dry_run(
             continue
         valid += 1
         assert line.patch is not None
+        custom += bool(line.patch.custom_fields)
         found = ""
         if match_on is not None:
             found = f"  ({{id}}: the customer with {match_on} {line.customer_id!r})"
@@ -277,8 +314,17 @@ def dry_run(
             body = line.body.decode()
             path = line.path if match_on is None else adapter.update_path("{id}")
             out.write(f"line {line.number}: {adapter.method} {base}{path} {body}{found}\n")
+    unchecked = ""
+    if custom and client.check_custom_fields and adapter.custom_fields_path() is not None:
+        # The names are the provider's to know: a run reads its definitions first.
+        sets = "line sets" if custom == 1 else "lines set"
+        unchecked = (
+            f" ({custom} {sets} custom fields, which `plan` checks against the provider's "
+            "definitions; a dry run reads nothing)"
+        )
     out.write(
-        f"dry run: {valid} request(s) would be sent, {invalid} invalid line(s); nothing sent\n"
+        f"dry run: {valid} request(s) would be sent, {invalid} invalid line(s); "
+        f"nothing sent{unchecked}\n"
     )
     out.flush()
     return EXIT_BAD_INPUT if invalid else EXIT_OK

@@ -10,7 +10,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import click
 from attrs import Factory, define
@@ -31,6 +31,7 @@ from customer_patch.cli._apply import (
     Tally,
     apply,
     describe_invalid,
+    describe_refused,
     dry_run,
 )
 from customer_patch.cli._input import (
@@ -44,6 +45,8 @@ from customer_patch.cli._input import (
 from customer_patch.cli._progress import ProgressView
 from customer_patch.cli._report import Report, ReportError, ReportWriteError, UndoFile
 from customer_patch.sandbox import Faults, fake_for
+
+T = TypeVar("T")
 
 GENERIC_TOKEN_ENV = "CUSTOMER_PATCH_TOKEN"  # noqa: S105 - a variable's name, not a secret
 """Where the token is read from for an adapter that names no variable of its own."""
@@ -331,7 +334,7 @@ def apply_command(
                     _fail(str(e))
             with sink, contextlib.closing(undo) if undo else contextlib.nullcontext():
                 try:
-                    _guarded(
+                    fields_left = _guarded(
                         lambda: _check_first(
                             source, adapter, sink, separator, strict=strict, match_on=match_on
                         )
@@ -340,6 +343,10 @@ def apply_command(
                     thresholds = (max_failures, max_consecutive_failures or None)
                     lines = read_updates(source, adapter, delimiter=separator, match_on=match_on)
                     reading = Reading(changes_only, match_on, undo)
+                    if fields_left:
+                        reading.check_fields = lambda: read_updates(
+                            source, adapter, delimiter=separator, match_on=match_on
+                        )
                 except SystemExit:  # refused before anything was sent
                     if undo is not None:
                         undo.discard_if_unused()
@@ -413,10 +420,10 @@ def _signals_deferred() -> Iterator[None]:
     _raise_if_signalled()
 
 
-def _guarded(step: Callable[[], int | None]) -> int:
+def _guarded(step: Callable[[], T]) -> T:
     """Run ``step``; a problem with the whole input is a one-line error, exit 2."""
     try:
-        return step() or 0
+        return step()
     except (InputError, ReportError) as e:
         _fail(str(e))
 
@@ -471,25 +478,71 @@ def _check_first(
     *,
     strict: bool,
     match_on: str | None = None,
-) -> None:
-    """Before anything is sent: the file is the one the report saw; with --strict, valid."""
+) -> bool:
+    """Before anything is sent: the file is the one the report saw; with --strict, valid.
+
+    Returns whether --strict still has custom fields to check against the
+    provider's definitions, which only the run can read (see :func:`_strict_fields`).
+    """
     if not (strict or report.history):
-        return
+        return False
     source.spool()  # standard input or a pipe: to a temporary file, to be read twice
     if report.history:
         assert report.path is not None
         digests = read_digests(source, adapter, delimiter=delimiter, match_on=match_on)
         report.history.check(digests, report.path, source.name)
-    if strict:
-        bad = 0
-        with _signals_deferred():
-            for line in read_updates(source, adapter, delimiter=delimiter, match_on=match_on):
-                _raise_if_signalled()
-                if line.error is not None:
-                    bad += 1
-                    err.print(describe_invalid(line), markup=False)
-        if bad:
-            _fail(f"{bad} invalid line(s); --strict sends nothing")
+    if not strict:
+        return False
+    bad = 0
+    custom_fields = False
+    with _signals_deferred():
+        for line in read_updates(source, adapter, delimiter=delimiter, match_on=match_on):
+            _raise_if_signalled()
+            if line.error is not None:
+                bad += 1
+                err.print(describe_invalid(line), markup=False)
+            else:
+                custom_fields = custom_fields or _sets_custom_fields(line)
+    if bad:
+        _fail(f"{bad} invalid line(s); --strict sends nothing")
+    return custom_fields and adapter.custom_fields_path() is not None
+
+
+def _sets_custom_fields(line: Line) -> bool:
+    return line.patch is not None and bool(line.patch.custom_fields)
+
+
+class StrictRefusal(Exception):
+    """--strict found, before sending, a line the run would refuse; nothing was sent."""
+
+    def __init__(self, message: str, status: int) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+async def _strict_fields(client: Client, lines: Iterator[Line]) -> None:
+    """Check every line's custom fields against the provider's definitions (read
+    once); raise :class:`StrictRefusal` if any is refused or they cannot be read."""
+    try:
+        await client.custom_field_definitions()
+    except CustomerPatchError as e:
+        raise StrictRefusal(
+            f"could not read the custom field definitions ({type(e).__name__}: {e}), "
+            "so the lines' custom fields are not checked; --strict sends nothing",
+            EXIT_STOPPED,
+        ) from None
+    bad = 0
+    for number, line in enumerate(lines):
+        if number % 256 == 0:
+            await asyncio.sleep(0)  # a signal's handler runs in the loop: let it in
+        if line.error is None and _sets_custom_fields(line):
+            assert line.patch is not None
+            refused = await client._check_custom_fields(line.patch)
+            if refused is not None:
+                bad += 1
+                err.print(client.mask(describe_refused(line.number, refused)), markup=False)
+    if bad:
+        raise StrictRefusal(f"{bad} invalid line(s); --strict sends nothing", EXIT_BAD_INPUT)
 
 
 def _apply_and_report(
@@ -510,6 +563,11 @@ def _apply_and_report(
                 asyncio.run(
                     _run(client, lines, tally, concurrency, report, provider, thresholds, reading)
                 )
+        except StrictRefusal as e:  # nothing was sent
+            if reading.undo is not None:
+                reading.undo.discard_if_unused()
+            err.print("[red]error:[/red] " + escape(str(e)))
+            return e.status
         except ReportWriteError as e:
             _summary(tally, reading)
             err.print(
@@ -547,6 +605,8 @@ async def _run(
     """Apply ``lines``; SIGINT and SIGTERM cancel the run cleanly (a second one, at once)."""
     async with _signals_cancel(), client:
         reading = reading or Reading()
+        if reading.check_fields is not None:
+            await _strict_fields(client, reading.check_fields())
         with ProgressView(
             out,
             label,
@@ -561,7 +621,7 @@ async def _run(
                 concurrency=concurrency,
                 report=report,
                 # Through the view: a write to stderr would land inside the live bar.
-                on_invalid=lambda line: view.note(describe_invalid(line), err),
+                on_invalid=lambda text: view.note(text, err),
                 on_result=view.update,
                 max_failures=thresholds[0],
                 max_consecutive_failures=thresholds[1],
@@ -622,6 +682,9 @@ class Reading:
     changes_only: bool = False
     match_on: str | None = None
     undo: UndoFile | None = None
+    check_fields: Callable[[], Iterator[Line]] | None = None
+    """With --strict, when lines set custom fields: the lines again, whose custom
+    fields are checked against the provider's definitions before anything is sent."""
 
     def per_request(self, client: Client) -> int:
         """Records one read request serves (0: the run reads nothing)."""

@@ -12,7 +12,15 @@ from attrs import define
 from customer_patch._bulk import UpdateResult
 from customer_patch._client import Client
 from customer_patch._errors import CustomerPatchError, NotFoundError
-from customer_patch.cli._apply import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, describe_invalid
+from customer_patch.cli._apply import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    EXIT_OK,
+    describe_invalid,
+    describe_refused,
+    refused_input,
+    why_refused,
+)
 from customer_patch.cli._input import Line
 
 
@@ -85,7 +93,8 @@ async def plan(
             if line.error is not None:
                 tally.invalid += 1
                 if as_json:
-                    emit({"line": line.number, "id": line.customer_id, "invalid": str(line.error)})
+                    why = why_refused(line.error)
+                    emit({"line": line.number, "id": line.customer_id, "invalid": why})
                 else:
                     out.flush()
                     err.write(describe_invalid(line) + "\n")
@@ -98,6 +107,15 @@ async def plan(
         async for result in client.iter_plan(valid(), concurrency=concurrency, match_on=match_on):
             line = line_of.pop(result.index)
             where = {"line": line.number, "id": line.customer_id}
+            if refused_input(result.error):  # as an invalid line: would be refused unsent
+                assert result.error is not None
+                tally.invalid += 1
+                if as_json:
+                    emit({**where, "invalid": why_refused(result.error)})
+                else:
+                    out.flush()
+                    err.write(client.mask(describe_refused(line.number, result.error)) + "\n")
+                continue
             if result.error is not None:
                 if isinstance(result.error, NotFoundError):
                     tally.not_found += 1
