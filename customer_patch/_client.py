@@ -212,6 +212,9 @@ def _check_base_url(base_url: str) -> str:
     return base_url.rstrip("/")
 
 
+DEFAULT_MAX_CONNECTIONS = 100
+"""The connection pool the built-in transport opens, unless ``max_connections`` says."""
+
 MAX_DEFINITIONS = 10_000
 """Custom field definitions read at most (a hundred pages)."""
 
@@ -289,7 +292,12 @@ def _check_options(
 ) -> None:
     """Refuse what :class:`Client` cannot use, naming the parameter."""
     check_seconds("timeout", timeout)
-    check_whole("max_connections", max_connections)
+    check_whole("max_connections", max_connections, none=True)
+    if max_connections is not None and (session is not None or transport is not None):
+        raise ValueError(
+            "max_connections sizes the connection pool the client opens; with transport= "
+            "or session=, the pool is yours to size"
+        )
     if user_agent is not None and not isinstance(user_agent, str):
         raise ValueError(f"user_agent must be a non-empty string or None, got {user_agent!r:.80}")
     if user_agent == "":
@@ -339,10 +347,11 @@ class Client:
     ``adapter`` is a registered name (see :func:`available_adapters`) or an
     :class:`Adapter` instance.  Use it as an async context manager, or call
     :meth:`aclose` when done.  A ``session`` passed in is used for every
-    request and never closed by the client.  ``timeout`` (seconds an attempt
-    may take), ``max_connections`` and ``session`` configure the built-in
-    transport: with a ``transport`` of your own, it decides (a ``session``
-    with it is refused).
+    request and never closed by the client.  ``timeout`` is the seconds an
+    attempt may take, whatever transport sends it.  ``max_connections`` sizes
+    the connection pool the built-in transport opens (``None``: 100); with a
+    ``session`` or a ``transport`` of your own, the pool is yours, and
+    ``max_connections`` is refused (as is a ``session`` with a ``transport``).
 
     ``retry`` applies to every update, single or bulk (``None``: no retries).
     ``rate_limit`` left alone paces to the adapter's declared limits; a
@@ -369,7 +378,7 @@ class Client:
         timeout: float = 30.0,
         session: aiohttp.ClientSession | None = None,
         user_agent: str | None = None,
-        max_connections: int = 100,
+        max_connections: int | None = None,
         retry: RetryPolicy | None = RetryPolicy(),  # noqa: B008 - frozen, shared safely
         rate_limit: RateLimit | Sequence[RateLimit] | Unset | None = UNSET,
         registry: AdapterRegistry | None = None,
@@ -434,12 +443,17 @@ class Client:
         self._definitions: list[CustomFieldDefinition] | None = None
         self._definitions_lock = asyncio.Lock()
         self._definitions_refused: CustomerPatchError | None = None
+        self._timeout = timeout
+        # The built-in transport ends each attempt within `timeout` itself; a
+        # transport of the caller's is bounded by a timer of the client's.
         self._attempt_bound = math.inf if transport else timeout
         self._transport: Transport = transport or AiohttpTransport(
             provider=self.adapter.provider,
             timeout=timeout,
             session=session,
-            max_connections=max_connections,
+            max_connections=DEFAULT_MAX_CONNECTIONS
+            if max_connections is None
+            else max_connections,
         )
 
     def mask(self, text: str) -> str:
@@ -1174,19 +1188,22 @@ class Client:
             )
         debug = log.isEnabledFor(logging.DEBUG)
         started = time.perf_counter() if debug else 0.0
+        budget = deadline - time.monotonic()
+        bound = min(budget, self._timeout)
         try:
-            budget = deadline - time.monotonic()
-            # The library's own transport ends every attempt within `timeout`
-            # itself: a timer of ours is needed only when the budget ends sooner
-            # (or the transport is someone else's).  It costs a few microseconds.
-            if budget < self._attempt_bound:
-                async with asyncio.timeout(budget):
+            # A timer of ours is needed only when the update's budget ends before
+            # `timeout`, or for a transport of the caller's (the built-in one
+            # bounds each attempt by `timeout` itself).  It costs a few microseconds.
+            if bound < self._attempt_bound:
+                async with asyncio.timeout(bound):
                     response = await self._transport.send(request)
             else:
                 response = await self._transport.send(request)
         except TimeoutError:
             raise TransportError(
-                "no complete answer within the update's time budget (RetryPolicy.timeout)",
+                "no complete answer within the update's time budget (RetryPolicy.timeout)"
+                if budget < self._timeout
+                else f"no complete answer within {self._timeout}s",
                 provider=self.provider,
             ) from None
         except NotAttemptedError as e:

@@ -2,6 +2,7 @@
 before anything is sent (not a TypeError from deep inside, nor a run that
 fails record by record, nor a value quietly read as something else)."""
 
+import asyncio
 import functools
 import math
 from unittest import mock
@@ -16,6 +17,7 @@ from customer_patch import (
     RateLimit,
     Response,
     RetryPolicy,
+    TransportError,
     ValidationError,
     WireField,
 )
@@ -51,12 +53,11 @@ def client(**options):
         (
             {"max_connections": 0},
             ValueError,
-            r"^max_connections must be a whole number of at least 1, got 0$",
+            r"^max_connections must be a whole number of at least 1 or None, got 0$",
         ),
         ({"max_connections": -1}, ValueError, "^max_connections must be"),
         ({"max_connections": 2.5}, ValueError, "^max_connections must be"),
         ({"max_connections": True}, ValueError, "^max_connections must be"),
-        ({"max_connections": None}, ValueError, "^max_connections must be"),
         ({"max_connections": "10"}, ValueError, "^max_connections must be"),
         # Sent as a header with every request: a line break would end it.
         (
@@ -116,6 +117,25 @@ def test_the_arguments_a_client_takes_still_work():
 async def test_a_client_takes_an_aiohttp_session():
     async with aiohttp.ClientSession() as session:
         client(session=session)
+        client(session=session, max_connections=None)  # None: the built-in pool's default
+    client(transport=MockTransport(ok_answer), max_connections=None)
+
+
+async def test_timeout_bounds_each_attempt_through_a_transport_of_the_callers():
+    """``timeout`` is the seconds an attempt may take, whatever sends it: with a
+    transport of the caller's it was silently unused, and an attempt that never
+    ended hung the update (no RetryPolicy budget here)."""
+    never = asyncio.Event()
+
+    async def silent(request):
+        await never.wait()
+
+    transport = MockTransport(silent)
+    async with client(transport=transport, timeout=0.05, retry=None, rate_limit=None) as c:
+        update = c.update(1001, CustomerPatch(name="x"))
+        with pytest.raises(TransportError, match=r"^dualentry: no complete answer within 0.05s$"):
+            await asyncio.wait_for(update, 20)  # a guard against a hang, not a timing
+    assert len(transport.requests) == 1
 
 
 @pytest.mark.parametrize(
@@ -322,6 +342,19 @@ def test_a_token_passed_where_another_argument_goes_is_not_echoed():
             {"session": "placeholder", "transport": MockTransport(ok_answer)},
             ValueError,
             "^session and transport: give one",
+        ),
+        # The pool it sizes is the one the client opens: with a session or a
+        # transport of the caller's, there is none, and the limit was dropped.
+        (
+            {"transport": MockTransport(ok_answer), "max_connections": 5},
+            ValueError,
+            r"^max_connections sizes the connection pool the client opens; with transport= "
+            r"or session=, the pool is yours to size$",
+        ),
+        (
+            {"session": "placeholder", "max_connections": 5},
+            ValueError,
+            "^max_connections sizes the connection pool the client opens",
         ),
     ],
 )
