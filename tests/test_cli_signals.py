@@ -376,3 +376,43 @@ def test_a_signal_while_the_runs_event_loop_is_built_is_kept_for_the_loop(
     assert sent == 0
     assert f"interrupted after 0 records; continue with --resume {report}" in result.output
     assert not [w for w in caught if "never awaited" in str(w.message)]
+
+
+class _RaisesOnImport:
+    """A meta path finder that raises ``error`` when ``name`` is imported."""
+
+    def __init__(self, name, error):
+        self.name, self.error = name, error
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname == self.name:
+            raise self.error
+        return
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "said"),
+    [
+        (KeyboardInterrupt(), 130, "customer-patch: interrupted while starting; nothing was sent"),
+        (
+            ModuleNotFoundError("No module named 'rich'", name="rich"),
+            2,
+            "customer-patch: the command line needs the 'cli' extra (rich is missing):",
+        ),
+    ],
+)
+def test_a_stop_while_the_command_loads_is_one_line(monkeypatch, capsys, error, status, said):
+    """Ctrl-C while Python loads the command's modules (a second or so on a cold
+    machine) printed Python's KeyboardInterrupt traceback."""
+    import sys
+
+    from customer_patch.cli import main
+
+    monkeypatch.delitem(sys.modules, "customer_patch.cli._commands", raising=False)
+    monkeypatch.setattr(
+        sys, "meta_path", [_RaisesOnImport("customer_patch.cli._commands", error), *sys.meta_path]
+    )
+    with pytest.raises(SystemExit) as stopped:
+        main()
+    assert stopped.value.code == status
+    assert capsys.readouterr().err.splitlines()[0] == said

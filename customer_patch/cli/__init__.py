@@ -16,4 +16,9 @@ def main() -> None:
             file=sys.stderr,
         )
         raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        # Ctrl-C while Python loads the command's modules (a second or so on a
+        # cold machine): before anything could be sent, so one line, not a traceback.
+        print("customer-patch: interrupted while starting; nothing was sent", file=sys.stderr)
+        raise SystemExit(130) from None
     cli()
