@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from customer_patch import Client
 from customer_patch.sandbox import Faults
@@ -1265,7 +1266,7 @@ def test_strict_with_custom_fields_it_cannot_check_sends_nothing(tmp_path):
     assert result.exit_code == 3, result.output
     errors = lines_of(result.stderr)
     assert len(errors) == 1, result.stderr
-    assert errors[0].startswith("error: could not read the custom field definitions")
+    assert errors[0].startswith("error: the custom field definitions could not be read")
     assert "PermissionDeniedError" in errors[0]
     assert errors[0].endswith("--strict sends nothing")
     assert "not-the-key" not in result.output
@@ -1332,3 +1333,123 @@ def test_apply_counts_a_custom_field_value_the_definitions_refuse_as_invalid(
     assert said.startswith(f"line 1: {why}"), said
     assert said.endswith("(nothing sent)")
     assert "0 succeeded; 0 failed; 1 invalid (1 ValidationError)" in result.stdout
+
+
+class HeldDefinitions(DualEntryFake):
+    """Holds every custom-field definitions read until the test releases it."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.held = threading.Event()
+        self.released = threading.Event()
+
+    def release(self) -> None:
+        self.released.set()
+
+    async def list_custom_fields(self, request):
+        self.held.set()
+        await _until(self.released)
+        return await super().list_custom_fields(request)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX signals")
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_during_the_strict_check_ends_as_one_before_sending(tmp_path, signum, status):
+    """It said "interrupted after 0 records; continue with --resume" and left the
+    (empty) undo file behind, so the same command was refused on the next try."""
+    path = jsonl(tmp_path / "u.jsonl", REFUSED_FIELD)
+    report, undo = tmp_path / "r.jsonl", tmp_path / "undo.jsonl"
+    fake = HeldDefinitions(**FAST)
+    fake.seed_demo(3)
+    args = ["apply", str(path), "--rate-limit", "off", "--strict", "--changes-only"]
+    args += ["--report", str(report), "--undo-file", str(undo)]
+    with serving(fake) as base:
+        proc = _start(args, base)
+        try:
+            wait_until(lambda: fake.held.is_set() or proc.poll() is not None, "the check")
+            proc.send_signal(signum)
+            _, stderr = proc.communicate(timeout=HANG_GUARD)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        fake.release()
+        sent = patches(fake)
+    assert proc.returncode == status, stderr
+    assert sent == []
+    assert stderr == "interrupted before anything was sent; run again with --overwrite-report\n"
+    assert not undo.exists()
+
+
+class EchoingRefusal(DualEntryFake):
+    """Refuses the definitions read with a message that tries to forge output."""
+
+    async def list_custom_fields(self, request):
+        message = "nope\x1b[2J\nline 2: forged :fire: [bold]x[/bold]"
+        return web.json_response({"success": False, "errors": {"__all__": [message]}}, status=400)
+
+
+def test_a_definitions_refusal_is_printed_on_one_line_as_it_is(tmp_path):
+    """The provider's text reached the terminal raw: an escape sequence, a line
+    break that forged a `line 2:` line, and `:fire:` turned into an emoji."""
+    path = jsonl(tmp_path / "u.jsonl", REFUSED_FIELD)
+    fake = EchoingRefusal(**FAST)
+    fake.seed_demo(3)
+    with serving(fake) as base:
+        strict = apply(path, base, "--rate-limit", "off", "--strict")
+        plain = apply(path, base, "--rate-limit", "off")
+    assert strict.exit_code == 3, strict.output
+    [said] = lines_of(strict.stderr)
+    assert "nope\\x1b[2J\\nline 2: forged :fire: [bold]x[/bold]" in said
+    assert plain.exit_code == 1, plain.output  # the read failed: not the line's fault
+
+
+def test_strict_with_resume_checks_only_the_lines_it_will_send(tmp_path):
+    """A line the report shows as done is skipped by --resume: --strict refused the
+    run for it (its custom field since made inactive), and read the definitions for
+    nothing when no line left to send sets one."""
+    records = [
+        {"id": 1001, "patch": {"custom_fields": {"Tier": "Gold"}}},
+        {"id": 9999, "patch": {"name": "Ghost"}},
+    ]
+    path = jsonl(tmp_path / "u.jsonl", records)
+    report = tmp_path / "r.jsonl"
+    with threaded_fake("dualentry", customers=1, **FAST) as (fake, base, _):
+        first = apply(path, base, "--rate-limit", "off", "--report", str(report))
+        for definition in fake.custom_fields:
+            if definition["name"] == "Tier":
+                definition["is_active"] = False
+        asked = len(fake.requests)
+        again = apply(path, base, "--rate-limit", "off", "--resume", str(report), "--strict")
+        read = [r.path for r in fake.requests[asked:] if "custom-fields" in r.path]
+    assert first.exit_code == 1, first.output
+    assert again.exit_code == 1, again.output  # 9999 fails again; line 1 is skipped
+    assert "1 skipped (done before)" in again.stdout
+    assert read == []
+
+
+def test_strict_names_every_invalid_line_the_file_and_the_definitions_find(tmp_path):
+    """A line the reader refuses stopped --strict before the definitions were read:
+    the operator fixed it, ran again, and met the next."""
+    records = [
+        {"id": 1001, "patch": {"name": 5}},
+        {"id": 1002, "patch": {"custom_fields": {"Nope": 1}}},
+    ]
+    path = jsonl(tmp_path / "u.jsonl", records)
+    with threaded_fake("dualentry", customers=2, **FAST) as (fake, base, _):
+        result = apply(path, base, "--rate-limit", "off", "--strict")
+        sent = patches(fake)
+    assert sent == []
+    assert result.exit_code == 2, result.output
+    assert lines_of(result.stderr) == [
+        "line 1: patch.name: expected str, got int (nothing sent)",
+        REFUSED_LINE,
+        "error: 2 invalid line(s); --strict sends nothing",
+    ]
+
+
+def test_progress_counts_invalid_lines_apart_from_failed_ones(tmp_path):
+    path = jsonl(tmp_path / "u.jsonl", REFUSED_FIELD)
+    with threaded_fake("dualentry", customers=3, **FAST) as (fake, base, _):
+        result = apply(path, base, "--rate-limit", "off")
+    progress = [line for line in lines_of(result.stdout) if line.startswith("dualentry: ")]
+    assert progress[-1].startswith("dualentry: 3/3 done, 0 failed, 1 invalid, "), progress

@@ -9,7 +9,7 @@ sent again too, so that the file's last value for each field lands last.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import IO, Any
 
 from attrs import define, field
@@ -26,6 +26,7 @@ from customer_patch._errors import (
 from customer_patch._model import Customer, CustomerPatch
 from customer_patch.cli._input import Line
 from customer_patch.cli._report import (
+    History,
     Report,
     ReportWriteError,
     UndoFile,
@@ -111,13 +112,11 @@ async def apply(
     what was done.
     """
     line_of: dict[int, Line] = {}  # in flight only: bounded by concurrency
-    history = report.history
-    resent: set[str] = set()  # customers one of whose records this run sends again
 
     async def valid() -> AsyncIterator[tuple[Any, Any]]:
         index = 0
-        for line in lines:
-            if history and history.is_done(line) and line.key not in resent:
+        for line, skipped in resumed(lines, report.history):
+            if skipped:
                 tally.skipped += 1
                 on_result(tally)
                 continue
@@ -131,8 +130,6 @@ async def apply(
                 on_invalid(describe_invalid(line))
                 on_result(tally)
                 continue
-            if history:
-                resent.add(line.key)
             line_of[index] = line
             index += 1
             yield line.customer_id, line.patch
@@ -171,6 +168,20 @@ async def apply(
             await aclose()
     if report.error is not None:
         raise report.error
+
+
+def resumed(lines: Iterable[Line], history: History | None) -> Iterator[tuple[Line, bool]]:
+    """Each line, and whether ``--resume`` skips it: the report shows it done, and
+    no earlier record of its customer is sent again (once one is, every later one
+    is too, so that the file's last value for each field lands last)."""
+    resent: set[str] = set()  # customers one of whose records this run sends again
+    for line in lines:
+        if history and history.is_done(line) and line.key not in resent:
+            yield line, True
+            continue
+        if history and line.error is None:
+            resent.add(line.key)
+        yield line, False
 
 
 def _undo_first(
@@ -247,16 +258,26 @@ def refused_input(error: BaseException | None) -> bool:
     )
 
 
-def why_refused(error: BaseException) -> str:
-    """What is wrong with a record, in one line (a validation's problems joined)."""
+def one_line(error: BaseException) -> str:
+    """What is wrong, in one line (a validation's problems joined); it may quote
+    data: print it through :func:`shown`."""
     if isinstance(error, ValidationError):
         return "; ".join(str(p) for p in error.problems)
     return str(error)
 
 
+def shown(value: Any) -> str:
+    """``value`` as text for a line of output: what is not printable (a line
+    break, a terminal escape) is escaped, so data cannot forge or hide lines."""
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def describe_refused(number: int, error: BaseException) -> str:
     """``line N: what is wrong (nothing sent)``, for standard error."""
-    details = why_refused(error)
+    details = shown(one_line(error))
     said = "" if details.endswith("nothing was sent") else " (nothing sent)"
     return f"line {number}: {details}{said}"
 

@@ -33,6 +33,9 @@ from customer_patch.cli._apply import (
     describe_invalid,
     describe_refused,
     dry_run,
+    one_line,
+    resumed,
+    shown,
 )
 from customer_patch.cli._input import (
     FORMATS,
@@ -51,8 +54,9 @@ T = TypeVar("T")
 GENERIC_TOKEN_ENV = "CUSTOMER_PATCH_TOKEN"  # noqa: S105 - a variable's name, not a secret
 """Where the token is read from for an adapter that names no variable of its own."""
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# No emoji: ":fire:" in a name or a provider's message is data, printed as it is.
+out = Console(highlight=False, soft_wrap=True, emoji=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
 
 def _fail(message: str, status: int = EXIT_BAD_INPUT) -> NoReturn:
@@ -334,18 +338,22 @@ def apply_command(
                     _fail(str(e))
             with sink, contextlib.closing(undo) if undo else contextlib.nullcontext():
                 try:
-                    fields_left = _guarded(
+                    bad, fields_left = _guarded(
                         lambda: _check_first(
                             source, adapter, sink, separator, strict=strict, match_on=match_on
                         )
                     )
+                    if bad and not fields_left:
+                        _fail(f"{bad} invalid line(s); --strict sends nothing")
                     tally = Tally(total=source.count())
                     thresholds = (max_failures, max_consecutive_failures or None)
                     lines = read_updates(source, adapter, delimiter=separator, match_on=match_on)
-                    reading = Reading(changes_only, match_on, undo)
+                    reading = Reading(changes_only, match_on, undo, invalid=bad)
                     if fields_left:
-                        reading.check_fields = lambda: read_updates(
-                            source, adapter, delimiter=separator, match_on=match_on
+                        history = sink.history
+                        reading.check_fields = lambda: resumed(
+                            read_updates(source, adapter, delimiter=separator, match_on=match_on),
+                            history,
                         )
                 except SystemExit:  # refused before anything was sent
                     if undo is not None:
@@ -478,34 +486,36 @@ def _check_first(
     *,
     strict: bool,
     match_on: str | None = None,
-) -> bool:
+) -> tuple[int, bool]:
     """Before anything is sent: the file is the one the report saw; with --strict, valid.
 
-    Returns whether --strict still has custom fields to check against the
-    provider's definitions, which only the run can read (see :func:`_strict_fields`).
+    Returns, with --strict, the invalid lines found (each printed) and whether
+    the lines the run will send set custom fields, to be checked against the
+    provider's definitions, which only the run can read (:func:`_strict_fields`).
     """
     if not (strict or report.history):
-        return False
+        return 0, False
     source.spool()  # standard input or a pipe: to a temporary file, to be read twice
     if report.history:
         assert report.path is not None
         digests = read_digests(source, adapter, delimiter=delimiter, match_on=match_on)
         report.history.check(digests, report.path, source.name)
     if not strict:
-        return False
+        return 0, False
     bad = 0
     custom_fields = False
     with _signals_deferred():
-        for line in read_updates(source, adapter, delimiter=delimiter, match_on=match_on):
+        lines = read_updates(source, adapter, delimiter=delimiter, match_on=match_on)
+        for line, skipped in resumed(lines, report.history):
             _raise_if_signalled()
+            if skipped:
+                continue
             if line.error is not None:
                 bad += 1
                 err.print(describe_invalid(line), markup=False)
             else:
                 custom_fields = custom_fields or _sets_custom_fields(line)
-    if bad:
-        _fail(f"{bad} invalid line(s); --strict sends nothing")
-    return custom_fields and adapter.custom_fields_path() is not None
+    return bad, custom_fields and adapter.custom_fields_path() is not None
 
 
 def _sets_custom_fields(line: Line) -> bool:
@@ -520,22 +530,26 @@ class StrictRefusal(Exception):
         super().__init__(message)
 
 
-async def _strict_fields(client: Client, lines: Iterator[Line]) -> None:
-    """Check every line's custom fields against the provider's definitions (read
-    once); raise :class:`StrictRefusal` if any is refused or they cannot be read."""
+async def _strict_fields(client: Client, lines: Iterator[tuple[Line, bool]], bad: int) -> None:
+    """Check the custom fields of every line the run will send (``lines``, with
+    whether --resume skips each) against the provider's definitions, read once;
+    raise :class:`StrictRefusal` if any line is refused (``bad`` were already,
+    by the file's reader) or the definitions cannot be read."""
     try:
         await client.custom_field_definitions()
     except CustomerPatchError as e:
-        raise StrictRefusal(
-            f"could not read the custom field definitions ({type(e).__name__}: {e}), "
-            "so the lines' custom fields are not checked; --strict sends nothing",
-            EXIT_STOPPED,
-        ) from None
-    bad = 0
-    for number, line in enumerate(lines):
+        why = f"the custom field definitions could not be read ({type(e).__name__}: "
+        why += shown(one_line(e)) + ")"
+        if bad:
+            raise StrictRefusal(
+                f"{bad} invalid line(s); --strict sends nothing ({why} to check the others)",
+                EXIT_BAD_INPUT,
+            ) from None
+        raise StrictRefusal(f"{why}; --strict sends nothing", EXIT_STOPPED) from None
+    for number, (line, skipped) in enumerate(lines):
         if number % 256 == 0:
             await asyncio.sleep(0)  # a signal's handler runs in the loop: let it in
-        if line.error is None and _sets_custom_fields(line):
+        if not skipped and line.error is None and _sets_custom_fields(line):
             assert line.patch is not None
             refused = await client._check_custom_fields(line.patch)
             if refused is not None:
@@ -586,6 +600,8 @@ def _apply_and_report(
             )
         return tally.exit_status()
     except (Interrupted, KeyboardInterrupt) as e:
+        if reading.check_fields is not None:
+            raise  # during --strict's check, before anything was sent: the command says so
         # Wherever it lands, from the run's start to its summary: the report
         # holds what was done, and --resume goes on from there.
         err.print(f"interrupted after {tally.done} records{resume_hint}", markup=False)
@@ -606,7 +622,8 @@ async def _run(
     async with _signals_cancel(), client:
         reading = reading or Reading()
         if reading.check_fields is not None:
-            await _strict_fields(client, reading.check_fields())
+            await _strict_fields(client, reading.check_fields(), reading.invalid)
+            reading.check_fields = None  # from here on, records may be sent
         with ProgressView(
             out,
             label,
@@ -682,9 +699,12 @@ class Reading:
     changes_only: bool = False
     match_on: str | None = None
     undo: UndoFile | None = None
-    check_fields: Callable[[], Iterator[Line]] | None = None
-    """With --strict, when lines set custom fields: the lines again, whose custom
-    fields are checked against the provider's definitions before anything is sent."""
+    invalid: int = 0
+    check_fields: Callable[[], Iterator[tuple[Line, bool]]] | None = None
+    """With --strict, when lines set custom fields: the lines again (with whether
+    --resume skips each), whose custom fields are checked against the provider's
+    definitions before anything is sent; ``invalid`` lines were found before.
+    ``None`` once checked."""
 
     def per_request(self, client: Client) -> int:
         """Records one read request serves (0: the run reads nothing)."""

@@ -11,15 +11,16 @@ from attrs import define
 
 from customer_patch._bulk import UpdateResult
 from customer_patch._client import Client
-from customer_patch._errors import CustomerPatchError, NotFoundError
+from customer_patch._errors import NotFoundError
 from customer_patch.cli._apply import (
     EXIT_BAD_INPUT,
     EXIT_FAILED,
     EXIT_OK,
     describe_invalid,
     describe_refused,
+    one_line,
     refused_input,
-    why_refused,
+    shown,
 )
 from customer_patch.cli._input import Line
 
@@ -93,7 +94,7 @@ async def plan(
             if line.error is not None:
                 tally.invalid += 1
                 if as_json:
-                    why = why_refused(line.error)
+                    why = one_line(line.error)
                     emit({"line": line.number, "id": line.customer_id, "invalid": why})
                 else:
                     out.flush()
@@ -111,7 +112,7 @@ async def plan(
                 assert result.error is not None
                 tally.invalid += 1
                 if as_json:
-                    emit({**where, "invalid": why_refused(result.error)})
+                    emit({**where, "invalid": one_line(result.error)})
                 else:
                     out.flush()
                     err.write(client.mask(describe_refused(line.number, result.error)) + "\n")
@@ -130,8 +131,8 @@ async def plan(
                         }
                     )
                 else:
-                    named = f"{_shown(line.customer_id)}  line {line.number}"
-                    say(f"{named}: {_shown(_one_line(result.error))}")
+                    named = f"{shown(line.customer_id)}  line {line.number}"
+                    say(f"{named}: {shown(one_line(result.error))}")
                 continue
             if not result.changed:
                 tally.unchanged += 1
@@ -159,25 +160,8 @@ async def plan(
             else:
                 for field, before, after in rows:
                     change = f"{json.dumps(before)} → {json.dumps(after)}"
-                    say(f"{_shown(line.customer_id)}  {_shown(field)}: {change}")
+                    say(f"{shown(line.customer_id)}  {shown(field)}: {change}")
     return tally
-
-
-def _one_line(error: BaseException) -> str:
-    """An error's message on one line (a validation error's problems joined)."""
-    problems = getattr(error, "problems", None)
-    if isinstance(error, CustomerPatchError) and problems:
-        return "; ".join(str(p) for p in problems)
-    return str(error)
-
-
-def _shown(value: Any) -> str:
-    """``value`` as text for a line of the plan: what is not printable (a line
-    break, a terminal escape) is escaped, so the data cannot forge or hide lines."""
-    text = str(value)
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def summary(tally: PlanTally, *, pace: float | None, write: str) -> dict[str, Any]:

@@ -72,12 +72,18 @@ class ProgressView:
                 TextColumn("{task.fields[rate]:>7.1f}/s"),
                 TextColumn("{task.fields[left]} left"),
                 TextColumn("{task.fields[reading]}"),
-                TextColumn("[red]{task.fields[failed]} failed"),
+                TextColumn("[red]{task.fields[failed]} failed, {task.fields[invalid]} invalid"),
                 console=self.console,
             )
             self._bar.start()
             self._task = self._bar.add_task(
-                self.label, total=self.total, rate=0.0, failed=0, left="-:--:--", reading=""
+                self.label,
+                total=self.total,
+                rate=0.0,
+                failed=0,
+                invalid=0,
+                left="-:--:--",
+                reading="",
             )
         return self
 
@@ -94,14 +100,14 @@ class ProgressView:
         return f"read {tally.done}, {tally.unchanged} unchanged,"
 
     def update(self, tally: Tally) -> None:
-        failed = tally.failed + tally.invalid
         left = _clock(time_left(tally, self.total, self.pace, self.reads_per_request))
         if self._bar is not None and self._task is not None:
             self._bar.update(
                 self._task,
                 completed=tally.done + tally.skipped,
                 rate=tally.rate,
-                failed=failed,
+                failed=tally.failed,
+                invalid=tally.invalid,
                 left=left,
                 reading=self._reading(tally),
             )
@@ -110,7 +116,8 @@ class ProgressView:
             of = f"/{self.total}" if self.total is not None else ""
             reading = f" ({self._reading(tally).rstrip(',')})" if self.reads_per_request else ""
             self.console.print(
-                f"{self.label}: {tally.done + tally.skipped}{of} done{reading}, {failed} failed, "
+                f"{self.label}: {tally.done + tally.skipped}{of} done{reading}, "
+                f"{tally.failed} failed, {tally.invalid} invalid, "
                 f"{tally.rate:.1f}/s, {left} left",
                 highlight=False,
                 markup=False,
