@@ -50,6 +50,7 @@ from customer_patch._model import (
     CustomerId,
     CustomerPatch,
     CustomFieldDefinition,
+    CustomFieldKey,
     Unset,
     _UnsetType,
 )
@@ -441,6 +442,7 @@ class Client:
         self._closed = False
         self.check_custom_fields = check_custom_fields
         self._definitions: list[CustomFieldDefinition] | None = None
+        self._definitions_by_key: dict[CustomFieldKey, list[CustomFieldDefinition]] = {}
         self._definitions_lock = asyncio.Lock()
         self._definitions_refused: CustomerPatchError | None = None
         self._timeout = timeout
@@ -606,6 +608,10 @@ class Client:
         """
         self._check_open()
         check_flag("refresh", refresh)
+        return list(await self._known_definitions(refresh=refresh))
+
+    async def _known_definitions(self, *, refresh: bool = False) -> list[CustomFieldDefinition]:
+        """The definitions as read once (see :meth:`custom_field_definitions`): not a copy."""
         async with self._definitions_lock:
             if refresh:
                 self._definitions_refused = None
@@ -619,7 +625,12 @@ class Client:
                     if not is_retryable(e):  # every update naming a custom field would ask
                         self._definitions_refused = e
                     raise
-            return list(self._definitions)
+                # What each key of a patch can name: its name, or its id.
+                self._definitions_by_key = {}
+                for d in self._definitions:
+                    for key in (d.name, d.id):
+                        self._definitions_by_key.setdefault(key, []).append(d)
+            return self._definitions
 
     async def _read_definitions(self) -> list[CustomFieldDefinition]:
         definitions: list[CustomFieldDefinition] = []
@@ -1116,11 +1127,15 @@ class Client:
         if self.adapter.custom_fields_path() is None:
             return None
         try:
-            definitions = await self.custom_field_definitions()
+            await self._known_definitions()
         except CustomerPatchError as e:
             return e
         assert not isinstance(patch.custom_fields, _UnsetType)
-        unknown, problems = self.adapter.check_custom_fields(patch.custom_fields, definitions)
+        # Only the definitions its keys can name, which decide as all of them would:
+        # a record's check does not grow with the provider's thousands of fields.
+        by_key = self._definitions_by_key
+        named = [d for key in patch.custom_fields for d in by_key.get(key, ())]
+        unknown, problems = self.adapter.check_custom_fields(patch.custom_fields, named)
         if unknown:
             listed = ", ".join(map(repr, unknown))
             return UnknownCustomFieldError(

@@ -1006,3 +1006,32 @@ def test_a_request_built_outside_the_client_carries_its_route_too():
         1, CustomerPatch(name="x"), base_url="https://api.dualentry.com", token="t"
     )
     assert request.route == "PATCH /public/v2/customers/{id}/"
+
+
+async def test_a_patch_is_checked_against_the_definitions_its_keys_name(monkeypatch):
+    """Every update that set custom fields rebuilt the check's indexes from every
+    definition (a copy of the list, then two dicts): with thousands of definitions,
+    a millisecond a record, and a minute for --strict's check of a large file.  The
+    check is now given only the definitions the patch's keys can name, and decides
+    exactly as with all of them."""
+    many = [*DEFINITIONS, *(definition(100 + i, f"F{i}") for i in range(2000))]
+    store = Store(1, many)
+    given: list[int] = []
+    adapter_class = type(Client("dualentry", token="k").adapter)
+    check = adapter_class.check_custom_fields
+
+    def counting(self, values, definitions):
+        given.append(len(definitions))
+        return check(self, values, definitions)
+
+    monkeypatch.setattr(adapter_class, "check_custom_fields", counting)
+    async with client(store) as de:
+        await de.update(1, CustomerPatch(custom_fields={"F1999": "x", 105: "y"}))
+        with pytest.raises(ValidationError, match="use an id: 6 and 7"):
+            await de.update(1, CustomerPatch(custom_fields={"Region": "EMEA"}))
+        with pytest.raises(UnknownCustomFieldError):
+            await de.update(1, CustomerPatch(custom_fields={"Old": "x", "Tier": "Gold"}))
+        with pytest.raises(ValidationError, match="not the id of an active"):
+            await de.update(1, CustomerPatch(custom_fields={8: "x"}))
+    assert given == [2, 2, 2, 1]
+    assert len(store.sent("PATCH")) == 1
