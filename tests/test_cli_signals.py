@@ -16,6 +16,7 @@ import time
 import warnings
 
 import pytest
+from click.testing import CliRunner
 
 from customer_patch import _convert
 from customer_patch.cli import _commands
@@ -416,3 +417,23 @@ def test_a_stop_while_the_command_loads_is_one_line(monkeypatch, capsys, error, 
         main()
     assert stopped.value.code == status
     assert capsys.readouterr().err.splitlines()[0] == said
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX signals")
+def test_a_signal_while_click_reads_the_arguments_ends_as_interrupted(monkeypatch):
+    """Before a command runs (click parsing its arguments, --help, --version), a
+    Ctrl-C printed click's "Aborted!" and exited 1, as a failed run does."""
+    import click.core
+
+    from customer_patch.cli._commands import cli as command
+
+    build = click.core.Context.__init__
+
+    def interrupted(self, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        build(self, *args, **kwargs)
+
+    monkeypatch.setattr(click.core.Context, "__init__", interrupted)
+    result = CliRunner().invoke(command, ["providers"])
+    assert result.exit_code == 130, result.output
+    assert result.stderr == "interrupted\n"

@@ -158,6 +158,16 @@ class _Commands(click.Group):
     silent SIGTERM death.  (``apply`` and ``plan`` say what was sent, where
     they know it.)"""
 
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        # From before click reads the arguments (--help, --version, a usage
+        # mistake) to after it exits: click would make a Ctrl-C "Aborted!", exit 1.
+        with _signals_interrupt():
+            try:
+                return super().main(*args, **kwargs)
+            except Interrupted as e:
+                err.print("interrupted", markup=False)
+                raise SystemExit(_signal_status(e)) from None
+
     def invoke(self, ctx: click.Context) -> Any:
         with _signals_interrupt():
             try:
