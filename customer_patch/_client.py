@@ -446,9 +446,12 @@ class Client:
         self._definitions_lock = asyncio.Lock()
         self._definitions_refused: CustomerPatchError | None = None
         self._timeout = timeout
-        # The built-in transport ends each attempt within `timeout` itself; a
-        # transport of the caller's is bounded by a timer of the client's.
-        self._attempt_bound = math.inf if transport else timeout
+        # The built-in transport ends each attempt within `timeout` itself, and
+        # closing its session ends them all.  A transport or a session of the
+        # caller's does neither for us: a timer of the client's bounds each of
+        # their attempts, and aclose() ends those timers.
+        self._attempt_bound = math.inf if transport or session else timeout
+        self._timers: set[asyncio.Timeout] = set()
         self._transport: Transport = transport or AiohttpTransport(
             provider=self.adapter.provider,
             timeout=timeout,
@@ -494,11 +497,15 @@ class Client:
 
         A closed client sends nothing more: using it raises :class:`RuntimeError`,
         and a request waiting its turn, to retry, or for a connection ends
-        (not sent: :class:`~customer_patch.NotAttemptedError`).  The waits for a
-        connection of a caller's ``session`` are that session's: close it too.
+        (not sent: :class:`~customer_patch.NotAttemptedError`).  An attempt
+        under way ends too (:class:`~customer_patch.TransportError`: it may
+        have landed), through a caller's ``transport`` or ``session`` as well.
         """
         self._closed = True
         self._pacer.close()  # a request waiting its turn, or to retry, ends now
+        for timer in self._timers:  # an attempt a caller's transport or session holds
+            if not timer.expired():  # one expiring may not be rescheduled
+                timer.reschedule(-math.inf)
         await self._transport.aclose()
 
     def _check_open(self) -> None:
@@ -1210,17 +1217,22 @@ class Client:
             # `timeout`, or for a transport of the caller's (the built-in one
             # bounds each attempt by `timeout` itself).  It costs a few microseconds.
             if bound < self._attempt_bound:
-                async with asyncio.timeout(bound):
-                    response = await self._transport.send(request)
+                async with asyncio.timeout(bound) as timer:
+                    self._timers.add(timer)
+                    try:
+                        response = await self._transport.send(request)
+                    finally:
+                        self._timers.discard(timer)
             else:
                 response = await self._transport.send(request)
         except TimeoutError:
-            raise TransportError(
-                "no complete answer within the update's time budget (RetryPolicy.timeout)"
-                if budget < self._timeout
-                else f"no complete answer within {self._timeout}s",
-                provider=self.provider,
-            ) from None
+            if self._closed:
+                why = "the client was closed before the answer came (it may have landed)"
+            elif budget < self._timeout:
+                why = "no complete answer within the update's time budget (RetryPolicy.timeout)"
+            else:
+                why = f"no complete answer within {self._timeout}s"
+            raise TransportError(why, provider=self.provider) from None
         except NotAttemptedError as e:
             # Closed before it went out: no attempt, and an earlier one's error stands.
             raise HeldPastDeadline(e) from None

@@ -14,6 +14,7 @@ import pickle
 import threading
 import traceback
 
+import aiohttp
 import pytest
 from aiohttp import web
 
@@ -897,3 +898,33 @@ async def test_a_request_whose_connection_the_close_cut_is_not_retried_nor_said_
         with pytest.raises(TransportError):
             await asyncio.wait_for(task, HANG_GUARD)
     assert [r.getMessage() for r in caplog.records if "retry" in r.getMessage()] == []
+
+
+@pytest.mark.parametrize("through", ["transport", "session"])
+async def test_closing_the_client_ends_an_attempt_through_the_callers_transport_or_session(
+    through,
+):
+    """The built-in transport's session closes with the client, which ends its
+    requests; through a transport or a session of the caller's, an attempt went on
+    after aclose() until its timeout (30 s by default), holding its update."""
+    hold, arrived, release = held()
+    never = asyncio.Event()
+
+    async def silent(request):
+        arrived.set()
+        await never.wait()
+
+    async with contextlib.AsyncExitStack() as stack:
+        if through == "transport":
+            options = {"transport": MockTransport(silent)}
+        else:
+            base = await stack.enter_async_context(serve(hold))
+            session = await stack.enter_async_context(aiohttp.ClientSession())
+            options = {"base_url": base, "session": session}
+        client = Client("dualentry", token=TOKEN, rate_limit=None, retry=None, **options)
+        update = asyncio.ensure_future(client.update(1, CustomerPatch(name="A")))
+        await asyncio.wait_for(arrived.wait(), HANG_GUARD)
+        await client.aclose()
+        with pytest.raises(TransportError, match="the client was closed before the answer came"):
+            await asyncio.wait_for(update, HANG_GUARD)  # a guard against a hang, not a timing
+        release.set()
