@@ -1453,3 +1453,23 @@ def test_progress_counts_invalid_lines_apart_from_failed_ones(tmp_path):
         result = apply(path, base, "--rate-limit", "off")
     progress = [line for line in lines_of(result.stdout) if line.startswith("dualentry: ")]
     assert progress[-1].startswith("dualentry: 3/3 done, 0 failed, 1 invalid, "), progress
+
+
+def test_a_field_the_undo_file_left_out_stays_out_across_a_resume(tmp_path):
+    """As above, with a resume between A and B: the undo file knew which fields it
+    had left out only in memory, so the resumed run recorded the in-between A as
+    the name to restore.  What the report says each sent record changed is done with."""
+    path = tmp_path / "u.jsonl"
+    path.write_text(json.dumps({"id": 1001, "patch": {"name": "A"}}) + "\n")
+    report, undo = tmp_path / "r.jsonl", tmp_path / "undo.jsonl"
+    with threaded_fake("dualentry", customers=1, **FAST) as (fake, base, _):
+        fake.customers[1001]["name"] = f"echo {TOKEN}"
+        first = changes_only(path, base, "--undo-file", str(undo), "--report", str(report))
+        with path.open("a") as more:  # lines added at the end: new records for a resume
+            more.write(json.dumps({"id": 1001, "patch": {"name": "B"}}) + "\n")
+        resumed = changes_only(path, base, "--undo-file", str(undo), "--resume", str(report))
+        name = fake.customers[1001]["name"]
+    assert first.exit_code == 0, first.output
+    assert resumed.exit_code == 0, resumed.output
+    assert name == "B"
+    assert undo.read_text() == ""

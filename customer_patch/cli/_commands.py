@@ -342,7 +342,12 @@ def apply_command(
                 _fail(str(e))
             if undo_file is not None:
                 try:
-                    undo = UndoFile(undo_file, resume=resume is not None, mask=client.mask)
+                    undo = UndoFile(
+                        undo_file,
+                        resume=resume is not None,
+                        mask=client.mask,
+                        history=sink.history,
+                    )
                 except ReportError as e:
                     sink.close()
                     _fail(str(e))

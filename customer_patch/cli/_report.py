@@ -56,6 +56,8 @@ class History:
         self.hashes: dict[int, str] = {}
         self._done: dict[str, set[int]] = {}  # customer key -> line numbers done
         self.entries = 0
+        self.changed: dict[str, set[str]] = {}
+        """Customer key -> the fields records sent to it changed (see :class:`UndoFile`)."""
 
     def __bool__(self) -> bool:
         return self.entries > 0
@@ -63,6 +65,16 @@ class History:
     def add(self, entry: dict[str, Any]) -> None:
         """Take one report line into account, in the order the report holds them."""
         self.entries += 1
+        after = entry.get("after")
+        if isinstance(after, dict) and entry["attempts"] > 0 and "customer" in entry:
+            # Sent, so its undo line was written first: what it changed is done
+            # with for the undo file, written there or left out (not read, or
+            # quoting the key), whatever a later record finds in those fields.
+            try:
+                changed = _paths(CustomerPatch.from_dict(after))
+            except (CustomerPatchError, ValueError, TypeError):
+                changed = set()  # masked past reading: the undo file's own lines decide
+            self.changed.setdefault(customer_key(entry["customer"]), set()).update(changed)
         number, key = entry["line"], customer_key(entry.get("id"))
         self.hashes[number] = entry["hash"]
         done = self._done.setdefault(key, set())
@@ -407,11 +419,21 @@ class UndoFile:
     """
 
     def __init__(
-        self, path: Path, *, resume: bool, mask: Callable[[str], str] | None = None
+        self,
+        path: Path,
+        *,
+        resume: bool,
+        mask: Callable[[str], str] | None = None,
+        history: History | None = None,
     ) -> None:
         self.path = path
         self._mask = mask  # the client's: a value quoting the token is not written
-        self.covered: dict[str, set[str]] = {}  # customer key -> fields restored
+        # Customer key -> fields done with: restored by a line, or left out for
+        # good.  A resumed run learns the first from the file, the second from
+        # what the report (``history``) says each record sent changed.
+        self.covered: dict[str, set[str]] = {}
+        if resume and history is not None:
+            self.covered = {key: set(fields) for key, fields in history.changed.items()}
         self.missing = 0
         self.written = 0  # lines this run wrote
         self.error: ReportWriteError | None = None
