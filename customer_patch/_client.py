@@ -442,7 +442,7 @@ class Client:
         self._closed = False
         self.check_custom_fields = check_custom_fields
         self._definitions: list[CustomFieldDefinition] | None = None
-        self._definitions_by_key: dict[CustomFieldKey, list[CustomFieldDefinition]] = {}
+        self._definitions_by_key: dict[CustomFieldKey, list[int]] = {}
         self._definitions_lock = asyncio.Lock()
         self._definitions_refused: CustomerPatchError | None = None
         self._timeout = timeout
@@ -632,11 +632,14 @@ class Client:
                     if not is_retryable(e):  # every update naming a custom field would ask
                         self._definitions_refused = e
                     raise
-                # What each key of a patch can name: its name, or its id.
+                # Where each field a key can name (by a name or an id) sits in the
+                # list: every copy, since a list paged by offset can show one twice
+                # (renamed, or made inactive, in between) and the adapter's check
+                # decides among the copies.
                 self._definitions_by_key = {}
-                for d in self._definitions:
+                for place, d in enumerate(self._definitions):
                     for key in (d.name, d.id):
-                        self._definitions_by_key.setdefault(key, []).append(d)
+                        self._definitions_by_key.setdefault(key, []).append(place)
             return self._definitions
 
     async def _read_definitions(self) -> list[CustomFieldDefinition]:
@@ -1140,8 +1143,13 @@ class Client:
         assert not isinstance(patch.custom_fields, _UnsetType)
         # Only the definitions its keys can name, which decide as all of them would:
         # a record's check does not grow with the provider's thousands of fields.
-        by_key = self._definitions_by_key
-        named = [d for key in patch.custom_fields for d in by_key.get(key, ())]
+        # Every copy, in the list's order, of every field a key names by any copy:
+        # the check's decision for these keys depends on those alone.
+        by_key, definitions = self._definitions_by_key, self._definitions
+        assert definitions is not None
+        ids = {definitions[p].id for key in patch.custom_fields for p in by_key.get(key, ())}
+        places = sorted({p for i in ids for p in by_key.get(i, ())})
+        named = [definitions[p] for p in places]
         unknown, problems = self.adapter.check_custom_fields(patch.custom_fields, named)
         if unknown:
             listed = ", ".join(map(repr, unknown))

@@ -1473,3 +1473,27 @@ def test_a_field_the_undo_file_left_out_stays_out_across_a_resume(tmp_path):
     assert resumed.exit_code == 0, resumed.output
     assert name == "B"
     assert undo.read_text() == ""
+
+
+class RefusingWithEscapes(DualEntryFake):
+    """Refuses every write with a 401 whose message tries to forge output."""
+
+    async def patch(self, request):
+        detail = "nope \x1b[2J\x1b]0;pwned\x07\nerror: forged line"
+        return web.json_response({"detail": detail}, status=401)
+
+
+@pytest.mark.parametrize("extra", [[], ["--changes-only"]])
+def test_the_stopped_line_prints_the_providers_text_on_one_line(tmp_path, extra):
+    """A 401 stops the run, and the `stopped:` line quoted the provider's message
+    raw: terminal escapes, and a line break forging an `error:` line."""
+    path = jsonl(tmp_path / "u.jsonl", REFUSED_FIELD[:1])
+    fake = RefusingWithEscapes(**FAST)
+    fake.seed_demo(1)
+    with serving(fake) as base:
+        result = apply(path, base, "--rate-limit", "off", *extra)
+    assert result.exit_code == 3, result.output
+    [stopped] = [line for line in lines_of(result.stderr) if line.startswith("stopped: ")]
+    assert "\x1b" not in result.stderr
+    assert "nope \\x1b[2J\\x1b]0;pwned\\x07\\nerror: forged line" in stopped
+    assert not any(line.startswith("error: forged") for line in lines_of(result.stderr))

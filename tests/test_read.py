@@ -1035,3 +1035,44 @@ async def test_a_patch_is_checked_against_the_definitions_its_keys_name(monkeypa
             await de.update(1, CustomerPatch(custom_fields={8: "x"}))
     assert given == [2, 2, 2, 1]
     assert len(store.sent("PATCH")) == 1
+
+
+@pytest.mark.parametrize(
+    ("definitions", "values"),
+    [
+        # A field renamed between two pages of the list: its last copy is the field.
+        ([(50, "Old"), (51, "Other"), (50, "New")], {"Old": "x"}),
+        ([(50, "Old"), (51, "Other"), (50, "New")], {"New": "x"}),
+        ([(50, "Region"), (51, "Region"), (50, "Area")], {"Region": "x"}),
+        ([(50, "Area"), (51, "Region"), (50, "Region")], {"Region": "x"}),
+        ([(50, "Old", "boolean"), (50, "New")], {"Old": "x"}),
+        ([(50, "Old"), (50, "Old", "boolean")], {"Old": "x"}),
+        ([(50, "X"), (50, "X", "text", {"active": False})], {"X": "x"}),
+        ([(50, "X", "text", {"active": False}), (50, "X")], {"X": "x"}),
+        # The ids a shared name's problem lists, in the list's order.
+        ([(44, "Region"), (45, "Region")], {45: "x", "Region": "y"}),
+        ([(45, "45"), (46, "Region")], {"45": "x"}),
+        ([(45, "Region"), (46, "45")], {46: "x", "45": "y", 45: "z"}),
+        ([(41, "Partner")], {True: "x", 41: "y", "Partner": "z"}),
+        ([(41, "Partner"), (41, "Partner")], {"Partner": "y", "Nope": 1, 99: 2}),
+    ],
+)
+async def test_the_client_decides_as_the_adapter_does_with_every_definition(definitions, values):
+    """The client gives the adapter's check only the definitions a patch's keys
+    name; its decision must be the one the check makes with all of them (a red
+    team found a field renamed between pages decided by its stale copy)."""
+    store = Store(1, [definition(*d[:3], **(d[3] if len(d) > 3 else {})) for d in definitions])
+    async with client(store) as de:
+        read = await de.custom_field_definitions()
+        patch = CustomerPatch(custom_fields=values)
+        expected = de.adapter.check_custom_fields(patch.custom_fields, read)
+        refused = await de._check_custom_fields(patch)
+    unknown, problems = expected
+    if unknown:
+        assert isinstance(refused, UnknownCustomFieldError)
+        assert refused.names == tuple(unknown)
+    elif problems:
+        assert isinstance(refused, ValidationError)
+        assert refused.problems == tuple(problems)
+    else:
+        assert refused is None

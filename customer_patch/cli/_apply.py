@@ -235,11 +235,11 @@ def _record(tally: Tally, result: UpdateResult) -> None:
     if isinstance(error, NotAttemptedError):
         tally.not_attempted += 1
         if tally.stopped is None:
-            tally.stopped = f"{type(error.cause).__name__}: {error.cause}"
+            tally.stopped = f"{type(error.cause).__name__}: {shown(one_line(error.cause))}"
         return
     tally.failed += 1
     if isinstance(error, AuthenticationError | PermissionDeniedError) and tally.stopped is None:
-        tally.stopped = f"{type(error).__name__}: {error}"
+        tally.stopped = f"{type(error).__name__}: {shown(one_line(error))}"
 
 
 def refused_input(error: BaseException | None) -> bool:

@@ -838,7 +838,7 @@ def plan_command(
                 err.print("interrupted; nothing was sent", markup=False)
                 return _signal_status(e)
             except CustomerPatchError as e:
-                _fail(str(e), 1)
+                _fail(shown(one_line(e)), 1)
             facts = summary(tally, pace=client.pace, write=adapter.method)
             if as_json:
                 sys.stdout.write(json.dumps({"summary": facts}) + "\n")
