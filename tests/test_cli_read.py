@@ -1376,8 +1376,9 @@ def test_a_signal_during_the_strict_check_ends_as_one_before_sending(tmp_path, s
         sent = patches(fake)
     assert proc.returncode == status, stderr
     assert sent == []
-    assert stderr == "interrupted before anything was sent; run again with --overwrite-report\n"
+    assert stderr == "interrupted before anything was sent\n"
     assert not undo.exists()
+    assert not report.exists()  # created by this run, and left empty: removed
 
 
 class EchoingRefusal(DualEntryFake):
@@ -1497,3 +1498,22 @@ def test_the_stopped_line_prints_the_providers_text_on_one_line(tmp_path, extra)
     assert "\x1b" not in result.stderr
     assert "nope \\x1b[2J\\x1b]0;pwned\\x07\\nerror: forged line" in stopped
     assert not any(line.startswith("error: forged") for line in lines_of(result.stderr))
+
+
+@pytest.mark.parametrize("found_by", ["the reader", "the definitions"])
+def test_a_strict_refusal_leaves_no_report_it_created(tmp_path, found_by):
+    """--strict sends nothing, yet left the empty report it had created: the same
+    command, once the file was fixed, was refused for it ("exists; continue it
+    with --resume")."""
+    bad = {"name": 5} if found_by == "the reader" else {"custom_fields": {"Nope": 1}}
+    path = jsonl(tmp_path / "u.jsonl", [{"id": 1001, "patch": bad}])
+    report = tmp_path / "r.jsonl"
+    with threaded_fake("dualentry", customers=1, **FAST) as (fake, base, _):
+        refused = apply(path, base, "--rate-limit", "off", "--strict", "--report", str(report))
+        left = report.exists()
+        jsonl(path, [{"id": 1001, "patch": {"name": "Fixed"}}])
+        again = apply(path, base, "--rate-limit", "off", "--strict", "--report", str(report))
+    assert refused.exit_code == 2, refused.output
+    assert not left
+    assert again.exit_code == 0, again.output
+    assert [r["ok"] for r in report_lines(report)] == [True]

@@ -322,9 +322,12 @@ def apply_command(
         def before_sending(e: Interrupted | KeyboardInterrupt) -> NoReturn:
             if undo is not None:
                 undo.discard_if_unused()
+            if sink is not None:
+                sink.discard_if_unused()
             again = f"--resume {resume}" if resume else "--overwrite-report"
             # The report may exist before Report.open has returned.
             named = sink.path if sink is not None else (report or resume)
+            named = named if named is not None and named.exists() else None
             err.print(
                 "interrupted before anything was sent"
                 + (f"; run again with {again}" if named else ""),
@@ -373,6 +376,7 @@ def apply_command(
                 except SystemExit:  # refused before anything was sent
                     if undo is not None:
                         undo.discard_if_unused()
+                    sink.discard_if_unused()
                     raise
                 _raise_if_signalled()
                 # _apply_and_report says what a signal ended from its run's start on.
@@ -595,6 +599,7 @@ def _apply_and_report(
         except StrictRefusal as e:  # nothing was sent
             if reading.undo is not None:
                 reading.undo.discard_if_unused()
+            report.discard_if_unused()
             err.print("[red]error:[/red] " + escape(str(e)))
             return e.status
         except ReportWriteError as e:

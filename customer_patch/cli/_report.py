@@ -243,6 +243,8 @@ class Report:
         self._file: BinaryIO | None = None
         self._locks: list[filelock.BaseFileLock] = []
         self.error: ReportWriteError | None = None
+        self._created = False  # by this run, which may remove it unused
+        self._written = 0
 
     @classmethod
     def open(
@@ -287,6 +289,7 @@ class Report:
                         f"--report {target} exists; continue it with --resume {target}, "
                         "or pass --overwrite-report to replace it"
                     )
+                self._created = not target.exists()
                 self._file = self._opened(target, "wb")
                 if resume is not None:
                     # The new report must account for every record on its own,
@@ -335,11 +338,22 @@ class Report:
         assert self.path is not None
         if self.error is not None:
             raise self.error
+        self._written += len(data)
         try:
             _write_all(self._file, data)
         except OSError as e:
             self.error = ReportWriteError(self.path, e)
             raise self.error from None
+
+    def discard_if_unused(self) -> None:
+        """Close the report, and remove it if this run created it and wrote
+        nothing: for a run refused before sending anything, so that running the
+        same command again is not refused for it."""
+        if self._created and not self._written and self.path is not None:
+            with contextlib.suppress(OSError):
+                self.path.unlink()  # under the lock still, which close() releases
+            self._created = False
+        self.close()
 
     def close(self) -> None:
         """Close the file and release the locks (safe to call twice)."""
