@@ -131,9 +131,9 @@ class ScriptedPatches(DualEntryFake):
         return await super().patch(request)
 
 
-class HeldReads(DualEntryFake):
-    """Holds every customer list read until the test releases it (the read phase
-    then lasts as long as the test wants)."""
+class _Holding(DualEntryFake):
+    """A fake whose subclasses hold some answers until the test releases them:
+    ``held`` is set once one is held."""
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -143,9 +143,17 @@ class HeldReads(DualEntryFake):
     def release(self) -> None:
         self.released.set()
 
-    async def list_customers(self, request):
+    async def _hold(self) -> None:
         self.held.set()
         await _until(self.released)
+
+
+class HeldReads(_Holding):
+    """Holds every customer list read (the read phase then lasts as long as the
+    test wants)."""
+
+    async def list_customers(self, request):
+        await self._hold()
         return await super().list_customers(request)
 
 
@@ -1104,6 +1112,21 @@ def _start(args, base):
     )
 
 
+def _signalled_once_held(args, base, fake: _Holding, signum):
+    """Run the command; once ``fake`` holds an answer, send it ``signum``; wait for
+    it to end, then release the fake.  Returns the process and its stderr."""
+    proc = _start(args, base)
+    try:
+        wait_until(lambda: fake.held.is_set() or proc.poll() is not None, "an answer held")
+        proc.send_signal(signum)
+        _, stderr = proc.communicate(timeout=HANG_GUARD)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        fake.release()
+    return proc, stderr
+
+
 @pytest.mark.skipif(os.name != "posix", reason="POSIX signals")
 @pytest.mark.parametrize(
     ("command", "signum", "status"),
@@ -1125,15 +1148,9 @@ def test_a_signal_while_reading_ends_promptly_and_cleanly(tmp_path, command, sig
     fake = HeldReads(**FAST)
     fake.seed_demo(10)
     with serving(fake) as base:
-        proc = _start([command, str(path), "--rate-limit", "off", *extra], base)
-        try:
-            wait_until(lambda: fake.held.is_set() or proc.poll() is not None, "the read")
-            proc.send_signal(signum)
-            _, stderr = proc.communicate(timeout=HANG_GUARD)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-        fake.release()
+        proc, stderr = _signalled_once_held(
+            [command, str(path), "--rate-limit", "off", *extra], base, fake, signum
+        )
         sent = patches(fake)
         reported = report_lines(report) if report.exists() else None
         resumed = None
@@ -1335,20 +1352,11 @@ def test_apply_counts_a_custom_field_value_the_definitions_refuse_as_invalid(
     assert "0 succeeded; 0 failed; 1 invalid (1 ValidationError)" in result.stdout
 
 
-class HeldDefinitions(DualEntryFake):
-    """Holds every custom-field definitions read until the test releases it."""
-
-    def __init__(self, **options: Any) -> None:
-        super().__init__(**options)
-        self.held = threading.Event()
-        self.released = threading.Event()
-
-    def release(self) -> None:
-        self.released.set()
+class HeldDefinitions(_Holding):
+    """Holds every custom-field definitions read."""
 
     async def list_custom_fields(self, request):
-        self.held.set()
-        await _until(self.released)
+        await self._hold()
         return await super().list_custom_fields(request)
 
 
@@ -1364,15 +1372,7 @@ def test_a_signal_during_the_strict_check_ends_as_one_before_sending(tmp_path, s
     args = ["apply", str(path), "--rate-limit", "off", "--strict", "--changes-only"]
     args += ["--report", str(report), "--undo-file", str(undo)]
     with serving(fake) as base:
-        proc = _start(args, base)
-        try:
-            wait_until(lambda: fake.held.is_set() or proc.poll() is not None, "the check")
-            proc.send_signal(signum)
-            _, stderr = proc.communicate(timeout=HANG_GUARD)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-        fake.release()
+        proc, stderr = _signalled_once_held(args, base, fake, signum)
         sent = patches(fake)
     assert proc.returncode == status, stderr
     assert sent == []
