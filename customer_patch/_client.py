@@ -1141,10 +1141,9 @@ class Client:
         except CustomerPatchError as e:
             return e
         assert not isinstance(patch.custom_fields, _UnsetType)
-        # Only the definitions its keys can name, which decide as all of them would:
-        # a record's check does not grow with the provider's thousands of fields.
         # Every copy, in the list's order, of every field a key names by any copy:
-        # the check's decision for these keys depends on those alone.
+        # the check decides these keys by those alone, as it would with the whole
+        # list, and a record's check does not grow with the provider's thousands.
         by_key, definitions = self._definitions_by_key, self._definitions
         assert definitions is not None
         ids = {definitions[p].id for key in patch.custom_fields for p in by_key.get(key, ())}
@@ -1222,8 +1221,9 @@ class Client:
         bound = min(budget, self._timeout)
         try:
             # A timer of ours is needed only when the update's budget ends before
-            # `timeout`, or for a transport of the caller's (the built-in one
-            # bounds each attempt by `timeout` itself).  It costs a few microseconds.
+            # `timeout`, or for a transport or session of the caller's (see
+            # __init__: the built-in one bounds each attempt by `timeout` itself).
+            # It costs a few microseconds.
             if bound < self._attempt_bound:
                 async with asyncio.timeout(bound) as timer:
                     self._timers.add(timer)
