@@ -1517,3 +1517,28 @@ def test_a_strict_refusal_leaves_no_report_it_created(tmp_path, found_by):
     assert not left
     assert again.exit_code == 0, again.output
     assert [r["ok"] for r in report_lines(report)] == [True]
+
+
+@pytest.mark.parametrize("found_by", ["the reader", "the definitions"])
+@pytest.mark.parametrize("resuming", [False, True])
+def test_a_strict_refusal_leaves_a_report_it_was_told_to_replace(tmp_path, found_by, resuming):
+    """--overwrite-report emptied the old report when the run opened it, so a
+    --strict refusal, which sends nothing, destroyed it all the same.  The old
+    report is replaced only once this run has something to write."""
+    bad = {"name": 5} if found_by == "the reader" else {"custom_fields": {"Nope": 1}}
+    path = jsonl(tmp_path / "u.jsonl", [{"id": 1001, "patch": bad}])
+    report = tmp_path / "r.jsonl"
+    old = '{"line": 1, "id": 1001, "ok": false, "attempts": 1, "hash": "ab"}\n'
+    report.write_text(old)
+    earlier = tmp_path / "earlier.jsonl"  # a report --resume continues into `report`
+    earlier.write_text("")
+    resume = ["--resume", str(earlier)] if resuming else []
+    with threaded_fake("dualentry", customers=1, **FAST) as (fake, base, _):
+        refused = apply(
+            path, base, "--strict", "--report", str(report), "--overwrite-report", *resume
+        )
+        sent = fake.requests
+    assert refused.exit_code == 2, refused.output
+    assert "--strict sends nothing" in refused.output
+    assert [r for r in sent if r.method != "GET"] == []  # the definitions are read
+    assert report.read_text() == old

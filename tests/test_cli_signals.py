@@ -256,6 +256,33 @@ def test_a_signal_just_after_the_report_is_created_ends_cleanly(
 
 
 @pytest.mark.parametrize(("raised", "status"), SIGNALS)
+def test_a_signal_before_sending_leaves_a_report_it_was_told_to_replace(
+    tmp_path, monkeypatch, raised, status
+):
+    """--overwrite-report emptied the old report as the run opened it: a signal
+    before anything was sent left nothing of it."""
+    real_open = _commands.Report.open
+
+    def opened_then_signalled(*args, **kwargs):
+        real_open(*args, **kwargs).close()
+        raise raised()
+
+    monkeypatch.setattr(_commands.Report, "open", opened_then_signalled)
+    path = jsonl(tmp_path / "u.jsonl", [{"id": 1001, "patch": {"name": "x"}}])
+    report = tmp_path / "r.jsonl"
+    report.write_text("precious\n")
+    result = run(
+        [*apply_dualentry(path, "http://127.0.0.1:9"), "--report", str(report)]
+        + ["--overwrite-report"]
+    )
+    assert result.exit_code == status, result.output
+    assert "interrupted before anything was sent; run again with --overwrite-report" in (
+        result.output
+    )
+    assert report.read_text() == "precious\n"
+
+
+@pytest.mark.parametrize(("raised", "status"), SIGNALS)
 def test_a_signal_after_the_run_never_says_nothing_was_sent(tmp_path, monkeypatch, raised, status):
     """During the summary: the run's records were sent, and the report holds them."""
 

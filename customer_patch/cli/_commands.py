@@ -541,8 +541,9 @@ def _sets_custom_fields(line: Line) -> bool:
     return line.patch is not None and bool(line.patch.custom_fields)
 
 
-class StrictRefusal(Exception):
-    """--strict found, before sending, a line the run would refuse; nothing was sent."""
+class NothingSent(Exception):
+    """The run ended before sending anything: --strict found a line it would
+    refuse, or the report could not be started."""
 
     def __init__(self, message: str, status: int) -> None:
         self.status = status
@@ -552,7 +553,7 @@ class StrictRefusal(Exception):
 async def _strict_fields(client: Client, lines: Iterator[tuple[Line, bool]], bad: int) -> None:
     """Check the custom fields of every line the run will send (``lines``, with
     whether --resume skips each) against the provider's definitions, read once;
-    raise :class:`StrictRefusal` if any line is refused (``bad`` were already,
+    raise :class:`NothingSent` if any line is refused (``bad`` were already,
     by the file's reader) or the definitions cannot be read."""
     try:
         await client.custom_field_definitions()
@@ -560,11 +561,11 @@ async def _strict_fields(client: Client, lines: Iterator[tuple[Line, bool]], bad
         why = f"the custom field definitions could not be read ({type(e).__name__}: "
         why += shown(one_line(e)) + ")"
         if bad:
-            raise StrictRefusal(
+            raise NothingSent(
                 f"{bad} invalid line(s); --strict sends nothing ({why} to check the others)",
                 EXIT_BAD_INPUT,
             ) from None
-        raise StrictRefusal(f"{why}; --strict sends nothing", EXIT_STOPPED) from None
+        raise NothingSent(f"{why}; --strict sends nothing", EXIT_STOPPED) from None
     for number, (line, skipped) in enumerate(lines):
         if number % 256 == 0:
             await asyncio.sleep(0)  # a signal's handler runs in the loop: let it in
@@ -575,7 +576,7 @@ async def _strict_fields(client: Client, lines: Iterator[tuple[Line, bool]], bad
                 bad += 1
                 err.print(client.mask(describe_refused(line.number, refused)), markup=False)
     if bad:
-        raise StrictRefusal(f"{bad} invalid line(s); --strict sends nothing", EXIT_BAD_INPUT)
+        raise NothingSent(f"{bad} invalid line(s); --strict sends nothing", EXIT_BAD_INPUT)
 
 
 def _apply_and_report(
@@ -596,7 +597,7 @@ def _apply_and_report(
                 asyncio.run(
                     _run(client, lines, tally, concurrency, report, provider, thresholds, reading)
                 )
-        except StrictRefusal as e:  # nothing was sent
+        except NothingSent as e:
             if reading.undo is not None:
                 reading.undo.discard_if_unused()
             report.discard_if_unused()
@@ -644,6 +645,12 @@ async def _run(
         if reading.check_fields is not None:
             await _strict_fields(client, reading.check_fields(), reading.invalid)
             reading.check_fields = None  # from here on, records may be sent
+        # Before the first record: from here, a signal says "continue with
+        # --resume REPORT", which must be this run's report, not the old one.
+        try:
+            report.begin()
+        except ReportWriteError as e:
+            raise NothingSent(f"{e}; nothing was sent", EXIT_STOPPED) from None
         with ProgressView(
             out,
             label,

@@ -244,7 +244,10 @@ class Report:
         self._locks: list[filelock.BaseFileLock] = []
         self.error: ReportWriteError | None = None
         self._created = False  # by this run, which may remove it unused
-        self._written = 0
+        self._entries = 0  # written by this run (not those a resumed report had)
+        # Until the run begins: whether the file holds an old report to empty,
+        # and the report a resumed run copies into it.
+        self._replacing: tuple[bool, Path | None] | None = None
 
     @classmethod
     def open(
@@ -290,13 +293,10 @@ class Report:
                         "or pass --overwrite-report to replace it"
                     )
                 self._created = not target.exists()
-                self._file = self._opened(target, "wb")
-                if resume is not None:
-                    # The new report must account for every record on its own,
-                    # in the order the old one saw them.
-                    for line in _lines(resume):
-                        if _entry(line) is not None:
-                            self._write(line if line.endswith(b"\n") else line + b"\n")
+                # Emptied (and given what the resumed report holds) only when the
+                # run begins: one refused or stopped before sending leaves it whole.
+                self._file = self._opened(target, "ab")
+                self._replacing = (not self._created, resume)
         except BaseException:
             self.close()
             raise
@@ -327,18 +327,44 @@ class Report:
         except OSError as e:
             raise ReportError(f"--report {path}: cannot be written ({e.strerror})") from None
 
+    def begin(self) -> None:
+        """The run is about to send: replace the old report the file held, if any
+        (``--overwrite-report``), and copy the resumed report's lines into it.
+
+        Raises :class:`ReportWriteError` if that fails (nothing was sent).
+        """
+        if self._replacing is None:
+            return
+        existed, resume = self._replacing
+        self._replacing = None
+        assert self._file is not None
+        assert self.path is not None
+        if existed:
+            try:
+                self._file.truncate(0)  # appends then start at 0
+            except OSError as e:
+                self.error = ReportWriteError(self.path, e)
+                raise self.error from None
+        if resume is not None:
+            # The new report must account for every record on its own,
+            # in the order the old one saw them.
+            for line in _lines(resume):
+                if _entry(line) is not None:
+                    self._write(line if line.endswith(b"\n") else line + b"\n")
+
     def write(self, entry: dict[str, Any]) -> None:
         """Append one entry; raise :class:`ReportWriteError` if it (or an earlier one) failed."""
         if self._file is None:
             return
+        self.begin()
         self._write(_fitted(entry) + b"\n")
+        self._entries += 1
 
     def _write(self, data: bytes) -> None:
         assert self._file is not None
         assert self.path is not None
         if self.error is not None:
             raise self.error
-        self._written += len(data)
         try:
             _write_all(self._file, data)
         except OSError as e:
@@ -347,9 +373,11 @@ class Report:
 
     def discard_if_unused(self) -> None:
         """Close the report, and remove it if this run created it and wrote
-        nothing: for a run refused before sending anything, so that running the
-        same command again is not refused for it."""
-        if self._created and not self._written and self.path is not None:
+        no entry: for a run that ends before sending anything, so that running
+        the same command again is not refused for it.  An old report the run
+        was to replace is left as it was, unless :meth:`begin` replaced it."""
+        self._replacing = None  # an old report stays as it was
+        if self._created and not self._entries and self.path is not None:
             with contextlib.suppress(OSError):
                 self.path.unlink()  # under the lock still, which close() releases
             self._created = False
