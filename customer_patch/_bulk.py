@@ -462,7 +462,8 @@ async def run_bulk(
     the batch read did not show; ``before_write``: see ``Client.iter_updates``;
     ``check``: what ``send`` refuses before sending, as ``(None, error, 0)``:
     with ``compare`` it checks the whole patch first, so an invalid record is
-    an error even when nothing in it differs from what was read.
+    an error even when nothing in it differs from what was read; given
+    ``None`` for the customer (its read failed), it checks the patch alone.
     """
     # Refused before anything is sent: 2.5 would bound nothing (a semaphore of 2.5
     # never blocks), and a progress hook that cannot be called would end the run
@@ -529,11 +530,18 @@ async def run_bulk(
             await previous.wait()
         if read is not None and isinstance(was, Exception):
             # Its customer could not be read (or matched): that is its outcome,
-            # whether or not the run has stopped since.  Nothing was sent.
-            if _answered(was):
+            # whether or not the run has stopped since.  Nothing was sent.  Unless
+            # the patch itself is refused: bad input says so first, as in a run
+            # that reads nothing (and as the CLI's --strict finds it).
+            refused = None if check is None else (await check(None, patch))[1]
+            if refused is None and _answered(was):
                 read_failures.add(index)
             return UpdateResult(
-                index=index, customer_id=customer_id, patch=patch, error=was, changed=False
+                index=index,
+                customer_id=customer_id,
+                patch=patch,
+                error=refused or was,
+                changed=False,
             )
         if stop.cause is not None:
             return UpdateResult(

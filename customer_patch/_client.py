@@ -1071,13 +1071,17 @@ class Client:
         )
 
     async def _check(
-        self, customer_id: CustomerId, patch: CustomerPatch
+        self, customer_id: CustomerId | None, patch: CustomerPatch
     ) -> tuple[None, CustomerPatchError | None, int]:
-        """What :meth:`_update` would refuse before sending, as ``(None, error, 0)``."""
+        """What :meth:`_update` would refuse before sending, as ``(None, error, 0)``;
+        with ``customer_id`` ``None`` (no customer was found), the patch alone."""
         if self._closed:  # as _update: prepare() would raise RuntimeError out of the run
             return None, NotAttemptedError(RuntimeError(f"{self!r} was closed")), 0
         try:
-            self.prepare(customer_id, patch)
+            if customer_id is None:
+                self.adapter.prepare_body(patch)
+            else:
+                self.prepare(customer_id, patch)
         except CustomerPatchError as e:
             return None, e, 0
         if self.check_custom_fields and patch.custom_fields:

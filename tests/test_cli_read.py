@@ -1269,6 +1269,33 @@ def test_strict_checks_custom_fields_against_the_definitions_before_sending_anyt
     ]
 
 
+@pytest.mark.parametrize("strict", [False, True])
+def test_a_line_whose_key_matches_nothing_and_whose_fields_are_refused_is_invalid(
+    tmp_path, strict
+):
+    """The same line was "not found" (failed, exit 1) in a plain run and invalid
+    (exit 2) under --strict: its own problem is what both now say."""
+    records = [{"unique_id": "nobody", "patch": {"custom_fields": {"Nope": 1}}}]
+    path = jsonl(tmp_path / "u.jsonl", records)
+    with threaded_fake("dualentry", customers=1, **FAST) as (fake, base, _):
+        result = apply(
+            path,
+            base,
+            "--match-on",
+            "unique_id",
+            "--rate-limit",
+            "off",
+            *(["--strict"] if strict else []),
+        )
+        sent = patches(fake)
+    assert sent == []
+    assert result.exit_code == 2, result.output
+    assert (
+        "line 1: dualentry: no active customer custom field is named 'Nope'; nothing was sent"
+        in lines_of(result.stderr)
+    )
+
+
 def test_strict_with_custom_fields_it_cannot_check_sends_nothing(tmp_path):
     """The definitions cannot be read (a key the provider refuses): --strict cannot
     know every line is valid, so it sends nothing and says why in one line."""

@@ -897,6 +897,28 @@ async def test_match_on_refuses_an_answer_about_another_customer():
     assert isinstance(result.error, ResponseFormatError)
 
 
+@pytest.mark.parametrize("match_on", [None, "unique_id"])
+async def test_a_record_that_is_bad_input_says_so_even_when_its_customer_is_not_found(match_on):
+    """Its own problems first, as a run that reads nothing reports them: a record
+    whose key matched no customer (or whose id the read did not find) and whose
+    patch the client refuses was "not found", and the same line was invalid
+    under the CLI's --strict, which checks every line before the run."""
+    store = Store(1, definitions=DEFINITIONS)
+    key = "nobody" if match_on else 99
+    updates = [
+        (key, CustomerPatch(custom_fields={"Nope": True})),
+        (key, CustomerPatch(custom_fields={"Partner": "not a boolean"})),
+        (key, CustomerPatch(name="fine")),
+    ]
+    async with client(store) as de:
+        results = [
+            r async for r in de.iter_updates(updates, match_on=match_on, skip_unchanged=True)
+        ]
+    errors = [type(r.error) for r in sorted(results, key=lambda r: r.index)]
+    assert errors == [UnknownCustomFieldError, ValidationError, NotFoundError]
+    assert store.sent("PATCH") == []
+
+
 async def test_match_on_a_key_the_provider_cannot_filter_by_is_refused_at_once():
     store = Store(1)
     async with client(store) as de:
