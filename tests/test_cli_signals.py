@@ -230,12 +230,14 @@ def signalled_by(raised):
     return signalled
 
 
+@pytest.mark.parametrize("old", [None, "precious\n"])
 @pytest.mark.parametrize(("raised", "status"), SIGNALS)
-def test_a_signal_just_after_the_report_is_created_ends_cleanly(
-    tmp_path, monkeypatch, raised, status
+def test_a_signal_just_after_the_report_is_opened_ends_cleanly(
+    tmp_path, monkeypatch, raised, status, old
 ):
-    """The window between creating the report and the first pass: click's
-    'Aborted!' (exit 1) before, and a report left that a plain re-run refuses."""
+    """The window between opening the report and the first pass: click's
+    'Aborted!' (exit 1) before, and a report left that a plain re-run refuses;
+    and --overwrite-report emptied an old report there, though nothing was sent."""
     real_open = _commands.Report.open
 
     def opened_then_signalled(*args, **kwargs):
@@ -245,41 +247,21 @@ def test_a_signal_just_after_the_report_is_created_ends_cleanly(
     monkeypatch.setattr(_commands.Report, "open", opened_then_signalled)
     path = jsonl(tmp_path / "u.jsonl", [{"id": 1001, "patch": {"name": "x"}}])
     report = tmp_path / "r.jsonl"
+    if old is not None:
+        report.write_text(old)
     # Nothing listens at this address: nothing may be sent, so nothing is.
-    result = run([*apply_dualentry(path, "http://127.0.0.1:9"), "--report", str(report)])
+    result = run(
+        [*apply_dualentry(path, "http://127.0.0.1:9"), "--report", str(report)]
+        + (["--overwrite-report"] if old is not None else [])
+    )
     assert result.exit_code == status, result.output
     assert "Aborted" not in result.output
     assert "Traceback" not in result.output
     assert "interrupted before anything was sent; run again with --overwrite-report" in (
         result.output
     )
-
-
-@pytest.mark.parametrize(("raised", "status"), SIGNALS)
-def test_a_signal_before_sending_leaves_a_report_it_was_told_to_replace(
-    tmp_path, monkeypatch, raised, status
-):
-    """--overwrite-report emptied the old report as the run opened it: a signal
-    before anything was sent left nothing of it."""
-    real_open = _commands.Report.open
-
-    def opened_then_signalled(*args, **kwargs):
-        real_open(*args, **kwargs).close()
-        raise raised()
-
-    monkeypatch.setattr(_commands.Report, "open", opened_then_signalled)
-    path = jsonl(tmp_path / "u.jsonl", [{"id": 1001, "patch": {"name": "x"}}])
-    report = tmp_path / "r.jsonl"
-    report.write_text("precious\n")
-    result = run(
-        [*apply_dualentry(path, "http://127.0.0.1:9"), "--report", str(report)]
-        + ["--overwrite-report"]
-    )
-    assert result.exit_code == status, result.output
-    assert "interrupted before anything was sent; run again with --overwrite-report" in (
-        result.output
-    )
-    assert report.read_text() == "precious\n"
+    if old is not None:
+        assert report.read_text() == old
 
 
 @pytest.mark.parametrize(("raised", "status"), SIGNALS)
