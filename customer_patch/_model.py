@@ -308,7 +308,7 @@ def _custom_value(customer: Customer, key: CustomFieldKey) -> tuple[bool, Any]:
     if values is None:
         return False, None
     names = customer.custom_field_ids or {}
-    shared = {n for n in names.values() if list(names.values()).count(n) > 1}
+    shared = {n for n, count in collections.Counter(names.values()).items() if count > 1}
     if isinstance(key, int) and not isinstance(key, bool):
         name = names.get(key)
         if name is None:
@@ -413,9 +413,10 @@ class Customer:
     """The neutral fields (``"name"``, ``"external_ids.crm"``) the answer included;
     a field not in it was not read (``None``: every field was).  A provider may
     answer a list with fewer fields than a get."""
-    custom_field_ids: Mapping[int, str] | None = field(default=None, repr=False)
-    """The id and name of every custom field the answer showed (names may repeat),
-    so a value can be found by id as well as by name."""
+    custom_field_ids: Mapping[int, str | None] | None = field(default=None, repr=False)
+    """The id and name of every custom field the answer showed (names may repeat;
+    ``None`` where the answer left a name out), so a value can be found by id as
+    well as by name."""
 
 
 @frozen(kw_only=True)

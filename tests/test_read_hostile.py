@@ -610,6 +610,34 @@ def test_a_custom_field_whose_id_is_not_an_id_is_a_format_error(odd_id):
         adapter.customer_from(shown)
 
 
+@pytest.mark.parametrize("odd_name", [["x"], {"x": 1}, 5, True])
+def test_a_custom_field_whose_name_is_not_text_is_a_format_error(odd_name):
+    """Two fields named by the same JSON list were read, then comparing a record
+    with them raised TypeError (a list is no set member) out of the whole run."""
+    adapter = get_adapter("dualentry")
+    shown = row(1, custom_fields=[entry(50, odd_name, None), entry(51, odd_name, None)])
+    with pytest.raises(TypeError, match="custom field's name"):
+        adapter.customer_from(shown)
+
+
+async def test_a_customer_with_oddly_named_custom_fields_fails_only_its_own_records():
+    store = Store(2)
+    store.customers[1]["custom_fields"] = [entry(50, ["x"], None), entry(51, ["x"], None)]
+    updates = [
+        (1, CustomerPatch(custom_fields={50: True})),
+        (2, CustomerPatch(name="other")),
+        (1, CustomerPatch(custom_fields={50: False})),
+    ]
+    async with client(store, check_custom_fields=False) as de:
+        for skip_unchanged in (False, True):
+            results = [r async for r in de.iter_updates(updates, skip_unchanged=skip_unchanged)]
+            assert sorted(r.index for r in results) == [0, 1, 2]
+            assert {r.index for r in results if r.ok} == {1}
+            assert all(
+                isinstance(r.error, ResponseFormatError) for r in results if r.index != 1
+            )
+
+
 # -- a closed client ----------------------------------------------------------------------
 
 

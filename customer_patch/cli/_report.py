@@ -16,6 +16,7 @@ file lands last, whatever was killed or failed before.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import json
@@ -587,13 +588,13 @@ def _echoing(patch: CustomerPatch, mask: Callable[[str], str]) -> set[str]:
     return found
 
 
-def _aliases(paths: set[str], names: Mapping[int, str]) -> set[str]:
+def _aliases(paths: set[str], names: Mapping[int, str | None]) -> set[str]:
     """The other key of each custom field in ``paths``: its name for its id, its id
     for its name (where no other field of the customer has that name)."""
-    shared = {n for n in names.values() if list(names.values()).count(n) > 1}
+    shared = {n for n, count in collections.Counter(names.values()).items() if count > 1}
     other: set[str] = set()
     for field_id, name in names.items():
-        if name in shared:
+        if name is None or name in shared:  # no name, or one that says no one field
             continue
         by_id, by_name = f"custom_fields[{field_id!r}]", f"custom_fields[{name!r}]"
         if by_id in paths:

@@ -11,6 +11,7 @@ mixed freely in one list.
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import json
 import re
@@ -100,6 +101,15 @@ def _field_id(field: Mapping[str, Any]) -> int:
     return field_id
 
 
+def _field_name(field: Mapping[str, Any]) -> str | None:
+    # A name keys the values, is compared and counted: one of another type (a
+    # list) would break that far from here.  None: the answer left it out.
+    name = field.get("name")
+    if name is not None and not isinstance(name, str):
+        raise TypeError(f"a custom field's name should be text, got {type_name(name)}")
+    return name
+
+
 def _custom_fields_from(items: Any) -> dict[str | int, Any] | None:
     if items is None:
         return None
@@ -109,25 +119,26 @@ def _custom_fields_from(items: Any) -> dict[str | int, Any] | None:
     for item in items:
         field = item["field"]
         value = item.get("value")
-        entry = (field.get("name"), value["value"] if value else None)
+        entry = (_field_name(field), value["value"] if value else None)
         field_id = _field_id(field)
         # One field shown twice is one field; with two values, which holds is not known.
         if entries.setdefault(field_id, entry)[1] != entry[1]:
             raise ValueError(f"custom field {field_id} is shown twice, with two values")
-    names = [name for name, _ in entries.values() if name]
+    # Counted once: a count per field would take a minute for an answer of 100,000.
+    names = collections.Counter(name for name, _ in entries.values() if name)
     # Keyed by name, which people know; two fields sharing a name go by id.
     return {
-        name if name and names.count(name) == 1 else field_id: value
+        name if name and names[name] == 1 else field_id: value
         for field_id, (name, value) in entries.items()
     }
 
 
-def _custom_field_ids(items: Any) -> dict[int, str] | None:
+def _custom_field_ids(items: Any) -> dict[int, str | None] | None:
     if items is None:
         return None
     if items == []:
         return {}
-    return {_field_id(item["field"]): item["field"].get("name") for item in items}
+    return {_field_id(item["field"]): _field_name(item["field"]) for item in items}
 
 
 def _actor_time(data: Mapping[str, Any], key: str) -> Any:
