@@ -545,7 +545,10 @@ class Adapter(ABC):
             customer_id = str(customer_id)
         found = self.check_customer_id(customer_id)
         problems = [Problem("id", m) for m in found] if found else []
-        text = str(customer_id)
+        try:
+            text = str(customer_id)
+        except ValueError:  # an int of more than the 4,300 digits Python writes
+            return "", [*problems, Problem("id", "has too many digits to be written")]
         if _SAFE_SEGMENT.fullmatch(text):
             segment = text  # what quote() would return, without its cost
         else:

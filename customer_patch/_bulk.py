@@ -172,7 +172,7 @@ def read_key(customer_id: Any) -> Any:
     and validation says what is wrong with it)."""
     try:
         hash(customer_id)
-    except TypeError:
+    except Exception:  # unhashable (a TypeError), or a __hash__ that fails otherwise
         return None
     return (type(customer_id), customer_id)
 

@@ -237,6 +237,16 @@ def _reads_on(shown: int, count: int, page: int) -> bool:
     return page > 0 and shown != count
 
 
+def _refuses_the_request(error: CustomerPatchError) -> bool:
+    """Whether the provider refused a request for what it asked (a 400, a 404, a
+    414), not for who asked (401, 403) or how often (429)."""
+    return (
+        isinstance(error, ProviderError)
+        and 400 <= error.status < 500
+        and error.status not in (401, 403, 429)
+    )
+
+
 class _Pages:
     """Reading a whole list paged by offset: where it stands, when it ends."""
 
@@ -724,8 +734,13 @@ class Client:
             try:
                 found, doubt = await self._list_ids(many, part)
             except CustomerPatchError as e:
-                # A refusal, a lost connection: a read of each would fare no better.
                 current.update((read_key(c), e) for c in part)
+                if _refuses_the_request(e):
+                    # The request was refused (a 400): perhaps for one id of the
+                    # page's hundred, which must not fail the other ninety-nine.
+                    unsettled.update((read_key(c), c) for c in part)
+                # Otherwise, a refusal of the key, a lost connection: a read of
+                # each would fare no better.
                 continue
             for customer_id in part:
                 key = read_key(customer_id)

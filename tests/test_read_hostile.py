@@ -16,6 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from customer_patch import (
+    BadRequestError,
     CustomerPatch,
     NotAttemptedError,
     NotFoundError,
@@ -554,6 +555,58 @@ async def test_a_batch_read_that_fails_otherwise_is_not_read_one_at_a_time():
     assert len(store.requests) == 1
 
 
+BIG = 2**63  # past a 64-bit database id: the provider refuses it, even in a filter
+
+
+def refusing_big_ids(store):
+    """The store, with a provider's 400 for any request naming an id past 64 bits."""
+
+    def answer(request):
+        parts = urlsplit(request.url)
+        named = parse_qs(parts.query).get("id", []) + [parts.path.strip("/").split("/")[-1]]
+        if any(n.isdigit() and int(n) >= BIG for n in named):
+            return Response(status=400, body=b'{"success": false, "errors": {"id": ["big"]}}')
+        return store.answer(request)
+
+    store.transport = MockTransport(answer)
+
+
+async def test_one_id_the_list_filter_refuses_fails_only_its_own_record():
+    """A batch read refused as a bad request (one id of its hundred the provider
+    cannot take) failed all hundred records, and with a failure threshold the
+    whole run stopped: each is read on its own instead."""
+    store = Store(10)
+    refusing_big_ids(store)
+    updates = [(cid, CustomerPatch(name=f"N{cid}")) for cid in range(1, 11)]
+    updates.insert(3, (BIG, CustomerPatch(name="typo")))
+    async with client(store) as de:
+        results = [r async for r in de.iter_updates(updates, skip_unchanged=True)]
+    failed = {r.customer_id: type(r.error) for r in results if not r.ok}
+    assert failed == {BIG: BadRequestError}
+    assert [store.customers[cid]["name"] for cid in range(1, 11)] == [
+        f"N{cid}" for cid in range(1, 11)
+    ]
+
+
+@pytest.mark.parametrize("skip_unchanged", [False, True])
+async def test_an_id_too_long_to_write_is_its_own_records_validation_error(skip_unchanged):
+    """str() refuses an int of more than 4,300 digits: a bare ValueError, counted
+    as an attempt (though nothing was sent), and with a read it failed the batch."""
+    store = Store(3)
+    huge = 10**5000
+    updates = [(1, CustomerPatch(name="A")), (huge, CustomerPatch(name="B"))]
+    updates.append((2, CustomerPatch(name="C")))
+    async with client(store) as de:
+        results = [r async for r in de.iter_updates(updates, skip_unchanged=skip_unchanged)]
+        with pytest.raises(ValidationError, match="id"):
+            de.prepare(huge, CustomerPatch(name="B"))
+    [bad] = [r for r in results if not r.ok]
+    assert bad.index == 1
+    assert isinstance(bad.error, ValidationError)
+    assert bad.attempts == 0
+    assert len(results) == 3
+
+
 # -- custom fields as a customer shows them -----------------------------------------------
 
 
@@ -633,9 +686,7 @@ async def test_a_customer_with_oddly_named_custom_fields_fails_only_its_own_reco
             results = [r async for r in de.iter_updates(updates, skip_unchanged=skip_unchanged)]
             assert sorted(r.index for r in results) == [0, 1, 2]
             assert {r.index for r in results if r.ok} == {1}
-            assert all(
-                isinstance(r.error, ResponseFormatError) for r in results if r.index != 1
-            )
+            assert all(isinstance(r.error, ResponseFormatError) for r in results if r.index != 1)
 
 
 # -- a closed client ----------------------------------------------------------------------
