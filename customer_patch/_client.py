@@ -216,8 +216,9 @@ def _check_base_url(base_url: str) -> str:
 DEFAULT_MAX_CONNECTIONS = 100
 """The connection pool the built-in transport opens, unless ``max_connections`` says."""
 
-MAX_DEFINITIONS = 10_000
-"""Custom field definitions read at most (a hundred pages)."""
+MAX_DEFINITION_PAGES = 100
+"""Pages of custom field definitions read at most (10,000 definitions at 100
+a page; a page longer than asked for is refused)."""
 
 
 async def _done(value: T) -> T:
@@ -252,6 +253,7 @@ class _Pages:
 
     def __init__(self, *, asked: int, provider: str) -> None:
         self.shown = 0  # the offset of the next page
+        self.read = 0  # pages read
         self._asked = asked  # the page size asked for
         self._provider = provider
         self._last: list[Any] = []
@@ -282,6 +284,7 @@ class _Pages:
             )
         self._last = ids
         self.shown += len(ids)
+        self.read += 1
         # Past a wrong count, a page shorter than asked is the end, as an empty one is.
         return _reads_on(self.shown, count, len(ids)) and not (past and len(ids) < self._asked)
 
@@ -455,6 +458,9 @@ class Client:
         self._definitions_by_key: dict[CustomFieldKey, list[int]] = {}
         self._definitions_lock = asyncio.Lock()
         self._definitions_refused: CustomerPatchError | None = None
+        # Reads of the definitions ended, and the last that failed (by that count).
+        self._definitions_reads = 0
+        self._definitions_failed: tuple[int, CustomerPatchError] | None = None
         self._timeout = timeout
         # The built-in transport ends each attempt within `timeout` itself, and
         # closing its session ends them all.  A transport or a session of the
@@ -617,7 +623,7 @@ class Client:
 
         Read once per client and kept (updates check custom fields against
         them); ``refresh=True`` reads them again.  A final refusal (a 401 or
-        403, a list of the wrong shape or past 10,000) is kept too, and raised
+        403, a list of the wrong shape or of more than 100 pages) is kept too, and raised
         again without a request until ``refresh=True``; one worth a retry (a
         5xx, a lost connection) is not.  Raises
         :class:`~customer_patch.UnsupportedOperationError` if the provider
@@ -629,19 +635,29 @@ class Client:
 
     async def _known_definitions(self, *, refresh: bool = False) -> list[CustomFieldDefinition]:
         """The definitions as read once (see :meth:`custom_field_definitions`): not a copy."""
+        ended_before = self._definitions_reads
         async with self._definitions_lock:
             if refresh:
                 self._definitions_refused = None
             if self._definitions_refused is not None:
                 # A copy: raising one exception again and again grows its traceback.
                 raise copy.copy(self._definitions_refused)
+            failed = self._definitions_failed
+            if not refresh and failed is not None and failed[0] > ended_before:
+                # A read this call waited for failed (a 5xx, a lost connection): its
+                # answer is this call's too, rather than every record waiting read
+                # them again, one after another.  A call that comes later asks again.
+                raise copy.copy(failed[1])
             if self._definitions is None or refresh:
                 try:
                     self._definitions = await self._read_definitions()
                 except CustomerPatchError as e:
                     if not is_retryable(e):  # every update naming a custom field would ask
                         self._definitions_refused = e
+                    self._definitions_failed = (self._definitions_reads + 1, e)
                     raise
+                finally:
+                    self._definitions_reads += 1
                 # Where each field a key can name (by a name or an id) sits in the
                 # list: every copy, since a list paged by offset can show one twice
                 # (renamed, or made inactive, in between) and the adapter's check
@@ -667,16 +683,18 @@ class Client:
             page, count = value
             more = pages.more([d.id for d in page], count)
             definitions += page
-            if len(definitions) > MAX_DEFINITIONS:
-                # A list that never ends (a count that keeps growing,
-                # the same page again and again) must not hold every update.
+            if not more:
+                return definitions
+            if pages.read == MAX_DEFINITION_PAGES:
+                # A list that never ends (a count that keeps growing, one item a
+                # page) must not hold every update: requests, not items, are
+                # what it costs (a second each, at a provider's pace).
                 raise ResponseFormatError(
-                    f"more than {MAX_DEFINITIONS} custom field definitions: not read further",
+                    f"custom field definitions of more than {MAX_DEFINITION_PAGES} pages: "
+                    "not read further",
                     provider=self.provider,
                     status=200,
                 )
-            if not more:
-                return definitions
 
     async def _page(
         self, filters: Mapping[str, Any], *, offset: int, limit: int | None = None
