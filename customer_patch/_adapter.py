@@ -547,8 +547,13 @@ class Adapter(ABC):
         problems = [Problem("id", m) for m in found] if found else []
         try:
             text = str(customer_id)
-        except ValueError:  # an int of more than the 4,300 digits Python writes
-            return "", [*problems, Problem("id", "has too many digits to be written")]
+        except Exception as e:  # an int past the 4,300 digits Python writes, a bad __str__
+            why = (
+                "has too many digits to be written"
+                if isinstance(customer_id, int) and isinstance(e, ValueError)
+                else f"cannot be written as text ({type(e).__name__})"
+            )
+            return "", [*problems, Problem("id", why)]
         if _SAFE_SEGMENT.fullmatch(text):
             segment = text  # what quote() would return, without its cost
         else:

@@ -177,6 +177,14 @@ def read_key(customer_id: Any) -> Any:
     return (type(customer_id), customer_id)
 
 
+def _shown(value: Any) -> str:
+    """``value``'s repr for a message, cut short; a repr that fails says so."""
+    try:
+        return f"{value!r:.80}"
+    except Exception:  # a caller's object, which its message must not end the run for
+        return f"a {type(value).__name__} (whose repr failed)"
+
+
 def _answered(error: BaseException) -> bool:
     """Whether ``error`` came from a request that went out (not from a check)."""
     if isinstance(error, ProviderError):
@@ -515,14 +523,14 @@ async def run_bulk(
     ) -> UpdateResult:
         try:
             customer_id, patch = item
-        except (TypeError, ValueError):
+        except Exception:  # not a pair (or one whose iteration fails): reported below
             customer_id, patch = None, None
         if not isinstance(patch, CustomerPatch):
             if previous is not None:
                 # Registered as its customer's latest: a later record of that
                 # customer follows it, so it ends only once the one before has.
                 await previous.wait()
-            problem = Problem("", f"expected (customer_id, CustomerPatch), got {item!r:.80}")
+            problem = Problem("", f"expected (customer_id, CustomerPatch), got {_shown(item)}")
             return UpdateResult(
                 index=index, customer_id=customer_id, patch=None, error=ValidationError([problem])
             )

@@ -18,6 +18,7 @@ from customer_patch import (
     NotAttemptedError,
     Response,
     TooManyFailuresError,
+    ValidationError,
 )
 from customer_patch.testing import MockTransport
 from tests.helpers import (
@@ -211,6 +212,43 @@ async def test_a_transport_that_swallows_one_cancellation_does_not_keep_the_run_
         await asyncio.wait_for(leave_early(de), HANG_GUARD)
         assert runner_tasks() == []
     assert sent_after_leaving == 0, f"{sent_after_leaving} requests sent after the run was left"
+
+
+class _ReprFails:
+    def __repr__(self):
+        raise RuntimeError("no repr")
+
+
+class _IterFails:
+    def __iter__(self):
+        raise KeyError("no items")
+
+
+class _StrFails(int):
+    def __str__(self):
+        raise RuntimeError("no text")
+
+
+@pytest.mark.parametrize(
+    "item",
+    [_ReprFails(), _IterFails(), (1, _ReprFails()), (_StrFails(1), CustomerPatch(name="x"))],
+    ids=["repr-fails", "iteration-fails", "a-non-patch-whose-repr-fails", "str-of-id-fails"],
+)
+@pytest.mark.parametrize("skip_unchanged", [False, True])
+async def test_an_item_that_cannot_even_be_described_is_its_own_invalid_record(
+    item, skip_unchanged
+):
+    """Describing a bad item (its repr, unpacking it, writing its id) raised out of
+    the whole run: one result per item, whatever the item."""
+    store = Store(3)
+    items = [(2, CustomerPatch(name="A")), item, (3, CustomerPatch(name="B"))]
+    results: list = []
+    async with client(store) as de:
+        await collect(de.iter_updates(items, skip_unchanged=skip_unchanged), results)
+    assert sorted((r.index, r.ok) for r in results) == [(0, True), (1, False), (2, True)]
+    [bad] = [r for r in results if not r.ok]
+    assert isinstance(bad.error, ValidationError)
+    assert bad.attempts == 0
 
 
 async def test_an_invalid_item_of_a_customer_does_not_unchain_its_valid_neighbours():
