@@ -49,6 +49,60 @@ def _with_encoding(headers: Mapping[str, str]) -> CIMultiDict[str]:
     return folded
 
 
+class _Inflate:
+    """A gzip or deflate body, decoded as it comes, up to one byte past ``cap``.
+
+    gzip: its members one after another, as a file may hold them (bytes after
+    the last that do not start another member are ignored, as gzip does);
+    deflate: zlib-wrapped, as HTTP says, or raw, as some servers send it.
+    """
+
+    def __init__(self, encoding: str, cap: int) -> None:
+        self._gzip = encoding != "deflate"
+        self._cap = cap
+        self._decoder: zlib._Decompress | None = None
+        self._waiting = b""  # bytes that cannot tell yet what follows
+        self._ignoring = False  # past the end: trailing bytes, not a member
+        self.out = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        """Decode ``data`` (raises :class:`zlib.error` for a corrupt body)."""
+        data = self._waiting + data
+        self._waiting = b""
+        while data and not self._ignoring and len(self.out) <= self._cap:
+            if self._decoder is None or self._decoder.eof:
+                if len(data) < 2:
+                    self._waiting = data  # the first two bytes say what comes
+                    return
+                self._decoder = self._next(data)
+                if self._decoder is None:
+                    self._ignoring = True
+                    return
+            # max_length bounds what one call may inflate: a bomb is stopped
+            # one byte past the cap, never inflated whole.
+            self.out += self._decoder.decompress(data, self._cap - len(self.out) + 1)
+            data = self._decoder.unconsumed_tail or (
+                self._decoder.unused_data if self._decoder.eof else b""
+            )
+
+    def _next(self, data: bytes) -> zlib._Decompress | None:
+        """The decoder for what starts with ``data``: the body's first, or for
+        gzip another member (``None`` if it is not one)."""
+        gzip = data.startswith(b"\x1f\x8b")
+        if self._decoder is not None:  # past the end of one stream
+            return zlib.decompressobj(16 + zlib.MAX_WBITS) if self._gzip and gzip else None
+        wrapped = data[0] & 0x0F == 8 and ((data[0] << 8) | data[1]) % 31 == 0
+        if gzip or wrapped or self._gzip:
+            return zlib.decompressobj(32 + zlib.MAX_WBITS)  # gzip or zlib, by its header
+        return zlib.decompressobj(-zlib.MAX_WBITS)  # deflate with no header
+
+    def ended(self) -> bool:
+        """Whether the body ended where a stream does, not cut short."""
+        if self._ignoring:
+            return True
+        return self._decoder is not None and self._decoder.eof and not self._waiting
+
+
 class AiohttpTransport:
     """Sends requests with one reused :class:`aiohttp.ClientSession`.
 
@@ -199,8 +253,7 @@ class AiohttpTransport:
                 provider=self._provider,
                 status=resp.status,
             )
-        # gzip or zlib, told apart by their header (wbits 32+); identity as is.
-        inflate = None if encoding == "identity" else zlib.decompressobj(32 + zlib.MAX_WBITS)
+        inflate = None if encoding == "identity" else _Inflate(encoding, self._max_bytes)
         body = bytearray()
         received = 0
         async for chunk in resp.content.iter_chunked(64 * 1024):
@@ -209,25 +262,21 @@ class AiohttpTransport:
                 raise self._too_large(resp.status)
             if inflate is None:
                 body += chunk
-            else:
-                data = chunk
-                # max_length bounds what one call may inflate: a bomb is
-                # stopped one byte past the cap, never inflated whole.
-                while data:
-                    try:
-                        body += inflate.decompress(data, self._max_bytes - len(body) + 1)
-                    except zlib.error as e:
-                        raise TransportError(
-                            f"the {encoding} body is corrupt: {e}", provider=self._provider
-                        ) from None
-                    if len(body) > self._max_bytes:
-                        raise self._too_large(resp.status)
-                    data = inflate.unconsumed_tail
-            if len(body) > self._max_bytes:
+                continue
+            try:
+                inflate.feed(chunk)
+            except zlib.error as e:
+                raise TransportError(
+                    f"the {encoding} body is corrupt: {e}", provider=self._provider
+                ) from None
+            if len(inflate.out) > self._max_bytes:
                 raise self._too_large(resp.status)
-        if inflate is not None and not inflate.eof:
+        if inflate is None:
+            return bytes(body)
+        # No body at all (a 404 or a 429 saying it is gzip) is an empty one.
+        if received and not inflate.ended():
             raise TransportError(f"the {encoding} body was cut short", provider=self._provider)
-        return bytes(body)
+        return bytes(inflate.out)
 
     def _too_large(self, status: int) -> ResponseTooLargeError:
         return ResponseTooLargeError(

@@ -13,6 +13,7 @@ import math
 import pickle
 import threading
 import traceback
+import zlib
 
 import aiohttp
 import pytest
@@ -37,6 +38,7 @@ from customer_patch import (
 )
 from customer_patch._pacing import Pacer
 from customer_patch._retry import HeldPastDeadline, send_with_retries
+from customer_patch._transport import _Inflate
 from customer_patch.testing import MockTransport
 from tests.helpers import (
     HANG_GUARD,
@@ -645,6 +647,73 @@ async def test_a_gzip_answer_within_the_cap_is_read():
 
     async with serve(handler) as base, loopback_client(base, token=TOKEN) as client:
         assert (await client.update(1, CustomerPatch(name="A"))).name == "A"
+
+
+def raw_deflate(data):
+    packer = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    return packer.compress(data) + packer.flush()
+
+
+@pytest.mark.parametrize(
+    ("encoding", "pack"),
+    [
+        ("deflate", zlib.compress),  # zlib-wrapped, as HTTP says
+        ("deflate", raw_deflate),  # raw, as some servers send (aiohttp reads it)
+        ("gzip", lambda data: gzip.compress(data[:10]) + gzip.compress(data[10:])),
+        ("gzip", lambda data: gzip.compress(data) + b"trailing garbage"),
+    ],
+    ids=["zlib", "raw-deflate", "two-gzip-members", "gzip-then-garbage"],
+)
+async def test_compressed_answers_as_servers_really_send_them_are_read(encoding, pack):
+    """Raw deflate and a gzip of two members were errors, retried though the update
+    had landed on the first attempt."""
+    sent = 0
+
+    async def handler(request):
+        nonlocal sent
+        sent += 1
+        return web.Response(body=pack(customer()), headers={"Content-Encoding": encoding})
+
+    async with serve(handler) as base, loopback_client(base, token=TOKEN) as client:
+        assert (await client.update(1, CustomerPatch(name="A"))).name == "A"
+    assert sent == 1
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 64 * 1024])
+def test_a_compressed_body_decodes_the_same_however_it_is_cut(encoding, size):
+    """A body arriving a byte at a time (a slow drip) decodes as one arriving whole:
+    the bytes that say which stream comes next may be split between two chunks."""
+    data = customer() * 50
+    bodies = {
+        "gzip": [gzip.compress(data), gzip.compress(data[:99]) + gzip.compress(data[99:])],
+        "deflate": [zlib.compress(data), raw_deflate(data)],
+    }[encoding]
+    for body in bodies:
+        inflate = _Inflate(encoding, 1 << 20)
+        for start in range(0, len(body), size):
+            inflate.feed(body[start : start + size])
+        assert inflate.ended()
+        assert bytes(inflate.out) == data
+        cut = _Inflate(encoding, 1 << 20)
+        cut.feed(body[:-3])
+        assert not cut.ended()
+
+
+@pytest.mark.parametrize(
+    ("status", "error"), [(404, NotFoundError), (429, RateLimitedError), (500, ServerError)]
+)
+async def test_an_empty_answer_said_to_be_compressed_is_its_status(status, error):
+    """A 404 with "Content-Encoding: gzip" and no body was a TransportError ("the
+    gzip body was cut short"): retried, and a 429's Retry-After never honoured."""
+
+    async def handler(request):
+        headers = {"Content-Encoding": "gzip", "Retry-After": "0"}
+        return web.Response(status=status, body=b"", headers=headers)
+
+    async with serve(handler) as base, loopback_client(base, token=TOKEN, retry=None) as client:
+        with pytest.raises(error):
+            await client.update(1, CustomerPatch(name="A"))
 
 
 @pytest.fixture
