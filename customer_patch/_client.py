@@ -7,6 +7,7 @@ import contextlib
 import copy
 import functools
 import ipaddress
+import json
 import logging
 import math
 import re
@@ -101,7 +102,7 @@ class _Credentials:
             if isinstance(value, str):
                 setattr(error, name, self.mask(value))
             elif isinstance(value, bytes):
-                setattr(error, name, self._echoes.sub(_MASK, value))
+                setattr(error, name, self._masked_bytes(value))
         if isinstance(error, ValidationError):
             error.problems = tuple(
                 Problem(self._masked(p.field), self._masked(p.message)) for p in error.problems
@@ -129,6 +130,16 @@ class _Credentials:
 
     def _masked(self, value: Any) -> Any:
         return self.mask(value) if isinstance(value, str) else value
+
+    def _masked_bytes(self, body: bytes) -> bytes:
+        # JSON in UTF-16 or UTF-32 is masked as text, in its own encoding: the
+        # key's escaped forms are matched in UTF-8 only, and a mask written in
+        # UTF-8 bytes would leave it unreadable.
+        encoding = json.detect_encoding(body)  # as json.loads tells them apart
+        if not encoding.startswith("utf-8"):
+            with contextlib.suppress(UnicodeError):
+                return self.mask(body.decode(encoding)).encode(encoding, "surrogatepass")
+        return self._echoes.sub(_MASK, body)
 
     def mask(self, value: str) -> str:
         # surrogateescape keeps bytes a decoder let through as they were (the key's

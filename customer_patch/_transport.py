@@ -7,6 +7,7 @@ transport with a fake (anything with ``send`` and ``aclose``).
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import zlib
 from collections.abc import Mapping
@@ -25,6 +26,14 @@ from customer_patch._errors import (
 from customer_patch._http import Request, Response
 
 DEFAULT_MAX_RESPONSE_BYTES = 8 * 1024 * 1024
+
+# aiohttp's parser errors quote the line they refuse as bytes (b'...'): what the
+# server sent, which may echo the key split where the mask cannot see it
+# (around a NUL).  The error says what was wrong; the line is left out.
+_QUOTED_BYTES = re.compile(
+    r"""(?<!\w)(?:b'(?:[^'\\]|\\.)*(?:'|$)|b"(?:[^"\\]|\\.)*(?:"|$))""", re.DOTALL
+)
+_ELIDED = "b'...'"
 
 
 class Transport(Protocol):
@@ -213,7 +222,10 @@ class AiohttpTransport:
                 f"no complete answer within {self._timeout.total}s", provider=self._provider
             )
         except aiohttp.ClientError as e:
-            failure = TransportError(f"{type(e).__name__}: {e}", provider=self._provider)
+            failure = TransportError(
+                f"{type(e).__name__}: {_QUOTED_BYTES.sub(_ELIDED, str(e))}",
+                provider=self._provider,
+            )
         except asyncio.CancelledError:
             # A session that closes cancels the requests waiting for one of its
             # connections: not this task's cancellation, which asyncio code would

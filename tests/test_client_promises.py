@@ -244,6 +244,39 @@ async def test_the_aiohttp_error_behind_a_transport_error_is_not_kept():
     assert TOKEN not in str(info.value)
 
 
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"X-Echo: %s\x00%s",  # a NUL in a header value
+        b"%s %s: v",  # a space in a header name
+        b"Content-Length: 1%s\x01%s",  # a bad character in a length
+    ],
+    ids=["nul-in-value", "space-in-name", "bad-length"],
+)
+async def test_the_key_split_in_a_malformed_header_is_not_quoted_in_halves(line):
+    """aiohttp's parser error quotes the bad line: the key split by one byte came
+    out in two halves, neither of which the mask (of the whole key) found."""
+
+    async def on_connection(reader, writer):
+        head = await reader.readuntil(b"\r\n\r\n")
+        key = next(
+            line.split(b":", 1)[1].strip()
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"x-api-key:")
+        )
+        bad = line % (key[:11], key[11:])
+        writer.write(b"HTTP/1.1 200 OK\r\n" + bad + b"\r\nContent-Length: 2\r\n\r\n{}")
+        await writer.drain()
+        writer.close()
+
+    async with serve_raw(on_connection) as base, loopback_client(base, retry=None) as client:
+        with pytest.raises(TransportError) as info:
+            await client.update(1, CustomerPatch(name="A"))
+    assert TOKEN[:11] not in str(info.value)
+    assert TOKEN[11:] not in str(info.value)
+    assert "ClientResponseError" in str(info.value)  # still says what went wrong
+
+
 def escaped(text, how):
     """``text`` as a provider could quote it back."""
     return {
@@ -270,14 +303,20 @@ async def test_the_key_escaped_in_a_body_is_masked_there_too(how):
         assert TOKEN not in json.dumps(json.loads(info.value.body), ensure_ascii=False)
 
 
+@pytest.mark.parametrize("how", ["as is", "\\u escapes", "percent-encoded"])
 @pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be", "utf-32"])
-async def test_the_key_in_a_body_of_another_encoding_is_masked_there_too(encoding):
-    body = json.dumps({"success": False, "errors": {"__all__": [f"bad key {TOKEN}"]}})
+async def test_the_key_in_a_body_of_another_encoding_is_masked_there_too(encoding, how):
+    """Escaped, the key in a UTF-16 body was kept: only its plain form was
+    looked for in the wide encodings."""
+    quoted = TOKEN if how == "as is" else escaped(TOKEN, how)
+    body = f'{{"success": false, "errors": {{"__all__": ["bad key {quoted}"]}}}}'
     answer = Response(status=400, body=body.encode(encoding))
     async with mock_client(lambda r: answer) as client:
         with pytest.raises(BadRequestError) as info:
             await client.update(1, CustomerPatch(name="A"))
-    assert TOKEN not in info.value.body.decode(encoding, "replace")
+    read = json.loads(info.value.body)  # in whichever encoding it now is
+    assert TOKEN not in json.dumps(read, ensure_ascii=False)
+    assert quoted not in json.dumps(read, ensure_ascii=False)
     assert TOKEN not in str(info.value)
 
 
