@@ -218,9 +218,9 @@ async def test_a_content_encoding_echoing_the_key_never_shows_it():
     assert TOKEN.lower() not in repr(info.value).lower()
 
 
-async def test_the_aiohttp_error_behind_a_transport_error_is_not_kept():
-    """aiohttp's error quotes the bad header line, and its request_info holds the
-    request's headers, key included: a TransportError keeps neither."""
+async def failing_on_a_raw_answer(answer):
+    """The TransportError of an update answered with the bytes ``answer(key)``
+    makes of the key the request carried (for answers no HTTP server writes)."""
 
     async def on_connection(reader, writer):
         head = await reader.readuntil(b"\r\n\r\n")
@@ -229,13 +229,23 @@ async def test_the_aiohttp_error_behind_a_transport_error_is_not_kept():
             for line in head.split(b"\r\n")
             if line.lower().startswith(b"x-api-key:")
         )
-        writer.write(b"HTTP/1.1 200 OK\r\nkey " + key + b"\r\n\r\n{}")
+        writer.write(answer(key))
         await writer.drain()
         writer.close()
 
     async with serve_raw(on_connection) as base, loopback_client(base, retry=None) as client:
         with pytest.raises(TransportError) as info:
             await client.update(1, CustomerPatch(name="A"))
+    return info
+
+
+async def test_the_aiohttp_error_behind_a_transport_error_is_not_kept():
+    """aiohttp's error quotes the bad header line, and its request_info holds the
+    request's headers, key included: a TransportError keeps neither."""
+
+    info = await failing_on_a_raw_answer(
+        lambda key: b"HTTP/1.1 200 OK\r\nkey " + key + b"\r\n\r\n{}"
+    )
     error, seen = info.value, []
     while error is not None:
         seen.append(error)
@@ -257,21 +267,11 @@ async def test_the_key_split_in_a_malformed_header_is_not_quoted_in_halves(line)
     """aiohttp's parser error quotes the bad line: the key split by one byte came
     out in two halves, neither of which the mask (of the whole key) found."""
 
-    async def on_connection(reader, writer):
-        head = await reader.readuntil(b"\r\n\r\n")
-        key = next(
-            line.split(b":", 1)[1].strip()
-            for line in head.split(b"\r\n")
-            if line.lower().startswith(b"x-api-key:")
+    info = await failing_on_a_raw_answer(
+        lambda key: (
+            b"HTTP/1.1 200 OK\r\n%s\r\nContent-Length: 2\r\n\r\n{}" % (line % (key[:11], key[11:]))
         )
-        bad = line % (key[:11], key[11:])
-        writer.write(b"HTTP/1.1 200 OK\r\n" + bad + b"\r\nContent-Length: 2\r\n\r\n{}")
-        await writer.drain()
-        writer.close()
-
-    async with serve_raw(on_connection) as base, loopback_client(base, retry=None) as client:
-        with pytest.raises(TransportError) as info:
-            await client.update(1, CustomerPatch(name="A"))
+    )
     assert TOKEN[:11] not in str(info.value)
     assert TOKEN[11:] not in str(info.value)
     assert "ClientResponseError" in str(info.value)  # still says what went wrong
