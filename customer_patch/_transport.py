@@ -7,7 +7,6 @@ transport with a fake (anything with ``send`` and ``aclose``).
 from __future__ import annotations
 
 import asyncio
-import re
 import threading
 import zlib
 from collections.abc import Mapping
@@ -27,13 +26,24 @@ from customer_patch._http import Request, Response
 
 DEFAULT_MAX_RESPONSE_BYTES = 8 * 1024 * 1024
 
-# aiohttp's parser errors quote the line they refuse as bytes (b'...'): what the
-# server sent, which may echo the key split where the mask cannot see it
-# (around a NUL).  The error says what was wrong; the line is left out.
-_QUOTED_BYTES = re.compile(
-    r"""(?<!\w)(?:b'(?:[^'\\]|\\.)*(?:'|$)|b"(?:[^"\\]|\\.)*(?:"|$))""", re.DOTALL
-)
-_ELIDED = "b'...'"
+
+def _described(error: aiohttp.ClientError) -> str:
+    """What went wrong, for a :class:`TransportError`: aiohttp's own words where
+    they are the client's (an address, a system error), and only the names of
+    the errors where they quote what the server sent.  A parser's message
+    quotes the line it refused, and a disconnection the head it had read: a key
+    echoed there split by a NUL or a space is in no form a mask can find."""
+    if isinstance(error, aiohttp.ServerDisconnectedError):
+        return f"{type(error).__name__}: the server closed the connection before answering whole"
+    if isinstance(error, aiohttp.ClientResponseError | aiohttp.ClientPayloadError):
+        found, seen = error.__cause__, 0  # the parser's own error, last of the chain
+        while found is not None and found.__cause__ is not None and seen < 10:
+            found, seen = found.__cause__, seen + 1
+        why = f" ({type(found).__name__})" if found is not None else ""
+        if isinstance(error, aiohttp.ClientPayloadError):
+            return f"{type(error).__name__}: the body did not come whole{why}"
+        return f"{type(error).__name__}: the answer is not valid HTTP{why}"
+    return f"{type(error).__name__}: {error}"
 
 
 class Transport(Protocol):
@@ -222,10 +232,7 @@ class AiohttpTransport:
                 f"no complete answer within {self._timeout.total}s", provider=self._provider
             )
         except aiohttp.ClientError as e:
-            failure = TransportError(
-                f"{type(e).__name__}: {_QUOTED_BYTES.sub(_ELIDED, str(e))}",
-                provider=self._provider,
-            )
+            failure = TransportError(_described(e), provider=self._provider)
         except asyncio.CancelledError:
             # A session that closes cancels the requests waiting for one of its
             # connections: not this task's cancellation, which asyncio code would
