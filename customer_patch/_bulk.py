@@ -192,8 +192,15 @@ def _answered(error: BaseException) -> bool:
     return isinstance(error, TransportError | ResponseFormatError)
 
 
-def _is_pair(item: Any) -> bool:
-    return isinstance(item, tuple | list) and len(item) == 2
+_NOT_A_PAIR: Any = object()
+
+
+def _id_of_pair(item: Any) -> Any:
+    """The id of an ``(id, patch)`` item, or ``_NOT_A_PAIR`` (then one() says why)."""
+    try:
+        return item[0] if isinstance(item, tuple | list) and len(item) == 2 else _NOT_A_PAIR
+    except Exception:  # a caller's sequence whose len() or [0] fails
+        return _NOT_A_PAIR
 
 
 def _applied(customer: Customer, patch: CustomerPatch) -> Customer:
@@ -706,7 +713,8 @@ async def run_bulk(
             if item is not _END:
                 batch.append((next(counter), item))
         # Once the run stops, its records are not attempted: nothing to read.
-        ids = [item[0] for _, item in batch if _is_pair(item)] if stop.cause is None else []
+        ids = [] if stop.cause is not None else [_id_of_pair(item) for _, item in batch]
+        ids = [i for i in ids if i is not _NOT_A_PAIR]
         assert read is not None
         recent.clear()
         recent.update(since_read)  # ended or not: the read may not show them yet
@@ -747,7 +755,12 @@ async def run_bulk(
         if not batch:
             return None
         index, item = batch.popleft()
-        return index, item, was_read.get(read_key(item[0])) if _is_pair(item) else None
+        customer_id = _id_of_pair(item)
+        return (
+            index,
+            item,
+            None if customer_id is _NOT_A_PAIR else was_read.get(read_key(customer_id)),
+        )
 
     async def next_record_waiting() -> tuple[int, Any, Any] | None:
         """The next record, waiting for the input (or a batch's read) if need be."""

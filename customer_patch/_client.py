@@ -137,8 +137,13 @@ class _Credentials:
         # UTF-8 bytes would leave it unreadable.
         encoding = json.detect_encoding(body)  # as json.loads tells them apart
         if not encoding.startswith("utf-8"):
-            with contextlib.suppress(UnicodeError):
-                return self.mask(body.decode(encoding)).encode(encoding, "surrogatepass")
+            try:
+                text = body.decode(encoding, "surrogatepass")
+            except UnicodeError:  # an odd byte: what decodes is still read, and masked
+                text = body.decode(encoding, "replace")
+            masked = self.mask(text)
+            if masked != text:  # else as it came (a BOM's byte order kept)
+                return masked.encode(encoding, "surrogatepass")
         return self._echoes.sub(_MASK, body)
 
     def mask(self, value: str) -> str:
@@ -654,10 +659,13 @@ class Client:
                 # A copy: raising one exception again and again grows its traceback.
                 raise copy.copy(self._definitions_refused)
             failed = self._definitions_failed
-            if not refresh and failed is not None and failed[0] > ended_before:
+            waited = failed is not None and failed[0] > ended_before
+            if waited and self._definitions is None and not refresh:
                 # A read this call waited for failed (a 5xx, a lost connection): its
                 # answer is this call's too, rather than every record waiting read
-                # them again, one after another.  A call that comes later asks again.
+                # them again, one after another.  A call that comes later asks again;
+                # one that asks for a refresh, or finds them read, has its own answer.
+                assert failed is not None
                 raise copy.copy(failed[1])
             if self._definitions is None or refresh:
                 try:

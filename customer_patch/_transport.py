@@ -116,10 +116,9 @@ class _Inflate:
         return zlib.decompressobj(-zlib.MAX_WBITS)  # deflate with no header
 
     def ended(self) -> bool:
-        """Whether the body ended where a stream does, not cut short."""
-        if self._ignoring:
-            return True
-        return self._decoder is not None and self._decoder.eof and not self._waiting
+        """Whether the body ended where a stream does, not cut short (a byte left
+        after it, too few to start another member, is trailing, as more are)."""
+        return self._ignoring or (self._decoder is not None and self._decoder.eof)
 
 
 class AiohttpTransport:

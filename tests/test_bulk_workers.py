@@ -229,10 +229,21 @@ class _StrFails(int):
         raise RuntimeError("no text")
 
 
+class _LenFails(list):
+    def __len__(self):
+        raise RuntimeError("no length")
+
+
 @pytest.mark.parametrize(
     "item",
-    [_ReprFails(), _IterFails(), (1, _ReprFails()), (_StrFails(1), CustomerPatch(name="x"))],
-    ids=["repr-fails", "iteration-fails", "a-non-patch-whose-repr-fails", "str-of-id-fails"],
+    [
+        _ReprFails(),
+        _IterFails(),
+        (1, _ReprFails()),
+        (_StrFails(1), CustomerPatch(name="x")),
+        _LenFails([1, "not a patch"]),
+    ],
+    ids=["repr-fails", "iteration-fails", "non-patch-repr-fails", "str-of-id-fails", "len-fails"],
 )
 @pytest.mark.parametrize("skip_unchanged", [False, True])
 async def test_an_item_that_cannot_even_be_described_is_its_own_invalid_record(

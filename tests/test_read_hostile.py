@@ -23,6 +23,7 @@ from customer_patch import (
     PermissionDeniedError,
     Response,
     ResponseFormatError,
+    ServerError,
     UnknownCustomFieldError,
     UnsupportedFieldError,
     ValidationError,
@@ -266,6 +267,30 @@ async def test_records_waiting_on_a_failed_read_of_the_definitions_share_its_ans
     assert len(results) == 8
     assert all(r.error is not None and r.error.status == 503 for r in results)
     assert len(transport.requests) == 1
+
+
+async def test_a_failed_refresh_of_the_definitions_is_not_the_answer_of_a_plain_read():
+    """The records waiting while a refresh failed took its error, though the
+    definitions they asked for were read and kept."""
+    failing = False
+
+    async def answer(request):
+        for _ in range(50):  # as the network takes its time: the other call comes meanwhile
+            await asyncio.sleep(0)
+        if failing:
+            return Response(status=503, body=b"{}")
+        body = {"items": [definition(1, "Partner", "boolean")], "count": 1}
+        return Response(status=200, body=json.dumps(body).encode())
+
+    async with mock_client(MockTransport(answer), retry=None) as de:
+        await de.custom_field_definitions()
+        failing = True
+        refresh = asyncio.ensure_future(de.custom_field_definitions(refresh=True))
+        await asyncio.sleep(0)
+        kept = await de.custom_field_definitions()
+        with pytest.raises(ServerError):
+            await refresh
+    assert [d.name for d in kept] == ["Partner"]
 
 
 # -- iter_customers -----------------------------------------------------------------------
