@@ -33,12 +33,15 @@ from customer_patch._checks import check_hook, check_whole
 from customer_patch._errors import (
     AuthenticationError,
     NotAttemptedError,
+    NotFoundError,
     PermissionDeniedError,
     Problem,
     ProviderError,
     ResponseFormatError,
     TooManyFailuresError,
     TransportError,
+    UnknownCustomFieldError,
+    UnsupportedFieldError,
     ValidationError,
 )
 from customer_patch._model import (
@@ -183,6 +186,14 @@ def _shown(value: Any) -> str:
         return f"{value!r:.80}"
     except Exception:  # a caller's object, which its message must not end the run for
         return f"a {type(value).__name__} (whose repr failed)"
+
+
+def _refuses_the_patch(error: BaseException | None) -> bool:
+    """Whether ``error`` is a check's refusal of a patch itself (its values, its
+    custom fields by the definitions), not a failure to check it."""
+    if isinstance(error, UnknownCustomFieldError):
+        return not error.sent
+    return isinstance(error, ValidationError | UnsupportedFieldError)
 
 
 def _answered(error: BaseException) -> bool:
@@ -546,9 +557,15 @@ async def run_bulk(
         if read is not None and isinstance(was, Exception):
             # Its customer could not be read (or matched): that is its outcome,
             # whether or not the run has stopped since.  Nothing was sent.  Unless
-            # the patch itself is refused: bad input says so first, as in a run
-            # that reads nothing (and as the CLI's --strict finds it).
-            refused = None if check is None else (await check(None, patch))[1]
+            # the read found no such customer and the patch itself is refused:
+            # bad input says so first, as in a run that reads nothing (and as the
+            # CLI's --strict finds it).  A refusal of the key, an outage: the
+            # check would meet it too, and it is what the run must stop for.
+            refused = None
+            if check is not None and isinstance(was, NotFoundError | ValidationError):
+                refused = (await check(None, patch))[1]
+                if not _refuses_the_patch(refused):
+                    refused = None
             if refused is None and _answered(was):
                 read_failures.add(index)
             return UpdateResult(

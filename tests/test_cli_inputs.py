@@ -645,19 +645,28 @@ def test_a_full_disk_mid_run_stops_cleanly_and_the_report_stays_true(tmp_path, m
     assert {i for i in ids if stored[i] == f"N{i - 1001}"} == set(ids) - done
 
 
-def test_a_full_disk_before_the_first_record_sends_nothing(tmp_path, monkeypatch):
+@pytest.mark.parametrize("old", [None, "precious\n"])
+def test_a_full_disk_before_the_first_record_sends_nothing(tmp_path, monkeypatch, old):
     """A resumed run into a new report copies the old report's lines first: a
     disk too full for them ends the run before anything is sent, and leaves no
-    half-copied report that the same command would then be refused for."""
+    half-copied report that the same command would then be refused for, nor
+    half of one it was told to replace."""
     records = [{"id": 1001 + n, "patch": {"name": f"N{n}"}} for n in range(3)]
     path = jsonl(tmp_path / "u.jsonl", records)
     earlier, report = tmp_path / "earlier.jsonl", tmp_path / "r.jsonl"
+    replacing = []
+    if old is not None:
+        report.write_text(old)
+        replacing = ["--overwrite-report"]
     with threaded_fake("dualentry", customers=3, **FAST) as (fake, base, _):
         first = run([*apply_fast(path, base), "--report", str(earlier), "--max-failures", "1"])
         real_open = _report._open
         monkeypatch.setattr(_report, "_open", lambda p, mode: FullDisk(real_open(p, mode), 0))
         requests = len(fake.requests)
-        full = run([*apply_fast(path, base), "--resume", str(earlier), "--report", str(report)])
+        full = run(
+            [*apply_fast(path, base), "--resume", str(earlier), "--report", str(report)]
+            + replacing
+        )
         sent = len(fake.requests) - requests
     assert first.exit_code == 0, first.output
     assert full.exit_code == 3, full.output
@@ -665,7 +674,8 @@ def test_a_full_disk_before_the_first_record_sends_nothing(tmp_path, monkeypatch
         f"error: cannot write the report {report} (No space left on device); nothing was sent\n"
     )
     assert sent == 0
-    assert not report.exists()
+    assert report.read_text() == old if old is not None else not report.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
 
 
 # -- 14: data is never markup ---------------------------------------------------------------------

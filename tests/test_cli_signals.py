@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 from customer_patch import _convert
-from customer_patch.cli import _commands
+from customer_patch.cli import _commands, _report
 from customer_patch.cli._commands import Interrupted
 from customer_patch.sandbox import Faults
 from tests.test_cli import CLI, TOKEN, apply_dualentry, jsonl, run
@@ -264,6 +264,33 @@ def test_a_signal_just_after_the_report_is_opened_ends_cleanly(
         assert report.read_text() == old
 
 
+@pytest.mark.parametrize("resuming", [False, True])
+@pytest.mark.parametrize(("raised", "status"), SIGNALS)
+def test_a_signal_before_the_report_is_replaced_points_at_the_report_that_holds_the_run(
+    tmp_path, monkeypatch, raised, status, resuming
+):
+    """From the run's start to the report's replacement: "continue with --resume
+    NEW" named a report still empty (the next run then sent every record the
+    old one showed done) or the stale report --overwrite-report was to replace."""
+    monkeypatch.setattr(_report.Report, "begin", signalled_by(raised))
+    path = jsonl(tmp_path / "u.jsonl", [{"id": 1001, "patch": {"name": "x"}}])
+    new, old = tmp_path / "new.jsonl", tmp_path / "old.jsonl"
+    old.write_text("")  # a report of no record yet
+    if resuming:
+        extra = ["--resume", str(old), "--report", str(new)]
+    else:
+        new.write_text("precious\n")
+        extra = ["--report", str(new), "--overwrite-report"]
+    result = run([*apply_dualentry(path, "http://127.0.0.1:9"), *extra])
+    assert result.exit_code == status, result.output
+    again = f"--resume {old}" if resuming else "--overwrite-report"
+    assert f"interrupted before anything was sent; run again with {again}" in result.output
+    if resuming:
+        assert not new.exists()  # created by the run, still empty: gone
+    else:
+        assert new.read_text() == "precious\n"
+
+
 @pytest.mark.parametrize(("raised", "status"), SIGNALS)
 def test_a_signal_after_the_run_never_says_nothing_was_sent(tmp_path, monkeypatch, raised, status):
     """During the summary: the run's records were sent, and the report holds them."""
@@ -387,7 +414,9 @@ def test_a_signal_while_the_runs_event_loop_is_built_is_kept_for_the_loop(
         sent = len(fake.requests)
     assert result.exit_code == status, result.output
     assert sent == 0
-    assert f"interrupted after 0 records; continue with --resume {report}" in result.output
+    # Before the run began, so before its report was: the same command runs again.
+    assert "interrupted before anything was sent\n" in result.output
+    assert not report.exists()
     assert not [w for w in caught if "never awaited" in str(w.message)]
 
 

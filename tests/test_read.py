@@ -6,6 +6,7 @@ against the sandbox in test_read_runs.py.
 """
 
 import asyncio
+import collections
 import itertools
 import json
 from urllib.parse import parse_qs, urlsplit
@@ -15,6 +16,7 @@ import pytest
 
 from customer_patch import (
     Address,
+    AuthenticationError,
     Client,
     Customer,
     CustomerPatch,
@@ -26,6 +28,7 @@ from customer_patch import (
     Response,
     ResponseFormatError,
     RetryPolicy,
+    ServerError,
     TaxId,
     TransportError,
     UnknownCustomFieldError,
@@ -917,6 +920,30 @@ async def test_a_record_that_is_bad_input_says_so_even_when_its_customer_is_not_
     errors = [type(r.error) for r in sorted(results, key=lambda r: r.index)]
     assert errors == [UnknownCustomFieldError, ValidationError, NotFoundError]
     assert store.sent("PATCH") == []
+
+
+@pytest.mark.parametrize(("status", "error"), [(401, AuthenticationError), (503, ServerError)])
+async def test_a_read_refused_for_all_is_the_outcome_of_records_setting_custom_fields_too(
+    status, error
+):
+    """Checking such a record's patch first read the definitions, which the same
+    refusal (or outage) met: a 401 then stopped nothing (every batch was read
+    with the bad key) and a 503 cost a read of the definitions a record."""
+    transport = MockTransport(lambda r: Response(status=status, body=b"{}"))
+    updates = [(i, CustomerPatch(custom_fields={"Partner": True})) for i in range(1, 301)]
+    async with Client(
+        "dualentry", token="k", transport=transport, rate_limit=None, retry=None
+    ) as de:
+        results = [
+            r
+            async for r in de.iter_updates(
+                updates, skip_unchanged=True, max_consecutive_failures=5
+            )
+        ]
+    kinds = collections.Counter(type(r.error) for r in results)
+    assert kinds[error] == 100  # the first batch's records, from its one read
+    assert kinds[NotAttemptedError] == 200
+    assert len(transport.requests) == 1
 
 
 async def test_match_on_a_key_the_provider_cannot_filter_by_is_refused_at_once():

@@ -324,15 +324,16 @@ def apply_command(
                 undo.discard_if_unused()
             if sink is not None:
                 sink.discard_if_unused()
-            again = f"--resume {resume}" if resume else "--overwrite-report"
-            # The report may exist before Report.open has returned.
-            named = sink.path if sink is not None else (report or resume)
-            named = named if named is not None and named.exists() else None
-            err.print(
-                "interrupted before anything was sent"
-                + (f"; run again with {again}" if named else ""),
-                markup=False,
-            )
+            # What is left to name: the report continued, or the one this run
+            # would replace (it may exist before Report.open has returned).
+            kept = sink.path if sink is not None else report
+            if resume is not None and resume.exists():
+                again = f"; run again with --resume {resume}"
+            elif kept is not None and kept.exists():
+                again = "; run again with --overwrite-report"
+            else:
+                again = ""
+            err.print("interrupted before anything was sent" + again, markup=False)
             raise SystemExit(_signal_status(e)) from None
 
         # From the moment the report may exist until the run's event loop takes
@@ -621,8 +622,10 @@ def _apply_and_report(
             )
         return tally.exit_status()
     except (Interrupted, KeyboardInterrupt) as e:
-        if reading.check_fields is not None:
-            raise  # during --strict's check, before anything was sent: the command says so
+        if reading.check_fields is not None or not report.begun:
+            # During --strict's check, or before the report was replaced: nothing
+            # was sent, and the file named is not yet this run's; the command says so.
+            raise
         # Wherever it lands, from the run's start to its summary: the report
         # holds what was done, and --resume goes on from there.
         err.print(f"interrupted after {tally.done} records{resume_hint}", markup=False)

@@ -328,30 +328,51 @@ class Report:
         except OSError as e:
             raise ReportError(f"--report {path}: cannot be written ({e.strerror})") from None
 
+    @property
+    def begun(self) -> bool:
+        """Whether the file is this run's report yet (see :meth:`begin`)."""
+        return self._replacing is None
+
     def begin(self) -> None:
         """The run is about to send: replace the old report the file held, if any
         (``--overwrite-report``), and copy the resumed report's lines into it.
 
-        Raises :class:`ReportWriteError` if that fails (nothing was sent).
+        Raises :class:`ReportWriteError` if that fails (nothing was sent; the
+        old report is as it was).
         """
         if self._replacing is None:
             return
         existed, resume = self._replacing
         self._replacing = None
+        if not existed and resume is None:
+            return  # created empty by this run: nothing to replace
         assert self._file is not None
         assert self.path is not None
-        if existed:
+        # Written aside, then renamed over the report's own file (not a link to
+        # it): a full disk or a kill midway leaves the old report whole.
+        real = Path(os.path.realpath(self.path))
+        aside = real.with_name(f".{real.name}.{os.getpid()}.tmp")
+        try:
+            file = _open(aside, "wb")
             try:
-                self._file.truncate(0)  # appends then start at 0
-            except OSError as e:
-                self.error = ReportWriteError(self.path, e)
-                raise self.error from None
-        if resume is not None:
-            # The new report must account for every record on its own,
-            # in the order the old one saw them.
-            for line in _lines(resume):
-                if _entry(line) is not None:
-                    self._write(line if line.endswith(b"\n") else line + b"\n")
+                if resume is not None:
+                    # The new report must account for every record on its own,
+                    # in the order the old one saw them.
+                    for line in _lines(resume):
+                        if _entry(line) is not None:
+                            _write_all(file, line if line.endswith(b"\n") else line + b"\n")
+            finally:
+                file.close()
+            os.replace(aside, real)
+            self._file.close()
+            self._file = _open(real, "ab")
+        except BaseException as e:
+            with contextlib.suppress(OSError):
+                aside.unlink()
+            if not isinstance(e, OSError):
+                raise
+            self.error = ReportWriteError(self.path, e)
+            raise self.error from None
 
     def write(self, entry: dict[str, Any]) -> None:
         """Append one entry; raise :class:`ReportWriteError` if it (or an earlier one) failed."""
