@@ -14,8 +14,8 @@ filters (``list_filters``, ``list_defaults``, ``match_keys``, ``ids_filter``,
 list and no custom fields.  The machinery below (unset filtering,
 unsupported fields, nullability, checks, ``extra`` clashes, path safety,
 status-to-exception mapping, the request builders and response parsers of
-every operation) is shared by every adapter so none of them can get it
-subtly wrong.
+every operation, what a value a plan sends reads back as) is shared by
+every adapter so none of them can get it subtly wrong.
 """
 
 from __future__ import annotations
@@ -316,6 +316,19 @@ class Adapter(ABC):
     def definition_from(self, data: Any) -> CustomFieldDefinition:
         """Read one custom-field definition; may raise on a body of the wrong shape."""
         raise NotImplementedError
+
+    def read_back(self, path: str, value: Any) -> Any:
+        """What a field set to ``value`` reads back as, for a plan's prediction:
+        through its ``decode`` where the wire carries the value as it is (a
+        provider that shows a cleared text as ``""`` reads as ``None`` both);
+        otherwise ``value``."""
+        spec = self.fields.get(path)
+        if spec is None or value is None or spec.encode is not _as_is:
+            return value
+        try:
+            return spec.decode(value)
+        except Exception:  # not the shape an answer has: predicted as sent
+            return value
 
     def check_custom_field_value(self, definition: CustomFieldDefinition, value: Any) -> list[str]:
         """What is wrong with a (non-``None``) value for a field of this definition

@@ -214,10 +214,18 @@ def _id_of_pair(item: Any) -> Any:
         return _NOT_A_PAIR
 
 
-def _applied(customer: Customer, patch: CustomerPatch) -> Customer:
-    """``customer`` as it should read once ``patch`` has been applied."""
+def _as_sent(path: str, value: Any) -> Any:
+    return value
+
+
+def _applied(
+    customer: Customer, patch: CustomerPatch, read_back: Callable[[str, Any], Any] = _as_sent
+) -> Customer:
+    """``customer`` as it should read once ``patch`` has been applied, each value
+    as ``read_back(path, value)`` says the provider shows it."""
     changes: dict[str, Any] = {}
     for path, value in patch.set_fields():
+        value = read_back(path, value)
         if path.startswith("external_ids."):
             member = {path.removeprefix("external_ids."): value}
             current = changes.get("external_ids", customer.external_ids) or ExternalIds()
@@ -466,6 +474,7 @@ async def run_bulk(
     complete: Callable[[Any], Awaitable[Any]] | None = None,
     before_write: BeforeWrite | None = None,
     check: _Send | None = None,
+    read_back: Callable[[str, Any], Any] = _as_sent,
 ) -> AsyncGenerator[UpdateResult, None]:
     """Yield one result per input item as each finishes; see ``Client.iter_updates``.
 
@@ -483,7 +492,8 @@ async def run_bulk(
     of them starts.  Then ``compare``: each record sends only what differs
     from what was read; ``resolve``: the record goes to the id of the
     customer read (the input named it by another key); ``plan``: ``send``
-    only checks, and the result's customer is the one predicted;
+    only checks, and the result's customer is the one predicted (each value
+    as ``read_back(path, value)`` says the provider shows it);
     ``complete``: reads one customer whole, for a record that sets fields
     the batch read did not show; ``before_write``: see ``Client.iter_updates``;
     ``check``: what ``send`` refuses before sending, as ``(None, error, 0)``:
@@ -660,7 +670,7 @@ async def run_bulk(
         except Exception as e:  # a bug, e.g. in a third-party adapter: still one result
             customer, error, attempts = None, e, 1
         if plan and error is None and before is not None:
-            customer = _applied(before, changes)  # what the provider should show after
+            customer = _applied(before, changes, read_back)  # what the provider should show
         if before is None and isinstance(was, Customer):
             # An earlier record of it failed after sending, so the whole patch went
             # out: what was read stands for the fields it sets (their undo needs

@@ -1039,6 +1039,7 @@ class Client:
             before_write=before_write,
             complete=self._get_or_error if adapter.get_path("{id}") is not None else None,
             check=self._check,
+            read_back=adapter.read_back,
         )
 
     async def _get_or_error(self, customer_id: CustomerId) -> Customer | CustomerPatchError:

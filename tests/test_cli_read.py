@@ -169,8 +169,8 @@ PLAN_RECORDS = [
 ]
 PLAN_LINES = [
     '1001  name: "Demo Customer 1001" → "Renamed"',
-    '1001  email: "" → "new@x.example"',
-    '1003  phone: "" → "555 0199"',
+    '1001  email: null → "new@x.example"',  # empty at DualEntry: cleared
+    '1003  phone: null → "555 0199"',
     '1003  custom_fields.Tier: null → "Gold"',
     '1004  custom_fields.[45]: null → "east"',
     "1004  billing_address: null → " + json.dumps(BILLING),
@@ -222,6 +222,34 @@ def test_plan_exit_status_says_invalid_over_not_found_over_complete(tmp_path):
     assert lines_of(two.stdout)[-1] == _summary(4, 1, 1, 1, pace=float("inf"))
 
 
+def test_plan_and_apply_agree_on_clearing_and_emptying_a_field(tmp_path):
+    """DualEntry shows a field cleared with null as "": the plan took the clear to
+    read back as null, so after one it found a second clear unchanged (which the
+    run then sent) and an empty value a change (which the run found unchanged)."""
+    records = [
+        {"id": 1001, "patch": {"email": None}},
+        {"id": 1001, "patch": {"email": None}},
+        {"id": 1002, "patch": {"email": None}},
+        {"id": 1002, "patch": {"email": ""}},
+        {"id": 1003, "patch": {"email": ""}},
+        {"id": 1003, "patch": {"email": ""}},
+        {"id": 1003, "patch": {"email": None}},
+        {"id": 1004, "patch": {"email": "a@x.example"}},
+        {"id": 1004, "patch": {"email": None}},
+        {"id": 1004, "patch": {"email": ""}},
+    ]
+    path = jsonl(tmp_path / "u.jsonl", records)
+    report = tmp_path / "r.jsonl"
+    with threaded_fake("dualentry", customers=4, **FAST) as (fake, base, _):
+        planned = plan(path, base, "--format", "json", "--rate-limit", "off")
+        applied = changes_only(path, base, "--report", str(report))
+    assert planned.exit_code == 0, planned.output
+    assert applied.exit_code == 0, applied.output
+    would = {o["line"]: o["changed"] for o in map(json.loads, lines_of(planned.stdout)[:-1])}
+    did = {e["line"]: e["changed"] for e in report_lines(report)}
+    assert would == did
+
+
 def test_plan_json_is_a_line_per_record_then_the_summary(tmp_path):
     records = [
         *PLAN_RECORDS,
@@ -257,7 +285,7 @@ def test_plan_json_is_a_line_per_record_then_the_summary(tmp_path):
         "changed": True,
         "fields": [
             {"field": "name", "before": "Demo Customer 1001", "after": "Renamed"},
-            {"field": "email", "before": "", "after": "new@x.example"},
+            {"field": "email", "before": None, "after": "new@x.example"},
         ],
     }
     assert by_line[2] == {"line": 2, "id": 1002, "customer": 1002, "changed": False}
@@ -401,7 +429,7 @@ def test_changes_only_sends_only_what_differs_and_reports_before_and_after(tmp_p
         "changed": False,
         "customer": 1002,
     }
-    assert seen[3]["before"] == {"email": ""}
+    assert seen[3]["before"] == {"email": None}
     assert seen[3]["after"] == {"email": "e@x.example"}
     assert seen[4] == {**seen[2], "line": 4, "id": 1003, "customer": 1003}
     assert seen[5] == {
@@ -535,7 +563,7 @@ def test_undo_file_restores_every_field_a_run_changed(tmp_path):
     assert sorted({r["id"] for r in records}) == [1001, 1002, 1003, 1004, 1006]  # 1005: unchanged
     # Only the first value read of each field: 1001's name once, the one before the run.
     assert [r["patch"] for r in records if r["id"] == 1001] == [
-        {"name": "Demo Customer 1001", "email": ""},
+        {"name": "Demo Customer 1001", "email": None},
         {"phone": "555 0100"},
     ]
 
@@ -567,7 +595,7 @@ def test_a_provider_showing_the_key_in_customer_data_never_puts_it_in_output_or_
         assert TOKEN not in text
         assert TOKEN not in json.dumps(text)
     [restore] = [json.loads(line) for line in lines_of(undo.read_text())]
-    assert restore == {"id": 1001, "patch": {"email": ""}}  # the name is not restored
+    assert restore == {"id": 1001, "patch": {"email": None}}  # the name is not restored
     assert "could not be recorded" in applied.output
 
 
@@ -753,7 +781,7 @@ def test_match_on_unique_id_in_jsonl_and_in_a_plan(tmp_path):
         sent = [(r.path, r.body) for r in patches(fake)]
     assert planned_sent == 0
     assert planned.exit_code == 2, planned.output
-    assert 'Demo-1003  email: "" → "c@x.example"' in lines_of(planned.stdout)
+    assert 'Demo-1003  email: null → "c@x.example"' in lines_of(planned.stdout)
     assert (  # one line, as every line of a plan is
         "dup-1  line 2: unique_id: 'dup-1' matches 2 customers (2001, 2002...): not a guess"
         in lines_of(planned.stdout)

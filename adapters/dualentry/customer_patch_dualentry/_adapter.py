@@ -101,6 +101,15 @@ def _field_id(field: Mapping[str, Any]) -> int:
     return field_id
 
 
+def _empty_as_null(value: Any) -> str | None:
+    # These are strings that are never null in an answer (the spec's
+    # CustomerSchemaOut): a field cleared with null reads back as "".  Empty is
+    # cleared, read as None, as it is written, so a clear is not found changed.
+    if value is None or isinstance(value, str):
+        return value or None
+    raise TypeError(f"expected a string or null, got {type_name(value)}")
+
+
 def _field_name(field: Mapping[str, Any]) -> str | None:
     # A name keys the values, is compared and counted: one of another type (a
     # list) would break that far from here.  None: the answer left it out.
@@ -152,13 +161,17 @@ class DualEntryAdapter(Adapter):
     provider = "dualentry"
     default_base_url = "https://api.dualentry.com"
     fields: ClassVar[Mapping[str, WireField]] = {
-        "name": WireField(wire="name", check=text()),
+        "name": WireField(wire="name", check=text(), decode=_empty_as_null),
         "unique_id": WireField(wire="unique_id", check=text(min_len=1, max_len=64)),
-        "email": WireField(wire="email", check=text()),
-        "address": WireField(wire="address", check=text()),
-        "country": WireField(wire="country", check=text()),
-        "website": WireField(wire="website", check=text()),
-        "phone": WireField(wire="phone", check=text(max_len=32, schema_pattern=PHONE_PATTERN)),
+        "email": WireField(wire="email", check=text(), decode=_empty_as_null),
+        "address": WireField(wire="address", check=text(), decode=_empty_as_null),
+        "country": WireField(wire="country", check=text(), decode=_empty_as_null),
+        "website": WireField(wire="website", check=text(), decode=_empty_as_null),
+        "phone": WireField(
+            wire="phone",
+            check=text(max_len=32, schema_pattern=PHONE_PATTERN),
+            decode=_empty_as_null,
+        ),
         "billing_address": WireField(
             wire="full_address", check=address, encode=_encode_address, decode=_address_from
         ),
