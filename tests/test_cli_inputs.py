@@ -678,6 +678,36 @@ def test_a_full_disk_before_the_first_record_sends_nothing(tmp_path, monkeypatch
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
 
 
+def test_a_full_disk_healing_a_torn_report_is_one_line(tmp_path, monkeypatch):
+    """--resume ends a torn last line first: on a full disk that write failed
+    with a traceback (exit 1)."""
+    path = jsonl(tmp_path / "u.jsonl", [{"id": 1001, "patch": {"name": "x"}}])
+    report = tmp_path / "r.jsonl"
+    report.write_bytes(b'{"line": 1, "id": 10')  # a kill mid-write
+    real_open = _report._open
+    monkeypatch.setattr(_report, "_open", lambda p, mode: FullDisk(real_open(p, mode), 0))
+    with threaded_fake("dualentry", customers=1, **FAST) as (fake, base, _):
+        result = run([*apply_fast(path, base), "--resume", str(report)])
+        sent = fake.requests
+    assert result.exit_code == 2, result.output
+    assert result.output == (
+        f"error: cannot write the report {report} (No space left on device); nothing was sent\n"
+    )
+    assert sent == []
+
+
+def test_a_report_that_is_not_a_regular_file_is_refused(tmp_path):
+    """A named pipe as --report blocked the run as it opened it, silently."""
+    path = jsonl(tmp_path / "u.jsonl", [{"id": 1001, "patch": {"name": "x"}}])
+    fifo = tmp_path / "r.jsonl"
+    os.mkfifo(fifo)
+    result = run(
+        [*apply_fast(path, "http://127.0.0.1:9"), "--report", str(fifo), "--overwrite-report"]
+    )
+    assert result.exit_code == 2, result.output
+    assert result.output == f"error: --report {fifo} is not a regular file\n"
+
+
 # -- 14: data is never markup ---------------------------------------------------------------------
 
 

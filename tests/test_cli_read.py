@@ -1091,6 +1091,24 @@ def test_a_refused_undo_file_leaves_the_report_alone(tmp_path):
     assert sent == []
 
 
+def test_a_refused_undo_file_leaves_no_new_report_behind(tmp_path):
+    """An undo file that is not one: the run is refused, and left the empty new
+    report it had created, which the same command then refused ("exists")."""
+    path = jsonl(tmp_path / "u.jsonl", [{"id": 1001, "patch": {"name": "X"}}])
+    undo = tmp_path / "undo.jsonl"
+    undo.write_text("garbage\n")
+    old, new = tmp_path / "old.jsonl", tmp_path / "new.jsonl"
+    old.write_text("")
+    with threaded_fake("dualentry", customers=1, **FAST) as (fake, base, _):
+        result = changes_only(
+            path, base, "--resume", str(old), "--report", str(new), "--undo-file", str(undo)
+        )
+        sent = fake.requests
+    one_line_error(result, f"{undo}:1: not a line of an undo file")
+    assert not new.exists()
+    assert sent == []
+
+
 def test_a_run_refused_before_sending_leaves_no_undo_file_behind(tmp_path):
     """--strict refuses a file with an invalid line: once the line is fixed, the same
     command must run, not be refused for an (empty) undo file of the refused run."""

@@ -353,7 +353,7 @@ def apply_command(
                         history=sink.history,
                     )
                 except ReportError as e:
-                    sink.close()
+                    sink.discard_if_unused()  # created by this run, still empty: gone
                     _fail(str(e))
             with sink, contextlib.closing(undo) if undo else contextlib.nullcontext():
                 try:

@@ -270,6 +270,8 @@ class Report:
             return cls()
         if resume is not None:
             regular_file(resume, "--resume")
+        if report is not None:  # a pipe would block the run as it opens it
+            regular_file(report, "--report")
         for given, flag in ((report, "--report"), (resume, "--resume")):
             if given is not None and source is not None and _same(given, source):
                 raise ReportError(f"{flag} {given} is the input file; name another file")
@@ -286,7 +288,10 @@ class Report:
             if in_place:
                 self._file = self._opened(target, "ab")
                 if _ends_torn(target):
-                    self._write(b"\n")  # a crash mid-write left half a line: end it first
+                    try:
+                        self._write(b"\n")  # a crash mid-write left half a line: end it first
+                    except ReportWriteError as e:
+                        raise ReportError(f"{e}; nothing was sent") from None
             else:
                 if target.exists() and not overwrite:
                     raise ReportError(
