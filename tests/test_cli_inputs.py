@@ -10,8 +10,10 @@ import subprocess
 
 import filelock
 import pytest
+from click.testing import CliRunner
 
-from customer_patch.cli import _report
+from customer_patch.cli import _input, _report
+from customer_patch.cli._commands import cli
 from customer_patch.cli._input import CSV_FIELD_LIMIT
 from tests.helpers import QID
 from tests.test_cli import CLI, TOKEN, apply_dualentry, digest, jsonl, report_lines, run
@@ -706,6 +708,41 @@ def test_a_report_that_is_not_a_regular_file_is_refused(tmp_path):
     )
     assert result.exit_code == 2, result.output
     assert result.output == f"error: --report {fifo} is not a regular file\n"
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+@pytest.mark.parametrize("how", ["a file", "a stream"])
+def test_a_line_too_long_to_be_a_record_refuses_the_file_in_one_line(
+    tmp_path, monkeypatch, fmt, how
+):
+    """/dev/zero (one line without end) was read into memory whole: a traceback
+    (MemoryError) or the process killed, and an empty report left behind."""
+    monkeypatch.setattr(_input, "MAX_LINE", 1000)  # 64 MiB: a smaller stand-in
+    head = "id,name\n1001,A\n" if fmt == "csv" else '{"id": 1001, "patch": {"name": "A"}}\n'
+    path = tmp_path / f"u.{fmt}"
+    path.write_bytes(head.encode() + b"x" * 5000 + b"\n")
+    report = tmp_path / "r.jsonl"
+    with threaded_fake("dualentry", customers=1, **FAST) as (fake, base, _):
+        if how == "a file":
+            result = run([*apply_fast(path, base), "--report", str(report)])
+        else:
+            args = [*apply_fast("-", base), "--format", fmt, "--report", str(report)]
+            env = {"DUALENTRY_API_KEY": TOKEN}
+            result = CliRunner().invoke(cli, args, input=path.read_bytes(), env=env)
+        sent = len(fake.requests)
+    assert result.exit_code == 2, result.output
+    number = 3 if fmt == "csv" else 2
+    name = path if how == "a file" else "-"
+    assert f"error: {name}:{number}: a line longer than 0 MiB: not a file of updates" in (
+        result.output
+    )
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    if sent == 0:
+        assert result.output.endswith("; nothing was sent\n")
+        assert not report.exists()
+    else:  # read lazily, a stream's first record went first: the report says so
+        assert f"stopped after 1 records; continue with --resume {report}" in result.output
+        assert len(report_lines(report)) == 1
 
 
 # -- 14: data is never markup ---------------------------------------------------------------------

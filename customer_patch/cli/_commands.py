@@ -364,7 +364,10 @@ def apply_command(
                     )
                     if bad and not fields_left:
                         _fail(f"{bad} invalid line(s); --strict sends nothing")
-                    tally = Tally(total=source.count())
+                    try:
+                        tally = Tally(total=source.count())
+                    except InputError as e:  # a line no record can be (/dev/zero)
+                        _fail(f"{e}; nothing was sent")
                     thresholds = (max_failures, max_consecutive_failures or None)
                     lines = read_updates(source, adapter, delimiter=separator, match_on=match_on)
                     reading = Reading(changes_only, match_on, undo, invalid=bad)
@@ -381,11 +384,19 @@ def apply_command(
                     raise
                 _raise_if_signalled()
                 # _apply_and_report says what a signal ended from its run's start on.
-                status = _guarded(
-                    lambda: _apply_and_report(
+                try:
+                    status = _apply_and_report(
                         client, lines, tally, concurrency, sink, adapter, thresholds, reading
                     )
-                )
+                except (InputError, ReportError) as e:  # the file, read on, shows itself wrong
+                    # Every record taken before has its result (and its report line).
+                    if not tally.done:
+                        if undo is not None:
+                            undo.discard_if_unused()
+                        sink.discard_if_unused()
+                        _fail(f"{e}; nothing was sent")
+                    again = f"; continue with --resume {sink.path}" if sink.path else ""
+                    _fail(f"{e}; stopped after {tally.done} records{again}")
         except (Interrupted, KeyboardInterrupt) as e:
             if status is not None:
                 raise  # after the run, which said what it did: the command's guard ends it

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -55,6 +56,9 @@ _SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "c
 _BOM = b"\xef\xbb\xbf"
 DIGEST_CHARS = 16
 """Hex characters of a record's SHA-256 kept in the report (64 bits)."""
+MAX_LINE = 64 * 1024 * 1024
+"""The longest line read (64 MiB): a file with a longer one is not a file of
+updates (``/dev/zero``, a binary file), and is refused there."""
 CSV_FIELD_LIMIT = 8 * 1024 * 1024
 """The largest CSV cell read (the csv module's default is 128 KiB); a larger one
 makes its record invalid."""
@@ -163,7 +167,7 @@ class Source:
         if not self.rereadable:
             return None
         with self.open() as f:
-            lines = sum(1 for line in f if line.strip())
+            lines = sum(1 for line in _physical_lines(f, self.name) if line.strip())
         return max(0, lines - 1) if self.format == "csv" else lines
 
     def close(self) -> None:
@@ -220,20 +224,31 @@ def count_records(path: Path) -> int:
 def _records(
     f: IO[bytes], source: Source, adapter: Adapter, delimiter: str | None, key: str
 ) -> Iterator[_Raw]:
-    lines = _physical_lines(f)
+    lines = _physical_lines(f, source.name)
     if source.format == "csv":
         return _csv(lines, source.name, adapter, delimiter, key)
     return _jsonl(lines, key)
 
 
-def _physical_lines(f: IO[bytes]) -> Iterator[bytes]:
-    """Lines split at ``\\n`` only, each with its ending; a leading BOM removed."""
+def _physical_lines(f: IO[bytes], name: str = "") -> Iterator[bytes]:
+    """Lines split at ``\\n`` only, each with its ending; a leading BOM removed.
+
+    Raises :class:`InputError` at a line longer than :data:`MAX_LINE`
+    (``/dev/zero``, a binary file), never read on: memory and time never grow
+    with a line."""
     first = True
-    for line in f:  # a binary file splits at b"\n" and nowhere else
+    number = 0
+    # A binary file splits at b"\n" and nowhere else.
+    while line := f.readline(MAX_LINE + 1):
+        number += 1
         if first:
             first = False
             if line.startswith(_BOM):
                 line = line[len(_BOM) :]
+        if len(line) > MAX_LINE:
+            raise InputError(
+                f"{name}:{number}: a line longer than {MAX_LINE >> 20} MiB: not a file of updates"
+            )
         yield line
 
 
@@ -358,11 +373,7 @@ def _csv(
 
     def feed() -> Iterator[str]:
         nonlocal consumed
-        for line in [first] if first else []:
-            consumed += 1
-            pending.append(line)
-            yield line.decode("utf-8", "surrogateescape")
-        for line in lines:
+        for line in itertools.chain([first] if first else [], lines):
             consumed += 1
             pending.append(line)
             yield line.decode("utf-8", "surrogateescape")
