@@ -745,6 +745,52 @@ def test_a_line_too_long_to_be_a_record_refuses_the_file_in_one_line(
         assert len(report_lines(report)) == 1
 
 
+def _run_with_stdout(args, where):
+    """The CLI run with its standard output a pipe nobody reads (closed) or
+    /dev/full; its exit status and stderr."""
+    env = {**os.environ, "DUALENTRY_API_KEY": TOKEN}
+    if where == "/dev/full":
+        with open("/dev/full", "wb") as full:
+            proc = subprocess.run(
+                [*CLI, *args], stdout=full, stderr=subprocess.PIPE, env=env, timeout=120
+            )
+        return proc.returncode, proc.stderr.decode()
+    reader, writer = os.pipe()
+    os.close(reader)  # every write to stdout meets a closed pipe
+    try:
+        proc = subprocess.run(
+            [*CLI, *args], stdout=writer, stderr=subprocess.PIPE, env=env, timeout=120
+        )
+    finally:
+        os.close(writer)
+    return proc.returncode, proc.stderr.decode()
+
+
+@pytest.mark.parametrize("where", ["a closed pipe", "/dev/full"])
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_standard_output_that_cannot_be_written_never_stops_the_run_silently(
+    tmp_path, dry_run, where
+):
+    """`apply ... | head -1`: the 1,000th record's progress line met the closed
+    pipe and click ended the run there, exit 1, nothing on stderr; /dev/full
+    gave a traceback.  The run goes on (its report holds every record) and
+    says on stderr that its output was cut; a dry run, whose output is its
+    product, exits 3."""
+    records = [{"id": 1001 + n % 3, "patch": {"name": f"N{n}"}} for n in range(1200)]
+    path = jsonl(tmp_path / "u.jsonl", records)
+    report = tmp_path / "r.jsonl"
+    with threaded_fake("dualentry", customers=3, **FAST) as (fake, base, _):
+        extra = ["--dry-run", "--verbose"] if dry_run else ["--report", str(report)]
+        status, stderr = _run_with_stdout([*apply_fast(path, base), *extra], where)
+    assert "Traceback" not in stderr
+    assert "error: standard output could not be written" in stderr, stderr
+    if dry_run:
+        assert status == 3, stderr
+    else:
+        assert status == 0, stderr
+        assert len(report_lines(report)) == 1200
+
+
 # -- 14: data is never markup ---------------------------------------------------------------------
 
 

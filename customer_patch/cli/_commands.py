@@ -169,12 +169,71 @@ class _Commands(click.Group):
                 raise SystemExit(_signal_status(e)) from None
 
     def invoke(self, ctx: click.Context) -> Any:
-        with _signals_interrupt():
+        output = _Output(sys.stdout)
+        sys.stdout = output
+        status: Any = 0
+        try:
+            with _signals_interrupt():
+                try:
+                    return super().invoke(ctx)
+                except (Interrupted, KeyboardInterrupt) as e:
+                    err.print("interrupted", markup=False)
+                    raise SystemExit(_signal_status(e)) from None
+        except SystemExit as e:
+            status = e.code
+            raise
+        finally:
+            sys.stdout = output.stream
+            if output.error is not None:
+                why = output.error.strerror or type(output.error).__name__
+                err.print(
+                    f"error: standard output could not be written ({why}): what it "
+                    "shows is incomplete" + ("; the run went on" if output.progress else ""),
+                    markup=False,
+                )
+                if not output.progress and status in (0, 1, 2, None):
+                    raise SystemExit(EXIT_STOPPED)  # the output was the product
+
+
+class _Output:
+    """Standard output that a closed pipe or a full disk cannot end a command
+    through (click would end it at once, exit 1, saying nothing; a run would
+    stop halfway): the first failure is kept, and what follows is dropped.
+
+    ``progress``: what it shows is a run's progress, not the command's
+    product (``apply`` writes its report): losing it fails nothing."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.error: OSError | None = None
+        self.progress = False
+
+    def write(self, text: str) -> int:
+        if self.error is None:
             try:
-                return super().invoke(ctx)
-            except (Interrupted, KeyboardInterrupt) as e:
-                err.print("interrupted", markup=False)
-                raise SystemExit(_signal_status(e)) from None
+                return int(self.stream.write(text))
+            except OSError as e:
+                self._failed(e)
+        return len(text)
+
+    def flush(self) -> None:
+        if self.error is None:
+            try:
+                self.stream.flush()
+            except OSError as e:
+                self._failed(e)
+
+    def _failed(self, error: OSError) -> None:
+        self.error = error
+        # What the stream still holds would fail again as Python exits, with
+        # an "Exception ignored" on stderr: from here it goes nowhere.
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self.stream.fileno())
+            os.close(devnull)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
 
 
 @click.group(cls=_Commands)
@@ -308,6 +367,8 @@ def apply_command(
             raise SystemExit(
                 _guarded(lambda: dry_run_lines(client, lines, verbose=verbose, match_on=match_on))
             )
+        if isinstance(sys.stdout, _Output):  # a run's output is its progress: the report holds it
+            sys.stdout.progress = True
         given = None if source.path is None and str(file) == "-" else file
         if given is None and os.path.exists("/dev/stdin"):
             # Standard input can be a file too (`< u.jsonl`): a report naming it
