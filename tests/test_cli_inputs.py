@@ -749,6 +749,15 @@ def _run_with_stdout(args, where):
     """The CLI run with its standard output a pipe nobody reads (closed) or
     /dev/full; its exit status and stderr."""
     env = {**os.environ, "DUALENTRY_API_KEY": TOKEN}
+    if where == "no descriptor":  # `>&-`: Python's sys.stdout is None
+        proc = subprocess.run(
+            [*CLI, *args],
+            stderr=subprocess.PIPE,
+            env=env,
+            timeout=120,
+            preexec_fn=lambda: os.close(1),
+        )
+        return proc.returncode, proc.stderr.decode()
     if where == "/dev/full":
         with open("/dev/full", "wb") as full:
             proc = subprocess.run(
@@ -766,7 +775,7 @@ def _run_with_stdout(args, where):
     return proc.returncode, proc.stderr.decode()
 
 
-@pytest.mark.parametrize("where", ["a closed pipe", "/dev/full"])
+@pytest.mark.parametrize("where", ["a closed pipe", "/dev/full", "no descriptor"])
 @pytest.mark.parametrize("dry_run", [False, True])
 def test_standard_output_that_cannot_be_written_never_stops_the_run_silently(
     tmp_path, dry_run, where

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import os
 import signal
@@ -161,52 +162,60 @@ class _Commands(click.Group):
     def main(self, *args: Any, **kwargs: Any) -> Any:
         # From before click reads the arguments (--help, --version, a usage
         # mistake) to after it exits: click would make a Ctrl-C "Aborted!", exit 1.
-        with _signals_interrupt():
-            try:
-                return super().main(*args, **kwargs)
-            except Interrupted as e:
-                err.print("interrupted", markup=False)
-                raise SystemExit(_signal_status(e)) from None
-
-    def invoke(self, ctx: click.Context) -> Any:
         output = _Output(sys.stdout)
         sys.stdout = output
         status: Any = 0
         try:
             with _signals_interrupt():
                 try:
-                    return super().invoke(ctx)
-                except (Interrupted, KeyboardInterrupt) as e:
+                    return super().main(*args, **kwargs)
+                except Interrupted as e:
                     err.print("interrupted", markup=False)
                     raise SystemExit(_signal_status(e)) from None
         except SystemExit as e:
             status = e.code
             raise
         finally:
-            sys.stdout = output.stream
+            sys.stdout = output.original
+            output.close()
             if output.error is not None:
                 why = output.error.strerror or type(output.error).__name__
-                err.print(
-                    f"error: standard output could not be written ({why}): what it "
-                    "shows is incomplete" + ("; the run went on" if output.progress else ""),
-                    markup=False,
-                )
+                with contextlib.suppress(OSError):  # standard error may be gone too
+                    err.print(
+                        f"error: standard output could not be written ({why}): what it "
+                        "shows is incomplete" + ("; the run went on" if output.progress else ""),
+                        markup=False,
+                    )
                 if not output.progress and status in (0, 1, 2, None):
                     raise SystemExit(EXIT_STOPPED)  # the output was the product
+
+    def invoke(self, ctx: click.Context) -> Any:
+        with _signals_interrupt():
+            try:
+                return super().invoke(ctx)
+            except (Interrupted, KeyboardInterrupt) as e:
+                err.print("interrupted", markup=False)
+                raise SystemExit(_signal_status(e)) from None
 
 
 class _Output:
     """Standard output that a closed pipe or a full disk cannot end a command
     through (click would end it at once, exit 1, saying nothing; a run would
     stop halfway): the first failure is kept, and what follows is dropped.
+    With no standard output at all (``>&-``), everything is dropped.
 
     ``progress``: what it shows is a run's progress, not the command's
     product (``apply`` writes its report): losing it fails nothing."""
 
     def __init__(self, stream: Any) -> None:
-        self.stream = stream
+        self.original = stream
         self.error: OSError | None = None
         self.progress = False
+        self._dropped: Any = None
+        if stream is None:  # Python's own stand-in for a closed descriptor 1
+            self.error = OSError(errno.EBADF, os.strerror(errno.EBADF))
+            stream = self._dropped = open(os.devnull, "w")  # noqa: SIM115 - closed by close()
+        self.stream = stream
 
     def write(self, text: str) -> int:
         if self.error is None:
@@ -222,6 +231,11 @@ class _Output:
                 self.stream.flush()
             except OSError as e:
                 self._failed(e)
+
+    def close(self) -> None:
+        """Close what this opened in place of a missing standard output."""
+        if self._dropped is not None:
+            self._dropped.close()
 
     def _failed(self, error: OSError) -> None:
         self.error = error
