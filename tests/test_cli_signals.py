@@ -107,6 +107,41 @@ def test_a_signal_stops_apply_promptly_and_the_report_resumes(tmp_path, signum, 
     assert {e["line"] for e in report_entries(report) if e["ok"]} == set(range(1, records + 1))
 
 
+@pytest.mark.parametrize("command", ["apply", "plan"])
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_stops_a_run_of_only_invalid_lines_promptly(tmp_path, signum, status, command):
+    """Invalid lines never wait on the network, so the run never gave its event
+    loop, where the signal's handler runs, a turn: a million of them ran to
+    the end (a minute) whatever was sent, a second signal included, and an
+    endless stream of them (/dev/urandom) could only be killed."""
+    path = tmp_path / "u.jsonl"
+    path.write_bytes(b"x\n" * 1_000_000)
+    report = tmp_path / "r.jsonl"
+    if command == "apply":
+        proc = start(path, "http://127.0.0.1:9", report, resume=False)  # nothing is sent
+    else:
+        proc = subprocess.Popen(
+            [*CLI, "plan", str(path), "--provider", "dualentry"]
+            + ["--base-url", "http://127.0.0.1:9", "--rate-limit", "off"],
+            env={**os.environ, "DUALENTRY_API_KEY": TOKEN},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    try:
+        if command == "apply":
+            wait_for_lines(proc, report, 20)
+        else:
+            proc.stderr.readline()  # its first invalid line: the run is going
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        proc.send_signal(signum)
+        _, stderr = proc.communicate(timeout=PROMPTLY)
+    finally:
+        proc.kill()  # a hang must not outlive the test
+    assert proc.returncode == status, stderr[-500:]
+    assert "interrupted" in stderr.splitlines()[-1]
+
+
 def fold(records):
     """What the provider must end with: each customer's fields, the last line winning."""
     state = {}

@@ -8,6 +8,7 @@ sent again too, so that the file's last value for each field lands last.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import IO, Any
@@ -115,7 +116,11 @@ async def apply(
 
     async def valid() -> AsyncIterator[tuple[Any, Any]]:
         index = 0
-        for line, skipped in resumed(lines, report.history):
+        for number, (line, skipped) in enumerate(resumed(lines, report.history)):
+            if number % 256 == 0:
+                # Lines skipped or invalid never wait on the network: without this,
+                # a file of them never lets the loop run a signal's handler.
+                await asyncio.sleep(0)
             if skipped:
                 tally.skipped += 1
                 on_result(tally)
