@@ -47,10 +47,12 @@ from customer_patch._errors import (
 from customer_patch._model import (
     _EXTERNAL_ID_FIELDS,
     _PATCH_FIELDS,
+    UNSET,
     Customer,
     CustomerId,
     CustomerPatch,
     ExternalIds,
+    _read_value,
 )
 
 Update: TypeAlias = tuple[CustomerId, CustomerPatch]
@@ -243,6 +245,25 @@ def _applied(
             changes[path] = value
     raw = {**customer.raw, **patch.extra}
     return attrs.evolve(customer, **changes, raw=raw)
+
+
+def _changes(
+    patch: CustomerPatch, before: Customer, read_back: Callable[[str, Any], Any]
+) -> CustomerPatch:
+    """``patch.changes_from(before)``, less the fields whose value would read back
+    as what ``before`` shows: a provider that shows a cleared text as ``""``
+    (read as ``None``) is not changed by setting ``""`` again."""
+    changes = patch.changes_from(before)
+    if not changes or read_back is _as_sent:
+        return changes
+    same = []
+    for path, value in changes.set_fields():
+        if "." in path or value is None:
+            continue
+        shown = read_back(path, value)
+        if shown is not value and _read_value(before, path) == (True, shown):
+            same.append(path)
+    return attrs.evolve(changes, **dict.fromkeys(same, UNSET)) if same else changes
 
 
 def _unread(patch: CustomerPatch, customer: Customer, besides: frozenset[str]) -> bool:
@@ -633,7 +654,7 @@ async def run_bulk(
                         before=before,
                     )
                 try:
-                    changes = patch.changes_from(before)
+                    changes = _changes(patch, before, read_back)
                     # Disputed fields are sent whatever a read says: not worth one.
                     unread = _unread(changes, before, disputed)
                     if unread and complete is not None:
@@ -646,7 +667,7 @@ async def run_bulk(
                             before = _merged(before, fuller)
                             if disputed:
                                 before = _forgetting(before, disputed)
-                            changes = patch.changes_from(before)
+                            changes = _changes(patch, before, read_back)
                 except Exception:  # an invalid patch: sending it reports why
                     changes = patch
                 if not changes:

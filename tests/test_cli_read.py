@@ -237,17 +237,24 @@ def test_plan_and_apply_agree_on_clearing_and_emptying_a_field(tmp_path):
         {"id": 1004, "patch": {"email": "a@x.example"}},
         {"id": 1004, "patch": {"email": None}},
         {"id": 1004, "patch": {"email": ""}},
+        {"id": 1004, "patch": {"email": "b@x.example"}},
+        {"id": 1004, "patch": {"email": ""}},
     ]
     path = jsonl(tmp_path / "u.jsonl", records)
     report = tmp_path / "r.jsonl"
     with threaded_fake("dualentry", customers=4, **FAST) as (fake, base, _):
         planned = plan(path, base, "--format", "json", "--rate-limit", "off")
         applied = changes_only(path, base, "--report", str(report))
+        again = plan(path, base, "--format", "json", "--rate-limit", "off")
     assert planned.exit_code == 0, planned.output
     assert applied.exit_code == 0, applied.output
     would = {o["line"]: o["changed"] for o in map(json.loads, lines_of(planned.stdout)[:-1])}
     did = {e["line"]: e["changed"] for e in report_lines(report)}
     assert would == did
+    # Setting "" where the field reads as cleared changes nothing: planned
+    # again, the clears and empties of 1001 to 1003 are all unchanged.
+    last = {o["line"]: o["changed"] for o in map(json.loads, lines_of(again.stdout)[:-1])}
+    assert [line for line in range(1, 8) if last[line]] == []
 
 
 def test_plan_json_is_a_line_per_record_then_the_summary(tmp_path):
