@@ -210,10 +210,13 @@ _NOT_A_PAIR: Any = object()
 
 def _id_of_pair(item: Any) -> Any:
     """The id of an ``(id, patch)`` item, or ``_NOT_A_PAIR`` (then one() says why)."""
+    if not isinstance(item, tuple | list):
+        return _NOT_A_PAIR  # (an iterator would be used up here)
     try:
-        return item[0] if isinstance(item, tuple | list) and len(item) == 2 else _NOT_A_PAIR
-    except Exception:  # a caller's sequence whose len() or [0] fails
+        customer_id, patch = item  # as one() takes it apart
+    except Exception:  # not two items, or a caller's sequence that fails to give them
         return _NOT_A_PAIR
+    return customer_id if isinstance(patch, CustomerPatch) else _NOT_A_PAIR
 
 
 def _as_sent(path: str, value: Any) -> Any:

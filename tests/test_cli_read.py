@@ -1622,3 +1622,19 @@ def test_a_strict_refusal_leaves_a_report_it_was_told_to_replace(tmp_path, found
     assert "--strict sends nothing" in refused.output
     assert [r for r in sent if r.method != "GET"] == []  # the definitions are read
     assert report.read_text() == old
+
+
+def test_a_replaced_report_keeps_its_permissions(tmp_path):
+    """Replaced by renaming a new file over it, a private report became readable
+    by all (the umask's permissions)."""
+    path = jsonl(tmp_path / "u.jsonl", [{"id": 1001, "patch": {"name": "X"}}])
+    report = tmp_path / "r.jsonl"
+    report.write_text("old\n")
+    report.chmod(0o600)
+    with threaded_fake("dualentry", customers=1, **FAST) as (fake, base, _):
+        result = apply(
+            path, base, "--rate-limit", "off", "--report", str(report), "--overwrite-report"
+        )
+    assert result.exit_code == 0, result.output
+    assert [r["ok"] for r in report_lines(report)] == [True]
+    assert report.stat().st_mode & 0o777 == 0o600

@@ -667,6 +667,23 @@ async def test_an_id_too_long_to_write_is_its_own_records_validation_error(skip_
     assert len(results) == 3
 
 
+class _IndexFails(list):
+    def __getitem__(self, index):
+        raise RuntimeError("no item by index")
+
+
+async def test_a_pair_that_unpacks_but_cannot_be_indexed_is_read_like_any_other():
+    """The read took the id by index (and failed quietly) while the record took
+    the pair apart by iteration: it was sent unread, with no undo line."""
+    store = Store(2)
+    item = _IndexFails([1, CustomerPatch(name="C1")])  # C1 is what customer 1 holds
+    async with client(store) as de:
+        [result] = [r async for r in de.iter_updates([item], skip_unchanged=True)]
+    assert result.ok
+    assert not result.changed
+    assert store.sent("PATCH") == []
+
+
 # -- custom fields as a customer shows them -----------------------------------------------
 
 

@@ -21,6 +21,7 @@ import contextlib
 import errno
 import json
 import os
+import stat
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -359,6 +360,8 @@ class Report:
         aside = real.with_name(f".{real.name}.{os.getpid()}.tmp")
         try:
             file = _open(aside, "wb")
+            if existed:  # the old report's permissions (a report may be private)
+                os.chmod(aside, stat.S_IMODE(os.stat(real).st_mode))
             try:
                 if resume is not None:
                     # The new report must account for every record on its own,
