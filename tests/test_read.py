@@ -922,6 +922,14 @@ async def test_a_record_that_is_bad_input_says_so_even_when_its_customer_is_not_
     assert store.sent("PATCH") == []
 
 
+async def read_before_write(transport, updates, **options):
+    """Every result of a skip_unchanged run through ``transport``, no retries."""
+    async with Client(
+        "dualentry", token="k", transport=transport, rate_limit=None, retry=None
+    ) as de:
+        return [r async for r in de.iter_updates(updates, skip_unchanged=True, **options)]
+
+
 @pytest.mark.parametrize(("status", "error"), [(401, AuthenticationError), (503, ServerError)])
 async def test_a_read_refused_for_all_is_the_outcome_of_records_setting_custom_fields_too(
     status, error
@@ -931,15 +939,7 @@ async def test_a_read_refused_for_all_is_the_outcome_of_records_setting_custom_f
     with the bad key) and a 503 cost a read of the definitions a record."""
     transport = MockTransport(lambda r: Response(status=status, body=b"{}"))
     updates = [(i, CustomerPatch(custom_fields={"Partner": True})) for i in range(1, 301)]
-    async with Client(
-        "dualentry", token="k", transport=transport, rate_limit=None, retry=None
-    ) as de:
-        results = [
-            r
-            async for r in de.iter_updates(
-                updates, skip_unchanged=True, max_consecutive_failures=5
-            )
-        ]
+    results = await read_before_write(transport, updates, max_consecutive_failures=5)
     kinds = collections.Counter(type(r.error) for r in results)
     assert kinds[error] == 100  # the first batch's records, from its one read
     assert kinds[NotAttemptedError] == 200
@@ -1023,15 +1023,7 @@ async def test_a_401_on_the_reads_stops_the_run():
 async def test_reads_that_keep_failing_count_towards_the_thresholds():
     transport = MockTransport(lambda r: Response(status=500, body=b"{}"))
     updates = [(i, CustomerPatch(name="x")) for i in range(1, 1001)]
-    async with Client(
-        "dualentry", token="k", transport=transport, rate_limit=None, retry=None
-    ) as de:
-        results = [
-            r
-            async for r in de.iter_updates(
-                updates, skip_unchanged=True, max_consecutive_failures=150
-            )
-        ]
+    results = await read_before_write(transport, updates, max_consecutive_failures=150)
     assert len(results) == 1000
     assert len(transport.requests) == 2  # the second page's failures cross the threshold
 
