@@ -302,13 +302,19 @@ def _read_value(customer: Customer, path: str) -> tuple[bool, Any]:
     return True, getattr(customer, path)
 
 
+def shared_names(names: Mapping[int, str | None]) -> set[str | None]:
+    """The names more than one custom field has (counted once: a customer may
+    show thousands of fields), in a ``custom_field_ids`` mapping."""
+    return {n for n, count in collections.Counter(names.values()).items() if count > 1}
+
+
 def _custom_value(customer: Customer, key: CustomFieldKey) -> tuple[bool, Any]:
     """``(known, value)`` of one custom field, by name or id, as read."""
     values = customer.custom_fields
     if values is None:
         return False, None
     names = customer.custom_field_ids or {}
-    shared = {n for n, count in collections.Counter(names.values()).items() if count > 1}
+    shared = shared_names(names)
     if isinstance(key, int) and not isinstance(key, bool):
         name = names.get(key)
         if name is None:

@@ -395,10 +395,7 @@ def apply_command(
         status: int | None = None
 
         def before_sending(e: Interrupted | KeyboardInterrupt) -> NoReturn:
-            if undo is not None:
-                undo.discard_if_unused()
-            if sink is not None:
-                sink.discard_if_unused()
+            _discard_unused(sink, undo)
             # What is left to name: the report continued, or the one this run
             # would replace (it may exist before Report.open has returned).
             kept = sink.path if sink is not None else report
@@ -453,9 +450,7 @@ def apply_command(
                             history,
                         )
                 except SystemExit:  # refused before anything was sent
-                    if undo is not None:
-                        undo.discard_if_unused()
-                    sink.discard_if_unused()
+                    _discard_unused(sink, undo)
                     raise
                 _raise_if_signalled()
                 # _apply_and_report says what a signal ended from its run's start on.
@@ -466,9 +461,7 @@ def apply_command(
                 except (InputError, ReportError) as e:  # the file, read on, shows itself wrong
                     # Every record taken before has its result (and its report line).
                     if not tally.done:
-                        if undo is not None:
-                            undo.discard_if_unused()
-                        sink.discard_if_unused()
+                        _discard_unused(sink, undo)
                         _fail(f"{e}; nothing was sent")
                     again = f"; continue with --resume {sink.path}" if sink.path else ""
                     _fail(f"{e}; stopped after {tally.done} records{again}")
@@ -584,6 +577,15 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
+def _discard_unused(report: Report | None, undo: UndoFile | None) -> None:
+    """For a run that ends before sending anything: remove the report and the
+    undo file it created, still empty, so the same command runs again."""
+    if undo is not None:
+        undo.discard_if_unused()
+    if report is not None:
+        report.discard_if_unused()
+
+
 def _check_first(
     source: Source,
     adapter: Adapter,
@@ -685,9 +687,7 @@ def _apply_and_report(
                     _run(client, lines, tally, concurrency, report, provider, thresholds, reading)
                 )
         except NothingSent as e:
-            if reading.undo is not None:
-                reading.undo.discard_if_unused()
-            report.discard_if_unused()
+            _discard_unused(report, reading.undo)
             err.print("[red]error:[/red] " + escape(str(e)))
             return e.status
         except ReportWriteError as e:

@@ -16,7 +16,6 @@ file lands last, whatever was killed or failed before.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import errno
 import json
@@ -30,7 +29,7 @@ import filelock
 
 from customer_patch._bulk import UpdateResult, customer_key
 from customer_patch._errors import CustomerPatchError, ProviderError
-from customer_patch._model import Customer, CustomerPatch, ExternalIds
+from customer_patch._model import Customer, CustomerPatch, ExternalIds, shared_names
 from customer_patch.cli._input import Line
 
 _TORN_PREFIX = b'{"line": '  # every line this module writes starts so
@@ -620,7 +619,7 @@ def _echoing(patch: CustomerPatch, mask: Callable[[str], str]) -> set[str]:
 def _aliases(paths: set[str], names: Mapping[int, str | None]) -> set[str]:
     """The other key of each custom field in ``paths``: its name for its id, its id
     for its name (where no other field of the customer has that name)."""
-    shared = {n for n, count in collections.Counter(names.values()).items() if count > 1}
+    shared = shared_names(names)
     other: set[str] = set()
     for field_id, name in names.items():
         if name is None or name in shared:  # no name, or one that says no one field
