@@ -117,6 +117,8 @@ class _Credentials:
         # The parser's own exception, kept as the cause, quotes the bad value too,
         # and a traceback prints it: mask its text (and its causes') as well.  A
         # context that "from None" hides is not printed, but it is still there.
+        # Their tracebacks go: the frames that read the answer hold it unmasked
+        # in their locals, which an error tracker records (Sentry does by default).
         link: BaseException | None = error
         seen: set[int] = set()
         while link is not None and id(link) not in seen:
@@ -125,6 +127,7 @@ class _Credentials:
                 link.__context__ = None
             if link is not error:
                 link.args = tuple(self._masked(a) for a in link.args)
+            link.__traceback__ = None
             link = link.__cause__ or link.__context__
         return error
 
@@ -1314,6 +1317,7 @@ class Client:
         try:
             value = parse(response, request=request)
         except CustomerPatchError as e:
+            del response  # this frame goes with the error: not the answer, unmasked
             raise self._credentials.redact(e) from e.__cause__
         self._pacer.on_success()
         return value

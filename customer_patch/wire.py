@@ -18,6 +18,8 @@ from customer_patch._model import Address
 
 __all__ = [
     "ISO_COUNTRIES",
+    "MAX_FIELD_ERRORS",
+    "MAX_MESSAGE",
     "Check",
     "address",
     "ecma_pattern",
@@ -462,10 +464,34 @@ def optional_str(data: Mapping[str, Any], key: str) -> str | None:
     raise TypeError(f"{key} should be a string, got {type_name(value)}")
 
 
+MAX_FIELD_ERRORS = 100
+"""The messages :func:`field_errors` keeps of a provider's errors object."""
+MAX_MESSAGE = 1000
+"""The characters :func:`field_errors` keeps of each message, and of each field's name."""
+
+
 def field_errors(value: Any) -> dict[str, list[str]]:
-    """``{field: [messages]}`` from a provider's errors object; tolerant of odd shapes."""
+    """``{field: [messages]}`` from a provider's errors object; tolerant of odd shapes.
+
+    An error is kept with its record, so this is bounded whatever the provider
+    sent: the first :data:`MAX_FIELD_ERRORS` messages, in order, each cut to
+    :data:`MAX_MESSAGE` characters; a last message under ``"__all__"`` counts
+    the rest.
+    """
     if not isinstance(value, Mapping):
         return {}
-    return {
-        str(k): [str(m) for m in (v if isinstance(v, list) else [v])] for k, v in value.items()
-    }
+    errors: dict[str, list[str]] = {}
+    room, left = MAX_FIELD_ERRORS, 0
+    for key, messages in value.items():
+        if not isinstance(messages, list):
+            messages = [messages]
+        if room <= 0:
+            left += len(messages)
+            continue
+        kept = messages[:room]
+        errors[str(key)[:MAX_MESSAGE]] = [str(m)[:MAX_MESSAGE] for m in kept]
+        room -= max(len(kept), 1)  # a field with no message still takes a place
+        left += len(messages) - len(kept)
+    if left:
+        errors.setdefault("__all__", []).append(f"and {left} more messages not kept")
+    return errors

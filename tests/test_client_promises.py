@@ -23,6 +23,7 @@ from customer_patch import (
     BadRequestError,
     Client,
     CustomerPatch,
+    CustomerPatchError,
     NotAttemptedError,
     NotFoundError,
     Problem,
@@ -35,6 +36,7 @@ from customer_patch import (
     ServerError,
     TransportError,
     ValidationError,
+    wire,
 )
 from customer_patch._pacing import Pacer
 from customer_patch._retry import HeldPastDeadline, send_with_retries
@@ -201,6 +203,81 @@ async def test_a_validation_error_holds_no_token_in_any_frame():
     for frame, _ in traceback.walk_tb(info.value.__traceback__):
         for name, value in frame.f_locals.items():
             assert TOKEN not in repr(value), f"{frame.f_code.co_name}: {name}"
+
+
+def _locals_quoting(error, secret):
+    """The frames, in an error's traceback and its causes', with a local that shows
+    ``secret``: what an error tracker recording locals (Sentry's default) would send."""
+    found = []
+    link, seen = error, set()
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        for frame, _ in traceback.walk_tb(link.__traceback__):
+            for name, value in frame.f_locals.items():
+                if secret in repr(value):
+                    found.append(f"{frame.f_code.co_name}: {name}")
+        link = link.__cause__ or link.__context__
+    return found
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        # A refusal quoting the key, in its body and a header.
+        lambda key: Response(
+            status=400,
+            headers={"X-Echo": key},
+            body=json.dumps({"success": False, "errors": {"__all__": [f"key {key}"]}}).encode(),
+        ),
+        # A success a parser refuses, quoting the key (an exception as the cause).
+        lambda key: Response(
+            status=200, body=json.dumps({"id": 1, "created_by": {"timestamp": key}}).encode()
+        ),
+        # An answer about another customer, whose name is the key.
+        lambda key: Response(status=200, body=json.dumps({"id": 2, "name": key}).encode()),
+    ],
+    ids=["refusal", "unreadable", "another customer"],
+)
+async def test_no_frame_of_an_error_holds_the_answer_that_echoed_the_key(answer):
+    """The error's text was masked, but its traceback kept the frames that read the
+    answer (the response, the parsed JSON) with the key in their locals, for any
+    error tracker that records locals (Sentry does by default) to send on."""
+
+    async with mock_client(lambda r: answer(r.headers["X-API-KEY"])) as client:
+        with pytest.raises(CustomerPatchError) as info:
+            await client.update(1, CustomerPatch(name="A"))
+        [result] = [r async for r in client.iter_updates([(1, CustomerPatch(name="A"))])]
+    assert _locals_quoting(info.value, TOKEN) == []
+    assert result.error is not None
+    assert _locals_quoting(result.error, TOKEN) == []
+
+
+def test_a_providers_errors_object_is_kept_within_bounds():
+    """Each item of a provider's error lists became a string of its own: 7 MiB
+    of ``[{}, {}, ...]`` kept 155 MB in every failed record's error, after the run."""
+    errors = {
+        "name": [{}] * 200_000,
+        "email": ["x" * 100_000],
+        **{f"field{i}": [f"message {i}"] for i in range(300)},
+    }
+    kept = wire.field_errors(errors)
+    messages = [m for ms in kept.values() for m in ms]
+    assert len(messages) <= wire.MAX_FIELD_ERRORS + 1
+    assert max(map(len, messages)) <= wire.MAX_MESSAGE
+    assert kept["name"][:3] == ["{}", "{}", "{}"]  # in order, from the start
+    assert kept["__all__"] == [
+        f"and {200_000 + 1 + 300 - wire.MAX_FIELD_ERRORS} more messages not kept"
+    ]
+    assert wire.field_errors({"a": ["b", "c"], "d": "e"}) == {"a": ["b", "c"], "d": ["e"]}
+
+
+async def test_a_huge_refusal_leaves_a_small_error():
+    body = json.dumps({"success": False, "errors": {"__all__": [{}] * 500_000}}).encode()
+    async with mock_client(lambda r: Response(status=400, body=body)) as client:
+        with pytest.raises(BadRequestError) as info:
+            await client.update(1, CustomerPatch(name="A"))
+    assert len(info.value.message) < 100 * wire.MAX_MESSAGE
+    assert sum(map(len, info.value.field_errors.values())) <= wire.MAX_FIELD_ERRORS + 1
 
 
 async def test_a_content_encoding_echoing_the_key_never_shows_it():
