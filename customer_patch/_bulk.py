@@ -335,6 +335,10 @@ record ended, and its own."""
 
 
 _RECANCEL = 0.05
+# With read, the records of an async input taken for a batch are read once the
+# next is this late (seconds): an input as fast as a file fills its batches, a
+# slow pipe's records are not held back for the ones it has yet to give.
+_LINGER = 0.05
 """Seconds between two cancels of a worker that has not ended (leaving a run)."""
 
 
@@ -753,14 +757,31 @@ async def run_bulk(
             broken, exhausted = e, True
         return _END
 
-    # With read: the batch taken and what was read for it.
+    # With read: the batch taken and what was read for it, and the next item of
+    # an async input while it is awaited apart from the batch before.
     batch: collections.deque[tuple[int, Any]] = collections.deque()
+    pending: asyncio.Future[Any] | None = None
     was_read: Mapping[str, Any] = {}
 
     async def take_batch() -> None:
-        nonlocal was_read, reads
+        nonlocal was_read, reads, pending
         while not exhausted and len(batch) < read_batch:
-            item = await take()
+            if sync_source is not None:
+                item = take_now()
+            elif not batch and pending is None:
+                item = await take()
+            else:
+                # The records taken are read now rather than wait long for more:
+                # a pipe's producer may pause for hours, and they would wait with
+                # it.  The item being awaited is the next batch's first.
+                if pending is None:
+                    pending = asyncio.ensure_future(take())
+                if batch and not pending.done():
+                    await asyncio.wait({pending}, timeout=_LINGER)
+                    if not pending.done():
+                        break
+                item = await pending
+                pending = None
             if item is not _END:
                 batch.append((next(counter), item))
         # Once the run stops, its records are not attempted: nothing to read.
@@ -969,10 +990,11 @@ async def run_bulk(
         leaving = True  # a worker whose send swallowed the cancel takes no next record
         # Cancelled again until they end: a transport (or an input, or a read) that
         # swallows one cancel must not go on to a retry or another record.
-        while workers:
-            for task in workers:
+        while workers or (pending is not None and not pending.done()):
+            tasks = {*workers, *([pending] if pending is not None else [])}
+            for task in tasks:
                 task.cancel()
-            await asyncio.wait(workers, timeout=_RECANCEL)
+            await asyncio.wait(tasks, timeout=_RECANCEL)
         # Let the caller's generator run its own clean-up (finally blocks).
         if async_source is not None and hasattr(async_source, "aclose"):
             await async_source.aclose()

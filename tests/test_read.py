@@ -450,6 +450,52 @@ async def test_skip_unchanged_reads_a_page_per_request_and_sends_only_what_diffe
     assert next(r for r in changed).sent == CustomerPatch(name="New")
 
 
+async def test_an_async_input_as_fast_as_a_file_still_fills_its_batches():
+    store = Store(250)
+
+    async def updates():
+        for cid in range(1, 251):
+            if cid % 7 == 0:
+                await asyncio.sleep(0)  # as the command line's reader does, now and then
+            yield cid, CustomerPatch(name="New")
+
+    async with client(store) as de:
+        results = [r async for r in de.iter_updates(updates(), skip_unchanged=True)]
+    assert len(results) == 250
+    assert len(store.sent("GET")) == 3
+
+
+@pytest.mark.parametrize("operation", ["iter_updates", "iter_plan"])
+async def test_records_taken_are_read_and_done_while_the_input_waits_for_more(operation):
+    """A pipe's producer that pauses: the records it gave are read and done
+    without waiting for a batch of 100, or for the input to end (it hung)."""
+    store = Store(3)
+    more = asyncio.Event()
+
+    async def updates():
+        yield 1, CustomerPatch(name="One")
+        yield 2, CustomerPatch(name="Two")
+        await more.wait()  # the producer has more to say, later
+        yield 3, CustomerPatch(name="Three")
+
+    async with client(store) as de:
+        if operation == "iter_updates":
+            results = de.iter_updates(updates(), skip_unchanged=True)
+        else:
+            results = de.iter_plan(updates())
+        first = [await asyncio.wait_for(anext(results), 20) for _ in range(2)]  # hang guard
+        assert not more.is_set()
+        more.set()
+        rest = [r async for r in results]
+    assert sorted((r.customer_id, r.ok, r.changed) for r in first) == [
+        (1, True, True),
+        (2, True, True),
+    ]
+    assert [(r.customer_id, r.changed) for r in rest] == [(3, True)]
+    written = {1: "One", 2: "Two", 3: "Three"} if operation == "iter_updates" else {}
+    assert {c: store.customers[c]["name"] for c in (1, 2, 3) if c in written} == written
+
+
 async def test_skip_unchanged_reports_missing_and_invalid_customers_one_result_each():
     store = Store(3)
     updates = [
