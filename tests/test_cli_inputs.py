@@ -2,6 +2,7 @@
 
 Each test runs ``apply`` in-process against a DualEntry fake on loopback."""
 
+import contextlib
 import errno
 import json
 import os
@@ -914,3 +915,66 @@ def test_an_auth_stop_is_exit_3_even_with_an_invalid_line(tmp_path):
     assert result.exit_code == 3, result.output
     assert "stopped: PermissionDeniedError" in result.output
     assert "wrong-key" not in result.output
+
+
+# -- a pipe, read off the event loop ---------------------------------------------------------
+
+
+def input_threads():
+    import threading
+
+    return [t for t in threading.enumerate() if t.name == "customer-patch input"]
+
+
+@pytest.mark.parametrize("leave", ["aclose", "cancel"])
+async def test_leaving_while_a_pipe_is_awaited_ends_its_reader_at_once(leave):
+    """The read waits on the pipe and on a wake-up pipe: leaving wakes it, and
+    its thread ends before ``taken`` returns (one left blocked in the read
+    would hold the stream's lock, and the interpreter aborts at exit)."""
+    import asyncio
+    import io
+
+    from customer_patch.cli._pipe import Stopped, stoppable, taken
+
+    read_end, write_end = os.pipe()
+    try:
+        stream = stoppable(io.FileIO(read_end, "rb", closefd=True))
+        os.write(write_end, b"one\n")
+        lines = taken(iter(stream.readline, b""), stream.raw)
+        assert await asyncio.wait_for(anext(lines), 20) == b"one\n"
+        waiting = asyncio.ensure_future(anext(lines))  # the writer says nothing more
+        await asyncio.sleep(0.01)
+        assert not waiting.done()
+        assert len(input_threads()) == 1
+        if leave == "cancel":
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.wait_for(waiting, 20)
+        else:
+            waiting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await waiting
+            await asyncio.wait_for(lines.aclose(), 20)
+        assert input_threads() == []
+        with pytest.raises(Stopped):
+            stream.readline()  # and any later read of it ends at once too
+        stream.close()
+    finally:
+        os.close(write_end)
+
+
+async def test_a_pipe_read_off_the_loop_gives_every_line_then_ends():
+    import io
+
+    from customer_patch.cli._pipe import stoppable, taken
+
+    read_end, write_end = os.pipe()
+    stream = stoppable(io.FileIO(read_end, "rb", closefd=True))
+    os.write(write_end, b"a\nb\n")
+    os.close(write_end)
+    assert [line async for line in taken(iter(stream.readline, b""), stream.raw)] == [
+        b"a\n",
+        b"b\n",
+    ]
+    assert input_threads() == []
+    stream.close()

@@ -142,6 +142,75 @@ def test_a_signal_stops_a_run_of_only_invalid_lines_promptly(tmp_path, signum, s
     assert "interrupted" in stderr.splitlines()[-1]
 
 
+def lines_within(stream, count, deadline):
+    """The first ``count`` lines a child writes to ``stream``, or as many as came
+    by ``deadline``; read from its descriptor, never through a buffer that
+    could hold a line select() does not see."""
+    import select
+
+    data = b""
+    end = time.monotonic() + deadline
+    while data.count(b"\n") < count and time.monotonic() < end:
+        if select.select([stream], [], [], 0.05)[0]:
+            chunk = os.read(stream.fileno(), 65536)
+            if not chunk:
+                break
+            data += chunk
+    return data.decode().splitlines()[:count]
+
+
+@pytest.mark.parametrize("command", ["apply", "plan"])
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_run_on_a_pipe_goes_on_and_stops_while_the_next_line_is_awaited(
+    tmp_path, command, signum, status
+):
+    """``producer | customer-patch apply -``: the read of the next line blocked
+    the event loop, so nothing taken was sent (or reported) until another line
+    came, and SIGINT and SIGTERM were never handled: the run hung until the
+    producer ended.  Lines taken go out while the next is awaited, and a signal
+    stops the run at once."""
+    with threaded_fake("dualentry", customers=2, limits=()) as (fake, base, ids):
+        report = tmp_path / "r.jsonl"
+        extra = ["--report", str(report)] if command == "apply" else []
+        proc = subprocess.Popen(
+            [*CLI, command, "-", "--provider", "dualentry", "--base-url", base]
+            + ["--rate-limit", "off", *extra],
+            env={**os.environ, "DUALENTRY_API_KEY": TOKEN},
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            for i in ids:  # and the pipe stays open: the producer has more to say
+                proc.stdin.write(json.dumps({"id": i, "patch": {"name": f"P{i}"}}) + "\n")
+            proc.stdin.flush()
+            if command == "apply":
+                taken, end = [], time.monotonic() + 30
+                while time.monotonic() < end and proc.poll() is None:
+                    taken = [e for e in report_entries(report) if "line" in e]
+                    if len(taken) == len(ids):
+                        break
+                    time.sleep(0.01)  # polling the file
+            else:
+                taken = lines_within(proc.stdout, len(ids), 30)
+            assert proc.poll() is None, "the run ended before it could be interrupted"
+            proc.send_signal(signum)
+            returncode = proc.wait(timeout=PROMPTLY)  # stdin still open: no EOF helps
+            stderr = proc.stderr.read()
+        finally:
+            proc.kill()  # a hang must not outlive the test
+        stored = [fake.customers[i]["name"] for i in ids]
+    assert len(taken) == len(ids), taken
+    assert all(taken), taken
+    if command == "apply":
+        assert [e["ok"] for e in taken] == [True, True]
+        assert stored == [f"P{i}" for i in ids]
+    assert returncode == status, stderr
+    assert "Traceback" not in stderr
+    assert "interrupted" in stderr.splitlines()[-1]
+
+
 def fold(records):
     """What the provider must end with: each customer's fields, the last line winning."""
     state = {}

@@ -8,9 +8,9 @@ sent again too, so that the file's last value for each field lands last.
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator
 from typing import IO, Any
 
 from attrs import define, field
@@ -84,7 +84,7 @@ class Tally:
 
 async def apply(
     client: Client,
-    lines: Iterator[Line],
+    lines: AsyncGenerator[Line, None],
     *,
     tally: Tally,
     concurrency: int,
@@ -116,28 +116,26 @@ async def apply(
 
     async def valid() -> AsyncIterator[tuple[Any, Any]]:
         index = 0
-        for number, (line, skipped) in enumerate(resumed(lines, report.history)):
-            if number % 256 == 0:
-                # Lines skipped or invalid never wait on the network: without this,
-                # a file of them never lets the loop run a signal's handler.
-                await asyncio.sleep(0)
-            if skipped:
-                tally.skipped += 1
-                on_result(tally)
-                continue
-            if line.error is not None:
-                tally.invalid += 1
-                tally.count_error(line.error)
-                try:
-                    report.write(entry_for(line, line.error, 0))
-                except ReportWriteError:
-                    return  # the run stops: the consumer raises it
-                on_invalid(describe_invalid(line))
-                on_result(tally)
-                continue
-            line_of[index] = line
-            index += 1
-            yield line.customer_id, line.patch
+        skipped_by = Resume(report.history)
+        async with contextlib.aclosing(lines):  # and its reader, when the run stops
+            async for line in lines:
+                if skipped_by(line):
+                    tally.skipped += 1
+                    on_result(tally)
+                    continue
+                if line.error is not None:
+                    tally.invalid += 1
+                    tally.count_error(line.error)
+                    try:
+                        report.write(entry_for(line, line.error, 0))
+                    except ReportWriteError:
+                        return  # the run stops: the consumer raises it
+                    on_invalid(describe_invalid(line))
+                    on_result(tally)
+                    continue
+                line_of[index] = line
+                index += 1
+                yield line.customer_id, line.patch
 
     results = client.iter_updates(
         valid(),
@@ -175,18 +173,29 @@ async def apply(
         raise report.error
 
 
-def resumed(lines: Iterable[Line], history: History | None) -> Iterator[tuple[Line, bool]]:
-    """Each line, and whether ``--resume`` skips it: the report shows it done, and
-    no earlier record of its customer is sent again (once one is, every later one
-    is too, so that the file's last value for each field lands last)."""
-    resent: set[str] = set()  # customers one of whose records this run sends again
-    for line in lines:
-        if history and history.is_done(line) and line.key not in resent:
-            yield line, True
-            continue
+class Resume:
+    """Whether ``--resume`` skips each line, given in file order: the report shows
+    it done, and no earlier record of its customer is sent again (once one is,
+    every later one is too, so that the file's last value for each field lands
+    last)."""
+
+    def __init__(self, history: History | None) -> None:
+        self._history = history
+        self._resent: set[str] = set()  # customers one of whose records is sent again
+
+    def __call__(self, line: Line) -> bool:
+        history = self._history
+        if history and history.is_done(line) and line.key not in self._resent:
+            return True
         if history and line.error is None:
-            resent.add(line.key)
-        yield line, False
+            self._resent.add(line.key)
+        return False
+
+
+def resumed(lines: Iterable[Line], history: History | None) -> Iterator[tuple[Line, bool]]:
+    """Each line, and whether ``--resume`` skips it (see :class:`Resume`)."""
+    skipped_by = Resume(history)
+    return ((line, skipped_by(line)) for line in lines)
 
 
 def _undo_first(

@@ -9,7 +9,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -46,6 +46,7 @@ from customer_patch.cli._input import (
     read_digests,
     read_updates,
 )
+from customer_patch.cli._pipe import taken
 from customer_patch.cli._progress import ProgressView
 from customer_patch.cli._report import Report, ReportError, ReportWriteError, UndoFile
 from customer_patch.sandbox import Faults, fake_for
@@ -456,7 +457,14 @@ def apply_command(
                 # _apply_and_report says what a signal ended from its run's start on.
                 try:
                     status = _apply_and_report(
-                        client, lines, tally, concurrency, sink, adapter, thresholds, reading
+                        client,
+                        taken(lines, source.waits),
+                        tally,
+                        concurrency,
+                        sink,
+                        adapter,
+                        thresholds,
+                        reading,
                     )
                 except (InputError, ReportError) as e:  # the file, read on, shows itself wrong
                     # Every record taken before has its result (and its report line).
@@ -670,7 +678,7 @@ async def _strict_fields(client: Client, lines: Iterator[tuple[Line, bool]], bad
 
 def _apply_and_report(
     client: Client,
-    lines: Iterator[Line],
+    lines: AsyncGenerator[Line, None],
     tally: Tally,
     concurrency: int,
     report: Report,
@@ -720,7 +728,7 @@ def _apply_and_report(
 
 async def _run(
     client: Client,
-    lines: Iterator[Line],
+    lines: AsyncGenerator[Line, None],
     tally: Tally,
     concurrency: int,
     report: Report,
@@ -923,7 +931,7 @@ def plan_command(
             async with _signals_cancel():
                 return await plan(
                     client,
-                    lines,
+                    taken(lines, source.waits),
                     out=sys.stdout,
                     err=sys.stderr,
                     as_json=as_json,

@@ -18,6 +18,7 @@ from customer_patch._registry import available_adapters, get_adapter
 from customer_patch.cli._apply import Tally
 from customer_patch.cli._commands import _run, out
 from customer_patch.cli._input import Source, read_updates
+from customer_patch.cli._pipe import taken
 from customer_patch.cli._report import Report
 from customer_patch.sandbox import FakeProvider, fake_for
 
@@ -54,9 +55,8 @@ async def run_demo() -> int:
                 source = Source.of(path)
                 tally = Tally(total=source.count())
                 out.print(f"[bold]{adapter.provider}[/bold]: {path.name} -> sandbox at {base_url}")
-                await _run(
-                    client, read_updates(source, adapter), tally, 16, Report(), adapter.provider
-                )
+                lines = taken(read_updates(source, adapter))
+                await _run(client, lines, tally, 16, Report(), adapter.provider)
             for i in ids[:3]:
                 examples.append((adapter.provider, i, before[i], dict(fake.customers[i])))
         summary.add_row(

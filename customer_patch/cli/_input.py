@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import hashlib
+import io
 import itertools
 import json
 import os
@@ -40,6 +41,7 @@ from customer_patch._adapter import Adapter
 from customer_patch._bulk import customer_key
 from customer_patch._errors import CustomerPatchError, Problem, ValidationError
 from customer_patch._model import CustomerPatch, ExternalIds
+from customer_patch.cli._pipe import Stoppable, stoppable
 
 _STRUCTURED = {
     "tax_ids",
@@ -117,6 +119,10 @@ class Source:
         """The source ``path`` names (``-`` is standard input), in format ``fmt`` or by suffix."""
         if str(path) == "-":
             assert stdin is not None
+            if _waits(stdin):  # a pipe or a terminal: its own reader, which stops
+                fd = stdin.fileno()
+                stream = stoppable(io.FileIO(fd, "rb", closefd=False))
+                return cls(name="-", format=fmt or "jsonl", stream=stream, owns_stream=True)
             return cls(name="-", format=fmt or "jsonl", stream=stdin)
         fmt = fmt or _SUFFIXES.get(path.suffix.lower())
         if fmt is None:
@@ -125,8 +131,8 @@ class Source:
             )
         if is_regular(path):
             return cls(name=str(path), format=fmt, path=path)
-        try:
-            stream = path.open("rb")
+        try:  # a named pipe or a device; unbuffered, to be buffered by its reader
+            stream = stoppable(path.open("rb", buffering=0))
         except OSError as e:
             raise InputError(f"{path}: cannot be read ({e.strerror})") from None
         return cls(name=str(path), format=fmt, stream=stream, owns_stream=True)
@@ -134,6 +140,14 @@ class Source:
     @property
     def rereadable(self) -> bool:
         return self.path is not None or self._spool is not None
+
+    @property
+    def waits(self) -> Stoppable | None:
+        """The stream the records are read from, if a read of it may wait."""
+        if self.rereadable or self.stream is None:
+            return None
+        raw = getattr(self.stream, "raw", None)
+        return raw if isinstance(raw, Stoppable) else None
 
     def spool(self) -> None:
         """Copy a one-pass stream to a temporary file, so it can be read twice."""
@@ -171,11 +185,19 @@ class Source:
         return max(0, lines - 1) if self.format == "csv" else lines
 
     def close(self) -> None:
-        """Close what this source opened (never standard input)."""
+        """Close what this source opened (standard input's descriptor stays open)."""
         for f in (self._spool, self.stream if self.owns_stream else None):
             if f is not None:
                 with contextlib.suppress(OSError):
                     f.close()
+
+
+def _waits(stream: IO[bytes]) -> bool:
+    """Whether a read of ``stream`` may wait for its writer (not a regular file)."""
+    try:
+        return not stat.S_ISREG(os.fstat(stream.fileno()).st_mode)
+    except (OSError, ValueError, io.UnsupportedOperation):  # no descriptor: in memory
+        return False
 
 
 def is_regular(path: Path) -> bool:

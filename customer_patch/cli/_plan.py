@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import IO, Any
 
 from attrs import define
@@ -70,7 +70,7 @@ def _flat(data: dict[str, Any]) -> dict[str, Any]:
 
 async def plan(
     client: Client,
-    lines: Iterator[Line],
+    lines: AsyncGenerator[Line, None],
     *,
     out: IO[str],
     err: IO[str],
@@ -91,79 +91,82 @@ async def plan(
 
     async def valid() -> AsyncIterator[tuple[Any, Any]]:
         index = 0
-        for number, line in enumerate(lines):
-            if number % 256 == 0:
-                await asyncio.sleep(0)  # invalid lines never wait: let a signal's handler in
-            if line.error is not None:
-                tally.invalid += 1
-                if as_json:
-                    why = one_line(line.error)
-                    emit({"line": line.number, "id": line.customer_id, "invalid": why})
-                else:
-                    out.flush()
-                    err.write(describe_invalid(line) + "\n")
-                continue
-            line_of[index] = line
-            index += 1
-            yield line.customer_id, line.patch
+        async with contextlib.aclosing(lines):  # and its reader, when the run stops
+            async for line in lines:
+                if line.error is not None:
+                    tally.invalid += 1
+                    if as_json:
+                        why = one_line(line.error)
+                        emit({"line": line.number, "id": line.customer_id, "invalid": why})
+                    else:
+                        out.flush()
+                        err.write(describe_invalid(line) + "\n")
+                    continue
+                line_of[index] = line
+                index += 1
+                yield line.customer_id, line.patch
 
-    async with client:
-        async for result in client.iter_plan(valid(), concurrency=concurrency, match_on=match_on):
-            line = line_of.pop(result.index)
-            where = {"line": line.number, "id": line.customer_id}
-            if refused_input(result.error):  # as an invalid line: would be refused unsent
-                assert result.error is not None
-                tally.invalid += 1
-                if as_json:
-                    emit({**where, "invalid": one_line(result.error)})
-                else:
-                    out.flush()
-                    err.write(client.mask(describe_refused(line.number, result.error)) + "\n")
-                continue
-            if result.error is not None:
-                if isinstance(result.error, NotFoundError):
-                    tally.not_found += 1
-                else:
-                    tally.failed += 1
-                if as_json:
-                    emit(
-                        {
-                            **where,
-                            "error": type(result.error).__name__,
-                            "message": str(result.error),
-                        }
-                    )
-                else:
-                    named = f"{shown(line.customer_id)}  line {line.number}"
-                    say(f"{named}: {shown(one_line(result.error))}")
-                continue
-            if not result.changed:
-                tally.unchanged += 1
-                if as_json:
-                    emit(
-                        {
-                            **where,
-                            "customer": result.before.id if result.before else None,
-                            "changed": False,
-                        }
-                    )
-                continue
-            tally.changed += 1
-            rows = field_changes(result)
+    def show(result: UpdateResult) -> None:
+        line = line_of.pop(result.index)
+        where = {"line": line.number, "id": line.customer_id}
+        if refused_input(result.error):  # as an invalid line: would be refused unsent
+            assert result.error is not None
+            tally.invalid += 1
             if as_json:
-                assert result.before is not None
+                emit({**where, "invalid": one_line(result.error)})
+            else:
+                out.flush()
+                err.write(client.mask(describe_refused(line.number, result.error)) + "\n")
+            return
+        if result.error is not None:
+            if isinstance(result.error, NotFoundError):
+                tally.not_found += 1
+            else:
+                tally.failed += 1
+            if as_json:
                 emit(
                     {
                         **where,
-                        "customer": result.before.id,
-                        "changed": True,
-                        "fields": [{"field": f, "before": b, "after": a} for f, b, a in rows],
+                        "error": type(result.error).__name__,
+                        "message": str(result.error),
                     }
                 )
             else:
-                for field, before, after in rows:
-                    change = f"{json.dumps(before)} → {json.dumps(after)}"
-                    say(f"{shown(line.customer_id)}  {shown(field)}: {change}")
+                named = f"{shown(line.customer_id)}  line {line.number}"
+                say(f"{named}: {shown(one_line(result.error))}")
+            return
+        if not result.changed:
+            tally.unchanged += 1
+            if as_json:
+                emit(
+                    {
+                        **where,
+                        "customer": result.before.id if result.before else None,
+                        "changed": False,
+                    }
+                )
+            return
+        tally.changed += 1
+        rows = field_changes(result)
+        if as_json:
+            assert result.before is not None
+            emit(
+                {
+                    **where,
+                    "customer": result.before.id,
+                    "changed": True,
+                    "fields": [{"field": f, "before": b, "after": a} for f, b, a in rows],
+                }
+            )
+        else:
+            for field, before, after in rows:
+                change = f"{json.dumps(before)} → {json.dumps(after)}"
+                say(f"{shown(line.customer_id)}  {shown(field)}: {change}")
+
+    async with client:
+        async for result in client.iter_plan(valid(), concurrency=concurrency, match_on=match_on):
+            show(result)
+            out.flush()  # a plan is read as it comes (and a pipe's next line may be slow)
     return tally
 
 
