@@ -31,6 +31,7 @@ from customer_patch._bulk import (
     run_bulk,
 )
 from customer_patch._checks import check_flag, check_seconds, check_whole
+from customer_patch._echoes import Echoes
 from customer_patch._errors import (
     CustomerPatchError,
     NotAttemptedError,
@@ -86,7 +87,7 @@ class _Credentials:
     def __init__(self, headers: Mapping[str, str], secret_names: frozenset[str], token: str):
         self.headers: Mapping[str, str] = MappingProxyType(dict(headers))
         self.secret_names = secret_names
-        self._echoes = _echoes_of(token)
+        self._echoes = Echoes(token)
 
     def __repr__(self) -> str:
         return "<credentials>"
@@ -147,7 +148,7 @@ class _Credentials:
             masked = self.mask(text)
             if masked != text:  # else as it came (a BOM's byte order kept)
                 return masked.encode(encoding, "surrogatepass")
-        return self._echoes.sub(_MASK, body)
+        return self._echoes.masked(body, _MASK)
 
     def mask(self, value: str) -> str:
         # surrogateescape keeps bytes a decoder let through as they were (the key's
@@ -157,39 +158,10 @@ class _Credentials:
             raw, errors = value.encode("utf-8", "surrogateescape"), "surrogateescape"
         except UnicodeEncodeError:
             raw, errors = value.encode("utf-8", "surrogatepass"), "surrogatepass"
-        if not self._echoes.search(raw):
+        masked = self._echoes.masked(raw, _MASK)
+        if masked == raw:
             return value  # as it was: a round trip could join escaped bytes into a character
-        return self._echoes.sub(_MASK, raw).decode("utf-8", errors)
-
-
-def _echoes_of(token: str) -> re.Pattern[bytes]:
-    """Every way a provider's text could quote ``token`` back, in any case (an ISO
-    date parser upper-cases what it reads): each character as is, JSON-escaped
-    or percent-encoded, in any mix, in UTF-8; the whole token in UTF-16 or UTF-32.
-    Messages quote a provider's values cut short (``{value!r:.80}``): from its
-    first 12 characters on, as much of the token as is there is an echo too."""
-    chars = []
-    for c in token:
-        utf8 = c.encode("utf-8", "surrogateescape")
-        units = c.encode("utf-16-be", "surrogatepass")
-        forms = [
-            re.escape(utf8),
-            b"".join(b"%" + bytes([b]).hex().encode() for b in utf8),
-            b"".join(rb"\\u" + units[i : i + 2].hex().encode() for i in range(0, len(units), 2)),
-        ]
-        if c in '"\\/':  # JSON's short escapes
-            forms.append(re.escape(b"\\" + utf8))
-        chars.append(b"(?:" + b"|".join(forms) + b")")
-    wide = [
-        re.escape(token.encode(encoding, "surrogatepass"))
-        for encoding in ("utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be")
-    ]
-    # Optional groups one after the other, not nested (which the regex parser
-    # would recurse into, once a character): a match may skip a character, and
-    # masks a little more, never less.
-    least = min(len(chars), 12)
-    echo = b"".join(chars[:least]) + b"".join(c + b"?" for c in chars[least:])
-    return re.compile(b"|".join([echo, *wide]), re.IGNORECASE)
+        return masked.decode("utf-8", errors)
 
 
 def _is_loopback(host: str) -> bool:

@@ -13,6 +13,7 @@ import math
 import pickle
 import threading
 import traceback
+import urllib.parse
 import zlib
 
 import aiohttp
@@ -170,6 +171,49 @@ async def test_a_provider_echoing_the_key_never_puts_it_in_errors():
     assert "key ******** revoked" in str(error)
     assert TOKEN not in repr(error.field_errors)
     assert TOKEN not in repr(dict(error.headers))
+
+
+def _windows(secret, least=12):
+    return {secret[i : i + least].lower() for i in range(len(secret) - least + 1)}
+
+
+@pytest.mark.parametrize(
+    "quote",
+    [
+        lambda key: [key[: len(key) // 2], key[len(key) // 2 :]],  # split over two fields
+        lambda key: [f"...{key[-14:]}"],  # its end
+        lambda key: [key[3:17]],  # its middle
+        lambda key: ["".join(f"%{ord(c):02x}" if i % 2 else c for i, c in enumerate(key[2:20]))],
+        lambda key: [key[5:].replace(key[8], f"\\u{ord(key[8]):04x}")],
+    ],
+    ids=["halves", "end", "middle", "percent mix", "json escape"],
+)
+async def test_any_twelve_characters_of_the_key_echoed_are_masked(quote):
+    """The key echoed in pieces, each 12 characters or more: only a prefix was
+    masked, so a provider quoting the rest (or each half in its own field) put
+    the key, whole, into errors, reports and logs."""
+
+    def echo(request):
+        pieces = quote(request.headers["X-API-KEY"])  # written into the JSON as they are
+        errors = ", ".join(f'"field{i}": ["bad value {p} here"]' for i, p in enumerate(pieces))
+        return Response(status=400, body=f'{{"success": false, "errors": {{{errors}}}}}'.encode())
+
+    async with mock_client(echo) as client:
+        with pytest.raises(BadRequestError) as info:
+            await client.update(1, CustomerPatch(name="A"))
+    error = info.value
+    body = (urllib.parse.unquote(error.body.decode()), repr(json.loads(error.body)))
+    for shown in (str(error), repr(error), repr(error.field_errors), *body):
+        assert not any(w in shown.lower() for w in _windows(TOKEN)), shown
+    assert "******** here" in repr(error.field_errors)
+
+
+def test_fewer_than_twelve_characters_of_the_key_are_ordinary_text():
+    client = Client("dualentry", token=TOKEN)
+    assert (
+        client.mask(f"id {TOKEN[:11]} and {TOKEN[5:16]}") == f"id {TOKEN[:11]} and {TOKEN[5:16]}"
+    )
+    assert client.mask(f"id {TOKEN[:12]}.") == "id ********."
 
 
 async def test_a_transport_error_quoting_the_key_never_shows_it():
