@@ -801,6 +801,74 @@ def test_standard_output_that_cannot_be_written_never_stops_the_run_silently(
         assert len(report_lines(report)) == 1200
 
 
+def _run_with_stderr(args, where):
+    """The CLI run with its standard error unwritable; its exit status and stdout."""
+    env = {**os.environ, "DUALENTRY_API_KEY": TOKEN}
+    if where == "no descriptor":  # `2>&-`
+        proc = subprocess.run(
+            [*CLI, *args], stdout=subprocess.PIPE, env=env, timeout=120,
+            preexec_fn=lambda: os.close(2),
+        )  # fmt: skip
+        return proc.returncode, proc.stdout.decode()
+    if where == "/dev/full":
+        with open("/dev/full", "wb") as full:
+            proc = subprocess.run(
+                [*CLI, *args], stdout=subprocess.PIPE, stderr=full, env=env, timeout=120
+            )
+        return proc.returncode, proc.stdout.decode()
+    reader, writer = os.pipe()
+    os.close(reader)  # `2>&1 | head -1`, once head has gone
+    try:
+        proc = subprocess.run(
+            [*CLI, *args], stdout=subprocess.PIPE, stderr=writer, env=env, timeout=120
+        )
+    finally:
+        os.close(writer)
+    return proc.returncode, proc.stdout.decode()
+
+
+@pytest.mark.parametrize("where", ["a closed pipe", "/dev/full", "no descriptor"])
+def test_standard_error_that_cannot_be_written_never_stops_the_run(tmp_path, where):
+    """`apply ... 2>&1 | head -1`: the first note on stderr once head had gone
+    ended the run halfway, exit 1, with nothing said anywhere.  Standard error
+    carries the run's progress and notes: losing it loses nothing the report
+    holds, and the run goes on to its own exit status."""
+    records = [{"id": 1001 + n % 3, "patch": {"name": f"N{n}"}} for n in range(600)]
+    records[5:5] = [{"id": 1001, "patch": {"phone": "not a phone"}}]  # a note on stderr
+    path = jsonl(tmp_path / "u.jsonl", records)
+    report = tmp_path / "r.jsonl"
+    with threaded_fake("dualentry", customers=3, **FAST) as (fake, base, _):
+        status, stdout = _run_with_stderr(
+            [*apply_fast(path, base), "--report", str(report)], where
+        )
+        stored = fake.customers[1003]["name"]
+    assert status == 2, stdout  # the invalid line's, as with stderr there
+    assert "Traceback" not in stdout
+    assert len(report_lines(report)) == len(records)
+    assert stored == "N599"
+
+
+@pytest.mark.parametrize("command", ["plan", "dry-run"])
+def test_an_output_that_cannot_encode_the_data_shows_it_escaped(tmp_path, command):
+    """PYTHONIOENCODING=ascii (or a C locale's terminal): a customer's name in
+    another script ended plan and --dry-run with a UnicodeEncodeError
+    traceback.  What cannot be encoded is shown escaped, and the run goes on."""
+    path = jsonl(tmp_path / "u.jsonl", [{"id": 1001, "patch": {"name": "Zoë → 東京"}}])
+    env = {**os.environ, "DUALENTRY_API_KEY": TOKEN, "PYTHONIOENCODING": "ascii"}
+    with threaded_fake("dualentry", customers=1, **FAST) as (fake, base, _):
+        if command == "plan":
+            args = ["plan", str(path), "--provider", "dualentry", "--base-url", base]
+        else:
+            args = [*apply_fast(path, base), "--dry-run", "--verbose"]
+        proc = subprocess.run(
+            [*CLI, *args], capture_output=True, env=env, timeout=120, check=False
+        )
+    stdout, stderr = proc.stdout.decode("ascii"), proc.stderr.decode()
+    assert "Traceback" not in stderr, stderr
+    assert proc.returncode == 0, stderr
+    assert "Zo\\xeb" in stdout or "Zo\\u00eb" in stdout, stdout
+
+
 # -- 14: data is never markup ---------------------------------------------------------------------
 
 

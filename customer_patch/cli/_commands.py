@@ -164,7 +164,11 @@ class _Commands(click.Group):
         # From before click reads the arguments (--help, --version, a usage
         # mistake) to after it exits: click would make a Ctrl-C "Aborted!", exit 1.
         output = _Output(sys.stdout)
-        sys.stdout = output
+        # Standard error carries notes and progress: one it cannot write to
+        # (`2>&1 | head -1`, once head has gone) ended a run halfway, exit 1,
+        # saying nothing.  What it would show is lost; the run goes on.
+        diagnostics = _Output(sys.stderr)
+        sys.stdout, sys.stderr = output, diagnostics
         status: Any = 0
         try:
             with _signals_interrupt():
@@ -179,6 +183,8 @@ class _Commands(click.Group):
         finally:
             sys.stdout = output.original
             output.close()
+            sys.stderr = diagnostics.original
+            diagnostics.close()
             if output.error is not None:
                 why = output.error.strerror or type(output.error).__name__
                 with contextlib.suppress(OSError):  # standard error may be gone too
@@ -200,7 +206,7 @@ class _Commands(click.Group):
 
 
 class _Output:
-    """Standard output that a closed pipe or a full disk cannot end a command
+    """Standard output (or error) that a closed pipe or a full disk cannot end a command
     through (click would end it at once, exit 1, saying nothing; a run would
     stop halfway): the first failure is kept, and what follows is dropped.
     With no standard output at all (``>&-``), everything is dropped.
@@ -213,9 +219,13 @@ class _Output:
         self.error: OSError | None = None
         self.progress = False
         self._dropped: Any = None
-        if stream is None:  # Python's own stand-in for a closed descriptor 1
+        if stream is None:  # Python's own stand-in for a closed descriptor
             self.error = OSError(errno.EBADF, os.strerror(errno.EBADF))
             stream = self._dropped = open(os.devnull, "w")  # noqa: SIM115 - closed by close()
+        # A terminal or a pipe whose encoding cannot write a customer's name
+        # (PYTHONIOENCODING=ascii, a C locale): shown escaped, not a traceback.
+        with contextlib.suppress(AttributeError, ValueError, OSError):
+            stream.reconfigure(errors="backslashreplace")
         self.stream = stream
 
     def write(self, text: str) -> int:
