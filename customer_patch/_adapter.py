@@ -514,8 +514,10 @@ class Adapter(ABC):
         the names no active field has, and every other problem.
 
         A name two active fields share cannot say which is meant: the problem
-        names the ids to use instead.  Values are checked by
-        :meth:`check_custom_field_value`; ``None`` (clear) always passes.
+        names the ids to use instead.  One field given twice (by its name and
+        by its id) is a problem too: which value lands would be up to chance.
+        Values are checked by :meth:`check_custom_field_value`; ``None``
+        (clear) always passes.
         """
         # By id: a list paged by offset repeats a definition when one is added
         # meanwhile, and one field listed twice is not two fields sharing a name.
@@ -526,6 +528,7 @@ class Adapter(ABC):
         by_id = {d.id: d for d in active}
         unknown: list[str] = []
         problems: list[Problem] = []
+        named_by: dict[int, CustomFieldKey] = {}  # definition id -> the key that named it
         for key, value in values.items():
             where = f"custom_fields[{key!r}]"
             if isinstance(key, str):
@@ -546,6 +549,12 @@ class Adapter(ABC):
                     problems.append(Problem(where, "is not the id of an active customer field"))
                     continue
                 definition = found
+            first = named_by.setdefault(definition.id, key)
+            if first != key:  # by name and by id: two values, one field
+                problems.append(
+                    Problem(where, f"is field {definition.id}, given already as {first!r}")
+                )
+                continue
             if value is not None:
                 problems += [
                     Problem(where, m) for m in self.check_custom_field_value(definition, value)

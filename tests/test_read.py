@@ -288,6 +288,21 @@ async def test_a_shared_name_is_refused_naming_the_ids_to_use():
     assert len(store.sent("PATCH")) == 1
 
 
+@pytest.mark.parametrize("skip_unchanged", [False, True])
+async def test_one_field_named_twice_by_name_and_by_id_is_refused(skip_unchanged):
+    """``{"Tier": "Gold", 2: "Bronze"}``: two values for one field.  Which one
+    landed depended on the body's order, and with skip_unchanged on which of
+    them differed from what was read: refused, naming both keys."""
+    store = Store(1, DEFINITIONS)
+    patch = CustomerPatch(custom_fields={"Tier": "Gold", 2: "Bronze"})
+    async with client(store) as de:
+        [result] = [r async for r in de.iter_updates([(1, patch)], skip_unchanged=skip_unchanged)]
+    assert isinstance(result.error, ValidationError), result.error
+    assert "custom_fields[2]" in str(result.error)
+    assert "'Tier'" in str(result.error)
+    assert store.sent("PATCH") == []
+
+
 @pytest.mark.parametrize(
     ("key", "value", "ok"),
     [
