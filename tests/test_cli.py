@@ -73,8 +73,11 @@ def test_apply_jsonl_with_a_report(tmp_path):
             "error": "NotFoundError",
             "message": failed[0]["message"],
             "status": 404,
+            "n": failed[0]["n"],
+            "to": f"dualentry {base}",  # where it went: --resume elsewhere is refused
         }
     ]
+    assert [r["n"] for r in report] == [1, 2, 3, 4, 5, 6]  # each line's place
     assert "5 succeeded; 1 failed" in result.output
 
 

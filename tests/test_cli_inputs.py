@@ -604,6 +604,50 @@ def test_a_resume_file_that_is_not_a_report_is_refused(tmp_path, content, messag
     assert report.read_bytes() == content
 
 
+def test_a_report_resumed_against_another_provider_or_server_is_refused(tmp_path):
+    """A run against a sandbox (or staging), then --resume against production:
+    the report's done lines were skipped there, never sent, and the run said
+    it had nothing to do.  Each line says where its record went; resuming
+    elsewhere is refused before anything is sent."""
+    records = [{"id": 1001 + n, "patch": {"name": f"N{n}"}} for n in range(3)]
+    path = jsonl(tmp_path / "u.jsonl", records)
+    report = tmp_path / "r.jsonl"
+    with threaded_fake("dualentry", customers=3, **FAST) as (staging, base, _):
+        first = run([*apply_fast(path, base), "--report", str(report)])
+    content = report.read_bytes()
+    with threaded_fake("dualentry", customers=3, **FAST) as (production, other, ids):
+        resumed = run([*apply_fast(path, other), "--resume", str(report)])
+        sent = len(production.requests)
+    assert first.exit_code == 0, first.output
+    assert resumed.exit_code == 2, resumed.output
+    assert f"sent to dualentry {base}, not to dualentry {other}" in resumed.output
+    assert len(resumed.output.strip().splitlines()) == 1, resumed.output
+    assert sent == 0
+    assert report.read_bytes() == content
+
+
+def test_a_report_whose_lines_were_reordered_is_refused(tmp_path):
+    """The report's order is the order of the sends, which decides what is done
+    for a customer written twice: a sorted report (by line number, here) made
+    --resume skip the record whose value the provider no longer held."""
+    records = [{"id": 1001, "patch": {"name": f"N{n}"}} for n in range(4)]
+    path = jsonl(tmp_path / "u.jsonl", records)
+    report = tmp_path / "r.jsonl"
+    with threaded_fake("dualentry", customers=1, **FAST) as (fake, base, _):
+        first = run([*apply_fast(path, base), "--report", str(report)])
+        lines = report.read_bytes().splitlines(keepends=True)
+        report.write_bytes(b"".join(reversed(lines)))  # as `sort -r` could
+        content = report.read_bytes()
+        before = len(fake.requests)
+        resumed = run([*apply_fast(path, base), "--resume", str(report)])
+        sent = len(fake.requests) - before
+    assert first.exit_code == 0, first.output
+    assert resumed.exit_code == 2, resumed.output
+    assert "the report's lines are out of order" in resumed.output
+    assert sent == 0
+    assert report.read_bytes() == content
+
+
 class FullDisk:
     """A report file whose writes fail with ENOSPC once ``room`` lines were written."""
 
@@ -631,6 +675,11 @@ def test_a_full_disk_mid_run_stops_cleanly_and_the_report_stays_true(tmp_path, m
         sent = len(fake.requests)
         done = {e["id"] for e in report_lines(report) if e["ok"]}
         applied = {i for i in ids if fake.customers[i]["name"] == f"N{i - 1001}"}
+        monkeypatch.setattr(_report, "_open", real_open)
+        for i in ids:
+            fake.customers[i]["name"] = "reset"  # to see what the resumed run sends
+        resumed = run([*apply_fast(path, base), "--resume", str(report)])
+        stored = names(fake, ids)
     assert result.exit_code == 3, result.output
     assert f"cannot write the report {report} (No space left on device)" in result.output
     assert f"continue with --resume {report}" in result.output
@@ -639,12 +688,8 @@ def test_a_full_disk_mid_run_stops_cleanly_and_the_report_stays_true(tmp_path, m
     assert done <= {1001 + n for n in range(40)}
     assert sent < 20  # it stopped sending
     assert done <= applied  # nothing claimed that was not done
-    monkeypatch.setattr(_report, "_open", real_open)
-    with threaded_fake("dualentry", customers=40, **FAST) as (fake, base, ids):
-        resumed = run([*apply_fast(path, base), "--resume", str(report)])
-        stored = names(fake, ids)
     assert resumed.exit_code == 0, resumed.output
-    # What the report shows done is not sent again (this fresh fake never saw it).
+    # What the report shows done is not sent again.
     assert {i for i in ids if stored[i] == f"N{i - 1001}"} == set(ids) - done
 
 

@@ -416,7 +416,7 @@ def test_changes_only_sends_only_what_differs_and_reports_before_and_after(tmp_p
     }
     entries = {e["line"]: e for e in report_lines(report)}
     assert sorted(entries) == [1, 2, 3, 4, 5, 6]
-    drop = ("hash", "message")
+    drop = ("hash", "message", "n", "to")
     seen = {n: {k: v for k, v in e.items() if k not in drop} for n, e in entries.items()}
     assert seen[1] == {
         "line": 1,

@@ -424,7 +424,13 @@ def apply_command(
         # signal ends the command as one before sending: nothing was sent.
         try:
             try:
-                sink = Report.open(report, resume=resume, overwrite=overwrite_report, source=given)
+                sink = Report.open(
+                    report,
+                    resume=resume,
+                    overwrite=overwrite_report,
+                    source=given,
+                    destination=f"{client.provider} {client.base_url}",
+                )
             except ReportError as e:
                 _fail(str(e))
             if undo_file is not None:

@@ -59,6 +59,8 @@ class History:
         self.entries = 0
         self.changed: dict[str, set[str]] = {}
         """Customer key -> the fields records sent to it changed (see :class:`UndoFile`)."""
+        self.destinations: set[str] = set()
+        """Where the report's records were sent (``"provider base_url"``)."""
 
     def __bool__(self) -> bool:
         return self.entries > 0
@@ -66,6 +68,8 @@ class History:
     def add(self, entry: dict[str, Any]) -> None:
         """Take one report line into account, in the order the report holds them."""
         self.entries += 1
+        if isinstance(entry.get("to"), str):
+            self.destinations.add(entry["to"])
         after = entry.get("after")
         if isinstance(after, dict) and entry["attempts"] > 0 and "customer" in entry:
             # Sent, so its undo line was written first: what it changed is done
@@ -137,6 +141,13 @@ def read_history(path: Path) -> History:
                     else ""
                 )
             )
+        # The order of the lines is the order of the sends, which decides what
+        # is done: a report sorted (or its lines moved) would resume wrong.
+        if "n" in entry and entry["n"] != history.entries + 1:
+            raise ReportError(
+                f"{path}:{number}: the report's lines are out of order (was it sorted "
+                "or edited?); it cannot say what was done last; nothing sent"
+            )
         history.add(entry)
     return history
 
@@ -161,7 +172,19 @@ SHOWN = 1 << 20
 
 # What a report line keeps when it is cut down: what --resume reads, and what
 # an operator needs to know about the record.
-_KEPT = ("line", "id", "ok", "attempts", "hash", "error", "status", "changed", "customer")
+_KEPT = (
+    "line",
+    "n",
+    "to",
+    "id",
+    "ok",
+    "attempts",
+    "hash",
+    "error",
+    "status",
+    "changed",
+    "customer",
+)
 
 
 def _fitted(entry: dict[str, Any]) -> bytes:
@@ -238,8 +261,9 @@ class Report:
     shows nothing done.
     """
 
-    def __init__(self, path: Path | None = None) -> None:
+    def __init__(self, path: Path | None = None, destination: str | None = None) -> None:
         self.path = path
+        self.destination = destination
         self.history = History()
         self._file: BinaryIO | None = None
         self._locks: list[filelock.BaseFileLock] = []
@@ -258,12 +282,16 @@ class Report:
         resume: Path | None,
         overwrite: bool,
         source: Path | None,
+        destination: str | None = None,
     ) -> Report:
-        """The report for a run writing ``report`` (or continuing ``resume``) for ``source``.
+        """The report for a run writing ``report`` (or continuing ``resume``) for
+        ``source``, its records sent to ``destination`` (``"provider base_url"``,
+        written on each line).
 
         Raises :class:`ReportError`, before anything is written, when the
         report would be the input file, exists and would be overwritten
-        unasked, is being written by another run, or cannot be read back.
+        unasked, is being written by another run, cannot be read back, or
+        (resumed) shows records sent elsewhere.
         """
         target = report or resume
         if target is None:
@@ -277,7 +305,7 @@ class Report:
                 raise ReportError(f"{flag} {given} is the input file; name another file")
         if not target.parent.is_dir():
             raise ReportError(f"--report {target}: the folder {target.parent} does not exist")
-        self = cls(target)
+        self = cls(target, destination)
         try:
             self._lock(target)
             in_place = resume is not None and (resume == target or _same(resume, target))
@@ -285,6 +313,13 @@ class Report:
                 if not in_place:
                     self._lock(resume)
                 self.history = read_history(resume)
+                elsewhere = self.history.destinations - {destination}
+                if destination is not None and elsewhere:
+                    raise ReportError(
+                        f"--resume {resume} is a report of records sent to "
+                        f"{sorted(elsewhere)[0]}, not to {destination}: what it shows "
+                        "done is not done there; nothing sent"
+                    )
             if in_place:
                 self._file = self._opened(target, "ab")
                 if _ends_torn(target):
@@ -386,6 +421,10 @@ class Report:
         if self._file is None:
             return
         self.begin()
+        # Where it went, and its place: see read_history.
+        entry = {**entry, "n": self.history.entries + self._entries + 1}
+        if self.destination is not None:
+            entry["to"] = self.destination
         self._write(_fitted(entry) + b"\n")
         self._entries += 1
 
