@@ -15,8 +15,8 @@ units long; each run is decoded (escapes undone, case folded) and masked
 whole if it holds a :data:`LEAST`-character window of the token.  Masking the
 whole run masks a little more than the echo (a word glued to it), never
 less.  Measured 2026-11-23 on a 2-core machine, for 8 MiB of hostile text:
-at most about 1 s (8 MiB of JSON whose every value is a 20-letter word, or of
-percent-escapes), 0.1-0.6 s for most shapes; an answer of a few KiB takes
+at most about 1.3 s (JSON whose every value is a 20-letter word, runs of
+percent-escapes), 0.3-0.6 s for other shapes; an answer of a few KiB takes
 microseconds.
 """
 
@@ -29,6 +29,8 @@ LEAST = 12
 """The fewest consecutive characters of the token that make an echo."""
 
 _ESCAPE = rb"%[0-9a-fA-F]{2}|\\u[0-9a-fA-F]{4}|\\[\\/\"]"
+_PERCENT = re.compile(rb"%(?=[0-9a-fA-F]{2})")
+_ODD_PERCENT = re.compile(rb"%(?![0-9a-fA-F]{2})")
 
 
 class Echoes:
@@ -68,17 +70,28 @@ class Echoes:
         return self._wide.sub(mask, self._runs.sub(lambda m: self._run(m, mask), data))
 
     def _run(self, match: re.Match[bytes], mask: bytes) -> bytes:
-        run = match.group()
+        original = run = match.group()
+        if self._holds(run.decode("latin-1")):  # as it is: the token may hold "%41" itself
+            return mask
         if b"%" in run:  # percent-escapes, undone in C: as \xNN (and a backslash kept)
-            run = codecs.escape_decode(run.replace(b"\\", b"\\\\").replace(b"%", b"\\x"))[0]
+            run = run.replace(b"\\", b"\\\\")
+            # Only a % before two hex digits: a token may hold a % of its own.
+            odd = _ODD_PERCENT.search(run) is not None
+            run = codecs.escape_decode(
+                _PERCENT.sub(rb"\\x", run) if odd else run.replace(b"%", b"\\x")
+            )[0]
         if b"\\" in run:
-            text = run.replace(b"\\/", b"/").decode("unicode_escape", "replace")
+            decoded = run.replace(b"\\/", b"/").decode("unicode_escape", "replace")
+        elif run is original:
+            return original  # no escape: decoding changes nothing
         else:
-            text = run.decode("latin-1")
+            decoded = run.decode("latin-1")
+        return mask if self._holds(decoded) else original
+
+    def _holds(self, text: str) -> bool:
+        """Whether ``text`` holds a window of the token, in any case."""
         text = text.lower()
         least = self._least
         if len(text) < 256:
-            found = any(text[i : i + least] in self._windows for i in range(len(text) - least + 1))
-        else:
-            found = any(w in text for w in self._windows)
-        return mask if found else match.group()
+            return any(text[i : i + least] in self._windows for i in range(len(text) - least + 1))
+        return any(w in text for w in self._windows)

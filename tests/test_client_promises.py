@@ -208,6 +208,26 @@ async def test_any_twelve_characters_of_the_key_echoed_are_masked(quote):
     assert "******** here" in repr(error.field_errors)
 
 
+async def test_a_key_holding_a_percent_sign_is_masked_and_breaks_nothing():
+    """A % of the key's own was read as the start of an escape: masking raised
+    ValueError, so an echoing refusal became a ValueError without its status,
+    and an undo file failed on a customer named "12345%bigsales"."""
+    key = "de_live_ab%zz%41cdef0123456789%"
+    client = Client("dualentry", token=key)
+    assert client.mask("Black Friday: 12345%bigsales") == "Black Friday: 12345%bigsales"
+    assert client.mask(f"a {key} b {key[3:18]} c") == "a ******** b ******** c"
+
+    def echo(request):
+        body = {"success": False, "errors": {"name": [f"key {key} refused"]}}
+        return Response(status=400, body=json.dumps(body).encode())
+
+    async with Client("dualentry", token=key, transport=MockTransport(echo)) as client:
+        with pytest.raises(BadRequestError) as info:
+            await client.update(1, CustomerPatch(name="A"))
+    assert info.value.status == 400
+    assert key not in str(info.value)
+
+
 def test_fewer_than_twelve_characters_of_the_key_are_ordinary_text():
     client = Client("dualentry", token=TOKEN)
     assert (
