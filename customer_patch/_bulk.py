@@ -339,6 +339,8 @@ _RECANCEL = 0.05
 # next is this late (seconds): an input as fast as a file fills its batches, a
 # slow pipe's records are not held back for the ones it has yet to give.
 _LINGER = 0.05
+# ... and once the batch's first record has waited this long (seconds).
+_OLDEST = 1.0
 """Seconds between two cancels of a worker that has not ended (leaving a run)."""
 
 
@@ -765,6 +767,7 @@ async def run_bulk(
 
     async def take_batch() -> None:
         nonlocal was_read, reads, pending
+        batch_started = 0.0
         while not exhausted and len(batch) < read_batch:
             if sync_source is not None:
                 item = take_now()
@@ -777,12 +780,17 @@ async def run_bulk(
                 if pending is None:
                     pending = asyncio.ensure_future(take())
                 if batch and not pending.done():
-                    await asyncio.wait({pending}, timeout=_LINGER)
+                    # A steady trickle is never late: a batch waits _OLDEST at most.
+                    left = batch_started + _OLDEST - loop.time()
+                    if left > 0:
+                        await asyncio.wait({pending}, timeout=min(_LINGER, left))
                     if not pending.done():
                         break
                 item = await pending
                 pending = None
             if item is not _END:
+                if not batch:
+                    batch_started = loop.time()
                 batch.append((next(counter), item))
         # Once the run stops, its records are not attempted: nothing to read.
         ids = [] if stop.cause is not None else [_id_of_pair(item) for _, item in batch]

@@ -480,6 +480,22 @@ async def test_an_async_input_as_fast_as_a_file_still_fills_its_batches():
     assert len(store.sent("GET")) == 3
 
 
+async def test_a_steady_trickle_is_read_a_second_at_a_time_at_most():
+    """An item every 30 ms is never 50 ms late: its records waited for a batch
+    of 100 (3 s).  A batch is read once its first record has waited 1 s."""
+    store = Store(40)
+
+    async def trickle():
+        for cid in range(1, 41):
+            await asyncio.sleep(0.03)
+            yield cid, CustomerPatch(name="New")
+
+    async with client(store) as de:
+        results = [r async for r in de.iter_updates(trickle(), skip_unchanged=True)]
+    assert len(results) == 40
+    assert len(store.sent("GET")) >= 2  # 40 items take 1.2 s at least
+
+
 @pytest.mark.parametrize("operation", ["iter_updates", "iter_plan"])
 async def test_records_taken_are_read_and_done_while_the_input_waits_for_more(operation):
     """A pipe's producer that pauses: the records it gave are read and done
