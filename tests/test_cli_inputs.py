@@ -914,6 +914,22 @@ def test_an_output_that_cannot_encode_the_data_shows_it_escaped(tmp_path, comman
     assert "Zo\\xeb" in stdout or "Zo\\u00eb" in stdout, stdout
 
 
+@pytest.mark.parametrize("command", ["apply", "plan"])
+def test_no_standard_input_to_read_is_one_line(command):
+    """`customer-patch apply - <&-`: an AttributeError traceback, exit 1."""
+    proc = subprocess.run(
+        [*CLI, command, "-", "--provider", "dualentry", "--base-url", "http://127.0.0.1:9"],
+        capture_output=True,
+        env={**os.environ, "DUALENTRY_API_KEY": TOKEN},
+        timeout=120,
+        preexec_fn=lambda: os.close(0),
+    )
+    stderr = proc.stderr.decode()
+    assert proc.returncode == 2, stderr
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines() == ["error: -: standard input is closed; nothing to read"]
+
+
 # -- 14: data is never markup ---------------------------------------------------------------------
 
 

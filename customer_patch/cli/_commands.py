@@ -383,7 +383,7 @@ def apply_command(
     separator = "\t" if delimiter == "tab" else delimiter
     try:
         client = Client(adapter, token=token or "dry-run", base_url=base_url, rate_limit=limit)
-        source = Source.of(file, fmt, sys.stdin.buffer)
+        source = Source.of(file, fmt, sys.stdin.buffer if sys.stdin else None)
     except (InputError, ValueError) as e:
         _fail(str(e))
     try:
@@ -936,7 +936,7 @@ def plan_command(
     separator = "\t" if delimiter == "tab" else delimiter
     try:
         client = Client(adapter, token=token, base_url=base_url, rate_limit=limit)
-        source = Source.of(file, fmt, sys.stdin.buffer)
+        source = Source.of(file, fmt, sys.stdin.buffer if sys.stdin else None)
     except (InputError, ValueError) as e:
         _fail(str(e))
     try:

@@ -118,7 +118,8 @@ class Source:
     def of(cls, path: Path, fmt: str | None = None, stdin: IO[bytes] | None = None) -> Source:
         """The source ``path`` names (``-`` is standard input), in format ``fmt`` or by suffix."""
         if str(path) == "-":
-            assert stdin is not None
+            if stdin is None:  # `<&-`: Python's own stand-in for a closed descriptor 0
+                raise InputError("-: standard input is closed; nothing to read")
             if _waits(stdin):  # a pipe or a terminal: its own reader, which stops
                 fd = stdin.fileno()
                 stream = stoppable(io.FileIO(fd, "rb", closefd=False))
