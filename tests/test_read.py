@@ -34,6 +34,7 @@ from customer_patch import (
     UnknownCustomFieldError,
     UnsupportedOperationError,
     ValidationError,
+    _bulk,
     get_adapter,
 )
 from customer_patch._pacing import Pacer
@@ -480,20 +481,22 @@ async def test_an_async_input_as_fast_as_a_file_still_fills_its_batches():
     assert len(store.sent("GET")) == 3
 
 
-async def test_a_steady_trickle_is_read_a_second_at_a_time_at_most():
+async def test_a_steady_trickle_is_read_a_second_at_a_time_at_most(monkeypatch):
     """An item every 30 ms is never 50 ms late: its records waited for a batch
-    of 100 (3 s).  A batch is read once its first record has waited 1 s."""
-    store = Store(40)
+    of 100 (3 s).  A batch is read once its first record has waited 1 s (here
+    0.2 s, to keep the test short)."""
+    monkeypatch.setattr(_bulk, "_OLDEST", 0.2)
+    store = Store(15)
 
     async def trickle():
-        for cid in range(1, 41):
+        for cid in range(1, 16):
             await asyncio.sleep(0.03)
             yield cid, CustomerPatch(name="New")
 
     async with client(store) as de:
         results = [r async for r in de.iter_updates(trickle(), skip_unchanged=True)]
-    assert len(results) == 40
-    assert len(store.sent("GET")) >= 2  # 40 items take 1.2 s at least
+    assert len(results) == 15
+    assert len(store.sent("GET")) >= 2  # 15 items take 0.45 s at least
 
 
 @pytest.mark.parametrize("operation", ["iter_updates", "iter_plan"])
