@@ -335,13 +335,14 @@ record ended, and its own."""
 
 
 _RECANCEL = 0.05
-# With read, the records of an async input taken for a batch are read once the
-# next is this late (seconds): an input as fast as a file fills its batches, a
-# slow pipe's records are not held back for the ones it has yet to give.
-_LINGER = 0.05
-# ... and once the batch's first record has waited this long (seconds).
-_OLDEST = 1.0
 """Seconds between two cancels of a worker that has not ended (leaving a run)."""
+_LINGER = 0.05
+"""With read, the records of an async input taken for a batch are read once the
+next is this late (seconds): an input as fast as a file fills its batches, a
+slow pipe's records are not held back for the ones it has yet to give..."""
+_OLDEST = 1.0
+"""... and once the batch's first record has waited this long (seconds): a
+steady trickle is never late."""
 
 
 def _absorb_cancel() -> None:
