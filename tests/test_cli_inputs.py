@@ -791,34 +791,29 @@ def test_a_line_too_long_to_be_a_record_refuses_the_file_in_one_line(
         assert len(report_lines(report)) == 1
 
 
-def _run_with_stdout(args, where):
-    """The CLI run with its standard output a pipe nobody reads (closed) or
-    /dev/full; its exit status and stderr."""
+def _run_with_unwritable(fd, args, where):
+    """The CLI run with its standard output (``fd`` 1) or error (2) a pipe
+    nobody reads (closed), /dev/full, or closed; its exit status and what it
+    wrote to the other one."""
     env = {**os.environ, "DUALENTRY_API_KEY": TOKEN}
-    if where == "no descriptor":  # `>&-`: Python's sys.stdout is None
+    other = "stderr" if fd == 1 else "stdout"
+    streams = {other: subprocess.PIPE}
+    key = "stdout" if fd == 1 else "stderr"
+    if where == "no descriptor":  # `>&-` or `2>&-`: Python's stream is None
         proc = subprocess.run(
-            [*CLI, *args],
-            stderr=subprocess.PIPE,
-            env=env,
-            timeout=120,
-            preexec_fn=lambda: os.close(1),
+            [*CLI, *args], **streams, env=env, timeout=120, preexec_fn=lambda: os.close(fd)
         )
-        return proc.returncode, proc.stderr.decode()
-    if where == "/dev/full":
+    elif where == "/dev/full":
         with open("/dev/full", "wb") as full:
-            proc = subprocess.run(
-                [*CLI, *args], stdout=full, stderr=subprocess.PIPE, env=env, timeout=120
-            )
-        return proc.returncode, proc.stderr.decode()
-    reader, writer = os.pipe()
-    os.close(reader)  # every write to stdout meets a closed pipe
-    try:
-        proc = subprocess.run(
-            [*CLI, *args], stdout=writer, stderr=subprocess.PIPE, env=env, timeout=120
-        )
-    finally:
-        os.close(writer)
-    return proc.returncode, proc.stderr.decode()
+            proc = subprocess.run([*CLI, *args], **streams, **{key: full}, env=env, timeout=120)
+    else:
+        reader, writer = os.pipe()
+        os.close(reader)  # every write meets a closed pipe (`| head -1`, once head has gone)
+        try:
+            proc = subprocess.run([*CLI, *args], **streams, **{key: writer}, env=env, timeout=120)
+        finally:
+            os.close(writer)
+    return proc.returncode, getattr(proc, other).decode()
 
 
 @pytest.mark.parametrize("where", ["a closed pipe", "/dev/full", "no descriptor"])
@@ -836,7 +831,7 @@ def test_standard_output_that_cannot_be_written_never_stops_the_run_silently(
     report = tmp_path / "r.jsonl"
     with threaded_fake("dualentry", customers=3, **FAST) as (fake, base, _):
         extra = ["--dry-run", "--verbose"] if dry_run else ["--report", str(report)]
-        status, stderr = _run_with_stdout([*apply_fast(path, base), *extra], where)
+        status, stderr = _run_with_unwritable(1, [*apply_fast(path, base), *extra], where)
     assert "Traceback" not in stderr
     assert "error: standard output could not be written" in stderr, stderr
     if dry_run:
@@ -844,32 +839,6 @@ def test_standard_output_that_cannot_be_written_never_stops_the_run_silently(
     else:
         assert status == 0, stderr
         assert len(report_lines(report)) == 1200
-
-
-def _run_with_stderr(args, where):
-    """The CLI run with its standard error unwritable; its exit status and stdout."""
-    env = {**os.environ, "DUALENTRY_API_KEY": TOKEN}
-    if where == "no descriptor":  # `2>&-`
-        proc = subprocess.run(
-            [*CLI, *args], stdout=subprocess.PIPE, env=env, timeout=120,
-            preexec_fn=lambda: os.close(2),
-        )  # fmt: skip
-        return proc.returncode, proc.stdout.decode()
-    if where == "/dev/full":
-        with open("/dev/full", "wb") as full:
-            proc = subprocess.run(
-                [*CLI, *args], stdout=subprocess.PIPE, stderr=full, env=env, timeout=120
-            )
-        return proc.returncode, proc.stdout.decode()
-    reader, writer = os.pipe()
-    os.close(reader)  # `2>&1 | head -1`, once head has gone
-    try:
-        proc = subprocess.run(
-            [*CLI, *args], stdout=subprocess.PIPE, stderr=writer, env=env, timeout=120
-        )
-    finally:
-        os.close(writer)
-    return proc.returncode, proc.stdout.decode()
 
 
 @pytest.mark.parametrize("where", ["a closed pipe", "/dev/full", "no descriptor"])
@@ -883,8 +852,8 @@ def test_standard_error_that_cannot_be_written_never_stops_the_run(tmp_path, whe
     path = jsonl(tmp_path / "u.jsonl", records)
     report = tmp_path / "r.jsonl"
     with threaded_fake("dualentry", customers=3, **FAST) as (fake, base, _):
-        status, stdout = _run_with_stderr(
-            [*apply_fast(path, base), "--report", str(report)], where
+        status, stdout = _run_with_unwritable(
+            2, [*apply_fast(path, base), "--report", str(report)], where
         )
         stored = fake.customers[1003]["name"]
     assert status == 2, stdout  # the invalid line's, as with stderr there
