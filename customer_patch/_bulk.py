@@ -133,6 +133,12 @@ class Progress:
     """Records finished per second, over the last few seconds."""
     last: UpdateResult
     """The result that was just recorded, so a hook can tell which records are done."""
+    stopped: BaseException | None = None
+    """Why the run stopped sending (a 401/403, ``max_failures`` or
+    ``max_consecutive_failures``), once it has: every record it takes from then
+    on is :class:`NotAttemptedError`.  A source that may wait for its next item
+    (a queue, a pipe) is the caller's to end here; the run still takes every
+    item it is given."""
 
 
 ProgressCallback: TypeAlias = Callable[[Progress], None]
@@ -989,6 +995,7 @@ async def run_bulk(
                         total=total,
                         rate=current,
                         last=result,
+                        stopped=stop.cause,
                     )
                 )
             yield result

@@ -222,6 +222,25 @@ async def test_max_failures_stops_the_run_and_reports_the_rest_as_not_attempted(
     assert provider.count == len(sent)
 
 
+async def test_progress_says_when_the_run_stopped_so_a_caller_can_end_its_source():
+    """A source that may wait forever (a queue, a pipe) would keep the run taking
+    items only to report them not attempted: the progress hook says the run
+    stopped, and why, from the result that stopped it on."""
+    provider = ScriptedProvider(
+        lambda n, c: Reply(404, {"success": False, "errors": {"__all__": ["No."]}})
+    )
+    seen = []
+    async with mock_client(provider) as de:
+        async for _ in de.iter_updates(
+            updates(10), concurrency=1, max_failures=3, progress=seen.append
+        ):
+            pass
+    assert [p.stopped is None for p in seen] == [True, True] + [False] * 8
+    assert isinstance(seen[2].last.error, NotFoundError)  # the third failure stops it
+    assert all(isinstance(p.stopped, TooManyFailuresError) for p in seen[2:])
+    assert all(isinstance(p.last.error, NotAttemptedError) for p in seen[3:])
+
+
 async def test_consecutive_failures_of_one_kind_stop_but_a_success_resets_the_count():
     def script(number, cid):
         if (cid % 4 == 0 and cid < 100) or cid > 100:

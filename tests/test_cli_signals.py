@@ -211,6 +211,87 @@ def test_a_run_on_a_pipe_goes_on_and_stops_while_the_next_line_is_awaited(
     assert "interrupted" in stderr.splitlines()[-1]
 
 
+@pytest.mark.parametrize(
+    ("token", "failures", "why"),
+    [(TOKEN, 2, "NotFoundError"), ("not-the-token", 1, "PermissionDeniedError")],
+    ids=["--max-failures", "a wrong key"],
+)
+def test_a_run_on_a_pipe_that_stops_ends_without_waiting_for_more_input(
+    tmp_path, token, failures, why
+):
+    """``producer | customer-patch apply -`` stopped by --max-failures (or a 401, or
+    25 failures in a row) kept waiting for the producer, taking each new line
+    only to report it not attempted: with a producer that never ends, the run
+    never did.  It ends at once with exit 3; the lines it read are reported,
+    and the ones it did not are --resume's to send."""
+    report = tmp_path / "r.jsonl"
+    with threaded_fake("dualentry", customers=1, limits=()) as (fake, base, _):
+        proc = subprocess.Popen(
+            [*CLI, "apply", "-", "--provider", "dualentry", "--base-url", base]
+            + ["--rate-limit", "off", "--concurrency", "1", "--max-failures", "2"]
+            + ["--report", str(report)],
+            env={**os.environ, "DUALENTRY_API_KEY": token},
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            for n in range(3):  # no such customers; and the pipe stays open
+                proc.stdin.write(json.dumps({"id": 5001 + n, "patch": {"name": "x"}}) + "\n")
+            proc.stdin.flush()
+            returncode = proc.wait(timeout=PROMPTLY)  # no EOF comes to end it
+            stderr = proc.stderr.read()
+        finally:
+            proc.kill()  # a hang must not outlive the test
+        sent = len(fake.requests)
+    assert returncode == 3, stderr
+    assert sent == failures
+    entries = [e for e in report_entries(report) if "line" in e]
+    assert [e["line"] for e in entries] == list(range(1, len(entries) + 1))
+    assert [e["error"] for e in entries[:failures]] == [why] * failures
+    assert all(e["error"] == "NotAttemptedError" for e in entries[failures:])
+    assert "Traceback" not in stderr
+    assert "stopped: " in stderr
+    assert f"the input was not read past line {len(entries)}" in stderr
+
+
+def test_a_plan_whose_output_is_gone_stops_without_reading_more(tmp_path):
+    """``producer | customer-patch plan - | head -1``: once standard output, the
+    plan itself, could not be written, the plan went on reading the input and
+    the provider to the producer's end, for nothing; a producer that never
+    ends kept it going forever.  It stops at once, with exit 3."""
+    with threaded_fake("dualentry", customers=3, limits=()) as (fake, base, ids):
+        proc = subprocess.Popen(
+            [*CLI, "plan", "-", "--provider", "dualentry", "--base-url", base]
+            + ["--rate-limit", "off", "--concurrency", "1"],
+            env={**os.environ, "DUALENTRY_API_KEY": TOKEN},
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        try:
+
+            def send(i):
+                line = json.dumps({"id": i, "patch": {"name": f"P{i}"}})
+                proc.stdin.write(line.encode() + b"\n")
+                proc.stdin.flush()
+
+            send(ids[0])
+            first = lines_within(proc.stdout, 1, 30)
+            proc.stdout.close()  # as head does, having its line
+            for i in ids[1:]:  # each would be planned (and printed) in turn
+                send(i)
+            returncode = proc.wait(timeout=PROMPTLY)  # stdin still open: no EOF helps
+            stderr = proc.stderr.read().decode()
+        finally:
+            proc.kill()  # a hang must not outlive the test
+    assert len(first) == 1, first
+    assert returncode == 3, stderr
+    assert "Traceback" not in stderr
+    assert stderr.startswith("error: standard output could not be written"), stderr
+
+
 def fold(records):
     """What the provider must end with: each customer's fields, the last line winning."""
     state = {}

@@ -15,7 +15,7 @@ from typing import IO, Any
 
 from attrs import define, field
 
-from customer_patch._bulk import UpdateResult
+from customer_patch._bulk import Progress, UpdateResult
 from customer_patch._client import Client
 from customer_patch._errors import (
     AuthenticationError,
@@ -26,6 +26,7 @@ from customer_patch._errors import (
 )
 from customer_patch._model import Customer, CustomerPatch
 from customer_patch.cli._input import Line
+from customer_patch.cli._pipe import Stoppable
 from customer_patch.cli._report import (
     History,
     Report,
@@ -58,6 +59,8 @@ class Tally:
     retries: int = 0
     stopped: str | None = None
     """Why the run stopped before the end (a 401/403, a failure threshold)."""
+    unread_after: int | None = None
+    """The last line read, when the run stopped reading an input that may wait."""
     started: float = field(factory=time.monotonic)
     errors: dict[str, int] = field(factory=dict)
 
@@ -97,6 +100,7 @@ async def apply(
     match_on: str | None = None,
     undo: UndoFile | None = None,
     on_note: Callable[[str], None] = lambda text: None,
+    waits: Stoppable | None = None,
 ) -> None:
     """Send every valid line; record every record (invalid ones too) exactly once.
 
@@ -108,17 +112,26 @@ async def apply(
     ``match_on``: lines name customers by that key; ``undo``: record how to
     restore what each record changed.
 
+    ``waits``: the stream ``lines`` come from, if a read of it may wait (a
+    pipe).  Once the run stops sending, it is read no further: every line
+    taken from then on would only be reported not attempted, and a producer
+    that never ends would keep the run going forever.  (A file is read to its
+    end instead, so the report holds every line.)
+
     Raises :class:`ReportWriteError` if the report cannot be written: the
     run stops (requests in flight are cancelled), and the report holds only
     what was done.
     """
     line_of: dict[int, Line] = {}  # in flight only: bounded by concurrency
+    last_read = 0  # the number of the last line taken
 
     async def valid() -> AsyncIterator[tuple[Any, Any]]:
         index = 0
         skipped_by = Resume(report.history)
+        nonlocal last_read
         async with contextlib.aclosing(lines):  # and its reader, when the run stops
             async for line in lines:
+                last_read = line.number
                 if skipped_by(line):
                     tally.skipped += 1
                     on_result(tally)
@@ -137,8 +150,17 @@ async def apply(
                 index += 1
                 yield line.customer_id, line.patch
 
+    stopped_by: list[BaseException] = []
+
+    def stopping(progress: Progress) -> None:
+        if progress.stopped is not None and not stopped_by:
+            stopped_by.append(progress.stopped)
+            if waits is not None:
+                waits.stop()
+
     results = client.iter_updates(
         valid(),
+        progress=stopping,
         concurrency=concurrency,
         max_failures=max_failures,
         max_consecutive_failures=max_consecutive_failures,
@@ -169,6 +191,10 @@ async def apply(
         aclose = getattr(results, "aclose", None)
         if aclose is not None:
             await aclose()
+    if waits is not None and waits.cut:
+        tally.unread_after = last_read
+        if tally.stopped is None:  # no line taken after the stop said why
+            tally.stopped = _stop_reason(stopped_by[0])
     if report.error is not None:
         raise report.error
 
@@ -235,6 +261,10 @@ def _masked(value: Any, mask: Callable[[str], str]) -> Any:
     return value
 
 
+def _stop_reason(cause: BaseException) -> str:
+    return f"{type(cause).__name__}: {shown(one_line(cause))}"
+
+
 def _record(tally: Tally, result: UpdateResult) -> None:
     tally.retries += max(0, result.attempts - 1)
     error = result.error
@@ -249,11 +279,11 @@ def _record(tally: Tally, result: UpdateResult) -> None:
     if isinstance(error, NotAttemptedError):
         tally.not_attempted += 1
         if tally.stopped is None:
-            tally.stopped = f"{type(error.cause).__name__}: {shown(one_line(error.cause))}"
+            tally.stopped = _stop_reason(error.cause)
         return
     tally.failed += 1
     if isinstance(error, AuthenticationError | PermissionDeniedError) and tally.stopped is None:
-        tally.stopped = f"{type(error).__name__}: {shown(one_line(error))}"
+        tally.stopped = _stop_reason(error)
 
 
 def refused_input(error: BaseException | None) -> bool:

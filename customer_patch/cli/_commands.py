@@ -46,7 +46,7 @@ from customer_patch.cli._input import (
     read_digests,
     read_updates,
 )
-from customer_patch.cli._pipe import taken
+from customer_patch.cli._pipe import Stoppable, taken
 from customer_patch.cli._progress import ProgressView
 from customer_patch.cli._report import Report, ReportError, ReportWriteError, UndoFile
 from customer_patch.sandbox import Faults, fake_for
@@ -163,7 +163,7 @@ class _Commands(click.Group):
     def main(self, *args: Any, **kwargs: Any) -> Any:
         # From before click reads the arguments (--help, --version, a usage
         # mistake) to after it exits: click would make a Ctrl-C "Aborted!", exit 1.
-        output = _Output(sys.stdout)
+        output = _Output(sys.stdout, product=True)
         # Standard error carries notes and progress: one it cannot write to
         # (`2>&1 | head -1`, once head has gone) ended a run halfway, exit 1,
         # saying nothing.  What it would show is lost; the run goes on.
@@ -177,6 +177,8 @@ class _Commands(click.Group):
                 except Interrupted as e:
                     err.print("interrupted", markup=False)
                     raise SystemExit(_signal_status(e)) from None
+                except OutputGone:  # said below
+                    raise SystemExit(EXIT_STOPPED) from None
         except SystemExit as e:
             status = e.code
             raise
@@ -205,22 +207,31 @@ class _Commands(click.Group):
                 raise SystemExit(_signal_status(e)) from None
 
 
+class OutputGone(Exception):
+    """The command's product, its standard output, can no longer be written."""
+
+
 class _Output:
     """Standard output (or error) that a closed pipe or a full disk cannot end a command
     through (click would end it at once, exit 1, saying nothing; a run would
     stop halfway): the first failure is kept, and what follows is dropped.
     With no standard output at all (``>&-``), everything is dropped.
 
-    ``progress``: what it shows is a run's progress, not the command's
-    product (``apply`` writes its report): losing it fails nothing."""
+    ``product``: what it shows is the command's product (a plan, a dry run),
+    so the first failure raises :class:`OutputGone`: going on would read
+    the input and the provider for nothing (``plan - | head -1``), and a
+    producer that never ends would keep the command going forever.  Unless
+    ``progress`` is set: what it shows is a run's progress (``apply`` writes
+    its report), and losing it fails nothing."""
 
-    def __init__(self, stream: Any) -> None:
+    def __init__(self, stream: Any, *, product: bool = False) -> None:
         self.original = stream
         self.error: OSError | None = None
+        self.product = product
         self.progress = False
         self._dropped: Any = None
-        if stream is None:  # Python's own stand-in for a closed descriptor
-            self.error = OSError(errno.EBADF, os.strerror(errno.EBADF))
+        if stream is None:  # Python's own stand-in for a closed descriptor: the first
+            # write fails, as it would on a closed pipe
             stream = self._dropped = open(os.devnull, "w")  # noqa: SIM115 - closed by close()
         # A terminal or a pipe whose encoding cannot write a customer's name
         # (PYTHONIOENCODING=ascii, a C locale): shown escaped, not a traceback.
@@ -230,6 +241,8 @@ class _Output:
 
     def write(self, text: str) -> int:
         if self.error is None:
+            if self._dropped is not None:
+                self._failed(OSError(errno.EBADF, os.strerror(errno.EBADF)))
             try:
                 return int(self.stream.write(text))
             except OSError as e:
@@ -256,6 +269,8 @@ class _Output:
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, self.stream.fileno())
             os.close(devnull)
+        if self.product and not self.progress:
+            raise OutputGone from None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.stream, name)
@@ -481,6 +496,7 @@ def apply_command(
                         adapter,
                         thresholds,
                         reading,
+                        source.waits,
                     )
                 except (InputError, ReportError) as e:  # the file, read on, shows itself wrong
                     # Every record taken before has its result (and its report line).
@@ -701,6 +717,7 @@ def _apply_and_report(
     adapter: Adapter,
     thresholds: tuple[int | None, int | None],
     reading: Reading,
+    waits: Stoppable | None = None,
 ) -> int:
     resume_hint = f"; continue with --resume {report.path}" if report.path else ""
     try:
@@ -708,7 +725,17 @@ def _apply_and_report(
             provider = adapter.provider
             with _signals_deferred():
                 asyncio.run(
-                    _run(client, lines, tally, concurrency, report, provider, thresholds, reading)
+                    _run(
+                        client,
+                        lines,
+                        tally,
+                        concurrency,
+                        report,
+                        provider,
+                        thresholds,
+                        reading,
+                        waits,
+                    )
                 )
         except NothingSent as e:
             _discard_unused(report, reading.undo)
@@ -725,8 +752,14 @@ def _apply_and_report(
             return EXIT_STOPPED
         _summary(tally, reading)
         if tally.stopped is not None:
+            unread = (
+                ""
+                if tally.unread_after is None
+                else f"; the input was not read past line {tally.unread_after}"
+            )
             err.print(
                 f"stopped: {tally.stopped}; {tally.not_attempted} record(s) not attempted"
+                + unread
                 + resume_hint,
                 markup=False,
             )
@@ -751,6 +784,7 @@ async def _run(
     label: str,
     thresholds: tuple[int | None, int | None] = (None, None),
     reading: Reading | None = None,
+    waits: Stoppable | None = None,
 ) -> None:
     """Apply ``lines``; SIGINT and SIGTERM cancel the run cleanly (a second one, at once)."""
     async with _signals_cancel(), client:
@@ -786,6 +820,7 @@ async def _run(
                 match_on=reading.match_on,
                 undo=reading.undo,
                 on_note=lambda text: view.note(text, err),
+                waits=waits,
             )
 
 

@@ -38,6 +38,8 @@ class Stoppable(io.RawIOBase):
         super().__init__()
         self._file = file  # closed with this one: a FileIO of its own, or closefd=False
         self._wake_r, self._wake_w = os.pipe()
+        self.cut = False
+        """Whether :meth:`stop` ended a read before the stream's end."""
 
     def readable(self) -> bool:
         return True
@@ -50,6 +52,7 @@ class Stoppable(io.RawIOBase):
         # handler that raises (the command's, before its loop runs) ends it.
         ready, _, _ = select.select([self._file.fileno(), self._wake_r], [], [])
         if self._wake_r in ready:
+            self.cut = True
             raise Stopped("the run stopped reading")
         return self._file.readinto(buffer) or 0
 
@@ -118,6 +121,8 @@ async def taken(items: Iterable[T], stream: Stoppable | None = None) -> AsyncGen
             future: asyncio.Future[tuple[Any, BaseException | None]] = loop.create_future()
             asks.put(future)
             item, error = await future
+            if isinstance(error, Stopped):  # stream.stop(): the caller reads no further
+                return
             if error is not None:
                 raise error
             if item is _END:
