@@ -16,6 +16,15 @@ from tests.threaded_fake import threaded_fake
 TOKEN = "sandbox-token"
 FAST = {"limits": ()}
 CLI = [sys.executable, "-m", "customer_patch.cli"]  # the command, as a subprocess
+# The command with its retries' jittered waits skipped (their number kept), as
+# conftest's _no_retry_waits does in this process: for runs under heavy faults
+# whose promises do not depend on how long a retry waits.
+CLI_NO_RETRY_WAITS = [
+    sys.executable,
+    "-c",
+    "from customer_patch import RetryPolicy; RetryPolicy.backoff = lambda self, n: 0.0; "
+    "import runpy; runpy.run_module('customer_patch.cli', run_name='__main__')",
+]
 
 
 def jsonl(path, records):

@@ -22,7 +22,7 @@ from customer_patch import _convert
 from customer_patch.cli import _commands, _report
 from customer_patch.cli._commands import Interrupted
 from customer_patch.sandbox import Faults
-from tests.test_cli import CLI, TOKEN, apply_dualentry, jsonl, run
+from tests.test_cli import CLI, CLI_NO_RETRY_WAITS, TOKEN, apply_dualentry, jsonl, run
 from tests.threaded_fake import threaded_fake
 
 PROMPTLY = 20  # seconds: a hang guard only
@@ -51,11 +51,11 @@ def wait_for_lines(proc, report, count, deadline=30):
         time.sleep(0.01)  # polling the file, not waiting for the server
 
 
-def start(path, base, report, *, resume, extra=(), concurrency=4):
+def start(path, base, report, *, resume, extra=(), concurrency=4, command=CLI):
     flag = "--resume" if resume else "--report"
     return subprocess.Popen(
         [
-            *CLI,
+            *command,
             "apply",
             str(path),
             "--provider",
@@ -325,14 +325,26 @@ def test_soak_kills_and_resumes_under_faults_end_with_the_in_order_fold(tmp_path
     statuses = []
     with threaded_fake("dualentry", customers=20, limits=(), faults=faults) as (fake, base, _):
         for kill_at in (25, 55, 90):  # report lines, across runs
-            proc = start(path, base, report, resume=report.exists(), concurrency=16)
+            proc = start(
+                path,
+                base,
+                report,
+                resume=report.exists(),
+                concurrency=16,
+                command=CLI_NO_RETRY_WAITS,
+            )
             wait_for_lines(proc, report, kill_at)
             proc.kill()
             proc.communicate(timeout=PROMPTLY)
             statuses.append(proc.returncode)
         for _ in range(6):  # resume until every record succeeded; bounded
             proc = start(
-                path, base, report, resume=True, extra=["--max-consecutive-failures", "0"]
+                path,
+                base,
+                report,
+                resume=True,
+                extra=["--max-consecutive-failures", "0"],
+                command=CLI_NO_RETRY_WAITS,
             )
             _, stderr = proc.communicate(timeout=120)
             statuses.append(proc.returncode)

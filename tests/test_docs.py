@@ -12,6 +12,7 @@ output, and stdout must match it exactly.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -20,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import attrs
+import filelock
 import pytest
 
 import customer_patch
@@ -164,16 +166,33 @@ def run_block(block: Block, workdir: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.fixture(scope="module")
-def example_runs(tmp_path_factory):
+def run_blocks(base: Path) -> dict[str, subprocess.CompletedProcess[str]]:
     """Every python block, run concurrently: they are independent processes."""
-    base = tmp_path_factory.mktemp("docs-examples")
     with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
         futures = {
             block.id: pool.submit(run_block, block, base / f"block{n}")
             for n, block in enumerate(PYTHON_BLOCKS)
         }
         return {key: future.result() for key, future in futures.items()}
+
+
+@pytest.fixture(scope="module")
+def example_runs(tmp_path_factory, worker_id):
+    """Every python block's run, once per test session: pytest-xdist would
+    run them all (seconds of CPU) once per worker.  The first worker to ask
+    runs them and leaves the outcomes in the session's shared directory
+    (pytest-xdist's own recipe for a fixture to run once)."""
+    if worker_id == "master":  # no workers
+        return run_blocks(tmp_path_factory.mktemp("docs-examples"))
+    shared = tmp_path_factory.getbasetemp().parent
+    outcomes = shared / "docs-examples.json"
+    with filelock.FileLock(f"{outcomes}.lock"):
+        if not outcomes.is_file():
+            runs = run_blocks(shared / "docs-examples")
+            kept = {k: [r.returncode, r.stdout, r.stderr] for k, r in runs.items()}
+            outcomes.write_text(json.dumps(kept))
+        kept = json.loads(outcomes.read_text())
+    return {k: subprocess.CompletedProcess(k, *outcome) for k, outcome in kept.items()}
 
 
 def test_the_docs_have_examples():
