@@ -12,6 +12,11 @@ from typing import Any
 from attrs import frozen
 from multidict import CIMultiDict
 
+BODY_KEPT = 64 * 1024
+"""Bytes of a provider's answer an error keeps in ``body``, at most: its start
+says what it was, and a run that keeps every result (``update_many``) must
+not keep up to the 8 MiB read cap for every record a provider refused."""
+
 
 class CustomerPatchError(Exception):
     """The root of every error raised by customer-patch."""
@@ -137,7 +142,8 @@ class ProviderError(CustomerPatchError):
         rate limit (a wait past the update's time budget): ``status`` is then
         the one the provider answers such a request with."""
         self.field_errors = {k: tuple(v) for k, v in (field_errors or {}).items()}
-        self.body = body
+        self.body = body[:BODY_KEPT]
+        """The start of the provider's answer (at most :data:`BODY_KEPT` bytes)."""
         # A copy that stays case-insensitive, as HTTP header names are.
         self.headers: Mapping[str, str] = CIMultiDict(headers or {})
         details = "; ".join(f"{k}: {' '.join(v)}" for k, v in self.field_errors.items())
@@ -208,7 +214,8 @@ class ResponseFormatError(CustomerPatchError):
         self.message = message
         self.provider = provider
         self.status = status
-        self.body = body
+        self.body = body[:BODY_KEPT]
+        """The start of the provider's answer (at most :data:`BODY_KEPT` bytes)."""
         self.incomplete = incomplete
         """The body is not JSON at all (cut short or garbled in transit), so
         another attempt may get a whole answer; a body of the wrong shape, or

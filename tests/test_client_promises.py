@@ -344,6 +344,35 @@ async def test_a_huge_refusal_leaves_a_small_error():
     assert sum(map(len, info.value.field_errors.values())) <= wire.MAX_FIELD_ERRORS + 1
 
 
+@pytest.mark.parametrize(
+    ("status", "body", "error"),
+    [
+        (
+            400,
+            b'{"success": false, "errors": {"__all__": ["No."]}, "pad": "'
+            + b"x" * 8_000_000
+            + b'"}',
+            BadRequestError,
+        ),
+        (500, b"<html>" + b"x" * 8_000_000, ServerError),
+        (200, b'{"id": 1, "name": ' + b"[" * 10 + b"x" * 8_000_000, ResponseFormatError),
+    ],
+    ids=["refusal", "outage page", "unreadable"],
+)
+async def test_an_error_keeps_the_start_of_a_huge_answer_only(status, body, error):
+    """Every failed record's error kept the provider's whole answer, up to the
+    8 MiB read cap: update_many, which keeps every result, held 8 GB for 1,000
+    records a hostile provider refused.  The first 64 KiB say what it was."""
+    async with mock_client(lambda r: Response(status=status, body=body)) as client:
+        report = await client.update_many(
+            [(1, CustomerPatch(name="A")), (2, CustomerPatch(name="B"))],
+            concurrency=1,
+        )
+    assert [type(r.error) for r in report.results] == [error, error]
+    for result in report.results:
+        assert result.error.body == body[: 64 * 1024]
+
+
 async def test_a_content_encoding_echoing_the_key_never_shows_it():
     """The transport's own ResponseFormatError quotes the encoding it was sent."""
 
