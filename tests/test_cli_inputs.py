@@ -841,6 +841,31 @@ def test_standard_output_that_cannot_be_written_never_stops_the_run_silently(
         assert len(report_lines(report)) == 1200
 
 
+@pytest.mark.parametrize("command", ["plan", "dry-run"])
+def test_a_plan_whose_output_and_error_are_one_closed_pipe_exits_3(tmp_path, command):
+    """`plan FILE 2>&1 | head -1`: the message saying standard output could not
+    be written met the closed pipe too, and rich ended the command there with
+    exit 1 ("some customers could not be read") instead of 3."""
+    path = jsonl(tmp_path / "u.jsonl", [{"id": 1001, "patch": {"name": "x"}}] * 50)
+    reader, writer = os.pipe()
+    os.close(reader)  # every write meets a closed pipe (`2>&1 | head -1`, once head has gone)
+    with threaded_fake("dualentry", customers=3, **FAST) as (fake, base, _):
+        args = ["plan", str(path), "--provider", "dualentry", "--base-url", base]
+        if command == "dry-run":
+            args = [*apply_fast(path, base), "--dry-run", "--verbose"]
+        try:
+            proc = subprocess.run(
+                [*CLI, *args],
+                stdout=writer,
+                stderr=writer,
+                env={**os.environ, "DUALENTRY_API_KEY": TOKEN},
+                timeout=120,
+            )
+        finally:
+            os.close(writer)
+    assert proc.returncode == 3
+
+
 @pytest.mark.parametrize("where", ["a closed pipe", "/dev/full", "no descriptor"])
 def test_standard_error_that_cannot_be_written_never_stops_the_run(tmp_path, where):
     """`apply ... 2>&1 | head -1`: the first note on stderr once head had gone

@@ -11,8 +11,11 @@ import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import time
+import urllib.error
+import urllib.request
 import warnings
 
 import pytest
@@ -290,6 +293,72 @@ def test_a_plan_whose_output_is_gone_stops_without_reading_more(tmp_path):
     assert returncode == 3, stderr
     assert "Traceback" not in stderr
     assert stderr.startswith("error: standard output could not be written"), stderr
+
+
+@pytest.mark.parametrize("where", ["a closed pipe", "no descriptor"])
+def test_a_sandbox_whose_output_cannot_be_written_keeps_serving(where):
+    """`customer-patch sandbox ... >&- &` in a CI script: the banner's failed
+    write ended the server at once (exit 3), as if its output were a plan's.
+    It serves until stopped, and Ctrl-C stops it with exit 0."""
+    with socket.socket() as probe:  # a free port, so the test can find the server
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    reader, writer = os.pipe()
+    os.close(reader)  # every write meets a closed pipe
+    try:
+        proc = subprocess.Popen(
+            [*CLI, "sandbox", "--provider", "dualentry", "--port", str(port)],
+            stdout=writer,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=(lambda: os.close(1)) if where == "no descriptor" else None,
+        )
+    finally:
+        os.close(writer)
+    try:
+        answered, end = None, time.monotonic() + PROMPTLY
+        while answered is None and proc.poll() is None and time.monotonic() < end:
+            try:
+                url = f"http://127.0.0.1:{port}/public/v2/customers/"
+                answered = urllib.request.urlopen(url, timeout=5).status
+            except urllib.error.HTTPError as e:  # no key: a 401 is an answer
+                answered = e.code
+            except OSError:
+                time.sleep(0.05)  # polling for the server to listen
+        # Its banner was written (or failed) before it served: had that ended
+        # it, it is gone by now, whatever the signal does.
+        proc.send_signal(signal.SIGINT)
+        returncode = proc.wait(timeout=PROMPTLY)
+        stderr = proc.stderr.read()
+    finally:
+        proc.kill()
+    assert answered is not None, stderr
+    assert returncode == 0, stderr
+    assert "Traceback" not in stderr
+
+
+@pytest.mark.parametrize("concurrency", [1, 8])
+def test_a_stop_on_the_last_line_of_a_whole_pipe_is_not_a_cut(tmp_path, concurrency):
+    """The run stopped on the last line of a pipe the producer had already
+    ended: that counted as input cut short ("not read past line 2", exit 3),
+    where the same lines from a file ended with exit 1.  The input was all
+    read: nothing is left for --resume."""
+    lines = [json.dumps({"id": 5001 + n, "patch": {"name": "x"}}) for n in range(2)]
+    report = tmp_path / "r.jsonl"
+    with threaded_fake("dualentry", customers=1, limits=()) as (fake, base, _):
+        proc = subprocess.run(
+            [*CLI, "apply", "-", "--provider", "dualentry", "--base-url", base]
+            + ["--rate-limit", "off", "--concurrency", str(concurrency), "--max-failures", "2"]
+            + ["--report", str(report)],
+            env={**os.environ, "DUALENTRY_API_KEY": TOKEN},
+            input="\n".join(lines) + "\n",  # written whole, then the pipe is closed
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert proc.returncode == 1, proc.stderr
+    assert "not read past" not in proc.stderr
+    assert [e["error"] for e in report_entries(report) if "line" in e] == ["NotFoundError"] * 2
 
 
 def fold(records):

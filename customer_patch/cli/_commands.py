@@ -185,18 +185,20 @@ class _Commands(click.Group):
         finally:
             sys.stdout = output.original
             output.close()
-            sys.stderr = diagnostics.original
-            diagnostics.close()
             if output.error is not None:
                 why = output.error.strerror or type(output.error).__name__
-                with contextlib.suppress(OSError):  # standard error may be gone too
-                    err.print(
-                        f"error: standard output could not be written ({why}): what it "
-                        "shows is incomplete" + ("; the run went on" if output.progress else ""),
-                        markup=False,
-                    )
-                if not output.progress and status in (0, 1, 2, None):
-                    raise SystemExit(EXIT_STOPPED)  # the output was the product
+                # Said while standard error is still `diagnostics`: gone too
+                # (`2>&1 | head -1`), it drops this, where rich would end the
+                # command with SystemExit(1), overriding the status.
+                err.print(
+                    f"error: standard output could not be written ({why}): what it "
+                    "shows is incomplete" + ("; the run went on" if output.progress else ""),
+                    markup=False,
+                )
+            sys.stderr = diagnostics.original
+            diagnostics.close()
+            if output.error is not None and not output.progress and status in (0, 1, 2, None):
+                raise SystemExit(EXIT_STOPPED)  # the output was the product
 
     def invoke(self, ctx: click.Context) -> Any:
         with _signals_interrupt():
@@ -282,6 +284,13 @@ def cli() -> None:
     """Partial updates of customer records at SaaS providers, safely and fast."""
 
 
+def _output_is_progress() -> None:
+    """What this command shows on standard output is not its product: losing
+    it (a closed pipe, a full disk) fails nothing, and the command goes on."""
+    if isinstance(sys.stdout, _Output):
+        sys.stdout.progress = True
+
+
 @cli.command()
 def providers() -> None:
     """List the installed provider adapters."""
@@ -299,7 +308,8 @@ Exit status:
   1    some records failed at the provider
   2    bad input or usage: an invalid record, or a refused option or file
   3    the run was stopped: a 401/403, a failure threshold, or the report
-       could not be written (takes precedence over 2 and 1)
+       could not be written (with --dry-run: standard output could not be
+       written); takes precedence over 2 and 1
   130  interrupted (SIGINT, Ctrl-C); 143 terminated (SIGTERM)"""
 
 
@@ -407,8 +417,7 @@ def apply_command(
             raise SystemExit(
                 _guarded(lambda: dry_run_lines(client, lines, verbose=verbose, match_on=match_on))
             )
-        if isinstance(sys.stdout, _Output):  # a run's output is its progress: the report holds it
-            sys.stdout.progress = True
+        _output_is_progress()  # the report holds what the run did
         given = None if source.path is None and str(file) == "-" else file
         if given is None and os.path.exists("/dev/stdin"):
             # Standard input can be a file too (`< u.jsonl`): a report naming it
@@ -917,6 +926,7 @@ Exit status:
   0    every record was read; the plan is complete
   1    some customers were not found or could not be read
   2    bad input or usage (an invalid record, a refused option or file)
+  3    standard output could not be written: the plan is incomplete
   130  interrupted (SIGINT, Ctrl-C); 143 terminated (SIGTERM)"""
 
 
@@ -1038,6 +1048,7 @@ def plan_command(
 )
 def sandbox(provider: str, port: int, faults: str, customers: int, limits: str) -> None:
     """Run a fake provider on 127.0.0.1 in the foreground (Ctrl-C stops it)."""
+    _output_is_progress()  # a banner: the server is what it is for (`sandbox ... >&- &`)
     adapter = _adapter(provider)
     enforced: tuple[RateLimit, ...] | None = None  # the provider's documented limits
     if limits != "documented":

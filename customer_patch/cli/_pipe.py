@@ -51,10 +51,15 @@ class Stoppable(io.RawIOBase):
         # select() is retried on EINTR after the signal's handler has run; a
         # handler that raises (the command's, before its loop runs) ends it.
         ready, _, _ = select.select([self._file.fileno(), self._wake_r], [], [])
-        if self._wake_r in ready:
-            self.cut = True
-            raise Stopped("the run stopped reading")
-        return self._file.readinto(buffer) or 0
+        if self._wake_r not in ready:
+            return self._file.readinto(buffer) or 0
+        # Stopped.  A producer that had already ended has its end here to read:
+        # then the input was whole, not cut (what a read brings instead is
+        # dropped, as the lines a buffer took ahead are).
+        if self._file.fileno() in ready and not self._file.readinto(buffer):
+            return 0
+        self.cut = True
+        raise Stopped("the run stopped reading")
 
     def stop(self) -> None:
         """End the read under way and every later one (from any thread)."""
