@@ -126,9 +126,9 @@ async def apply(
     last_read = 0  # the number of the last line taken
 
     async def valid() -> AsyncIterator[tuple[Any, Any]]:
+        nonlocal last_read
         index = 0
         skipped_by = Resume(report.history)
-        nonlocal last_read
         async with contextlib.aclosing(lines):  # and its reader, when the run stops
             async for line in lines:
                 last_read = line.number

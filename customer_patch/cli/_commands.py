@@ -232,8 +232,9 @@ class _Output:
         self.product = product
         self.progress = False
         self._dropped: Any = None
-        if stream is None:  # Python's own stand-in for a closed descriptor: the first
-            # write fails, as it would on a closed pipe
+        if stream is None:
+            # Python's own stand-in for a closed descriptor: the first write
+            # fails (in write), as it would on a closed pipe.
             stream = self._dropped = open(os.devnull, "w")  # noqa: SIM115 - closed by close()
         # A terminal or a pipe whose encoding cannot write a customer's name
         # (PYTHONIOENCODING=ascii, a C locale): shown escaped, not a traceback.
