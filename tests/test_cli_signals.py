@@ -45,6 +45,20 @@ def report_entries(path):
     return entries
 
 
+def fed(command, base, *args, token=TOKEN, text=True):
+    """``producer | customer-patch COMMAND - ...``: the command against ``base``,
+    unpaced, reading the pipe the test writes to (``proc.stdin``)."""
+    return subprocess.Popen(
+        [*CLI, command, "-", "--provider", "dualentry", "--base-url", base]
+        + ["--rate-limit", "off", *args],
+        env={**os.environ, "DUALENTRY_API_KEY": token},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=text,
+    )
+
+
 def wait_for_lines(proc, report, count, deadline=30):
     """Wait until ``report`` holds ``count`` lines or ``proc`` ended; bounded."""
     end = time.monotonic() + deadline
@@ -175,15 +189,7 @@ def test_a_run_on_a_pipe_goes_on_and_stops_while_the_next_line_is_awaited(
     with threaded_fake("dualentry", customers=2, limits=()) as (fake, base, ids):
         report = tmp_path / "r.jsonl"
         extra = ["--report", str(report)] if command == "apply" else []
-        proc = subprocess.Popen(
-            [*CLI, command, "-", "--provider", "dualentry", "--base-url", base]
-            + ["--rate-limit", "off", *extra],
-            env={**os.environ, "DUALENTRY_API_KEY": TOKEN},
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        proc = fed(command, base, *extra)
         try:
             for i in ids:  # and the pipe stays open: the producer has more to say
                 proc.stdin.write(json.dumps({"id": i, "patch": {"name": f"P{i}"}}) + "\n")
@@ -229,15 +235,11 @@ def test_a_run_on_a_pipe_that_stops_ends_without_waiting_for_more_input(
     and the ones it did not are --resume's to send."""
     report = tmp_path / "r.jsonl"
     with threaded_fake("dualentry", customers=1, limits=()) as (fake, base, _):
-        proc = subprocess.Popen(
-            [*CLI, "apply", "-", "--provider", "dualentry", "--base-url", base]
-            + ["--rate-limit", "off", "--concurrency", "1", "--max-failures", "2"]
-            + ["--report", str(report)],
-            env={**os.environ, "DUALENTRY_API_KEY": token},
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+        proc = fed(
+            "apply",
+            base,
+            *("--concurrency", "1", "--max-failures", "2", "--report", str(report)),
+            token=token,
         )
         try:
             for n in range(3):  # no such customers; and the pipe stays open
@@ -265,14 +267,7 @@ def test_a_plan_whose_output_is_gone_stops_without_reading_more(tmp_path):
     the provider to the producer's end, for nothing; a producer that never
     ends kept it going forever.  It stops at once, with exit 3."""
     with threaded_fake("dualentry", customers=3, limits=()) as (fake, base, ids):
-        proc = subprocess.Popen(
-            [*CLI, "plan", "-", "--provider", "dualentry", "--base-url", base]
-            + ["--rate-limit", "off", "--concurrency", "1"],
-            env={**os.environ, "DUALENTRY_API_KEY": TOKEN},
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
+        proc = fed("plan", base, "--concurrency", "1", text=False)
         try:
 
             def send(i):
