@@ -60,7 +60,7 @@ Updates: TypeAlias = Iterable[Update] | AsyncIterable[Update]
 """What the bulk methods take: ``(customer_id, patch)`` pairs, plain or async."""
 
 
-@frozen(kw_only=True)
+@frozen(kw_only=True, slots=False)  # one built per record: see Customer
 class UpdateResult:
     """What happened to one record of a bulk run."""
 

@@ -61,7 +61,7 @@ def _case_insensitive(headers: Mapping[str, str]) -> Mapping[str, str]:
     return headers if isinstance(headers, CIMultiDictProxy | CIMultiDict) else CIMultiDict(headers)
 
 
-@frozen(kw_only=True)
+@frozen(kw_only=True, slots=False)  # one built per answer: see Customer
 class Response:
     """An HTTP response as received: status, headers and the raw body."""
 

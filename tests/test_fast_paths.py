@@ -14,7 +14,14 @@ from aiohttp import web
 from hypothesis import given
 from hypothesis import strategies as st
 
-from customer_patch import CustomerPatch, ExternalIds, Request, TransportError, get_adapter
+from customer_patch import (
+    CustomerPatch,
+    ExternalIds,
+    Request,
+    TransportError,
+    WireField,
+    get_adapter,
+)
 from customer_patch._adapter import _JSON, _dumps, _loads
 from customer_patch._transport import AiohttpTransport
 from customer_patch_dualentry._adapter import DualEntryAdapter
@@ -262,10 +269,35 @@ def reference_fields_from(adapter, data):
     return values
 
 
-@pytest.mark.parametrize("name", ["qwoty", "dualentry"])
+def _blank_when_absent(value):
+    return "" if value is None else value
+
+
+def _refuses_null(value):
+    if value is None:
+        raise ValueError("null is not a segment")
+    return value
+
+
+class Defaulting(DualEntryAdapter):
+    """Decoders that read an absent key as something else, or refuse it, and
+    external ids: the paths of fields_from the built-in adapters do not take."""
+
+    fields = MappingProxyType(
+        {
+            "segment_id": WireField(wire="segment", decode=_refuses_null),
+            **DualEntryAdapter.fields,
+            "email": WireField(wire="email", decode=_blank_when_absent),
+            "external_ids.crm": WireField(wire="crm_id"),
+            "external_ids.erp": WireField(wire="erp_id", decode=_blank_when_absent),
+        }
+    )
+
+
+@pytest.mark.parametrize("name", ["qwoty", "dualentry", "defaulting"])
 @given(data=st.data())
 def test_a_customer_is_read_as_one_call_per_field_would_read_it(name, data):
-    adapter = get_adapter(name)
+    adapter = Defaulting() if name == "defaulting" else get_adapter(name)
     wires = sorted(spec.wire for spec in adapter.fields.values())
     shown = data.draw(st.sets(st.sampled_from(wires)))
     answer = dict.fromkeys(shown)
