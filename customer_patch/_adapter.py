@@ -27,9 +27,7 @@ import re
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from itertools import compress
-from operator import call, not_, or_
-from typing import Any, ClassVar, NamedTuple, TypeVar
+from typing import Any, ClassVar, TypeVar
 from urllib.parse import quote, urlencode
 
 from attrs import field, frozen
@@ -112,31 +110,6 @@ def _loads(body: bytes) -> Any:
 
 # The characters quote(..., safe="") leaves as they are (RFC 3986 unreserved).
 _SAFE_SEGMENT = re.compile(r"[A-Za-z0-9_.~-]+")
-
-
-_Columns = tuple[tuple[str, ...], tuple[str, ...], tuple[Callable[[Any], Any], ...]]
-
-
-class _ReadPlan(NamedTuple):
-    """How :meth:`Adapter.fields_from` reads an answer: the field map, sorted once."""
-
-    top: _Columns
-    """The top-level fields' wire keys, paths and decoders."""
-    absent_read: tuple[bool, ...] | None
-    """For each top-level field, whether its decoder reads an absent key as
-    something other than ``None`` (the :class:`Customer`'s default), so it is
-    called for one; ``None`` when no decoder does."""
-    external: _Columns | None
-    """The :class:`ExternalIds` members' wire keys, names and decoders (``None``: none mapped)."""
-    paths: tuple[str, ...]
-    """Every field's path."""
-
-
-def _columns(
-    rows: Sequence[tuple[str, str, Callable[[Any], Any]]],
-) -> _Columns:
-    wires, names, decoders = zip(*rows, strict=True) if rows else ((), (), ())
-    return tuple(wires), tuple(names), tuple(decoders)
 
 
 def _no_problems(value: Any) -> list[str]:
@@ -372,66 +345,51 @@ class Adapter(ABC):
         fields are gathered into one :class:`ExternalIds`, and when the answer
         lacks some keys, ``read_fields`` says which fields it had.
         """
-        # Runs once per answer: which keys it has, and each one it has through
-        # its decoder, are worked out in C (map, compress, call), so the only
-        # Python run per field is its decoder.
-        plan = self._read_plan
-        wires, paths, decoders = plan.top
-        shown = tuple(map(data.__contains__, wires))
-        # A field is read when the answer has it, or when its decoder reads an
-        # absent key as something else than None (the Customer's default).
-        read = shown if plan.absent_read is None else tuple(map(or_, shown, plan.absent_read))
-        values = dict(
-            zip(
-                compress(paths, read),
-                map(call, compress(decoders, read), map(data.get, compress(wires, read))),
-                strict=True,
-            )
-        )
-        missing = () if all(shown) else tuple(compress(paths, map(not_, shown)))
-        if plan.external is not None:
-            wires, members, decoders = plan.external
-            values["external_ids"] = ExternalIds(
-                **dict(zip(members, map(call, decoders, map(data.get, wires)), strict=True))
-            )
-            shown = tuple(map(data.__contains__, wires))
-            if not all(shown):
-                missing += tuple(f"external_ids.{m}" for m in compress(members, map(not_, shown)))
+        top, external, paths = self._read_plan
+        values: dict[str, Any] = {}
+        missing: list[str] = []
+        for wire, path, decode, skip in top:
+            if wire in data:
+                values[path] = decode(data[wire])
+            else:
+                missing.append(path)
+                if not skip:  # this decoder reads an absent key as something else
+                    values[path] = decode(None)
+        if external:
+            members: dict[str, Any] = {}
+            for wire, path, decode, _ in external:
+                if wire not in data:
+                    missing.append(path)
+                members[path.removeprefix("external_ids.")] = decode(data.get(wire))
+            values["external_ids"] = ExternalIds(**members)
         # What the answer left out is not known to be empty (a list shows fewer
         # fields than a get): CustomerPatch.changes_from keeps such fields.
         if missing:
-            values["read_fields"] = self._read_fields(missing, plan.paths)
+            values["read_fields"] = self._read_fields(tuple(missing), paths)
         return values
 
     @functools.cached_property
-    def _read_plan(self) -> _ReadPlan:
+    def _read_plan(
+        self,
+    ) -> tuple[
+        tuple[tuple[str, str, Callable[[Any], Any], bool], ...],
+        tuple[tuple[str, str, Callable[[Any], Any], bool], ...],
+        tuple[str, ...],
+    ]:
         # fields_from runs once per answer: sort the map into top-level fields
         # and ExternalIds members once per adapter, not once per customer, and
         # learn which decoders read an absent key as None (the Customer's
         # default), so such keys need no call at all.
-        def reads_none_as_none(decode: Callable[[Any], Any]) -> bool:
+        def skip(decode: Callable[[Any], Any]) -> bool:
             try:
                 return decode(None) is None
             except Exception:
                 return False
 
-        top = [
-            (f.wire, p, f.decode)
-            for p, f in self.fields.items()
-            if not p.startswith("external_ids.")
-        ]
-        external = [
-            (f.wire, p.removeprefix("external_ids."), f.decode)
-            for p, f in self.fields.items()
-            if p.startswith("external_ids.")
-        ]
-        absent_read = tuple(not reads_none_as_none(decode) for _, _, decode in top)
-        return _ReadPlan(
-            top=_columns(top),
-            absent_read=absent_read if any(absent_read) else None,
-            external=_columns(external) if external else None,
-            paths=tuple(self.fields),
-        )
+        plan = [(f.wire, p, f.decode, skip(f.decode)) for p, f in self.fields.items()]
+        top = tuple(e for e in plan if not e[1].startswith("external_ids."))
+        external = tuple(e for e in plan if e[1].startswith("external_ids."))
+        return top, external, tuple(self.fields)
 
     def _read_fields(self, missing: tuple[str, ...], paths: tuple[str, ...]) -> frozenset[str]:
         # Answers of one kind (a list page, a get) leave out the same keys:

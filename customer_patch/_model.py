@@ -13,8 +13,6 @@ import datetime as dt
 import enum
 import uuid
 from collections.abc import Iterator, Mapping
-from itertools import compress
-from operator import attrgetter, is_not
 from typing import Any, Final, Literal, TypeAlias, TypeVar
 
 import attrs
@@ -167,13 +165,11 @@ class CustomerPatch:
         :class:`ExternalIds` members appear as ``external_ids.crm`` and so on,
         so an adapter can support them one by one.  ``extra`` is not included.
         """
-        # Runs for every record sent, and most fields of a patch are UNSET: the
-        # fields that are not are picked out in C (attrgetter, map, compress), so
-        # the loop below runs once per field set, not once per field there is.
-        # (attrgetter, not __dict__: a subclass may hold a field in a slot.)
-        values = _PATCH_VALUES(self)
-        is_set = map(is_not, values, _UNSETS)
-        for name, value in compress(zip(_PATCH_FIELDS, values, strict=True), is_set):
+        for name in _PATCH_FIELDS:
+            # getattr, not __dict__: a subclass may hold a field in a slot.
+            value = getattr(self, name)
+            if value is UNSET:
+                continue
             if name == "external_ids" and isinstance(value, ExternalIds):
                 for sub in _EXTERNAL_ID_FIELDS:
                     sub_value = getattr(value, sub)
@@ -364,8 +360,6 @@ def _custom_field_changes(
 # Looked up once: set_fields runs for every record sent.
 _PATCH_FIELDS = tuple(a.name for a in attrs.fields(CustomerPatch) if a.name != "extra")
 _EXTERNAL_ID_FIELDS = tuple(a.name for a in attrs.fields(ExternalIds))
-_PATCH_VALUES = attrgetter(*_PATCH_FIELDS)
-_UNSETS = (UNSET,) * len(_PATCH_FIELDS)
 
 
 # Not slotted: one is built for every answer read, and attrs writes a frozen
