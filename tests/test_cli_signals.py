@@ -290,6 +290,59 @@ def test_a_plan_whose_output_is_gone_stops_without_reading_more(tmp_path):
     assert stderr.startswith("error: standard output could not be written"), stderr
 
 
+@pytest.mark.parametrize("later", ["invalid", "unchanged"])
+def test_a_plan_whose_output_is_gone_stops_though_it_has_nothing_more_to_print(
+    tmp_path, later
+):
+    """``producer | customer-patch plan - | head -1``, where every line after
+    the first is invalid (told on stderr only) or changes nothing (not shown):
+    the plan never wrote to its gone output again, so it never noticed, and a
+    producer that never ends kept it going forever.  It notices as it goes on
+    (a pipe with no reader left), and stops with exit 3."""
+    with threaded_fake("dualentry", customers=2, limits=()) as (fake, base, ids):
+        name = fake.customers[ids[1]]["name"]
+        follow = {
+            "invalid": json.dumps({"id": ids[1], "patch": {"nmae": "typo"}}),
+            "unchanged": json.dumps({"id": ids[1], "patch": {"name": name}}),
+        }[later]
+        with open(tmp_path / "stderr", "w+b") as errors:  # a pipe could fill and block it
+            proc = subprocess.Popen(
+                [*CLI, "plan", "-", "--provider", "dualentry", "--base-url", base]
+                + ["--rate-limit", "off", "--concurrency", "1"],
+                env={**os.environ, "DUALENTRY_API_KEY": TOKEN},
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=errors,
+            )
+            try:
+                first = json.dumps({"id": ids[0], "patch": {"name": "Changed"}})
+                proc.stdin.write(first.encode() + b"\n")
+                proc.stdin.flush()
+                shown = lines_within(proc.stdout, 1, 30)
+                proc.stdout.close()  # as head does, having its line
+                end = time.monotonic() + PROMPTLY
+                # A producer that never ends: lines until the plan is gone.
+                while proc.poll() is None and time.monotonic() < end:
+                    try:
+                        proc.stdin.write(follow.encode() + b"\n")
+                        proc.stdin.flush()
+                    except BrokenPipeError:
+                        break  # it stopped reading: gone, or going
+                    time.sleep(0.01)  # a line every 10 ms, as a slow producer's
+                try:
+                    returncode = proc.wait(timeout=PROMPTLY)
+                except subprocess.TimeoutExpired:
+                    returncode = None  # still planning, for nobody
+            finally:
+                proc.kill()  # a hang must not outlive the test
+            errors.seek(0)
+            stderr = errors.read().decode()
+    assert len(shown) == 1, shown
+    assert returncode == 3, stderr[-2000:]
+    assert "Traceback" not in stderr
+    assert "standard output could not be written" in stderr, stderr[-2000:]
+
+
 @pytest.mark.parametrize("where", ["a closed pipe", "no descriptor"])
 def test_a_sandbox_whose_output_cannot_be_written_keeps_serving(where):
     """`customer-patch sandbox ... >&- &` in a CI script: the banner's failed

@@ -7,7 +7,9 @@ import contextlib
 import errno
 import json
 import os
+import select
 import signal
+import stat
 import sys
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -213,6 +215,25 @@ class OutputGone(Exception):
     """The command's product, its standard output, can no longer be written."""
 
 
+def _pipe_of(stream: Any) -> int | None:
+    """The descriptor of ``stream`` when it is a pipe (and poll() can watch it), else ``None``."""
+    if not hasattr(select, "poll"):
+        return None  # Windows
+    try:
+        fd = int(stream.fileno())
+        return fd if stat.S_ISFIFO(os.fstat(fd).st_mode) else None
+    except (AttributeError, ValueError, OSError):  # io.UnsupportedOperation is both
+        return None
+
+
+def _no_reader(fd: int) -> bool:
+    """Whether the pipe ``fd`` writes to has no reader left: poll() reports that
+    (POLLERR on Linux, POLLHUP on some systems) without anything written."""
+    poller = select.poll()
+    poller.register(fd, 0)  # those two are reported whatever is asked for
+    return any(event & (select.POLLERR | select.POLLHUP) for _, event in poller.poll(0))
+
+
 class _Output:
     """Standard output (or error) that a closed pipe or a full disk cannot end a command
     through (click would end it at once, exit 1, saying nothing; a run would
@@ -241,6 +262,7 @@ class _Output:
         with contextlib.suppress(AttributeError, ValueError, OSError):
             stream.reconfigure(errors="backslashreplace")
         self.stream = stream
+        self._pipe = _pipe_of(stream)
 
     def write(self, text: str) -> int:
         if self.error is None:
@@ -258,6 +280,12 @@ class _Output:
                 self.stream.flush()
             except OSError as e:
                 self._failed(e)
+            else:
+                # A pipe whose reader has gone (`| head -1`) fails the next write,
+                # but a command with nothing more to write (a plan whose later
+                # lines are all invalid, or change nothing) would never make one.
+                if self._pipe is not None and _no_reader(self._pipe):
+                    self._failed(BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE)))
 
     def close(self) -> None:
         """Close what this opened in place of a missing standard output."""
