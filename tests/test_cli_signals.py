@@ -290,9 +290,13 @@ def test_a_plan_whose_output_is_gone_stops_without_reading_more(tmp_path):
     assert stderr.startswith("error: standard output could not be written"), stderr
 
 
-@pytest.mark.parametrize("later", ["invalid", "unchanged"])
+@pytest.mark.parametrize(
+    ("command", "later"),
+    [(["plan"], "invalid"), (["plan"], "unchanged"), (["apply", "--dry-run"], "invalid")],
+    ids=["plan-invalid", "plan-unchanged", "dry-run-invalid"],
+)
 def test_a_plan_whose_output_is_gone_stops_though_it_has_nothing_more_to_print(
-    tmp_path, later
+    tmp_path, command, later
 ):
     """``producer | customer-patch plan - | head -1``, where every line after
     the first is invalid (told on stderr only) or changes nothing (not shown):
@@ -307,7 +311,7 @@ def test_a_plan_whose_output_is_gone_stops_though_it_has_nothing_more_to_print(
         }[later]
         with open(tmp_path / "stderr", "w+b") as errors:  # a pipe could fill and block it
             proc = subprocess.Popen(
-                [*CLI, "plan", "-", "--provider", "dualentry", "--base-url", base]
+                [*CLI, *command, "-", "--provider", "dualentry", "--base-url", base]
                 + ["--rate-limit", "off", "--concurrency", "1"],
                 env={**os.environ, "DUALENTRY_API_KEY": TOKEN},
                 stdin=subprocess.PIPE,
