@@ -45,7 +45,7 @@ def report_entries(path):
     return entries
 
 
-def fed(command, base, *args, token=TOKEN, text=True):
+def fed(command, base, *args, token=TOKEN, text=True, stderr=subprocess.PIPE):
     """``producer | customer-patch COMMAND - ...``: the command against ``base``,
     unpaced, reading the pipe the test writes to (``proc.stdin``)."""
     return subprocess.Popen(
@@ -54,7 +54,7 @@ def fed(command, base, *args, token=TOKEN, text=True):
         env={**os.environ, "DUALENTRY_API_KEY": token},
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=stderr,
         text=text,
     )
 
@@ -291,12 +291,12 @@ def test_a_plan_whose_output_is_gone_stops_without_reading_more(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("command", "later"),
-    [(["plan"], "invalid"), (["plan"], "unchanged"), (["apply", "--dry-run"], "invalid")],
+    ("command", "options", "later"),
+    [("plan", (), "invalid"), ("plan", (), "unchanged"), ("apply", ("--dry-run",), "invalid")],
     ids=["plan-invalid", "plan-unchanged", "dry-run-invalid"],
 )
 def test_a_plan_whose_output_is_gone_stops_though_it_has_nothing_more_to_print(
-    tmp_path, command, later
+    tmp_path, command, options, later
 ):
     """``producer | customer-patch plan - | head -1``, where every line after
     the first is invalid (told on stderr only) or changes nothing (not shown):
@@ -310,14 +310,7 @@ def test_a_plan_whose_output_is_gone_stops_though_it_has_nothing_more_to_print(
             "unchanged": json.dumps({"id": ids[1], "patch": {"name": name}}),
         }[later]
         with open(tmp_path / "stderr", "w+b") as errors:  # a pipe could fill and block it
-            proc = subprocess.Popen(
-                [*CLI, *command, "-", "--provider", "dualentry", "--base-url", base]
-                + ["--rate-limit", "off", "--concurrency", "1"],
-                env={**os.environ, "DUALENTRY_API_KEY": TOKEN},
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=errors,
-            )
+            proc = fed(command, base, "--concurrency", "1", *options, text=False, stderr=errors)
             try:
                 first = json.dumps({"id": ids[0], "patch": {"name": "Changed"}})
                 proc.stdin.write(first.encode() + b"\n")
