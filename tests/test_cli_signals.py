@@ -29,6 +29,10 @@ from tests.test_cli import CLI, CLI_NO_RETRY_WAITS, TOKEN, apply_dualentry, json
 from tests.threaded_fake import threaded_fake
 
 PROMPTLY = 20  # seconds: a hang guard only
+# The signals that stop a command, and its exit status for each (128 + the
+# signal's number, as a shell reports a process the signal killed): SIGHUP is
+# a closed terminal, or a lost SSH connection.
+STOPS = [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)]
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX signals")
 
 
@@ -68,8 +72,15 @@ def wait_for_lines(proc, report, count, deadline=30):
         time.sleep(0.01)  # polling the file, not waiting for the server
 
 
-def start(path, base, report, *, resume, extra=(), concurrency=4, command=CLI):
+def start(path, base, report, *, resume, extra=(), concurrency=4, command=CLI, ignoring=()):
+    """``apply`` as a process, started with the signals ``ignoring`` ignored, as
+    ``nohup`` (SIGHUP) or a shell's ``&`` (SIGINT) start one."""
     flag = "--resume" if resume else "--report"
+
+    def ignore():
+        for signum in ignoring:
+            signal.signal(signum, signal.SIG_IGN)
+
     return subprocess.Popen(
         [
             *command,
@@ -91,10 +102,11 @@ def start(path, base, report, *, resume, extra=(), concurrency=4, command=CLI):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=ignore if ignoring else None,
     )
 
 
-@pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize(("signum", "status"), STOPS)
 def test_a_signal_stops_apply_promptly_and_the_report_resumes(tmp_path, signum, status):
     records = 120
     with threaded_fake("dualentry", customers=records, limits=(), faults=Faults(latency=0.03)) as (
@@ -121,6 +133,36 @@ def test_a_signal_stops_apply_promptly_and_the_report_resumes(tmp_path, signum, 
     assert 20 <= len(done) < records
     assert resumed.returncode == 0, resumed_err
     assert stored == {i: f"S{i}" for i in ids}
+    assert {e["line"] for e in report_entries(report) if e["ok"]} == set(range(1, records + 1))
+
+
+def test_a_signal_ignored_when_the_command_started_stays_ignored(tmp_path):
+    """``nohup customer-patch apply ...`` ignores SIGHUP, and a shell script's
+    ``customer-patch apply ... &`` ignores SIGINT: the command took both over
+    and stopped its run on them, so closing the terminal (or a Ctrl-C meant for
+    the script) stopped the run the operator had sheltered from them."""
+    records = 60
+    faults = Faults(latency=0.03)
+    with threaded_fake("dualentry", customers=records, limits=(), faults=faults) as (
+        fake,
+        base,
+        ids,
+    ):
+        path = jsonl(tmp_path / "u.jsonl", [{"id": i, "patch": {"name": f"H{i}"}} for i in ids])
+        report = tmp_path / "r.jsonl"
+        proc = start(path, base, report, resume=False, ignoring=(signal.SIGHUP, signal.SIGINT))
+        try:
+            wait_for_lines(proc, report, 10)
+            assert proc.poll() is None, "the run ended before the signals came"
+            proc.send_signal(signal.SIGHUP)
+            proc.send_signal(signal.SIGINT)
+            _, stderr = proc.communicate(timeout=60)
+        finally:
+            proc.kill()  # a hang must not outlive the test
+        stored = {i: fake.customers[i]["name"] for i in ids}
+    assert proc.returncode == 0, stderr
+    assert "interrupted" not in stderr
+    assert stored == {i: f"H{i}" for i in ids}
     assert {e["line"] for e in report_entries(report) if e["ok"]} == set(range(1, records + 1))
 
 
@@ -177,7 +219,7 @@ def lines_within(stream, count, deadline):
 
 
 @pytest.mark.parametrize("command", ["apply", "plan"])
-@pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize(("signum", "status"), STOPS)
 def test_a_run_on_a_pipe_goes_on_and_stops_while_the_next_line_is_awaited(
     tmp_path, command, signum, status
 ):
@@ -632,7 +674,7 @@ def test_a_signal_after_a_plan_ends_cleanly(tmp_path, monkeypatch, raised, statu
     assert "interrupted" in result.output
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("signum", [signum for signum, _ in STOPS])
 async def test_a_second_signal_acts_as_if_none_had_been_caught(signum):
     """While the run winds down after one signal, another ends the process at
     once, as an uncaught signal does: not a KeyboardInterrupt raised inside the

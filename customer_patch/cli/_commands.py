@@ -29,7 +29,6 @@ from customer_patch._registry import available_adapters, get_adapter
 from customer_patch.cli._apply import (
     EXIT_BAD_INPUT,
     EXIT_SIGINT,
-    EXIT_SIGTERM,
     EXIT_STOPPED,
     Tally,
     apply,
@@ -149,9 +148,18 @@ class Interrupted(BaseException):
 
 
 def _signal_status(e: Interrupted | KeyboardInterrupt) -> int:
-    """The exit status of a command a signal ended: 143 for SIGTERM, else 130."""
-    signum = e.signum if isinstance(e, Interrupted) else int(signal.SIGINT)
-    return EXIT_SIGTERM if signum == signal.SIGTERM else EXIT_SIGINT
+    """The exit status of a command a signal ended: 128 + the signal's number, as
+    a shell reports a process the signal killed (130 SIGINT, 143 SIGTERM, 129 SIGHUP)."""
+    return 128 + e.signum if isinstance(e, Interrupted) else EXIT_SIGINT
+
+
+def _stopping_signals() -> list[int]:
+    """The signals that stop a command: SIGINT (Ctrl-C), SIGTERM and SIGHUP (its
+    terminal closed, an SSH connection lost), less those ignored when it was
+    started: ``nohup`` ignores SIGHUP, and a shell script's ``&`` SIGINT, so that
+    the command goes on through them.  Taken over, they stopped it anyway."""
+    found = (getattr(signal, name, None) for name in ("SIGINT", "SIGTERM", "SIGHUP"))
+    return [int(s) for s in found if s is not None and signal.getsignal(s) != signal.SIG_IGN]
 
 
 class _Commands(click.Group):
@@ -339,7 +347,8 @@ Exit status:
   3    the run was stopped: a 401/403, a failure threshold, or the report
        could not be written (with --dry-run: standard output could not be
        written); takes precedence over 2 and 1
-  130  interrupted (SIGINT, Ctrl-C); 143 terminated (SIGTERM)"""
+  130  interrupted (SIGINT, Ctrl-C); 143 terminated (SIGTERM); 129 hung up
+       (SIGHUP: its terminal closed; nohup keeps it going)"""
 
 
 @cli.command("apply", epilog=EXIT_STATUS_HELP)
@@ -574,7 +583,7 @@ def _raise_if_signalled() -> None:
 
 @contextlib.contextmanager
 def _signals_interrupt() -> Iterator[None]:
-    """SIGINT and SIGTERM raise :class:`Interrupted` here, and are kept in ``_signals``."""
+    """The stopping signals raise :class:`Interrupted` here, and are kept in ``_signals``."""
 
     def on_signal(signum: int, frame: object) -> None:
         _signals.received.append(signum)
@@ -582,7 +591,7 @@ def _signals_interrupt() -> Iterator[None]:
             raise Interrupted(signum)
 
     _signals.received.clear()
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, on_signal) for sig in _stopping_signals()}
     try:
         yield
     finally:
@@ -824,7 +833,7 @@ async def _run(
     reading: Reading | None = None,
     waits: Stoppable | None = None,
 ) -> None:
-    """Apply ``lines``; SIGINT and SIGTERM cancel the run cleanly (a second one, at once)."""
+    """Apply ``lines``; a stopping signal cancels the run cleanly (a second one, at once)."""
     async with _signals_cancel(), client:
         reading = reading or Reading()
         if reading.check_fields is not None:
@@ -864,7 +873,7 @@ async def _run(
 
 @contextlib.asynccontextmanager
 async def _signals_cancel() -> AsyncIterator[None]:
-    """SIGINT and SIGTERM cancel the task running the block, which then raises
+    """The stopping signals cancel the task running the block, which then raises
     :class:`Interrupted`; a second signal acts as if none had been caught."""
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
@@ -873,7 +882,7 @@ async def _signals_cancel() -> AsyncIterator[None]:
     installed: list[int] = []
     # Leaving, asyncio puts a signal back to the system's default, not to what
     # it was: SIGTERM would kill the command silently from then on.
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.getsignal(sig) for sig in _stopping_signals()}
 
     def on_signal(signum: int) -> None:
         received.append(signum)
@@ -886,7 +895,7 @@ async def _signals_cancel() -> AsyncIterator[None]:
         installed.clear()
         task.cancel()
 
-    for sig in (int(signal.SIGINT), int(signal.SIGTERM)):
+    for sig in previous:
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, on_signal, sig)
             installed.append(sig)
@@ -901,8 +910,8 @@ async def _signals_cancel() -> AsyncIterator[None]:
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
-            if previous[signal.Signals(sig)] is not None:  # None: not set from Python
-                signal.signal(sig, previous[signal.Signals(sig)])
+            if previous[sig] is not None:  # None: not set from Python
+                signal.signal(sig, previous[sig])
 
 
 @define
@@ -956,7 +965,8 @@ Exit status:
   1    some customers were not found or could not be read
   2    bad input or usage (an invalid record, a refused option or file)
   3    standard output could not be written: the plan is incomplete
-  130  interrupted (SIGINT, Ctrl-C); 143 terminated (SIGTERM)"""
+  130  interrupted (SIGINT, Ctrl-C); 143 terminated (SIGTERM); 129 hung up
+       (SIGHUP: its terminal closed; nohup keeps it going)"""
 
 
 @cli.command("plan", epilog=PLAN_EXIT_HELP)
