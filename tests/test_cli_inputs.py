@@ -726,6 +726,32 @@ def test_a_full_disk_before_the_first_record_sends_nothing(tmp_path, monkeypatch
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
 
 
+@pytest.mark.parametrize("how", ["--resume", "--overwrite-report"])
+def test_the_copy_a_killed_run_left_aside_is_removed_by_the_next(tmp_path, how):
+    """A report is replaced through a copy written aside (``.NAME.PID.tmp``) and
+    renamed over it; a SIGKILL between the two left the copy behind for good.
+    The next run that holds the report's lock removes it: no other run can be
+    writing one then.  A file of that look that is not such a copy is kept."""
+    records = [{"id": 1001 + n, "patch": {"name": f"N{n}"}} for n in range(2)]
+    path = jsonl(tmp_path / "u.jsonl", records)
+    report, earlier = tmp_path / "r.jsonl", tmp_path / "earlier.jsonl"
+    left = [tmp_path / ".r.jsonl.4242.tmp", tmp_path / ".r.jsonl.1.tmp"]
+    kept = [tmp_path / ".r.jsonl.notes.tmp", tmp_path / ".other.jsonl.1.tmp"]
+    for aside in left + kept:
+        aside.write_text("half a copy\n")
+    with threaded_fake("dualentry", customers=2, **FAST) as (fake, base, _):
+        first = run([*apply_fast(path, base), "--report", str(earlier)])
+        args = ["--resume", str(earlier), "--report", str(report)]
+        if how == "--overwrite-report":
+            report.write_text("")
+            args = ["--report", str(report), how]
+        again = run([*apply_fast(path, base), *args])
+    assert first.exit_code == 0, first.output
+    assert again.exit_code == 0, again.output
+    assert [p.exists() for p in left] == [False, False]
+    assert [p.exists() for p in kept] == [True, True]
+
+
 def test_a_full_disk_healing_a_torn_report_is_one_line(tmp_path, monkeypatch):
     """--resume ends a torn last line first: on a full disk that write failed
     with a traceback (exit 1)."""

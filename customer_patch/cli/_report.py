@@ -308,6 +308,7 @@ class Report:
         self = cls(target, destination)
         try:
             self._lock(target)
+            _remove_left_aside(Path(os.path.realpath(target)))
             in_place = resume is not None and (resume == target or _same(resume, target))
             if resume is not None:
                 if not in_place:
@@ -391,7 +392,7 @@ class Report:
         # Written aside, then renamed over the report's own file (not a link to
         # it): a full disk or a kill midway leaves the old report whole.
         real = Path(os.path.realpath(self.path))
-        aside = real.with_name(f".{real.name}.{os.getpid()}.tmp")
+        aside = real.with_name(_ASIDE.format(name=real.name, pid=os.getpid()))
         try:
             file = _open(aside, "wb")
             if existed:  # the old report's permissions (a report may be private)
@@ -466,6 +467,23 @@ class Report:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+_ASIDE = ".{name}.{pid}.tmp"
+"""The copy a report is replaced through: written aside, then renamed over it."""
+
+
+def _remove_left_aside(real: Path) -> None:
+    """Remove the copies of report ``real`` that runs killed while replacing it
+    (a SIGKILL, a power cut) left aside.  Called under its lock: no run is
+    writing one now."""
+    start, end = _ASIDE.format(name=real.name, pid="|").split("|")
+    with contextlib.suppress(OSError):  # an unreadable folder: they stay
+        for found in real.parent.iterdir():
+            pid = found.name.removeprefix(start).removesuffix(end)
+            if found.name == start + pid + end and pid.isdigit() and pid.isascii():
+                with contextlib.suppress(OSError):
+                    found.unlink()
 
 
 def _same(a: Path, b: Path) -> bool:
