@@ -183,13 +183,15 @@ def test_resume_skips_what_the_report_shows_as_done(tmp_path):
             "ok": True,
             "attempts": 1,
             "hash": digest({"id": 1000 + n, "patch": {"name": f"N{n - 1}"}}),
+            "n": n,
         }
         for n in range(1, 5)
     ]
-    report.write_text(
-        "".join(json.dumps(d) + "\n" for d in done) + '{"line": 5, "id": 1005, "ok": tr'
-    )  # torn last line
     with threaded_fake("dualentry", customers=10, **FAST) as (fake, base, _):
+        report.write_text(
+            "".join(json.dumps({**d, "to": f"dualentry {base}"}) + "\n" for d in done)
+            + '{"line": 5, "id": 1005, "ok": tr'
+        )  # torn last line
         result = run(
             [
                 *apply_dualentry(path, base),
@@ -391,11 +393,11 @@ def test_resuming_into_a_new_report_carries_the_done_records_over(tmp_path):
         tmp_path / "u.jsonl", [{"id": 1001 + i, "patch": {"name": f"N{i}"}} for i in range(4)]
     )
     first = tmp_path / "a.jsonl"
-    done = {"line": 1, "id": 1001, "ok": True, "attempts": 1}
+    done = {"line": 1, "id": 1001, "ok": True, "attempts": 1, "n": 1}
     done["hash"] = digest({"id": 1001, "patch": {"name": "N0"}})
-    first.write_text(json.dumps(done) + "\n")
     second = tmp_path / "b.jsonl"
     with threaded_fake("dualentry", customers=4, **FAST) as (fake, base, _):
+        first.write_text(json.dumps({**done, "to": f"dualentry {base}"}) + "\n")
         result = run(
             [
                 *apply_dualentry(path, base),

@@ -45,6 +45,14 @@ def entry(line, customer_id, record, *, ok, attempts=1):
     }
 
 
+def stamped(entries, base):
+    """Report lines as apply writes them: each with its place and where it went."""
+    return "".join(
+        json.dumps({**e, "n": n, "to": f"dualentry {base}"}) + "\n"
+        for n, e in enumerate(entries, start=1)
+    )
+
+
 def test_resume_sends_the_later_lines_of_a_customer_again_after_an_earlier_one(tmp_path):
     records = [
         {"id": 1001, "patch": {"name": "a"}},  # failed in the first run
@@ -53,15 +61,13 @@ def test_resume_sends_the_later_lines_of_a_customer_again_after_an_earlier_one(t
     ]
     path = jsonl(tmp_path / "u.jsonl", records)
     report = tmp_path / "r.jsonl"
-    report.write_text(
-        json.dumps(entry(1, 1001, records[0], ok=False, attempts=5))
-        + "\n"
-        + json.dumps(entry(2, 1001, records[1], ok=True))
-        + "\n"
-        + json.dumps(entry(3, 1002, records[2], ok=True))
-        + "\n"
-    )
+    lines = [
+        entry(1, 1001, records[0], ok=False, attempts=5),
+        entry(2, 1001, records[1], ok=True),
+        entry(3, 1002, records[2], ok=True),
+    ]
     with threaded_fake("dualentry", customers=2, **FAST) as (fake, base, ids):
+        report.write_text(stamped(lines, base))
         result = run([*apply_fast(path, base), "--resume", str(report)])
         stored = names(fake, ids)
         sent = [(r.path, r.body) for r in fake.requests]
@@ -97,8 +103,8 @@ def test_a_line_done_before_an_earlier_line_was_sent_again_is_not_done(tmp_path)
         entry(2, 1001, records[1], ok=True),
         entry(1, 1001, records[0], ok=True),  # run 2, killed before line 2 went again
     ]
-    report.write_text("".join(json.dumps(e) + "\n" for e in lines))
     with threaded_fake("dualentry", customers=1, **FAST) as (fake, base, _):
+        report.write_text(stamped(lines, base))
         fake.customers[1001]["name"] = "a"  # what run 2 left
         result = run([*apply_fast(path, base), "--resume", str(report)])
         stored = fake.customers[1001]["name"]
@@ -130,7 +136,7 @@ def test_resume_refuses_a_report_with_lines_the_file_does_not_have(tmp_path):
     records = [{"id": 1001, "patch": {"name": f"N{n}"}} for n in range(3)]
     path = jsonl(tmp_path / "u.jsonl", records)
     report = tmp_path / "r.jsonl"
-    report.write_text(json.dumps(entry(9, 1001, records[0], ok=True)) + "\n")
+    report.write_text(stamped([entry(9, 1001, records[0], ok=True)], "https://api.dualentry.com"))
     result = run(["apply", str(path), "--provider", "dualentry", "--resume", str(report)])
     assert result.exit_code == 2
     assert "results for 1 line(s) the file does not have" in result.output
@@ -242,9 +248,9 @@ def test_a_report_line_torn_anywhere_is_done_again_on_resume(tmp_path, torn, hea
     records = [{"id": 1001, "patch": {"name": "A"}}, {"id": 1002, "patch": {"name": "B"}}]
     path = jsonl(tmp_path / "u.jsonl", records)
     report = tmp_path / "r.jsonl"
-    done = json.dumps(entry(1, 1001, records[0], ok=True)).encode() + b"\n"
-    report.write_bytes(done + torn + (b"\n" if healed else b""))
     with threaded_fake("dualentry", customers=2, **FAST) as (fake, base, ids):
+        done = stamped([entry(1, 1001, records[0], ok=True)], base).encode()
+        report.write_bytes(done + torn + (b"\n" if healed else b""))
         resumed = run([*apply_fast(path, base), "--resume", str(report)])
         stored = names(fake, ids)
     assert resumed.exit_code == 0, resumed.output
@@ -585,10 +591,15 @@ def test_sandbox_option_problems_are_one_line_and_exit_2(args, message):
     ("content", "message"),
     [
         (b'{"id": 1001, "ok": true, "attempts": 1, "hash": "x"}\n', "a report line needs"),
+        # Without its place ("n") or where it went ("to"), a line could be
+        # resumed out of order, or against another provider, unnoticed.
+        (b'{"line": 1, "id": 1001, "ok": true, "attempts": 1, "hash": "x", "to": "a"}\n', "needs"),
+        (b'{"line": 1, "id": 1001, "ok": true, "attempts": 1, "hash": "x", "n": 1}\n', "needs"),
         (b'{"line": 1, "id": 1001, "ok": true, "attempts": 1}\n', "an older version"),
         (b"\xff\xfe not a report\n", ":1: not a line of a customer-patch report"),
         (
-            b'{"line": 1, "id": 1001, "ok": true, "attempts": 1, "hash": "x"}\n[1]\n',
+            b'{"line": 1, "id": 1001, "ok": true, "attempts": 1, "hash": "x", "n": 1, "to": "a"}'
+            b"\n[1]\n",
             ":2: not a line",
         ),
     ],

@@ -33,7 +33,9 @@ from customer_patch._model import Customer, CustomerPatch, ExternalIds, shared_n
 from customer_patch.cli._input import Line
 
 _TORN_PREFIX = b'{"line": '  # every line this module writes starts so
-_REQUIRED = {"line": int, "ok": bool, "attempts": int, "hash": str}
+# "n", its place, and "to", where its record went: a line without them could
+# be resumed out of order, or against another provider, unnoticed.
+_REQUIRED = {"line": int, "ok": bool, "attempts": int, "hash": str, "n": int, "to": str}
 
 
 class ReportError(Exception):
@@ -68,8 +70,7 @@ class History:
     def add(self, entry: dict[str, Any]) -> None:
         """Take one report line into account, in the order the report holds them."""
         self.entries += 1
-        if isinstance(entry.get("to"), str):
-            self.destinations.add(entry["to"])
+        self.destinations.add(entry["to"])
         after = entry.get("after")
         if isinstance(after, dict) and entry["attempts"] > 0 and "customer" in entry:
             # Sent, so its undo line was written first: what it changed is done
@@ -131,19 +132,19 @@ def read_history(path: Path) -> History:
                 continue  # torn by a crash mid-write: its record is simply done again
             raise ReportError(f"{path}:{number}: not a line of a customer-patch report")
         missing = [k for k, kind in _REQUIRED.items() if not isinstance(entry.get(k), kind)]
-        if missing or "id" not in entry or isinstance(entry["line"], bool):
+        if missing or "id" not in entry or any(isinstance(entry[k], bool) for k in ("line", "n")):
             needs = ", ".join(f"'{k}'" for k in (*_REQUIRED, "id"))
             raise ReportError(
                 f"{path}:{number}: a report line needs {needs}"
                 + (
                     " (a report of an older version cannot be resumed)"
-                    if missing == ["hash"]
+                    if "hash" in missing
                     else ""
                 )
             )
         # The order of the lines is the order of the sends, which decides what
         # is done: a report sorted (or its lines moved) would resume wrong.
-        if "n" in entry and entry["n"] != history.entries + 1:
+        if entry["n"] != history.entries + 1:
             raise ReportError(
                 f"{path}:{number}: the report's lines are out of order (was it sorted "
                 "or edited?); it cannot say what was done last; nothing sent"
@@ -282,7 +283,7 @@ class Report:
         resume: Path | None,
         overwrite: bool,
         source: Path | None,
-        destination: str | None = None,
+        destination: str,
     ) -> Report:
         """The report for a run writing ``report`` (or continuing ``resume``) for
         ``source``, its records sent to ``destination`` (``"provider base_url"``,
@@ -315,7 +316,7 @@ class Report:
                     self._lock(resume)
                 self.history = read_history(resume)
                 elsewhere = self.history.destinations - {destination}
-                if destination is not None and elsewhere:
+                if elsewhere:
                     raise ReportError(
                         f"--resume {resume} is a report of records sent to "
                         f"{sorted(elsewhere)[0]}, not to {destination}: what it shows "
