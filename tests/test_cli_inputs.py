@@ -637,6 +637,23 @@ def test_a_report_resumed_against_another_provider_or_server_is_refused(tmp_path
     assert report.read_bytes() == content
 
 
+def test_a_refusal_quoting_a_hand_edited_report_is_one_line(tmp_path):
+    """The refusal quotes the report's own "to": one edited to hold a line
+    break and a terminal escape printed a second line, and a colour."""
+    records = [{"id": 1001, "patch": {"name": "N0"}}]
+    path = jsonl(tmp_path / "u.jsonl", records)
+    report = tmp_path / "r.jsonl"
+    line = entry(1, 1001, records[0], ok=True)
+    report.write_text(stamped([line], "x\nerror: forged\x1b[31m"))
+    with threaded_fake("dualentry", customers=1, **FAST) as (fake, base, _):
+        resumed = run([*apply_fast(path, base), "--resume", str(report)])
+        sent = len(fake.requests)
+    assert resumed.exit_code == 2, resumed.output
+    assert "sent to dualentry x\\nerror: forged\\x1b[31m, not to" in resumed.output
+    assert len(resumed.output.strip().splitlines()) == 1, resumed.output
+    assert sent == 0
+
+
 def test_a_report_whose_lines_were_reordered_is_refused(tmp_path):
     """The report's order is the order of the sends, which decides what is done
     for a customer written twice: a sorted report (by line number, here) made
@@ -737,18 +754,22 @@ def test_a_full_disk_before_the_first_record_sends_nothing(tmp_path, monkeypatch
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
 
 
+@pytest.mark.parametrize("name", ["r.jsonl", "a|b.jsonl"])
 @pytest.mark.parametrize("how", ["--resume", "--overwrite-report"])
-def test_the_copy_a_killed_run_left_aside_is_removed_by_the_next(tmp_path, how):
-    """A report is replaced through a copy written aside (``.NAME.PID.tmp``) and
-    renamed over it; a SIGKILL between the two left the copy behind for good.
-    The next run that holds the report's lock removes it: no other run can be
-    writing one then.  A file of that look that is not such a copy is kept."""
+def test_the_copy_a_killed_run_left_aside_is_removed_by_the_next(tmp_path, how, name):
+    """A report is replaced through a copy written beside it
+    (``.NAME.customer-patch.tmp``) and renamed over it; a SIGKILL between the
+    two left the copy behind for good.  The next run that holds the report's
+    lock removes it: no other run can be writing it then.  Nothing else is
+    touched: not a file named by a process id (``.r.jsonl.20261123.tmp`` is
+    as likely an operator's), not another report's copy."""
     records = [{"id": 1001 + n, "patch": {"name": f"N{n}"}} for n in range(2)]
     path = jsonl(tmp_path / "u.jsonl", records)
-    report, earlier = tmp_path / "r.jsonl", tmp_path / "earlier.jsonl"
-    left = [tmp_path / ".r.jsonl.4242.tmp", tmp_path / ".r.jsonl.1.tmp"]
-    kept = [tmp_path / ".r.jsonl.notes.tmp", tmp_path / ".other.jsonl.1.tmp"]
-    for aside in left + kept:
+    report, earlier = tmp_path / name, tmp_path / "earlier.jsonl"
+    left = tmp_path / f".{name}.customer-patch.tmp"
+    kept = [tmp_path / f".{name}.{n}.tmp" for n in ("4242", "20261123", "notes")]
+    kept.append(tmp_path / ".other.jsonl.customer-patch.tmp")
+    for aside in [left, *kept]:
         aside.write_text("half a copy\n")
     with threaded_fake("dualentry", customers=2, **FAST) as (fake, base, _):
         first = run([*apply_fast(path, base), "--report", str(earlier)])
@@ -759,8 +780,37 @@ def test_the_copy_a_killed_run_left_aside_is_removed_by_the_next(tmp_path, how):
         again = run([*apply_fast(path, base), *args])
     assert first.exit_code == 0, first.output
     assert again.exit_code == 0, again.output
-    assert [p.exists() for p in left] == [False, False]
-    assert [p.exists() for p in kept] == [True, True]
+    assert not left.exists()
+    assert [p.read_text() for p in kept] == ["half a copy\n"] * len(kept)
+    assert len(report_lines(report)) == 2
+
+
+@pytest.mark.parametrize("flag", ["--undo-file", "input"])
+def test_a_file_named_as_the_reports_copy_is_refused_not_destroyed(tmp_path, flag):
+    """The copy a report is replaced through is the command's own file: given
+    as the input or the undo file, it would be removed, or written over."""
+    report = tmp_path / "r.jsonl"
+    report.write_text("")
+    aside = tmp_path / ".r.jsonl.customer-patch.tmp"
+    record = {"id": 1001, "patch": {"name": "x"}}
+    if flag == "input":
+        path = jsonl(aside, [record])
+        more = ["--format", "jsonl"]
+    else:  # a new file, as an undo file must be
+        path = jsonl(tmp_path / "u.jsonl", [record])
+        more = ["--changes-only", "--undo-file", str(aside)]
+    before = aside.read_bytes() if aside.exists() else None
+    with threaded_fake("dualentry", customers=1, **FAST) as (fake, base, _):
+        result = run(
+            [*apply_fast(path, base), "--report", str(report), "--overwrite-report", *more]
+        )
+        sent = len(fake.requests)
+    assert result.exit_code == 2, result.output
+    assert "the copy the report is replaced through; name another file" in result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    assert sent == 0
+    assert (aside.read_bytes() if aside.exists() else None) == before
+    assert report.read_text() == ""
 
 
 def test_a_full_disk_healing_a_torn_report_is_one_line(tmp_path, monkeypatch):

@@ -49,7 +49,13 @@ from customer_patch.cli._input import (
 )
 from customer_patch.cli._pipe import Stoppable, taken
 from customer_patch.cli._progress import ProgressView
-from customer_patch.cli._report import Report, ReportError, ReportWriteError, UndoFile
+from customer_patch.cli._report import (
+    Report,
+    ReportError,
+    ReportWriteError,
+    UndoFile,
+    aside_of,
+)
 from customer_patch.sandbox import Faults, fake_for
 
 T = TypeVar("T")
@@ -63,8 +69,9 @@ err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
 
 def _fail(message: str, status: int = EXIT_BAD_INPUT) -> NoReturn:
-    """One line on standard error (the message may quote data: no markup), then exit."""
-    err.print("[red]error:[/red] " + escape(message))
+    """One line on standard error, then exit.  The message may quote data (a
+    file's name, a report's content): no markup, and nothing unprintable."""
+    err.print("[red]error:[/red] " + escape(shown(message)))
     raise SystemExit(status)
 
 
@@ -651,6 +658,12 @@ def _check_undo_file(
     for other, flag in ((given, "the input file"), (report, "the report"), (resume, "the report")):
         if other is not None and (undo_file == other or _same_file(undo_file, other)):
             _fail(f"--undo-file {undo_file} is {flag}; name another file")
+    target = report or resume
+    if target is not None and aside_of(target) == Path(os.path.realpath(undo_file)):
+        _fail(
+            f"--undo-file {undo_file} is the copy the report is replaced through; "
+            "name another file"
+        )
     try:
         UndoFile.check(undo_file, resume=resume is not None)
     except ReportError as e:

@@ -130,7 +130,9 @@ def read_history(path: Path) -> History:
         if entry is None:
             if _torn(line):
                 continue  # torn by a crash mid-write: its record is simply done again
-            raise ReportError(f"{path}:{number}: not a line of a customer-patch report")
+            raise ReportError(
+                f"{path}:{number}: not a line of a customer-patch report; nothing sent"
+            )
         missing = [k for k, kind in _REQUIRED.items() if not isinstance(entry.get(k), kind)]
         if missing or "id" not in entry or any(isinstance(entry[k], bool) for k in ("line", "n")):
             needs = ", ".join(f"'{k}'" for k in (*_REQUIRED, "id"))
@@ -141,6 +143,7 @@ def read_history(path: Path) -> History:
                     if "hash" in missing
                     else ""
                 )
+                + "; nothing sent"
             )
         # The order of the lines is the order of the sends, which decides what
         # is done: a report sorted (or its lines moved) would resume wrong.
@@ -304,12 +307,20 @@ class Report:
         for given, flag in ((report, "--report"), (resume, "--resume")):
             if given is not None and source is not None and _same(given, source):
                 raise ReportError(f"{flag} {given} is the input file; name another file")
+        if source is not None and _same(aside_of(target), source):
+            raise ReportError(
+                f"the input file {source} is the copy the report is replaced through; "
+                "name another file"
+            )
         if not target.parent.is_dir():
             raise ReportError(f"--report {target}: the folder {target.parent} does not exist")
         self = cls(target, destination)
         try:
             self._lock(target)
-            _remove_left_aside(Path(os.path.realpath(target)))
+            # A kill between writing the copy and renaming it left it behind;
+            # under the lock no run is writing it now.
+            with contextlib.suppress(OSError):  # none (the common case), or a folder
+                aside_of(target).unlink()
             in_place = resume is not None and (resume == target or _same(resume, target))
             if resume is not None:
                 if not in_place:
@@ -393,7 +404,7 @@ class Report:
         # Written aside, then renamed over the report's own file (not a link to
         # it): a full disk or a kill midway leaves the old report whole.
         real = Path(os.path.realpath(self.path))
-        aside = real.with_name(_ASIDE.format(name=real.name, pid=os.getpid()))
+        aside = aside_of(real)
         try:
             file = _open(aside, "wb")
             if existed:  # the old report's permissions (a report may be private)
@@ -470,21 +481,12 @@ class Report:
         self.close()
 
 
-_ASIDE = ".{name}.{pid}.tmp"
-"""The copy a report is replaced through: written aside, then renamed over it."""
-
-
-def _remove_left_aside(real: Path) -> None:
-    """Remove the copies of report ``real`` that runs killed while replacing it
-    (a SIGKILL, a power cut) left aside.  Called under its lock: no run is
-    writing one now."""
-    start, end = _ASIDE.format(name=real.name, pid="|").split("|")
-    with contextlib.suppress(OSError):  # an unreadable folder: they stay
-        for found in real.parent.iterdir():
-            pid = found.name.removeprefix(start).removesuffix(end)
-            if found.name == start + pid + end and pid.isdigit() and pid.isascii():
-                with contextlib.suppress(OSError):
-                    found.unlink()
+def aside_of(report: Path) -> Path:
+    """The copy ``report`` is replaced through: written beside the report's own
+    file (not a link to it), then renamed over it.  One name, not one per
+    process: the report's lock lets one run at a time write it."""
+    real = Path(os.path.realpath(report))
+    return real.with_name(f".{real.name}.customer-patch.tmp")
 
 
 def _same(a: Path, b: Path) -> bool:
