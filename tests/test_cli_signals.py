@@ -814,6 +814,49 @@ def test_a_stop_while_the_command_loads_is_one_line(monkeypatch, capsys, error, 
 
 
 @pytest.mark.skipif(os.name != "posix", reason="POSIX signals")
+class _SignalledOnImport:
+    """A meta path finder that sends this process ``signum`` when ``name`` is imported."""
+
+    def __init__(self, name, signum):
+        self.name, self.signum = name, signum
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname == self.name:
+            os.kill(os.getpid(), self.signum)
+        return
+
+
+class _NotTakenOver(BaseException):
+    pass
+
+
+@pytest.mark.parametrize(("signum", "status"), STOPS[1:])  # SIGINT: KeyboardInterrupt, above
+def test_a_signal_while_the_command_loads_is_one_line(monkeypatch, capsys, signum, status):
+    """SIGTERM or SIGHUP while Python loads the command's modules (a second or
+    so on a cold machine) ended it with no word, as the signal's default action."""
+    import sys
+
+    from customer_patch.cli import main
+
+    def not_taken_over(signum, frame):  # the default action, without ending pytest
+        raise _NotTakenOver(signum)
+
+    previous = signal.signal(signum, not_taken_over)
+    try:
+        monkeypatch.delitem(sys.modules, "customer_patch.cli._commands", raising=False)
+        finder = _SignalledOnImport("customer_patch.cli._commands", signum)
+        monkeypatch.setattr(sys, "meta_path", [finder, *sys.meta_path])
+        with pytest.raises(SystemExit) as stopped:
+            main()
+        after = signal.getsignal(signum)
+    finally:
+        signal.signal(signum, previous)
+    assert stopped.value.code == status
+    said = capsys.readouterr().err.splitlines()
+    assert said == ["customer-patch: interrupted while starting; nothing was sent"]
+    assert after is not_taken_over  # given back
+
+
 def test_a_signal_while_click_reads_the_arguments_ends_as_interrupted(monkeypatch):
     """Before a command runs (click parsing its arguments, --help, --version), a
     Ctrl-C printed click's "Aborted!" and exited 1, as a failed run does."""

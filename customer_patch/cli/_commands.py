@@ -26,6 +26,7 @@ from customer_patch._errors import CustomerPatchError
 from customer_patch._http import RateLimit
 from customer_patch._model import UNSET, Unset
 from customer_patch._registry import available_adapters, get_adapter
+from customer_patch.cli import stopping_signals
 from customer_patch.cli._apply import (
     EXIT_BAD_INPUT,
     EXIT_SIGINT,
@@ -158,15 +159,6 @@ def _signal_status(e: Interrupted | KeyboardInterrupt) -> int:
     """The exit status of a command a signal ended: 128 + the signal's number, as
     a shell reports a process the signal killed (130 SIGINT, 143 SIGTERM, 129 SIGHUP)."""
     return 128 + e.signum if isinstance(e, Interrupted) else EXIT_SIGINT
-
-
-def _stopping_signals() -> list[int]:
-    """The signals that stop a command: SIGINT (Ctrl-C), SIGTERM and SIGHUP (its
-    terminal closed, an SSH connection lost), less those ignored when it was
-    started: ``nohup`` ignores SIGHUP, and a shell script's ``&`` SIGINT, so that
-    the command goes on through them.  Taken over, they stopped it anyway."""
-    found = (getattr(signal, name, None) for name in ("SIGINT", "SIGTERM", "SIGHUP"))
-    return [int(s) for s in found if s is not None and signal.getsignal(s) != signal.SIG_IGN]
 
 
 class _Commands(click.Group):
@@ -598,7 +590,7 @@ def _signals_interrupt() -> Iterator[None]:
             raise Interrupted(signum)
 
     _signals.received.clear()
-    previous = {sig: signal.signal(sig, on_signal) for sig in _stopping_signals()}
+    previous = {sig: signal.signal(sig, on_signal) for sig in stopping_signals()}
     try:
         yield
     finally:
@@ -895,7 +887,7 @@ async def _signals_cancel() -> AsyncIterator[None]:
     installed: list[int] = []
     # Leaving, asyncio puts a signal back to the system's default, not to what
     # it was: SIGTERM would kill the command silently from then on.
-    previous = {sig: signal.getsignal(sig) for sig in _stopping_signals()}
+    previous = {sig: signal.getsignal(sig) for sig in stopping_signals()}
 
     def on_signal(signum: int) -> None:
         received.append(signum)
