@@ -813,7 +813,6 @@ def test_a_stop_while_the_command_loads_is_one_line(monkeypatch, capsys, error, 
     assert capsys.readouterr().err.splitlines()[0] == said
 
 
-@pytest.mark.skipif(os.name != "posix", reason="POSIX signals")
 class _SignalledOnImport:
     """A meta path finder that sends this process ``signum`` when ``name`` is imported."""
 
@@ -857,6 +856,7 @@ def test_a_signal_while_the_command_loads_is_one_line(monkeypatch, capsys, signu
     assert after is not_taken_over  # given back
 
 
+@pytest.mark.skipif(os.name != "posix", reason="POSIX signals")
 def test_a_signal_while_click_reads_the_arguments_ends_as_interrupted(monkeypatch):
     """Before a command runs (click parsing its arguments, --help, --version), a
     Ctrl-C printed click's "Aborted!" and exited 1, as a failed run does."""
