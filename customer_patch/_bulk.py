@@ -225,6 +225,21 @@ def _id_of_pair(item: Any) -> Any:
     return customer_id if isinstance(patch, CustomerPatch) else _NOT_A_PAIR
 
 
+def _keys_named(item: Any, matched_by: str) -> tuple[frozenset[str], bool]:
+    """The keys a record of a run matched on ``matched_by`` names (as the
+    provider's filter compares them, without case): its own and, if its patch
+    sets ``matched_by``, the one it renames its customer to; and whether it does."""
+    key = _id_of_pair(item)
+    keys = {key.casefold()} if isinstance(key, str) else set()
+    if key is not _NOT_A_PAIR:
+        for path, value in item[1].set_fields():
+            if path == matched_by:
+                if isinstance(value, str):
+                    keys.add(value.casefold())
+                return frozenset(keys), True
+    return frozenset(keys), False
+
+
 def _as_sent(path: str, value: Any) -> Any:
     return value
 
@@ -310,10 +325,11 @@ def _known_only(customer: Customer, patch: CustomerPatch) -> Customer:
 class _Record:
     """One record taken from the input, as a later record of its customer sees it."""
 
-    __slots__ = ("ended", "reads_before_end", "result", "waiters")
+    __slots__ = ("ended", "reads_before_end", "renames", "result", "waiters")
 
     def __init__(self) -> None:
         self.ended = False
+        self.renames: frozenset[str] = frozenset()  # with matched_by: keys renamed from, to
         self.reads_before_end = 0  # batch reads issued when it ended
         self.result: UpdateResult | None = None  # None: ended without one (cancelled, a bug)
         self.waiters: list[asyncio.Future[None]] | None = None  # most records have none
@@ -512,6 +528,7 @@ async def run_bulk(
     before_write: BeforeWrite | None = None,
     check: _Send | None = None,
     read_back: Callable[[str, Any], Any] = _as_sent,
+    matched_by: str | None = None,
 ) -> AsyncGenerator[UpdateResult, None]:
     """Yield one result per input item as each finishes; see ``Client.iter_updates``.
 
@@ -537,6 +554,10 @@ async def run_bulk(
     with ``compare`` it checks the whole patch first, so an invalid record is
     an error even when nothing in it differs from what was read; given
     ``None`` for the customer (its read failed), it checks the patch alone.
+    ``matched_by``, with ``resolve``: the patch path of the key the input names
+    customers by.  A record that sets it renames a key: a later record naming
+    either key (or renaming to one) is read in a later batch, once it has ended,
+    so each key names the customer that holds it when its record's turn comes.
     """
     # Refused before anything is sent: 2.5 would bound nothing (a semaphore of 2.5
     # never blocks), and a progress hook that cannot be called would end the run
@@ -580,6 +601,9 @@ async def run_bulk(
     wake: asyncio.Future[None] | None = None  # the consumer waits for a result
     room: asyncio.Future[None] | None = None  # workers wait for the consumer
     read_failures: set[int] = set()  # records in flight whose read the provider refused
+    # With matched_by: each key renamed (from or to) by a record not ended yet -> the
+    # last such record.  Bounded by concurrency plus a batch.
+    renaming: dict[str, _Record] = {}
     taking = asyncio.Lock()  # one worker at a time awaits the input (or a read)
     leaving = False  # set once the run ends: workers take nothing more
 
@@ -771,10 +795,21 @@ async def run_bulk(
     batch: collections.deque[tuple[int, Any]] = collections.deque()
     pending: asyncio.Future[Any] | None = None
     was_read: Mapping[str, Any] = {}
+    # With matched_by: a record taken that names a key a record of the batch
+    # renames; it starts the next batch, read once that record has ended.
+    held: tuple[int, Any] | None = None
 
     async def take_batch() -> None:
-        nonlocal was_read, reads, pending
+        nonlocal was_read, reads, pending, held
         batch_started = 0.0
+        renamed: set[str] = set()  # the keys this batch's records rename
+        if held is not None:
+            batch.append(held)
+            held = None
+            if matched_by is not None:
+                keys, renames = _keys_named(batch[0][1], matched_by)
+                if renames:
+                    renamed |= keys
         while not exhausted and len(batch) < read_batch:
             if sync_source is not None:
                 item = take_now()
@@ -798,10 +833,28 @@ async def run_bulk(
             if item is not _END:
                 if not batch:
                     batch_started = loop.time()
-                batch.append((next(counter), item))
+                taken = (next(counter), item)
+                if matched_by is not None:
+                    keys, renames = _keys_named(item, matched_by)
+                    if not renamed.isdisjoint(keys):
+                        # Read with this batch, its key would be looked up before
+                        # the rename it follows had landed.
+                        held = taken
+                        break
+                    if renames:
+                        renamed |= keys
+                batch.append(taken)
         # Once the run stops, its records are not attempted: nothing to read.
         ids = [] if stop.cause is not None else [_id_of_pair(item) for _, item in batch]
         ids = [i for i in ids if i is not _NOT_A_PAIR]
+        if renaming and ids and matched_by is not None:
+            # A key renamed by a record of a batch before is read once the rename
+            # has landed (or failed): the read finds its holder after it.
+            for _, item in batch:
+                for key in _keys_named(item, matched_by)[0]:
+                    earlier = renaming.get(key)
+                    if earlier is not None:
+                        await earlier.wait()
         assert read is not None
         recent.clear()
         recent.update(since_read)  # ended or not: the read may not show them yet
@@ -854,7 +907,7 @@ async def run_bulk(
         async with taking:
             while True:
                 taken = next_record()
-                if taken is not None or (exhausted and not batch):
+                if taken is not None or (exhausted and not batch and held is None):
                     return taken
                 if read is None:
                     item = await take()
@@ -872,6 +925,11 @@ async def run_bulk(
         record = latest[key] = _Record()
         if read is not None:
             recent[key] = since_read[key] = record
+            if matched_by is not None:
+                keys, renames = _keys_named(item, matched_by)
+                if renames:
+                    record.renames = keys
+                    renaming.update(dict.fromkeys(keys, record))
         # Ended before this batch was read: that read is news of its own.
         read_after = previous is not None and previous.ended and previous.reads_before_end < reads
         return index, item, was, key, previous, read_after, record
@@ -942,6 +1000,9 @@ async def run_bulk(
                 record.end(result)
                 if latest.get(key) is record:
                     del latest[key]
+                for renamed_key in record.renames:
+                    if renaming.get(renamed_key) is record:
+                        del renaming[renamed_key]
                 if result is not None:
                     if read_failures:
                         stop.record(result, read_failed=result.index in read_failures)

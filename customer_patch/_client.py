@@ -1015,6 +1015,7 @@ class Client:
             complete=self._get_or_error if adapter.get_path("{id}") is not None else None,
             check=self._check,
             read_back=adapter.read_back,
+            matched_by=match_on,
         )
 
     async def _get_or_error(self, customer_id: CustomerId) -> Customer | CustomerPatchError:

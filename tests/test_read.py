@@ -9,10 +9,13 @@ import asyncio
 import collections
 import itertools
 import json
+import random
 from urllib.parse import parse_qs, urlsplit
 
 import attrs
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from customer_patch import (
     Address,
@@ -96,7 +99,9 @@ class Store:
             return Response(status=404, body=b'{"success": false, "errors": {"__all__": ["x"]}}')
         if request.method == "PATCH":
             customer.update(
-                (k, v) for k, v in request.json().items() if k in ("name", "email", "phone")
+                (k, v)
+                for k, v in request.json().items()
+                if k in ("name", "email", "phone", "unique_id")
             )
         return Response(status=200, body=json.dumps(customer).encode())
 
@@ -1024,6 +1029,117 @@ async def test_a_read_refused_for_all_is_the_outcome_of_records_setting_custom_f
     assert kinds[error] == 100  # the first batch's records, from its one read
     assert kinds[NotAttemptedError] == 200
     assert len(transport.requests) == 1
+
+
+def matched_in_order(holders, updates):
+    """What applying ``updates`` (matched on ``unique_id``) one after the other does:
+    each record's outcome (the customer it changed, or the error's class) and
+    every customer's ``(unique_id, name)`` at the end."""
+    state = {cid: dict(fields) for cid, fields in holders.items()}
+    outcomes = []
+    for key, patch in updates:
+        found = [
+            c for c, f in state.items() if (f["unique_id"] or "").casefold() == key.casefold()
+        ]
+        if len(found) != 1:
+            outcomes.append(NotFoundError if not found else ValidationError)
+            continue
+        state[found[0]].update(patch.to_dict())
+        outcomes.append(found[0])
+    return outcomes, {c: (f["unique_id"], f["name"]) for c, f in state.items()}
+
+
+async def run_matched(store, updates, *, concurrency, shuffle=None, **options):
+    """A match_on run through ``store``; ``shuffle(request)`` is awaited before each answer."""
+    if shuffle is not None:
+        answer = store.answer
+
+        async def shuffled(request):
+            await shuffle(request)
+            return answer(request)
+
+        store.transport = MockTransport(shuffled)
+    async with client(store) as de:
+        results = [
+            r
+            async for r in de.iter_updates(
+                updates, concurrency=concurrency, match_on="unique_id", **options
+            )
+        ]
+    results.sort(key=lambda r: r.index)
+    outcomes = [r.customer.id if r.ok else type(r.error) for r in results]
+    final = {c: (f["unique_id"], f["name"]) for c, f in store.customers.items()}
+    return outcomes, final
+
+
+@pytest.mark.parametrize("concurrency", [1, 2, 3, 8])
+async def test_match_on_follows_a_key_that_an_earlier_record_renames(concurrency):
+    """Two customers swap keys through a third, then a record names one of them:
+    each key is the customer that holds it when its record's turn comes, as
+    applying the file line by line would find it.  (The whole batch was looked
+    up before any of it ran: the last record went to the key's first holder,
+    and the third found no customer at all.)"""
+    store = Store(3)
+    for cid in (1, 2, 3):
+        store.customers[cid]["unique_id"] = f"K{cid}"
+    updates = [
+        ("K1", CustomerPatch(unique_id="TMP")),
+        ("K2", CustomerPatch(unique_id="K1")),
+        ("tmp", CustomerPatch(unique_id="K2")),  # the filter ignores case
+        ("K1", CustomerPatch(name="the second holder of K1")),
+        ("K3", CustomerPatch(name="no part of the swap")),
+    ]
+    holders = {
+        c: {"unique_id": f["unique_id"], "name": f["name"]} for c, f in store.customers.items()
+    }
+    expected = matched_in_order(holders, updates)
+    assert expected == (
+        [1, 2, 1, 2, 3],
+        {1: ("K2", "C1"), 2: ("K1", "the second holder of K1"), 3: ("K3", "no part of the swap")},
+    )
+    assert await run_matched(store, updates, concurrency=concurrency) == expected
+
+
+@settings(max_examples=60)
+@given(
+    records=st.lists(
+        st.tuples(
+            st.sampled_from(["K1", "K2", "k3", "TMP", "gone"]),
+            st.sampled_from(["K1", "K2", "K3", "tmp", None]),  # None: set the name
+        ),
+        max_size=12,
+    ),
+    concurrency=st.integers(1, 6),
+    skip_unchanged=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_match_on_ends_as_applying_the_records_in_order_would(
+    records, concurrency, skip_unchanged, seed
+):
+    """Renames and writes by key, answered in a random order: every record's
+    outcome and the customers' end state are those of the input applied in order."""
+    updates = [
+        (key, CustomerPatch(name=f"set by {i}") if new is None else CustomerPatch(unique_id=new))
+        for i, (key, new) in enumerate(records)
+    ]
+    store = Store(3)
+    for cid in (1, 2, 3):
+        store.customers[cid]["unique_id"] = f"K{cid}"
+    holders = {
+        c: {"unique_id": f["unique_id"], "name": f["name"]} for c, f in store.customers.items()
+    }
+    rng = random.Random(seed)
+
+    async def shuffle(request):
+        for _ in range(rng.randrange(4)):
+            await asyncio.sleep(0)
+
+    got = asyncio.run(
+        run_matched(
+            store, updates, concurrency=concurrency, shuffle=shuffle, skip_unchanged=skip_unchanged
+        )
+    )
+    assert got == matched_in_order(holders, updates)
 
 
 async def test_match_on_a_key_the_provider_cannot_filter_by_is_refused_at_once():
