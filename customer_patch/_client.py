@@ -12,7 +12,15 @@ import logging
 import math
 import re
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from types import MappingProxyType, TracebackType
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -215,6 +223,22 @@ a page; a page longer than asked for is refused)."""
 async def _done(value: T) -> T:
     """``value``, as an awaitable (for an answer known before anything is sent)."""
     return value
+
+
+async def _together(awaitables: Iterable[Awaitable[T]]) -> list[T]:
+    """The value of each of ``awaitables``, run concurrently, in their order.
+    If one raises, the others are cancelled, and have ended, before its
+    exception propagates: ``gather`` leaves them running, unseen, sending
+    requests after the caller has gone on."""
+    tasks = [asyncio.ensure_future(a) for a in awaitables]
+    try:
+        return await asyncio.gather(*tasks)
+    finally:
+        running = [task for task in tasks if not task.done()]
+        for task in running:
+            task.cancel()
+        if running:
+            await asyncio.wait(running)
 
 
 def _reads_on(shown: int, count: int, page: int) -> bool:
@@ -798,7 +822,7 @@ class Client:
                 customer, error, _ = await self._get(customer_id)
             return customer if error is None else error  # type: ignore[return-value]
 
-        results = await asyncio.gather(*(read(c) for c in ids.values()))
+        results = await _together(read(c) for c in ids.values())
         current.update(zip(ids, results, strict=True))
 
     async def _list_ids(
@@ -1157,7 +1181,7 @@ class Client:
             return found
 
         wanted = {read_key(k): k for k in keys if read_key(k) is not None}
-        found = await asyncio.gather(*(one(k) for k in wanted.values()))
+        found = await _together(one(k) for k in wanted.values())
         # Some of these errors quote the list's own values (a unique_id, an id),
         # which a provider can fill with the key it was sent: mask them too.
         redact = self._credentials.redact

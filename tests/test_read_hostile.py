@@ -766,6 +766,51 @@ async def test_a_customer_with_oddly_named_custom_fields_fails_only_its_own_reco
             assert all(isinstance(r.error, ResponseFormatError) for r in results if r.index != 1)
 
 
+# -- reads that fail with a bug -----------------------------------------------------------
+
+
+class TransportBug(Exception):
+    """Not a CustomerPatchError: a transport's (or an adapter's) bug."""
+
+
+@pytest.mark.parametrize(
+    ("provider", "options"),
+    [("dualentry", {"match_on": "unique_id"}), ("qwoty", {"skip_unchanged": True})],
+)
+async def test_a_read_failing_with_a_bug_leaves_no_other_read_running(provider, options):
+    """One request of a batch's reads (one a record) raises something that is
+    not a CustomerPatchError: the batch's other reads are cancelled before the
+    run goes on.  They ran on, unseen, after update_many had returned (and sent
+    their requests then): asyncio.gather does not cancel the rest."""
+    never = asyncio.Event()
+    answered_late = []
+
+    async def answer(request):
+        if "BOOM" in request.url or request.url.endswith(QID_BOOM):
+            raise TransportBug("a bug in the transport")
+        await never.wait()  # answers only once the run is over, if ever
+        answered_late.append(request.url)
+        return Response(status=500)
+
+    keys = ["BOOM", *(f"K{i}" for i in range(7))] if provider == "dualentry" else QIDS
+    updates = [(key, CustomerPatch(name="New")) for key in keys]
+    async with mock_client(answer, provider) as c:
+        report = await asyncio.wait_for(
+            c.update_many(updates, concurrency=8, **options), HANG_GUARD
+        )
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        never.set()
+        await asyncio.sleep(0)
+    assert others == []
+    assert answered_late == []
+    assert sorted(r.index for r in report.results) == list(range(8))
+    assert all(isinstance(r.error, TransportBug) for r in report.results)
+
+
+QID_BOOM = "00000000-0000-4000-8000-00000000b000"
+QIDS = [QID_BOOM, *(f"00000000-0000-4000-8000-00000000000{i}" for i in range(7))]
+
+
 # -- a closed client ----------------------------------------------------------------------
 
 
