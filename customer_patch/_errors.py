@@ -17,6 +17,23 @@ BODY_KEPT = 64 * 1024
 says what it was, and a run that keeps every result (``update_many``) must
 not keep up to the 8 MiB read cap for every record a provider refused."""
 
+HEADERS_KEPT = 16 * 1024
+"""Characters of a provider's headers (names and values) an error keeps in
+``headers``, at most, whole headers in the order received (and ``Retry-After``
+wherever it came): for the same reason, as aiohttp reads up to 128 headers of
+8 KB each."""
+
+
+def _kept_headers(headers: Mapping[str, str] | None) -> CIMultiDict[str]:
+    # A copy that stays case-insensitive, as HTTP header names are.
+    kept: CIMultiDict[str] = CIMultiDict()
+    size = 0
+    for name, value in (headers or {}).items():
+        size += len(name) + len(value)
+        if size <= HEADERS_KEPT or name.lower() == "retry-after":
+            kept.add(name, value)
+    return kept
+
 
 class CustomerPatchError(Exception):
     """The root of every error raised by customer-patch."""
@@ -144,8 +161,9 @@ class ProviderError(CustomerPatchError):
         self.field_errors = {k: tuple(v) for k, v in (field_errors or {}).items()}
         self.body = body[:BODY_KEPT]
         """The start of the provider's answer (at most :data:`BODY_KEPT` bytes)."""
-        # A copy that stays case-insensitive, as HTTP header names are.
-        self.headers: Mapping[str, str] = CIMultiDict(headers or {})
+        self.headers: Mapping[str, str] = _kept_headers(headers)
+        """The answer's headers, looked up without regard to case (at most
+        :data:`HEADERS_KEPT` characters of them, and ``Retry-After``)."""
         details = "; ".join(f"{k}: {' '.join(v)}" for k, v in self.field_errors.items())
         text = f"{provider} answered {status}: {message}" if sent else f"{provider}: {message}"
         super().__init__(f"{text} ({details})" if details else text)

@@ -19,6 +19,7 @@ import zlib
 import aiohttp
 import pytest
 from aiohttp import web
+from multidict import CIMultiDict
 
 from customer_patch import (
     BadRequestError,
@@ -371,6 +372,24 @@ async def test_an_error_keeps_the_start_of_a_huge_answer_only(status, body, erro
     assert [type(r.error) for r in report.results] == [error, error]
     for result in report.results:
         assert result.error.body == body[: 64 * 1024]
+
+
+async def test_an_error_keeps_the_first_16_kib_of_huge_headers_and_the_wait_asked_for():
+    """An error kept the answer's headers whole: 100 headers of 8 KB (within
+    aiohttp's own limits) made each failed record hold 800 KB, 240 MB for 300
+    records a hostile provider refused.  The first 16 KiB are kept, in order,
+    and Retry-After wherever it came (the retry reads it from the error)."""
+    junk = [(f"X-Junk-{i}", "j" * 8000) for i in range(100)]
+    headers = CIMultiDict([("Content-Type", "application/json"), *junk, ("Retry-After", "0")])
+    answer = Response(status=503, headers=headers, body=b"{}")
+    async with mock_client(lambda r: answer, retry=None) as client:
+        report = await client.update_many([(1, CustomerPatch(name="A"))])
+    [result] = report.failed
+    kept = result.error.headers
+    assert sum(len(k) + len(v) for k, v in kept.items()) <= 16 * 1024 + len("Retry-After0")
+    assert list(kept.items())[:3] == list(headers.items())[:3]  # the first, in order
+    assert kept["Retry-After"] == "0"
+    assert ServerError("x", provider="p", status=500, headers=headers).headers == kept
 
 
 async def test_a_content_encoding_echoing_the_key_never_shows_it():
