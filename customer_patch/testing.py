@@ -19,6 +19,7 @@ To unit-test code that uses a client without any server, give the client a
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -99,25 +100,29 @@ async def sandbox() -> AsyncIterator[SandboxFactory]:
     documented ones); client options (``rate_limit=``, ``retry=``...) go to
     :class:`~customer_patch.Client`.
     """
-    started: list[tuple[FakeProvider, Client]] = []
+    # What a call starts is closed when the test ends, or at once if the call
+    # fails half-way (a client option refused); one piece failing to close does
+    # not keep the others open.
+    async with contextlib.AsyncExitStack() as started:
 
-    async def start(
-        provider: str | Adapter,
-        *,
-        customers: int = 0,
-        faults: Faults | None = None,
-        limits: tuple[RateLimit, ...] | None = None,
-        token: str = "sandbox-token",  # noqa: S107 - the sandbox's own token
-        **client_options: Any,
-    ) -> Sandbox:
-        adapter = get_adapter(provider) if isinstance(provider, str) else provider
-        fake = fake_for(adapter)(token=token, faults=faults, limits=limits)
-        base_url = await fake.start()
-        client = Client(adapter, token=token, base_url=base_url, **client_options)
-        started.append((fake, client))
-        return Sandbox(fake=fake, client=client, base_url=base_url, ids=fake.seed_demo(customers))
+        async def start(
+            provider: str | Adapter,
+            *,
+            customers: int = 0,
+            faults: Faults | None = None,
+            limits: tuple[RateLimit, ...] | None = None,
+            token: str = "sandbox-token",  # noqa: S107 - the sandbox's own token
+            **client_options: Any,
+        ) -> Sandbox:
+            adapter = get_adapter(provider) if isinstance(provider, str) else provider
+            fake = fake_for(adapter)(token=token, faults=faults, limits=limits)
+            async with contextlib.AsyncExitStack() as this:
+                base_url = await fake.start()
+                this.push_async_callback(fake.stop)
+                client = Client(adapter, token=token, base_url=base_url, **client_options)
+                this.push_async_callback(client.aclose)
+                ids = fake.seed_demo(customers)
+                started.push_async_exit(this.pop_all())  # kept running until the test ends
+            return Sandbox(fake=fake, client=client, base_url=base_url, ids=ids)
 
-    yield start
-    for fake, client in reversed(started):
-        await client.aclose()
-        await fake.stop()
+        yield start

@@ -21,7 +21,7 @@ from customer_patch import (
     TransportError,
     UnknownCustomFieldError,
 )
-from customer_patch.sandbox import Faults
+from customer_patch.sandbox import FakeProvider, Faults
 from tests import seeds
 
 FAST = {"limits": (), "rate_limit": None}  # no limits on either side, for speed
@@ -239,3 +239,27 @@ def test_faults_parse_and_reject_nonsense():
         Faults.parse("500=0.7,503=0.7")
     with pytest.raises(ValueError, match="key=value"):
         Faults.parse("latency")
+
+
+async def test_a_sandbox_whose_client_options_are_refused_leaves_no_fake_running(
+    sandbox, monkeypatch
+):
+    """sandbox() started the fake, then the client refused an option: the fake
+    was never stopped (the fixture kept only what it had returned)."""
+    started, stopped = [], []
+    start, stop = FakeProvider.start, FakeProvider.stop
+
+    async def starting(self, **kwargs):
+        started.append(self)
+        return await start(self, **kwargs)
+
+    async def stopping(self):
+        stopped.append(self)
+        await stop(self)
+
+    monkeypatch.setattr(FakeProvider, "start", starting)
+    monkeypatch.setattr(FakeProvider, "stop", stopping)
+    with pytest.raises(ValueError, match="timeout"):
+        await sandbox("dualentry", customers=1, timeout=-1)
+    assert len(started) == 1
+    assert stopped == started
