@@ -264,6 +264,8 @@ class FakeProvider:
         if self.faults.latency:
             await asyncio.sleep(self.faults.latency)
         fault = self.faults.draw(self._rng)
+        if fault in ("garbage", "truncate"):
+            return await self._spoiled(fault, request, await handler(request))
         if fault is not None:
             self.injected[fault] += 1
         if fault in ("429", "500", "503"):
@@ -275,13 +277,21 @@ class FakeProvider:
         if fault == "drop":
             return await _drop(request)
         response: web.StreamResponse = await handler(request)
-        if fault == "garbage" and response.status < 300:
+        return response
+
+    async def _spoiled(
+        self, fault: str, request: web.Request, response: web.StreamResponse
+    ) -> web.StreamResponse:
+        # These spoil the answer to a change that was applied: drawn for an
+        # error, nothing is spoiled, so nothing is counted.
+        if response.status >= 300 or not isinstance(response, web.Response):
+            return response
+        self.injected[fault] += 1
+        if fault == "garbage":
             return web.Response(
                 status=200, text="<html>upstream error</html>", content_type="text/html"
             )
-        if fault == "truncate" and response.status < 300 and isinstance(response, web.Response):
-            return await _truncate(request, response)
-        return response
+        return await _truncate(request, response)
 
     def app(self) -> web.Application:
         """The aiohttp application: the routes behind the fault middleware."""

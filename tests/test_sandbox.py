@@ -10,6 +10,7 @@ from customer_patch import (
     AuthenticationError,
     CustomerPatch,
     ExternalIds,
+    NotFoundError,
     PermissionDeniedError,
     ProviderError,
     RateLimit,
@@ -263,3 +264,17 @@ async def test_a_sandbox_whose_client_options_are_refused_leaves_no_fake_running
         await sandbox("dualentry", customers=1, timeout=-1)
     assert len(started) == 1
     assert stopped == started
+
+
+@pytest.mark.parametrize("kind", ["garbage", "truncate"])
+async def test_a_fault_that_spoils_successes_only_is_counted_when_it_spoils_one(sandbox, kind):
+    """garbage and truncate change a success's answer; drawn for a 404, the 404
+    went out as it was, and the fake counted the fault all the same."""
+    sb = await sandbox("dualentry", customers=1, faults=Faults(rates={kind: 1.0}), retry=None)
+    for _ in range(3):
+        with pytest.raises(NotFoundError):
+            await sb.client.update(999_999, CustomerPatch(name="x"))
+    assert sb.fake.injected[kind] == 0
+    with pytest.raises((ResponseFormatError, TransportError)):  # not JSON, or cut short
+        await sb.client.update(sb.ids[0], CustomerPatch(name="x"))
+    assert sb.fake.injected[kind] == 1
