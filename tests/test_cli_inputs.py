@@ -572,6 +572,29 @@ def test_option_problems_are_one_line_and_exit_2(tmp_path, args, message):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
+        (["apply", "FILE", "--concurrency", "0"], "'--concurrency': 0 is not in the range"),
+        (["apply", "/no/such/file.jsonl"], "'/no/such/file.jsonl' does not exist"),
+        (["apply", "."], "is a directory"),
+        (["apply", "FILE", "--frobnicate"], "No such option '--frobnicate'"),
+        (["plan", "FILE", "--format", "xml"], "'xml' is not one of"),
+        (["plan", "FILE", "--report", "r.jsonl"], "No such option '--report'"),
+        (["apply"], "Missing argument 'FILE'"),
+        (["frob"], "No such command 'frob'"),
+    ],
+)
+def test_usage_mistakes_click_finds_are_one_line_and_exit_2(tmp_path, args, message):
+    """Click's own: its usage, a hint and a blank line before the message (four lines)."""
+    path = jsonl(tmp_path / "u.jsonl", [{"id": 1001, "patch": {"name": "x"}}])
+    result = run([str(path) if a == "FILE" else a for a in args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    assert "--help" in result.output  # where to look
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
         (["--limits", "bogus"], "--limits bogus: expected BURST/PER_SECOND"),
         (["--customers", "-5"], "--customers"),
         (["--customers", "100000000"], "--customers"),

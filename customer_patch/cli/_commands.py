@@ -161,6 +161,27 @@ def _signal_status(e: Interrupted | KeyboardInterrupt) -> int:
     return 128 + e.signum if isinstance(e, Interrupted) else EXIT_SIGINT
 
 
+class _UsageMistake(click.UsageError):
+    """A usage mistake click found, said in one line, as every other mistake
+    is: click shows its usage, a hint and a blank line before the message."""
+
+    def show(self, file: Any = None) -> None:
+        where = self.ctx.command_path if self.ctx is not None else "customer-patch"
+        err.print(
+            "[red]error:[/red] " + escape(shown(f"{self.format_message()} (see {where} --help)"))
+        )
+
+
+@contextlib.contextmanager
+def _one_line_usage() -> Iterator[None]:
+    try:
+        yield
+    except _UsageMistake:
+        raise
+    except click.UsageError as e:
+        raise _UsageMistake(e.format_message(), e.ctx) from None
+
+
 class _Commands(click.Group):
     """Every command runs with SIGINT and SIGTERM raising :class:`Interrupted`
     (and kept, should something swallow it), from its first line to its last.
@@ -209,8 +230,12 @@ class _Commands(click.Group):
             if output.error is not None and not output.progress and status in (0, 1, 2, None):
                 raise SystemExit(EXIT_STOPPED)  # the output was the product
 
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        with _one_line_usage():
+            return super().make_context(*args, **kwargs)
+
     def invoke(self, ctx: click.Context) -> Any:
-        with _signals_interrupt():
+        with _signals_interrupt(), _one_line_usage():
             try:
                 return super().invoke(ctx)
             except (Interrupted, KeyboardInterrupt) as e:
