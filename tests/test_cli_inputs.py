@@ -540,6 +540,47 @@ def test_a_csv_cell_over_the_limit_is_an_invalid_record(tmp_path):
     assert stored[1002] == "B"
 
 
+def strict_json(text):
+    """json.loads that refuses what is not JSON (NaN, Infinity), as other tools do."""
+
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_nan_and_infinity_are_not_json_in_a_file_of_updates(tmp_path):
+    """Python's json reads NaN, Infinity and 1e400 (as inf): a JSONL line with
+    one was taken (an id NaN went into the report, which other tools cannot
+    read), and a CSV custom field cell "Infinity" was a float refused as not
+    JSON, where the docs read a cell that is not JSON as text."""
+    lines = [
+        '{"id": NaN, "patch": {"name": "A"}}',
+        '{"id": 1001, "patch": {"custom_fields": {"Score": Infinity}}}',
+        '{"id": 1e400, "patch": {"name": "A"}}',
+        '{"id": 1002, "patch": {"name": "fine"}}',
+    ]
+    path = tmp_path / "u.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    csv = tmp_path / "u.csv"
+    csv.write_text("id,custom_fields.Partner\n1001,Infinity\n1002,-Infinity\n1003,NaN\n")
+    with threaded_fake("dualentry", customers=3) as (fake, base, _):
+        result = run([*apply_dualentry(path, base), "--report", str(tmp_path / "r.jsonl")])
+        dry = run([*apply_dualentry(csv, base), "--dry-run"])
+    assert result.exit_code == 2, result.output
+    assert "line 1: not valid JSON: NaN is not JSON" in result.output
+    assert "line 2: not valid JSON: Infinity is not JSON" in result.output
+    assert "line 3: not valid JSON: 1e400 is too large a number" in result.output
+    assert "1 succeeded" in result.output
+    report = (tmp_path / "r.jsonl").read_text().splitlines()
+    assert len(report) == 4
+    for line in report:
+        strict_json(line)
+    assert dry.exit_code == 0, dry.output
+    for value in ("Infinity", "-Infinity", "NaN"):
+        assert f'{{"custom_fields":[{{"Partner":"{value}"}}]}}' in dry.output
+
+
 # -- 13: report and option problems --------------------------------------------------------------
 
 
