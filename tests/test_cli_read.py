@@ -316,6 +316,23 @@ def test_plan_json_is_a_line_per_record_then_the_summary(tmp_path):
     assert "patch.name: expected str, got int" in by_line[7]["invalid"]
 
 
+@pytest.mark.parametrize("before", ["\n", "\t", "\u00e9", "\\", '"'])
+def test_plan_json_masks_a_token_the_provider_shows_and_stays_json(tmp_path, before):
+    """The token was masked in the JSON text: when it followed an escape
+    (a name "Hello\\n<token>"), the mask ate the escape's letter, and the line
+    was not JSON any more (a JSON reader refused it, exit status 0)."""
+    path = jsonl(tmp_path / "u.jsonl", [{"id": 1001, "patch": {"name": "Renamed"}}])
+    with threaded_fake("dualentry", customers=1, **FAST) as (fake, base, _):
+        fake.customers[1001]["name"] = f"Hello{before}{TOKEN}"
+        result = plan(path, base, "--format", "json", "--rate-limit", "off")
+    assert result.exit_code == 0, result.output
+    assert TOKEN not in result.output
+    [record, _] = [json.loads(line) for line in lines_of(result.stdout)]
+    assert record["fields"] == [
+        {"field": "name", "before": f"Hello{before}********", "after": "Renamed"}
+    ]
+
+
 def test_plan_of_an_empty_file_and_of_a_file_that_changes_nothing(tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n\n")

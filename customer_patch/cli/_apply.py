@@ -182,7 +182,7 @@ async def apply(
                 raise result.error  # the undo file could not be written: nothing was sent
             if reading:  # the values read are the provider's: it may have put the token there
                 entry.update(
-                    (k, _masked(entry[k], client.mask)) for k in _FROM_PROVIDER if k in entry
+                    (k, masked(entry[k], client.mask)) for k in _FROM_PROVIDER if k in entry
                 )
             report.write(entry)
             on_result(tally)
@@ -249,14 +249,14 @@ def _undo_first(
 _FROM_PROVIDER = ("before", "after", "customer", "message")
 
 
-def _masked(value: Any, mask: Callable[[str], str]) -> Any:
+def masked(value: Any, mask: Callable[[str], str]) -> Any:
     """``value`` (JSON-ready) with ``mask`` applied to every string in it, keys too."""
     if isinstance(value, str):
         return mask(value)
     if isinstance(value, dict):
-        return {_masked(k, mask): _masked(v, mask) for k, v in value.items()}
+        return {masked(k, mask): masked(v, mask) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_masked(v, mask) for v in value]
+        return [masked(v, mask) for v in value]
     return value
 
 

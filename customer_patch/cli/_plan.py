@@ -19,6 +19,7 @@ from customer_patch.cli._apply import (
     EXIT_OK,
     describe_invalid,
     describe_refused,
+    masked,
     one_line,
     refused_input,
     shown,
@@ -83,8 +84,10 @@ async def plan(
     line_of: dict[int, Line] = {}
 
     # The values read are the provider's: it may have put the token in them.
+    # Masked as values, not as JSON text: there the mask could start inside an
+    # escape ("\\n" before the token) and leave a line that is not JSON.
     def emit(record: dict[str, Any]) -> None:
-        out.write(client.mask(json.dumps(record)) + "\n")
+        out.write(json.dumps(masked(record, client.mask)) + "\n")
 
     def say(text: str) -> None:
         out.write(client.mask(text) + "\n")
