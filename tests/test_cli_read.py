@@ -1090,6 +1090,77 @@ def test_resume_continues_the_undo_file(tmp_path):
     assert restored == snapshot
 
 
+UNDO_RECORDS = [
+    {"id": 1001, "patch": {"name": "One"}},
+    {"id": 1002, "patch": {"name": "Two", "email": "two@x.example"}},
+    {"id": 1003, "patch": {"name": "Three"}},  # a 403: the run stops here
+    {"id": 1002, "patch": {"name": "Two again", "phone": "555 0102"}},
+    {"id": 1004, "patch": {"website": "https://four.example"}},
+]
+
+
+def test_a_resume_that_would_leave_the_undo_file_short_is_refused(tmp_path):
+    """A run writing an undo file, stopped, then resumed without --undo-file (or
+    without --changes-only, or with another undo file): the writes of that
+    resume had no undo line, and once the run was finished with the right
+    flags, the undo file "restored" the values of mid-run, not those before
+    it, without a word.  Each is refused before anything is sent; the right
+    resume still finishes, and the undo file restores the state before the run."""
+    path = jsonl(tmp_path / "u.jsonl", UNDO_RECORDS)
+    report, undo = tmp_path / "r.jsonl", tmp_path / "undo.jsonl"
+    fake = ScriptedPatches({1003: [403]}, **FAST)
+    fake.seed_demo(4)
+    with serving(fake) as base:
+        snapshot = state(fake)
+        flags = ["--undo-file", str(undo), "--concurrency", "1"]
+        first = changes_only(path, base, "--report", str(report), *flags)
+        sent = len(fake.requests)
+        kept = report.read_text(), undo.read_text()
+        forgotten = [
+            apply(path, base, "--resume", str(report)),
+            changes_only(path, base, "--resume", str(report)),
+        ]
+        other = changes_only(
+            path, base, "--resume", str(report), "--undo-file", str(tmp_path / "other.jsonl")
+        )
+        refused_sent = len(fake.requests) - sent
+        files_after_refusals = report.read_text(), undo.read_text()
+        second = changes_only(path, base, "--resume", str(report), *flags)
+        undone = apply(undo, base, "--rate-limit", "off")
+        restored = state(fake)
+    assert first.exit_code == 3, first.output
+    for result in forgotten:
+        one_line_error(result, "undo file", "--undo-file", "nothing sent")
+    one_line_error(other, "other.jsonl", "does not exist", "nothing sent")
+    assert not (tmp_path / "other.jsonl").exists()
+    assert refused_sent == 0
+    assert files_after_refusals == kept
+    assert second.exit_code == 0, second.output
+    assert undone.exit_code == 0, undone.output
+    assert restored == snapshot
+
+
+def test_a_resume_with_an_undo_file_of_a_run_that_had_none_is_refused(tmp_path):
+    """The records the first run sent without an undo file changed customers
+    whose values before the run nobody read: an undo file begun on the resume
+    would restore the values they left, as if they were the ones before."""
+    path = jsonl(tmp_path / "u.jsonl", UNDO_RECORDS)
+    report, undo = tmp_path / "r.jsonl", tmp_path / "undo.jsonl"
+    fake = ScriptedPatches({1003: [403]}, **FAST)
+    fake.seed_demo(4)
+    with serving(fake) as base:
+        first = changes_only(path, base, "--report", str(report), "--concurrency", "1")
+        sent = len(fake.requests)
+        resumed_with_undo = changes_only(
+            path, base, "--resume", str(report), "--undo-file", str(undo)
+        )
+        refused_sent = len(fake.requests) - sent
+    assert first.exit_code == 3, first.output
+    one_line_error(resumed_with_undo, "without an undo file", "nothing sent")
+    assert refused_sent == 0
+    assert not undo.exists()
+
+
 # -- careless operators: refusals that must leave every file as it was -------------------------
 
 

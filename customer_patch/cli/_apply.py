@@ -176,6 +176,8 @@ async def apply(
                 assert result.error is not None
                 on_invalid(client.mask(describe_refused(line.number, result.error)))
             entry = entry_for(line, result.error, result.attempts)
+            if undo is not None:  # a resume must continue the undo file: see History
+                entry["undo"] = True
             if reading:
                 entry.update(changes_entry(result))
             if isinstance(result.error, ReportWriteError):

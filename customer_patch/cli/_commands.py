@@ -519,6 +519,10 @@ def apply_command(
                 )
             except ReportError as e:
                 _fail(str(e))
+            refusal = sink.history.undo_refusal(undo_file) if resume is not None else None
+            if refusal is not None:
+                sink.discard_if_unused()
+                _fail(refusal)
             if undo_file is not None:
                 try:
                     undo = UndoFile(

@@ -63,6 +63,9 @@ class History:
         """Customer key -> the fields records sent to it changed (see :class:`UndoFile`)."""
         self.destinations: set[str] = set()
         """Where the report's records were sent (``"provider base_url"``)."""
+        # The first line sent by a run that wrote an undo file, and by one that did not.
+        self._sent_with_undo: int | None = None
+        self._sent_without_undo: int | None = None
 
     def __bool__(self) -> bool:
         return self.entries > 0
@@ -82,6 +85,11 @@ class History:
                 changed = set()  # masked past reading: the undo file's own lines decide
             self.changed.setdefault(customer_key(entry["customer"]), set()).update(changed)
         number, key = entry["line"], customer_key(entry.get("id"))
+        if entry["attempts"] > 0:
+            if entry.get("undo") is True:
+                self._sent_with_undo = self._sent_with_undo or number
+            else:
+                self._sent_without_undo = self._sent_without_undo or number
         self.hashes[number] = entry["hash"]
         done = self._done.setdefault(key, set())
         if entry["ok"] or entry["attempts"] > 0:
@@ -93,6 +101,31 @@ class History:
             done.discard(number)
         if not done:
             del self._done[key]
+
+    def undo_refusal(self, undo_file: Path | None) -> str | None:
+        """Why resuming this report with ``undo_file`` (``None``: without one)
+        would leave an undo file short of the run's writes, or ``None``: every
+        write of a run with an undo file must have its line in that one file,
+        or applying it restores values of mid-run as if they were the first."""
+        if undo_file is None and self._sent_with_undo is not None:
+            return (
+                f"the report's run writes an undo file (line {self._sent_with_undo} has its "
+                "undo line): resume with --changes-only --undo-file and that file, or this "
+                "run's writes would have none; nothing sent"
+            )
+        if undo_file is not None and self._sent_without_undo is not None:
+            return (
+                f"--undo-file {undo_file}: line {self._sent_without_undo} of the report was "
+                "sent without an undo file, so what it changed was never read; an undo file "
+                "begun now would restore what it left; nothing sent"
+            )
+        if undo_file is not None and self._sent_with_undo is not None and not undo_file.exists():
+            return (
+                f"--undo-file {undo_file} does not exist, but the report's run wrote undo "
+                f"lines (line {self._sent_with_undo}'s): give the file it wrote them to; "
+                "nothing sent"
+            )
+        return None
 
     def is_done(self, line: Line) -> bool:
         """Whether the report shows ``line`` as applied and not overwritten since."""
@@ -188,6 +221,7 @@ _KEPT = (
     "status",
     "changed",
     "customer",
+    "undo",
 )
 
 
