@@ -1140,6 +1140,31 @@ def test_a_resume_that_would_leave_the_undo_file_short_is_refused(tmp_path):
     assert restored == snapshot
 
 
+def test_a_torn_last_undo_line_is_cut_off_not_left_in_the_middle(tmp_path):
+    """A full disk (or a kill) cut the undo file's last line short, before its
+    write was sent.  The resume ended the fragment with a newline: the file
+    then held a line that is no line, which `apply` of the undo file counted
+    as invalid (exit 2), and which refused every later resume."""
+    path = jsonl(tmp_path / "u.jsonl", UNDO_RECORDS)
+    report, undo = tmp_path / "r.jsonl", tmp_path / "undo.jsonl"
+    fake = ScriptedPatches({1003: [403, 403]}, **FAST)
+    fake.seed_demo(4)
+    with serving(fake) as base:
+        snapshot = state(fake)
+        flags = ["--undo-file", str(undo), "--concurrency", "1", "--report", str(report)]
+        first = changes_only(path, base, *flags)
+        with undo.open("ab") as f:
+            f.write(b'{"id": 1003, "patch": {"na')  # torn: its write was never sent
+        second = changes_only(path, base, "--resume", str(report), *flags[:-2])
+        third = changes_only(path, base, "--resume", str(report), *flags[:-2])
+        undone = apply(undo, base, "--rate-limit", "off")
+        restored = state(fake)
+    assert (first.exit_code, second.exit_code, third.exit_code) == (3, 3, 0), third.output
+    assert all(json.loads(line) for line in lines_of(undo.read_text()))
+    assert undone.exit_code == 0, undone.output
+    assert restored == snapshot
+
+
 def test_a_resume_with_an_undo_file_of_a_run_that_had_none_is_refused(tmp_path):
     """The records the first run sent without an undo file changed customers
     whose values before the run nobody read: an undo file begun on the resume

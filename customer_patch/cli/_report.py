@@ -540,6 +540,23 @@ def _ends_torn(path: Path) -> bool:
         return f.read(1) != b"\n"
 
 
+def _cut_torn_end(path: Path) -> None:
+    """Cut ``path`` after its last line end, if something follows it."""
+    if not _ends_torn(path):
+        return
+    with path.open("r+b") as f:
+        start = f.seek(0, os.SEEK_END)
+        while start > 0:
+            step = min(start, 64 * 1024)
+            start -= step
+            f.seek(start)
+            end = f.read(step).rfind(b"\n")
+            if end >= 0:
+                f.truncate(start + end + 1)
+                return
+        f.truncate(0)
+
+
 def entry_for(line: Line, error: BaseException | None, attempts: int) -> dict[str, Any]:
     """The report line for ``line``'s outcome (``line`` first: see ``_TORN_PREFIX``)."""
     entry: dict[str, Any] = {
@@ -605,21 +622,26 @@ class UndoFile:
         self.check(path, resume=resume)
         self.created = not path.exists()
         if not self.created:
+            # A last line a crash or a full disk cut short was written before its
+            # write was sent, and that write never was: cut off first, not ended
+            # (then it would be a line that is no line, for `apply` of the file
+            # and for the next resume), and not counted as restoring anything.
+            try:
+                _cut_torn_end(path)
+            except OSError as e:
+                why = e.strerror
+                raise ReportError(f"--undo-file {path}: cannot be written ({why})") from None
             for number, line in enumerate(_lines(path), start=1):
                 try:
                     record = json.loads(line)
                     patch = CustomerPatch.from_dict(record["patch"])
                 except (ValueError, KeyError, TypeError, CustomerPatchError):
-                    if line.endswith(b"\n"):
-                        raise ReportError(f"{path}:{number}: not a line of an undo file") from None
-                    continue  # torn by a crash mid-write
+                    raise ReportError(f"{path}:{number}: not a line of an undo file") from None
                 self.covered.setdefault(customer_key(record["id"]), set()).update(_paths(patch))
         try:
             self._file = _open(path, "ab")
         except OSError as e:
             raise ReportError(f"--undo-file {path}: cannot be written ({e.strerror})") from None
-        if path.stat().st_size and _ends_torn(path):
-            self._put(b"\n")
 
     @staticmethod
     def check(path: Path, *, resume: bool) -> None:
