@@ -247,6 +247,18 @@ def test_unknown_csv_column_is_refused_before_sending(tmp_path):
     assert "u.csv:1: unknown column(s): colour" in result.output
 
 
+@pytest.mark.parametrize(
+    ("header", "columns"), [("id,name,", "3"), ("id,,name", "2"), ("id,name,,", "3, 4")]
+)
+def test_a_csv_column_without_a_name_is_named_by_its_place(tmp_path, header, columns):
+    """A comma too many in the header said "unknown column(s): " and nothing more."""
+    path = tmp_path / "u.csv"
+    path.write_text(f"{header}\n1001,x,\n")
+    result = run(["apply", str(path), "--provider", "dualentry"])
+    assert result.exit_code == 2
+    assert f"u.csv:1: column(s) {columns} have no name" in result.output
+
+
 def test_providers_lists_the_adapters():
     result = run(["providers"])
     assert "qwoty" in result.output

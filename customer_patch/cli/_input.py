@@ -442,6 +442,9 @@ def _csv(
         raise InputError(f"{name}:1: a CSV needs a header row with an '{key}' column{hint}")
     if key != "id" and "id" in header:
         raise InputError(f"{name}:1: with --match-on {key}, an 'id' column would be ambiguous")
+    nameless = [str(n) for n, c in enumerate(header, start=1) if not c.strip()]
+    if nameless:  # "id,name," : a comma too many at the end
+        raise InputError(f"{name}:1: column(s) {', '.join(nameless)} have no name")
     twice = sorted(c for c, n in Counter(header).items() if n > 1)
     if twice:
         raise InputError(f"{name}:1: column(s) given twice: {', '.join(twice)}")
