@@ -322,6 +322,9 @@ def _known_only(customer: Customer, patch: CustomerPatch) -> Customer:
     return attrs.evolve(customer, read_fields=known)
 
 
+_NO_KEYS: frozenset[str] = frozenset()
+
+
 class _Record:
     """One record taken from the input, as a later record of its customer sees it."""
 
@@ -329,7 +332,7 @@ class _Record:
 
     def __init__(self) -> None:
         self.ended = False
-        self.renames: frozenset[str] = frozenset()  # with matched_by: keys renamed from, to
+        self.renames = _NO_KEYS  # with matched_by: the keys it renames from and to
         self.reads_before_end = 0  # batch reads issued when it ended
         self.result: UpdateResult | None = None  # None: ended without one (cancelled, a bug)
         self.waiters: list[asyncio.Future[None]] | None = None  # most records have none
@@ -1000,9 +1003,10 @@ async def run_bulk(
                 record.end(result)
                 if latest.get(key) is record:
                     del latest[key]
-                for renamed_key in record.renames:
-                    if renaming.get(renamed_key) is record:
-                        del renaming[renamed_key]
+                if record.renames:
+                    for renamed_key in record.renames:
+                        if renaming.get(renamed_key) is record:
+                            del renaming[renamed_key]
                 if result is not None:
                     if read_failures:
                         stop.record(result, read_failed=result.index in read_failures)
