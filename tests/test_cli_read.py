@@ -30,7 +30,7 @@ from aiohttp import web
 
 from customer_patch import Client
 from customer_patch.sandbox import Faults
-from customer_patch_dualentry._fake import DualEntryFake
+from customer_patch_dualentry._fake import DualEntryFake, definition
 from tests.test_cli import CLI, TOKEN, digest, jsonl, report_lines, run
 from tests.threaded_fake import serving, threaded_fake
 
@@ -1163,6 +1163,33 @@ def test_a_torn_last_undo_line_is_cut_off_not_left_in_the_middle(tmp_path):
     assert all(json.loads(line) for line in lines_of(undo.read_text()))
     assert undone.exit_code == 0, undone.output
     assert restored == snapshot
+
+
+def test_a_field_its_first_record_could_not_read_is_never_restored_by_a_later_one(tmp_path):
+    """A custom field defined after the customer was stored: the customer shows
+    no entry for it, so its value before the run is not known, and the first
+    record's undo says so.  The second record's undo line then "restored" it
+    to the first record's value, which the field never had before the run."""
+    with threaded_fake("dualentry", customers=1, **FAST) as (fake, base, [cid]):
+        fake.custom_fields.append(definition(50, "Segment", "text"))
+        before = state(fake)
+        path = jsonl(
+            tmp_path / "u.jsonl",
+            [
+                {"id": cid, "patch": {"custom_fields": [{"id": 50, "value": "first"}]}},
+                {"id": cid, "patch": {"custom_fields": [{"id": 50, "value": "second"}]}},
+            ],
+        )
+        undo = tmp_path / "undo.jsonl"
+        result = changes_only(path, base, "--undo-file", str(undo))
+        undone = apply(undo, base, "--rate-limit", "off") if undo.exists() else None
+        after_undo = state(fake)
+    assert result.exit_code == 0, result.output
+    assert "cannot restore custom_fields[50] (not read)" in result.output
+    assert not undo.exists() or "first" not in undo.read_text()
+    assert undone is None or undone.exit_code == 0
+    assert after_undo[cid]["custom_fields"].get(50) == "second"  # left as the run left it
+    assert before[cid]["custom_fields"].get(50) is None
 
 
 def test_a_resume_with_an_undo_file_of_a_run_that_had_none_is_refused(tmp_path):

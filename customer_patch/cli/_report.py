@@ -677,14 +677,15 @@ class UndoFile:
         # A custom field set by name in one record and by id in another is one field.
         restored = covered | _aliases(covered, before.custom_field_ids or {})
         kept = _without(restore, restored)
-        # A field left out for the key is done with too: a later record's value
-        # for it is not what the customer had before the run.
-        covered.update(_paths(kept) | secret)
+        # A field left out (not read, or quoting the key) is done with too: a
+        # later record's value for it is the run's, not what the customer had
+        # before it.
+        unknown = tuple(path for path in unknown if path not in restored)
+        covered.update(_paths(kept) | secret | set(unknown))
         if kept:
             record = {"id": before.id, "patch": kept.to_dict()}
             self._put(json.dumps(record).encode() + b"\n")
             self.written += 1
-        unknown = tuple(path for path in unknown if path not in restored)
         quoting = tuple(sorted(path for path in secret if path not in restored))
         self.missing += len(unknown) + len(quoting)
         return unknown, quoting
