@@ -392,11 +392,21 @@ def _from_inside(cancelled: BaseException, what: str) -> RuntimeError:
     return error
 
 
-def _left_by(previous: _Record) -> Customer | None:
-    """The customer as an earlier record of it left it, if known."""
+def _left_by(previous: _Record, *, planned: bool = False) -> Customer | None:
+    """The customer as an earlier record of it left it, if known; ``planned``:
+    as the plan predicted it would, every field that record sets known."""
     result = previous.result
     if result is None:
         return None
+    if planned and result.ok and result.changed and result.customer is not None:
+        # The prediction is the plan's own (each value as the provider shows
+        # it): no answer to doubt, and no read to consult, which would show
+        # the customer before the run.
+        customer, sent = result.customer, result.sent
+        if customer.read_fields is None or sent is None:
+            return customer
+        set_paths = frozenset(path for path, _ in sent.set_fields())
+        return attrs.evolve(customer, read_fields=customer.read_fields | set_paths)
     if not result.ok:
         # Refused before anything was sent: the customer is as that record found
         # it.  Sent, then failed: it may have landed or not; nothing is known.
@@ -663,9 +673,11 @@ async def run_bulk(
                 target = was.id  # the key matched this customer
             # What an earlier record of this customer left, not the first read;
             # after a failure nothing is known (None): the whole patch is sent.
-            before = _left_by(previous) if previous is not None else was
+            before = _left_by(previous, planned=plan) if previous is not None else was
             disputed: frozenset[str] = frozenset()
-            if read_after and before is not None and isinstance(was, Customer):
+            # A plan writes nothing: what any read shows is the customer before
+            # the run, no news of what an earlier record left.
+            if read_after and not plan and before is not None and isinstance(was, Customer):
                 before, disputed = _reconciled(before, was, patch)
             if before is None and previous is not None and complete is not None:
                 # The earlier record was sent and failed: it may have landed or

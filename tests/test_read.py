@@ -41,6 +41,7 @@ from customer_patch import (
     get_adapter,
 )
 from customer_patch._pacing import Pacer
+from customer_patch.sandbox import fake_for
 from customer_patch.testing import MockTransport
 
 HANG_GUARD = 10
@@ -1140,6 +1141,121 @@ def test_match_on_ends_as_applying_the_records_in_order_would(
         )
     )
     assert got == matched_in_order(holders, updates)
+
+
+async def plan_and_apply(provider, records, *, concurrency, setup=None):
+    """Each record's ``changed`` as a plan predicts it and as a skip_unchanged run
+    finds it, each against a fresh fake seeded the same; and the run's end state."""
+    runs = []
+    for plan in (True, False):
+        fake = fake_for(get_adapter(provider))(limits=())
+        ids = fake.seed_demo(2)
+        if setup is not None:
+            setup(fake, ids)
+        updates = [(ids[which], patch) for which, patch in records]
+        async with (
+            fake.running() as base,
+            Client(provider, token=fake.token, base_url=base, rate_limit=None) as c,
+        ):
+            run = (
+                c.iter_plan(updates, concurrency=concurrency)
+                if plan
+                else c.iter_updates(updates, concurrency=concurrency, skip_unchanged=True)
+            )
+            results = sorted([r async for r in run], key=lambda r: r.index)
+        assert all(r.ok for r in results), [r.error for r in results if not r.ok]
+        runs.append([r.changed for r in results])
+    return runs
+
+
+def _email(value):
+    def setup(fake, ids):
+        fake.customers[ids[0]]["email"] = value
+
+    return setup
+
+
+PLAN_CASES = {
+    # DualEntry shows a text cleared with "" as "": read as None, so the plan
+    # forgot the field and read the customer again, as the run left it:
+    # before the run, in a plan.
+    "a text cleared then set back": (
+        "dualentry",
+        [(0, CustomerPatch(email="")), (0, CustomerPatch(email="ops@acme.example"))],
+        _email("ops@acme.example"),
+        1,
+    ),
+    # The next batch's read shows the customer before the run (a plan writes
+    # nothing): the plan took that for news of a change since.
+    "replace-all tax ids over three batches": (
+        "qwoty",
+        [
+            (0, CustomerPatch(tax_ids=[TaxId("VAT", "A")])),
+            (0, CustomerPatch(tax_ids=[TaxId("VAT", "A")])),
+            (0, CustomerPatch(tax_ids=[])),
+        ],
+        None,
+        1,
+    ),
+    "a field set, another batch, then cleared": (
+        "dualentry",
+        [
+            (0, CustomerPatch(email="x@y.example")),
+            *[(1, CustomerPatch(name=f"n{i}")) for i in range(99)],
+            (0, CustomerPatch(email="x@y.example")),
+            (0, CustomerPatch(email=None)),
+        ],
+        None,
+        1,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", PLAN_CASES)
+async def test_a_plan_predicts_which_records_a_run_sends(case):
+    provider, records, setup, concurrency = PLAN_CASES[case]
+    planned, applied = await plan_and_apply(
+        provider, records, concurrency=concurrency, setup=setup
+    )
+    assert planned == applied
+
+
+@settings(max_examples=40)
+@given(
+    records=st.lists(
+        st.tuples(
+            st.integers(0, 1),
+            st.sampled_from(
+                [
+                    (field, value)
+                    for field, values in {
+                        "email": ["a@b.example", "c@d.example"],
+                        "phone": ["555 0100", "555 0199"],
+                        "website": ["https://a.example"],
+                    }.items()
+                    for value in ["", None, *values]
+                ]
+            ),
+        ),
+        max_size=10,
+    ),
+    concurrency=st.integers(1, 3),
+    emails=st.tuples(*[st.sampled_from(["", "a@b.example", "c@d.example"])] * 2),
+)
+def test_a_plan_predicts_which_records_a_run_sends_for_any_text_changes(
+    records, concurrency, emails
+):
+    """Texts set, cleared with None or "", and set back, on two customers."""
+    patches = [(which, CustomerPatch(**{field: value})) for which, (field, value) in records]
+
+    def setup(fake, ids):
+        for cid, email in zip(ids, emails, strict=True):
+            fake.customers[cid]["email"] = email
+
+    planned, applied = asyncio.run(
+        plan_and_apply("dualentry", patches, concurrency=concurrency, setup=setup)
+    )
+    assert planned == applied
 
 
 async def test_match_on_a_key_the_provider_cannot_filter_by_is_refused_at_once():
