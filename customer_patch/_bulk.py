@@ -315,6 +315,20 @@ def _merged(customer: Customer, other: Customer) -> Customer:
     return attrs.evolve(customer, **top, read_fields=customer.read_fields | shown)
 
 
+def _planned(
+    customer: Customer, changes: list[CustomerPatch], read_back: Callable[[str, Any], Any]
+) -> Customer:
+    """``customer`` (as read before the run) with what a plan's earlier records of
+    it would change, each field they set known."""
+    paths: set[str] = set()
+    for patch in changes:
+        customer = _applied(customer, patch, read_back)
+        paths.update(path for path, _ in patch.set_fields())
+    if customer.read_fields is None:
+        return customer
+    return attrs.evolve(customer, read_fields=customer.read_fields | paths)
+
+
 def _known_only(customer: Customer, patch: CustomerPatch) -> Customer:
     """``customer`` as read, known only for the fields ``patch`` sets."""
     fields = frozenset(path for path, _ in patch.set_fields())
@@ -392,21 +406,11 @@ def _from_inside(cancelled: BaseException, what: str) -> RuntimeError:
     return error
 
 
-def _left_by(previous: _Record, *, planned: bool = False) -> Customer | None:
-    """The customer as an earlier record of it left it, if known; ``planned``:
-    as the plan predicted it would, every field that record sets known."""
+def _left_by(previous: _Record) -> Customer | None:
+    """The customer as an earlier record of it left it, if known."""
     result = previous.result
     if result is None:
         return None
-    if planned and result.ok and result.changed and result.customer is not None:
-        # The prediction is the plan's own (each value as the provider shows
-        # it): no answer to doubt, and no read to consult, which would show
-        # the customer before the run.
-        customer, sent = result.customer, result.sent
-        if customer.read_fields is None or sent is None:
-            return customer
-        set_paths = frozenset(path for path, _ in sent.set_fields())
-        return attrs.evolve(customer, read_fields=customer.read_fields | set_paths)
     if not result.ok:
         # Refused before anything was sent: the customer is as that record found
         # it.  Sent, then failed: it may have landed or not; nothing is known.
@@ -614,6 +618,9 @@ async def run_bulk(
     wake: asyncio.Future[None] | None = None  # the consumer waits for a result
     room: asyncio.Future[None] | None = None  # workers wait for the consumer
     read_failures: set[int] = set()  # records in flight whose read the provider refused
+    # With plan: each customer's changes the plan predicts, in input order.  Kept
+    # for the whole run: a plan's reads never show them.
+    planned: dict[str, list[CustomerPatch]] = {}
     # With matched_by: each key renamed (from or to) by a record not ended yet -> the
     # last such record.  Bounded by concurrency plus a batch.
     renaming: dict[str, _Record] = {}
@@ -621,7 +628,7 @@ async def run_bulk(
     leaving = False  # set once the run ends: workers take nothing more
 
     async def one(
-        index: int, item: Any, previous: _Record | None, read_after: bool, was: Any
+        index: int, item: Any, previous: _Record | None, read_after: bool, was: Any, key: str
     ) -> UpdateResult:
         try:
             customer_id, patch = item
@@ -673,7 +680,14 @@ async def run_bulk(
                 target = was.id  # the key matched this customer
             # What an earlier record of this customer left, not the first read;
             # after a failure nothing is known (None): the whole patch is sent.
-            before = _left_by(previous, planned=plan) if previous is not None else was
+            if plan:
+                # Every read of a plan shows the customer before the run (it
+                # writes nothing): what its earlier records would change is
+                # the plan's own, laid over the read, however far apart.
+                assert isinstance(was, Customer)
+                before = _planned(was, planned.get(key, []), read_back)
+            else:
+                before = _left_by(previous) if previous is not None else was
             disputed: frozenset[str] = frozenset()
             # A plan writes nothing: what any read shows is the customer before
             # the run, no news of what an earlier record left.
@@ -747,6 +761,7 @@ async def run_bulk(
             customer, error, attempts = None, e, 1
         if plan and error is None and before is not None:
             customer = _applied(before, changes, read_back)  # what the provider should show
+            planned.setdefault(key, []).append(changes)
         if before is None and isinstance(was, Customer):
             # An earlier record of it failed after sending, so the whole patch went
             # out: what was read stands for the fields it sets (their undo needs
@@ -996,7 +1011,7 @@ async def run_bulk(
                         spawn(register(ahead))
             result: UpdateResult | None = None
             try:
-                result = await one(index, item, previous, read_after, was)
+                result = await one(index, item, previous, read_after, was, key)
             except asyncio.CancelledError as e:
                 if leaving:
                     raise  # nobody waits for this result

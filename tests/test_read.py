@@ -1208,6 +1208,29 @@ PLAN_CASES = {
         None,
         1,
     ),
+    # Far apart, a later record is compared with the read alone: right for a
+    # run, whose read shows what the earlier one wrote; a plan's read shows
+    # the customer before the run.
+    "set, then cleared 250 records later": (
+        "dualentry",
+        [
+            (0, CustomerPatch(email="x@y.example")),
+            *[(1, CustomerPatch(name=f"n{i}")) for i in range(250)],
+            (0, CustomerPatch(email=None)),
+        ],
+        None,
+        4,
+    ),
+    "tax ids set, then removed ten batches later": (
+        "qwoty",
+        [
+            (0, CustomerPatch(tax_ids=[TaxId("VAT", "A")])),
+            *[(1, CustomerPatch(name=f"n{i}")) for i in range(10)],
+            (0, CustomerPatch(tax_ids=[])),
+        ],
+        None,
+        1,
+    ),
 }
 
 
