@@ -1192,6 +1192,36 @@ def test_a_field_its_first_record_could_not_read_is_never_restored_by_a_later_on
     assert before[cid]["custom_fields"].get(50) is None
 
 
+@pytest.mark.parametrize(
+    ("field", "held", "sent"),
+    [
+        ("phone", "+33 1 23 45 67 89 ext. 12", "555 0100"),
+        ("shipping_address", {**BILLING, "state": None}, BILLING),
+    ],
+    ids=["a phone off the pattern", "an address with a null member"],
+)
+def test_a_value_read_that_the_client_would_refuse_is_named_not_written_to_undo(
+    tmp_path, field, held, sent
+):
+    """The provider holds a value its own spec refuses (set some other way):
+    the undo line restoring it was written, and applying the undo file then
+    refused that line (exit 2), at the moment the operator needs it.  The run
+    names the field it cannot restore instead, and the file applies."""
+    with threaded_fake("dualentry", customers=1, **FAST) as (fake, base, [cid]):
+        fake.customers[cid][field] = held
+        fake.customers[cid]["name"] = "Before"
+        path = jsonl(tmp_path / "u.jsonl", [{"id": cid, "patch": {field: sent, "name": "After"}}])
+        undo = tmp_path / "undo.jsonl"
+        result = changes_only(path, base, "--undo-file", str(undo))
+        undone = apply(undo, base, "--rate-limit", "off")
+        restored = fake.customers[cid]["name"], fake.customers[cid][field]
+    assert result.exit_code == 0, result.output
+    assert f"the undo file cannot restore {field} (" in result.output
+    assert "1 field(s) could not be recorded" in result.output
+    assert undone.exit_code == 0, undone.output
+    assert restored[0] == "Before"
+
+
 def test_a_resume_with_an_undo_file_of_a_run_that_had_none_is_refused(tmp_path):
     """The records the first run sent without an undo file changed customers
     whose values before the run nobody read: an undo file begun on the resume

@@ -233,10 +233,11 @@ def _undo_first(
     value before it."""
 
     def write(customer_id: Any, before: Customer, changes: CustomerPatch) -> None:
-        unknown, quoting = undo.add(before, changes)
+        unknown, quoting, refused = undo.add(before, changes)
         for fields, why in (
             (unknown, "not read"),
             (quoting, "the provider shows the token there"),
+            (refused, "the value read is one this client refuses to send"),
         ):
             if fields:
                 on_note(

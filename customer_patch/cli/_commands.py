@@ -22,9 +22,9 @@ from rich.markup import escape
 
 from customer_patch._adapter import Adapter
 from customer_patch._client import Client
-from customer_patch._errors import CustomerPatchError
+from customer_patch._errors import CustomerPatchError, Problem, ValidationError
 from customer_patch._http import RateLimit
-from customer_patch._model import UNSET, Unset
+from customer_patch._model import UNSET, CustomerPatch, Unset
 from customer_patch._registry import available_adapters, get_adapter
 from customer_patch.cli import stopping_signals
 from customer_patch.cli._apply import (
@@ -530,6 +530,7 @@ def apply_command(
                         resume=resume is not None,
                         mask=client.mask,
                         history=sink.history,
+                        check=_problems_of(adapter),
                     )
                 except ReportError as e:
                     sink.discard_if_unused()  # created by this run, still empty: gone
@@ -670,6 +671,22 @@ def _check_match_on(adapter: Adapter, match_on: str | None) -> None:
             f"--match-on {match_on}: {adapter.provider} can find customers by "
             + (keys if keys else "its own ids only")
         )
+
+
+def _problems_of(adapter: Adapter) -> Callable[[CustomerPatch], list[Problem]]:
+    """What ``adapter`` would refuse in a patch before sending it (by its own
+    checks, not the provider's definitions), read back as a file's line is."""
+
+    def problems(patch: CustomerPatch) -> list[Problem]:
+        try:
+            adapter.prepare_body(CustomerPatch.from_dict(patch.to_dict()))
+        except ValidationError as e:
+            return list(e.problems)
+        except CustomerPatchError as e:  # a field it cannot patch at all
+            return [Problem("", str(e))]
+        return []
+
+    return problems
 
 
 def _check_undo_file(

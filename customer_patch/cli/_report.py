@@ -21,14 +21,14 @@ import errno
 import json
 import os
 import stat
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import filelock
 
 from customer_patch._bulk import UpdateResult, customer_key
-from customer_patch._errors import CustomerPatchError, ProviderError
+from customer_patch._errors import CustomerPatchError, Problem, ProviderError
 from customer_patch._model import Customer, CustomerPatch, ExternalIds, shared_names
 from customer_patch.cli._input import Line
 
@@ -607,9 +607,13 @@ class UndoFile:
         resume: bool,
         mask: Callable[[str], str] | None = None,
         history: History | None = None,
+        check: Callable[[CustomerPatch], Sequence[Problem]] | None = None,
     ) -> None:
         self.path = path
         self._mask = mask  # the client's: a value quoting the token is not written
+        # The client's checks: a value read that they refuse would make the
+        # line one that `apply` of the file refuses, when it is needed.
+        self._check = check
         # Customer key -> fields done with: restored by a line, or left out for
         # good.  A resumed run learns the first from the file, the second from
         # what the report (``history``) says each record sent changed.
@@ -664,15 +668,19 @@ class UndoFile:
 
     def add(
         self, before: Customer, sent: CustomerPatch
-    ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    ) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
         """Record how to undo ``sent`` (called before it is sent: a write whose
         answer a crash cuts off may still land); the fields it cannot restore,
-        as not read, and as quoting the token (the provider echoed it there)."""
+        as not read, as quoting the token (the provider echoed it there), and
+        as holding a value the client's checks refuse (the provider took it
+        some other way)."""
         restore, unknown = sent.undo_for(before)
         secret: set[str] = set()
         if self._mask is not None:
             secret = _echoing(restore, self._mask)
             restore = _without(restore, secret)
+        refused = _refused(restore, self._check) if self._check is not None else set()
+        restore = _without(restore, refused)
         covered = self.covered.setdefault(customer_key(before.id), set())
         # A custom field set by name in one record and by id in another is one field.
         restored = covered | _aliases(covered, before.custom_field_ids or {})
@@ -681,14 +689,15 @@ class UndoFile:
         # later record's value for it is the run's, not what the customer had
         # before it.
         unknown = tuple(path for path in unknown if path not in restored)
-        covered.update(_paths(kept) | secret | set(unknown))
+        covered.update(_paths(kept) | secret | refused | set(unknown))
         if kept:
             record = {"id": before.id, "patch": kept.to_dict()}
             self._put(json.dumps(record).encode() + b"\n")
             self.written += 1
         quoting = tuple(sorted(path for path in secret if path not in restored))
-        self.missing += len(unknown) + len(quoting)
-        return unknown, quoting
+        invalid = tuple(sorted(path for path in refused if path not in restored))
+        self.missing += len(unknown) + len(quoting) + len(invalid)
+        return unknown, quoting, invalid
 
     def _put(self, data: bytes) -> None:
         if self.error is not None:
@@ -714,6 +723,27 @@ def _paths(patch: CustomerPatch) -> set[str]:
             paths.add(path)
     paths.update(f"extra.{k}" for k in patch.extra)
     return paths
+
+
+def _refused(
+    patch: CustomerPatch, check: Callable[[CustomerPatch], Sequence[Problem]]
+) -> set[str]:
+    """The fields of ``patch`` (named as by :func:`_paths`) that ``check`` finds a problem in."""
+    problems = check(patch) if patch else ()
+    found: set[str] = set()
+    for path in _paths(patch):
+        for problem in problems:
+            field = problem.field
+            # "" is the whole patch; "custom_fields" each custom field; a
+            # problem may name a member ("billing_address.state").
+            if (
+                not field
+                or field == path
+                or path.startswith(f"{field}[")
+                or field.startswith(f"{path}.")
+            ):
+                found.add(path)
+    return found
 
 
 def _echoing(patch: CustomerPatch, mask: Callable[[str], str]) -> set[str]:
