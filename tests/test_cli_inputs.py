@@ -610,6 +610,15 @@ def test_option_problems_are_one_line_and_exit_2(tmp_path, args, message):
     assert "Traceback" not in result.output
 
 
+def test_the_command_alone_shows_its_help():
+    """Not a mistake: click shows the help (a usage error of its own kind), which
+    the one-line form made one line of text with its line ends written out."""
+    result = run([])
+    assert "Commands:" in result.output
+    assert "\\n" not in result.output
+    assert "error:" not in result.output
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -176,7 +176,7 @@ class _UsageMistake(click.UsageError):
 def _one_line_usage() -> Iterator[None]:
     try:
         yield
-    except _UsageMistake:
+    except (_UsageMistake, click.exceptions.NoArgsIsHelpError):  # the help is no mistake
         raise
     except click.UsageError as e:
         raise _UsageMistake(e.format_message(), e.ctx) from None
