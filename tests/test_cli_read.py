@@ -1222,6 +1222,26 @@ def test_a_value_read_that_the_client_would_refuse_is_named_not_written_to_undo(
     assert restored[0] == "Before"
 
 
+@pytest.mark.parametrize("content", [b"id,name\n1001,Alice", b"one line, no end"])
+def test_a_file_refused_as_an_undo_file_is_left_as_it_was(tmp_path, content):
+    """Another file given by mistake as the undo file of a resume: its last line,
+    without a line end, was cut off as a torn undo line before the file was
+    found not to be an undo file at all."""
+    path = jsonl(tmp_path / "u.jsonl", UNDO_RECORDS)
+    report, undo = tmp_path / "r.jsonl", tmp_path / "undo.jsonl"
+    customers = tmp_path / "customers.csv"
+    customers.write_bytes(content)
+    fake = ScriptedPatches({1003: [403]}, **FAST)
+    fake.seed_demo(4)
+    with serving(fake) as base:
+        flags = ["--concurrency", "1", "--report", str(report)]
+        first = changes_only(path, base, "--undo-file", str(undo), *flags)
+        mistaken = changes_only(path, base, "--resume", str(report), "--undo-file", str(customers))
+    assert first.exit_code == 3, first.output
+    one_line_error(mistaken, "customers.csv:1: not a line of an undo file")
+    assert customers.read_bytes() == content
+
+
 def test_a_resume_with_an_undo_file_of_a_run_that_had_none_is_refused(tmp_path):
     """The records the first run sent without an undo file changed customers
     whose values before the run nobody read: an undo file begun on the resume

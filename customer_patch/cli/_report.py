@@ -540,6 +540,10 @@ def _ends_torn(path: Path) -> bool:
         return f.read(1) != b"\n"
 
 
+_UNDO_START = b'{"id": '
+"""How every line of an undo file starts (see :meth:`UndoFile.add`)."""
+
+
 def _cut_torn_end(path: Path) -> None:
     """Cut ``path`` after its last line end, if something follows it."""
     if not _ends_torn(path):
@@ -626,22 +630,28 @@ class UndoFile:
         self.check(path, resume=resume)
         self.created = not path.exists()
         if not self.created:
-            # A last line a crash or a full disk cut short was written before its
-            # write was sent, and that write never was: cut off first, not ended
-            # (then it would be a line that is no line, for `apply` of the file
-            # and for the next resume), and not counted as restoring anything.
-            try:
-                _cut_torn_end(path)
-            except OSError as e:
-                why = e.strerror
-                raise ReportError(f"--undo-file {path}: cannot be written ({why})") from None
             for number, line in enumerate(_lines(path), start=1):
+                if not line.endswith(b"\n") and (
+                    line.startswith(_UNDO_START) or _UNDO_START.startswith(line)
+                ):
+                    # Cut short by a crash or a full disk: written before its write
+                    # was sent, and that write never was.  It restores nothing, and
+                    # is cut off below (ended, it would be a line that is no line,
+                    # for `apply` of the file and for the next resume).
+                    break
                 try:
                     record = json.loads(line)
                     patch = CustomerPatch.from_dict(record["patch"])
                 except (ValueError, KeyError, TypeError, CustomerPatchError):
                     raise ReportError(f"{path}:{number}: not a line of an undo file") from None
                 self.covered.setdefault(customer_key(record["id"]), set()).update(_paths(patch))
+            # Only once every whole line is an undo file's: a file given by mistake
+            # is refused as it was.
+            try:
+                _cut_torn_end(path)
+            except OSError as e:
+                why = e.strerror
+                raise ReportError(f"--undo-file {path}: cannot be written ({why})") from None
         try:
             self._file = _open(path, "ab")
         except OSError as e:
