@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import math
 import os
 import signal
 import subprocess
@@ -28,7 +29,9 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from customer_patch import Client
+from customer_patch import Client, Customer, CustomerPatch, get_adapter
+from customer_patch.cli._commands import _problems_of
+from customer_patch.cli._report import UndoFile
 from customer_patch.sandbox import Faults
 from customer_patch_dualentry._fake import DualEntryFake, definition
 from tests.test_cli import CLI, TOKEN, digest, jsonl, report_lines, run
@@ -1240,6 +1243,32 @@ def test_a_file_refused_as_an_undo_file_is_left_as_it_was(tmp_path, content):
     assert first.exit_code == 3, first.output
     one_line_error(mistaken, "customers.csv:1: not a line of an undo file")
     assert customers.read_bytes() == content
+
+
+def test_a_value_the_client_refuses_costs_the_undo_line_only_that_field(tmp_path):
+    """A problem of the whole patch (a lone surrogate, which no JSON can carry)
+    or of its custom fields as a whole marked every field of the line refused,
+    and done with: the valid name and custom field were never restored."""
+    undo = UndoFile(
+        tmp_path / "undo.jsonl", resume=False, check=_problems_of(get_adapter("dualentry"))
+    )
+    before = Customer(
+        provider="dualentry",
+        id=1001,
+        name="Before",
+        email="a\ud800@b.example",
+        custom_fields={"Tier": "Gold", "Score": math.nan},
+    )
+    sent = CustomerPatch(
+        name="After", email="x@y.example", custom_fields={"Tier": "Silver", "Score": 1}
+    )
+    refused = undo.add(before, sent)[2]
+    undo.close()
+    assert refused == ("custom_fields['Score']", "email")
+    [line] = lines_of((tmp_path / "undo.jsonl").read_text())
+    assert CustomerPatch.from_dict(json.loads(line)["patch"]) == CustomerPatch(
+        name="Before", custom_fields={"Tier": "Gold"}
+    )
 
 
 def test_a_resume_with_an_undo_file_of_a_run_that_had_none_is_refused(tmp_path):

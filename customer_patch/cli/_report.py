@@ -738,22 +738,11 @@ def _paths(patch: CustomerPatch) -> set[str]:
 def _refused(
     patch: CustomerPatch, check: Callable[[CustomerPatch], Sequence[Problem]]
 ) -> set[str]:
-    """The fields of ``patch`` (named as by :func:`_paths`) that ``check`` finds a problem in."""
-    problems = check(patch) if patch else ()
-    found: set[str] = set()
-    for path in _paths(patch):
-        for problem in problems:
-            field = problem.field
-            # "" is the whole patch; "custom_fields" each custom field; a
-            # problem may name a member ("billing_address.state").
-            if (
-                not field
-                or field == path
-                or path.startswith(f"{field}[")
-                or field.startswith(f"{path}.")
-            ):
-                found.add(path)
-    return found
+    """The fields of ``patch`` (named as by :func:`_paths`) that ``check`` finds a
+    problem in, each checked alone: a problem of one field (or one a check
+    names by a group, as "custom_fields", or by none) costs no other field."""
+    paths = _paths(patch)
+    return {path for path in paths if check(_without(patch, paths - {path}))}
 
 
 def _echoing(patch: CustomerPatch, mask: Callable[[str], str]) -> set[str]:
