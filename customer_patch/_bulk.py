@@ -315,17 +315,11 @@ def _merged(customer: Customer, other: Customer) -> Customer:
     return attrs.evolve(customer, **top, read_fields=customer.read_fields | shown)
 
 
-def _planned(
-    customer: Customer, changes: list[CustomerPatch], read_back: Callable[[str, Any], Any]
-) -> Customer:
-    """``customer`` (as read before the run) with what a plan's earlier records of
-    it would change, each field they set known."""
-    paths: set[str] = set()
-    for patch in changes:
-        customer = _applied(customer, patch, read_back)
-        paths.update(path for path, _ in patch.set_fields())
+def _knowing(customer: Customer, patch: CustomerPatch) -> Customer:
+    """``customer``, every field ``patch`` sets known (a plan's prediction)."""
     if customer.read_fields is None:
         return customer
+    paths = frozenset(path for path, _ in patch.set_fields())
     return attrs.evolve(customer, read_fields=customer.read_fields | paths)
 
 
@@ -618,9 +612,9 @@ async def run_bulk(
     wake: asyncio.Future[None] | None = None  # the consumer waits for a result
     room: asyncio.Future[None] | None = None  # workers wait for the consumer
     read_failures: set[int] = set()  # records in flight whose read the provider refused
-    # With plan: each customer's changes the plan predicts, in input order.  Kept
-    # for the whole run: a plan's reads never show them.
-    planned: dict[str, list[CustomerPatch]] = {}
+    # With plan: each customer the plan changes, as it predicts the provider
+    # would show it.  Kept for the whole run: a plan's reads never show it.
+    planned: dict[str, Customer] = {}
     # With matched_by: each key renamed (from or to) by a record not ended yet -> the
     # last such record.  Bounded by concurrency plus a batch.
     renaming: dict[str, _Record] = {}
@@ -685,7 +679,8 @@ async def run_bulk(
                 # writes nothing): what its earlier records would change is
                 # the plan's own, laid over the read, however far apart.
                 assert isinstance(was, Customer)
-                before = _planned(was, planned.get(key, []), read_back)
+                earlier = planned.get(key)
+                before = was if earlier is None else _merged(earlier, was)
             else:
                 before = _left_by(previous) if previous is not None else was
             disputed: frozenset[str] = frozenset()
@@ -761,7 +756,7 @@ async def run_bulk(
             customer, error, attempts = None, e, 1
         if plan and error is None and before is not None:
             customer = _applied(before, changes, read_back)  # what the provider should show
-            planned.setdefault(key, []).append(changes)
+            planned[key] = _knowing(customer, changes)
         if before is None and isinstance(was, Customer):
             # An earlier record of it failed after sending, so the whole patch went
             # out: what was read stands for the fields it sets (their undo needs
