@@ -19,9 +19,9 @@ not keep up to the 8 MiB read cap for every record a provider refused."""
 
 HEADERS_KEPT = 16 * 1024
 """Characters of a provider's headers (names and values) an error keeps in
-``headers``, at most, whole headers in the order received (and ``Retry-After``
-wherever it came): for the same reason, as aiohttp reads up to 128 headers of
-8 KB each."""
+``headers``, at most, whole headers in the order received (and the first
+``Retry-After`` wherever it came): for the same reason, as aiohttp reads up
+to 128 headers of 8 KB each."""
 
 
 def _kept_headers(headers: Mapping[str, str] | None) -> CIMultiDict[str]:
@@ -30,7 +30,8 @@ def _kept_headers(headers: Mapping[str, str] | None) -> CIMultiDict[str]:
     size = 0
     for name, value in (headers or {}).items():
         size += len(name) + len(value)
-        if size <= HEADERS_KEPT or name.lower() == "retry-after":
+        # The first Retry-After, wherever it came: the retry reads that one.
+        if size <= HEADERS_KEPT or (name.lower() == "retry-after" and "Retry-After" not in kept):
             kept.add(name, value)
     return kept
 

@@ -390,6 +390,10 @@ async def test_an_error_keeps_the_first_16_kib_of_huge_headers_and_the_wait_aske
     assert list(kept.items())[:3] == list(headers.items())[:3]  # the first, in order
     assert kept["Retry-After"] == "0"
     assert ServerError("x", provider="p", status=500, headers=headers).headers == kept
+    # Retry-After is kept wherever it comes, once: a hundred of them are no way around.
+    waits = CIMultiDict([("Retry-After", "9" * 8000)] * 100)
+    kept = ServerError("x", provider="p", status=500, headers=waits).headers
+    assert sum(len(k) + len(v) for k, v in kept.items()) <= 16 * 1024 + 8011
 
 
 async def test_a_content_encoding_echoing_the_key_never_shows_it():
