@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import json
 import json.scanner
+import math
 import re
 import uuid
 from abc import ABC, abstractmethod
@@ -85,18 +86,37 @@ def _dumps(value: Any) -> str:
 # UTF-8 JSON with nothing around it goes to the scanner directly; anything else
 # (a BOM, UTF-16, whitespace, an error) is left to json.loads, so every result
 # and every error is json.loads's own.
+class _NotANumber(ValueError):
+    """NaN, Infinity, or a number too large for a float (read as inf): Python's
+    json reads them, but JSON has no such number, and a report or a plan that
+    quotes the value would hold what strict JSON readers refuse."""
+
+
+def _no_constant(name: str) -> Any:
+    raise _NotANumber(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise _NotANumber(f"{text:.40} is too large a number")
+    return value
+
+
+_DECODER = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite)
 _scan_once = getattr(json.scanner, "c_make_scanner", None)  # not in typeshed
-_SCAN = None if _scan_once is None else _scan_once(json.JSONDecoder())
+_SCAN = None if _scan_once is None else _scan_once(_DECODER)
 _EDGES = frozenset(" \t\n\r\ufeff")
 
 
 def _loads(body: bytes) -> Any:
-    """``json.loads(body)``, with a shortcut for the common case."""
+    """``json.loads(body)`` (numbers JSON can write only), with a shortcut for
+    the common case."""
     if _SCAN is not None and body:
         try:
             text = body.decode()
         except UnicodeDecodeError:
-            return json.loads(body)
+            return _slow_loads(body)
         if text[0] not in _EDGES and text[-1] not in _EDGES:
             try:
                 value, end = _SCAN(text, 0)
@@ -105,7 +125,11 @@ def _loads(body: bytes) -> Any:
             else:
                 if end == len(text):
                     return value
-    return json.loads(body)
+    return _slow_loads(body)
+
+
+def _slow_loads(body: bytes) -> Any:
+    return json.loads(body, parse_constant=_no_constant, parse_float=_finite)
 
 
 # The characters quote(..., safe="") leaves as they are (RFC 3986 unreserved).
@@ -775,6 +799,8 @@ class Adapter(ABC):
         # connection is not (worth a retry, as any body that is not JSON).
         except (json.JSONDecodeError, UnicodeDecodeError):
             data = _NOT_JSON
+        except _NotANumber as e:
+            data, unreadable = _NOT_JSON, f"JSON this client will not read: {e}"
         except (ValueError, RecursionError) as e:
             # Well-formed, perhaps, but past what this client reads: an integer
             # of more than 4,300 digits, or nesting deeper than the stack.

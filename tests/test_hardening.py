@@ -117,6 +117,18 @@ ODD_BODIES = [
     (302, b"", ProviderError),
     (200, b"\xff\xfe\x00garbage", ResponseFormatError),
     (200, b'{"success": true, "data": {"id": "x"}}' * 2, ResponseFormatError),
+    # Not JSON, or no number a JSON writer can write back: Python's json reads
+    # them (1e400 as inf), and a report or a plan quoting the customer then
+    # held NaN or Infinity, which strict JSON readers refuse.
+    *(
+        (200, b'{"success": true, "data": {"id": "x", "score": %s}}' % n, ResponseFormatError)
+        for n in (b"NaN", b"Infinity", b"-Infinity", b"1e400", b"-1e400")
+    ),
+    (
+        200,
+        b'{"success": true, "data": {"id": "x", "score": ' + b"[" * 5 + b"NaN",
+        ResponseFormatError,
+    ),
 ]
 
 
