@@ -30,6 +30,7 @@ from multidict import CIMultiDict
 
 from customer_patch._adapter import Adapter
 from customer_patch._bulk import (
+    _RECANCEL,
     BeforeWrite,
     BulkReport,
     ProgressCallback,
@@ -234,11 +235,13 @@ async def _together(awaitables: Iterable[Awaitable[T]]) -> list[T]:
     try:
         return await asyncio.gather(*tasks)
     finally:
-        running = [task for task in tasks if not task.done()]
-        for task in running:
-            task.cancel()
-        if running:
-            await asyncio.wait(running)
+        # Cancelled again until they end, as run_bulk's own tasks are: one that
+        # swallows a cancel must not hold the caller for good.
+        running = {task for task in tasks if not task.done()}
+        while running:
+            for task in running:
+                task.cancel()
+            _, running = await asyncio.wait(running, timeout=_RECANCEL)
 
 
 def _reads_on(shown: int, count: int, page: int) -> bool:

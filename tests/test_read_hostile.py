@@ -807,6 +807,31 @@ async def test_a_read_failing_with_a_bug_leaves_no_other_read_running(provider, 
     assert all(isinstance(r.error, TransportBug) for r in report.results)
 
 
+async def test_a_read_that_swallows_its_cancel_is_cancelled_again():
+    """The batch's other reads are cancelled when one fails: a transport that
+    swallows one cancel and waits on held the run forever (run_bulk cancels its
+    own tasks until they end; the reads were cancelled once)."""
+    waiting = 0
+
+    async def answer(request):
+        nonlocal waiting
+        if "BOOM" in request.url:
+            while waiting < 2:  # the others are waiting first
+                await asyncio.sleep(0)
+            raise TransportBug("a bug in the transport")
+        waiting += 1
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.Event().wait()  # the first cancel, swallowed
+        await asyncio.Event().wait()  # then waits on, until cancelled again
+        return Response(status=500)
+
+    updates = [(key, CustomerPatch(name="New")) for key in ("BOOM", "K1", "K2")]
+    async with mock_client(answer) as c:
+        run = c.update_many(updates, concurrency=3, match_on="unique_id")
+        report = await asyncio.wait_for(run, HANG_GUARD)
+    assert [type(r.error) for r in report.results] == [TransportBug] * 3
+
+
 QID_BOOM = "00000000-0000-4000-8000-00000000b000"
 QIDS = [QID_BOOM, *(f"00000000-0000-4000-8000-00000000000{i}" for i in range(7))]
 
