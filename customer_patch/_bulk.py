@@ -232,7 +232,8 @@ def _keys_named(item: Any, matched_by: str) -> tuple[frozenset[str], bool]:
     key = _id_of_pair(item)
     keys = {key.casefold()} if isinstance(key, str) else set()
     if key is not _NOT_A_PAIR:
-        for path, value in item[1].set_fields():
+        _, patch = item  # as _id_of_pair took it apart: a pair need not be indexable
+        for path, value in patch.set_fields():
             if path == matched_by:
                 if isinstance(value, str):
                     keys.add(value.casefold())
@@ -616,7 +617,7 @@ async def run_bulk(
     # would show it.  Kept for the whole run: a plan's reads never show it.
     planned: dict[str, Customer] = {}
     # With matched_by: each key renamed (from or to) by a record not ended yet -> the
-    # last such record.  Bounded by concurrency plus a batch.
+    # last such record: two keys at most for each record taken and not ended.
     renaming: dict[str, _Record] = {}
     taking = asyncio.Lock()  # one worker at a time awaits the input (or a read)
     leaving = False  # set once the run ends: workers take nothing more
@@ -831,6 +832,7 @@ async def run_bulk(
         if held is not None:
             batch.append(held)
             held = None
+            batch_started = loop.time()
             if matched_by is not None:
                 keys, renames = _keys_named(batch[0][1], matched_by)
                 if renames:

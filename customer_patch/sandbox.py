@@ -282,8 +282,8 @@ class FakeProvider:
     async def _spoiled(
         self, fault: str, request: web.Request, response: web.StreamResponse
     ) -> web.StreamResponse:
-        # These spoil the answer to a change that was applied: drawn for an
-        # error, nothing is spoiled, so nothing is counted.
+        # These spoil a successful answer (the change, if any, applied): drawn
+        # for an error, nothing is spoiled, so nothing is counted.
         if response.status >= 300 or not isinstance(response, web.Response):
             return response
         self.injected[fault] += 1

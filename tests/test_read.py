@@ -1032,6 +1032,10 @@ async def test_a_read_refused_for_all_is_the_outcome_of_records_setting_custom_f
     assert len(transport.requests) == 1
 
 
+async def collect(run):
+    return [r async for r in run]
+
+
 def matched_in_order(holders, updates):
     """What applying ``updates`` (matched on ``unique_id``) one after the other does:
     each record's outcome (the customer it changed, or the error's class) and
@@ -1061,12 +1065,8 @@ async def run_matched(store, updates, *, concurrency, shuffle=None, **options):
 
         store.transport = MockTransport(shuffled)
     async with client(store) as de:
-        results = [
-            r
-            async for r in de.iter_updates(
-                updates, concurrency=concurrency, match_on="unique_id", **options
-            )
-        ]
+        run = de.iter_updates(updates, concurrency=concurrency, match_on="unique_id", **options)
+        results = await asyncio.wait_for(collect(run), HANG_GUARD)
     results.sort(key=lambda r: r.index)
     outcomes = [r.customer.id if r.ok else type(r.error) for r in results]
     final = {c: (f["unique_id"], f["name"]) for c, f in store.customers.items()}

@@ -811,15 +811,16 @@ async def test_a_read_that_swallows_its_cancel_is_cancelled_again():
     """The batch's other reads are cancelled when one fails: a transport that
     swallows one cancel and waits on held the run forever (run_bulk cancels its
     own tasks until they end; the reads were cancelled once)."""
-    waiting = 0
+    waiting = []
+    both_waiting = asyncio.Event()
 
     async def answer(request):
-        nonlocal waiting
         if "BOOM" in request.url:
-            while waiting < 2:  # the others are waiting first
-                await asyncio.sleep(0)
+            await both_waiting.wait()  # the others wait first
             raise TransportBug("a bug in the transport")
-        waiting += 1
+        waiting.append(request)
+        if len(waiting) == 2:
+            both_waiting.set()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.Event().wait()  # the first cancel, swallowed
         await asyncio.Event().wait()  # then waits on, until cancelled again

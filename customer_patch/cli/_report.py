@@ -87,9 +87,10 @@ class History:
         number, key = entry["line"], customer_key(entry.get("id"))
         if entry["attempts"] > 0:
             if entry.get("undo") is True:
-                self._sent_with_undo = self._sent_with_undo or number
-            else:
-                self._sent_without_undo = self._sent_without_undo or number
+                if self._sent_with_undo is None:
+                    self._sent_with_undo = number
+            elif self._sent_without_undo is None:
+                self._sent_without_undo = number
         self.hashes[number] = entry["hash"]
         done = self._done.setdefault(key, set())
         if entry["ok"] or entry["attempts"] > 0:
