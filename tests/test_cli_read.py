@@ -1060,20 +1060,29 @@ def test_undo_of_one_custom_field_named_once_by_name_and_once_by_id(tmp_path):
     assert restored == snapshot
 
 
+UNDO_RECORDS = [
+    {"id": 1001, "patch": {"name": "One"}},
+    {"id": 1002, "patch": {"name": "Two", "email": "two@x.example"}},
+    {"id": 1003, "patch": {"name": "Three"}},  # a 403: the run stops here
+    {"id": 1002, "patch": {"name": "Two again", "phone": "555 0102"}},
+    {"id": 1004, "patch": {"website": "https://four.example"}},
+]
+
+
+def stopped_at_1003(refusals: int = 1) -> ScriptedPatches:
+    """A DualEntry fake of four customers whose first ``refusals`` writes to 1003
+    are refused (403): a run of UNDO_RECORDS stops there, the rest not attempted."""
+    fake = ScriptedPatches({1003: [403] * refusals}, **FAST)
+    fake.seed_demo(4)
+    return fake
+
+
 def test_resume_continues_the_undo_file(tmp_path):
     """A 403 on 1003 stops the first run half way (the rest not attempted); the second,
     with --resume, appends to the undo file, which then undoes both runs."""
-    records = [
-        {"id": 1001, "patch": {"name": "One"}},
-        {"id": 1002, "patch": {"name": "Two", "email": "two@x.example"}},
-        {"id": 1003, "patch": {"name": "Three"}},
-        {"id": 1002, "patch": {"name": "Two again", "phone": "555 0102"}},
-        {"id": 1004, "patch": {"website": "https://four.example"}},
-    ]
-    path = jsonl(tmp_path / "u.jsonl", records)
+    path = jsonl(tmp_path / "u.jsonl", UNDO_RECORDS)
     report, undo = tmp_path / "r.jsonl", tmp_path / "undo.jsonl"
-    fake = ScriptedPatches({1003: [403]}, **FAST)
-    fake.seed_demo(4)
+    fake = stopped_at_1003()
     with serving(fake) as base:
         snapshot = state(fake)
         common = ["--undo-file", str(undo), "--concurrency", "1"]
@@ -1093,15 +1102,6 @@ def test_resume_continues_the_undo_file(tmp_path):
     assert restored == snapshot
 
 
-UNDO_RECORDS = [
-    {"id": 1001, "patch": {"name": "One"}},
-    {"id": 1002, "patch": {"name": "Two", "email": "two@x.example"}},
-    {"id": 1003, "patch": {"name": "Three"}},  # a 403: the run stops here
-    {"id": 1002, "patch": {"name": "Two again", "phone": "555 0102"}},
-    {"id": 1004, "patch": {"website": "https://four.example"}},
-]
-
-
 def test_a_resume_that_would_leave_the_undo_file_short_is_refused(tmp_path):
     """A run writing an undo file, stopped, then resumed without --undo-file (or
     without --changes-only, or with another undo file): the writes of that
@@ -1111,8 +1111,7 @@ def test_a_resume_that_would_leave_the_undo_file_short_is_refused(tmp_path):
     resume still finishes, and the undo file restores the state before the run."""
     path = jsonl(tmp_path / "u.jsonl", UNDO_RECORDS)
     report, undo = tmp_path / "r.jsonl", tmp_path / "undo.jsonl"
-    fake = ScriptedPatches({1003: [403]}, **FAST)
-    fake.seed_demo(4)
+    fake = stopped_at_1003()
     with serving(fake) as base:
         snapshot = state(fake)
         flags = ["--undo-file", str(undo), "--concurrency", "1"]
@@ -1150,8 +1149,7 @@ def test_a_torn_last_undo_line_is_cut_off_not_left_in_the_middle(tmp_path):
     as invalid (exit 2), and which refused every later resume."""
     path = jsonl(tmp_path / "u.jsonl", UNDO_RECORDS)
     report, undo = tmp_path / "r.jsonl", tmp_path / "undo.jsonl"
-    fake = ScriptedPatches({1003: [403, 403]}, **FAST)
-    fake.seed_demo(4)
+    fake = stopped_at_1003(refusals=2)
     with serving(fake) as base:
         snapshot = state(fake)
         flags = ["--undo-file", str(undo), "--concurrency", "1", "--report", str(report)]
@@ -1234,8 +1232,7 @@ def test_a_file_refused_as_an_undo_file_is_left_as_it_was(tmp_path, content):
     report, undo = tmp_path / "r.jsonl", tmp_path / "undo.jsonl"
     customers = tmp_path / "customers.csv"
     customers.write_bytes(content)
-    fake = ScriptedPatches({1003: [403]}, **FAST)
-    fake.seed_demo(4)
+    fake = stopped_at_1003()
     with serving(fake) as base:
         flags = ["--concurrency", "1", "--report", str(report)]
         first = changes_only(path, base, "--undo-file", str(undo), *flags)
@@ -1277,8 +1274,7 @@ def test_a_resume_with_an_undo_file_of_a_run_that_had_none_is_refused(tmp_path):
     would restore the values they left, as if they were the ones before."""
     path = jsonl(tmp_path / "u.jsonl", UNDO_RECORDS)
     report, undo = tmp_path / "r.jsonl", tmp_path / "undo.jsonl"
-    fake = ScriptedPatches({1003: [403]}, **FAST)
-    fake.seed_demo(4)
+    fake = stopped_at_1003()
     with serving(fake) as base:
         first = changes_only(path, base, "--report", str(report), "--concurrency", "1")
         sent = len(fake.requests)
