@@ -1268,6 +1268,28 @@ def test_a_value_the_client_refuses_costs_the_undo_line_only_that_field(tmp_path
     )
 
 
+def test_records_the_provider_refused_do_not_keep_a_resume_from_its_undo_file(tmp_path):
+    """A run without an undo file whose only sends were refused outright (a 404,
+    then the 403 that stopped it) changed nothing: a resume may begin one."""
+    records = [{"id": 9999, "patch": {"name": "Ghost"}}, *UNDO_RECORDS]
+    path = jsonl(tmp_path / "u.jsonl", records)
+    report, undo = tmp_path / "r.jsonl", tmp_path / "undo.jsonl"
+    fake = ScriptedPatches({1001: [403]}, **FAST)
+    fake.seed_demo(4)
+    with serving(fake) as base:
+        snapshot = state(fake)
+        first = changes_only(path, base, "--report", str(report), "--concurrency", "1")
+        second = changes_only(
+            path, base, "--resume", str(report), "--undo-file", str(undo), "--concurrency", "1"
+        )
+        undone = apply(undo, base, "--rate-limit", "off")
+        restored = state(fake)
+    assert first.exit_code == 3, first.output
+    assert second.exit_code == 1, second.output  # 9999 is still not found
+    assert undone.exit_code == 0, undone.output
+    assert restored == snapshot
+
+
 def test_a_resume_with_an_undo_file_of_a_run_that_had_none_is_refused(tmp_path):
     """The records the first run sent without an undo file changed customers
     whose values before the run nobody read: an undo file begun on the resume

@@ -75,17 +75,26 @@ class History:
         self.entries += 1
         self.destinations.add(entry["to"])
         after = entry.get("after")
-        if isinstance(after, dict) and entry["attempts"] > 0 and "customer" in entry:
+        if (
+            isinstance(after, dict)
+            and entry["attempts"] > 0
+            and "customer" in entry
+            and entry.get("undo") is True
+        ):
             # Sent, so its undo line was written first: what it changed is done
             # with for the undo file, written there or left out (not read, or
             # quoting the key), whatever a later record finds in those fields.
+            # (Sent by a run without one, it was refused: see undo_refusal.)
             try:
                 changed = _paths(CustomerPatch.from_dict(after))
             except (CustomerPatchError, ValueError, TypeError):
                 changed = set()  # masked past reading: the undo file's own lines decide
             self.changed.setdefault(customer_key(entry["customer"]), set()).update(changed)
         number, key = entry["line"], customer_key(entry.get("id"))
-        if entry["attempts"] > 0:
+        # Its one attempt refused with a 4xx: it changed nothing, undo file or not.
+        status = entry.get("status")
+        refused = entry["attempts"] == 1 and isinstance(status, int) and status < 500
+        if entry["attempts"] > 0 and not (refused and not entry["ok"]):
             if entry.get("undo") is True:
                 if self._sent_with_undo is None:
                     self._sent_with_undo = number
