@@ -84,7 +84,8 @@ class History:
             # Sent, so its undo line was written first: what it changed is done
             # with for the undo file, written there or left out (not read, or
             # quoting the key), whatever a later record finds in those fields.
-            # (Sent by a run without one, it was refused: see undo_refusal.)
+            # (A line a run without one sent makes a resume with one refused:
+            # see undo_refusal.)
             try:
                 changed = _paths(CustomerPatch.from_dict(after))
             except (CustomerPatchError, ValueError, TypeError):
@@ -705,9 +706,9 @@ class UndoFile:
         # A custom field set by name in one record and by id in another is one field.
         restored = covered | _aliases(covered, before.custom_field_ids or {})
         kept = _without(restore, restored)
-        # A field left out (not read, or quoting the key) is done with too: a
-        # later record's value for it is the run's, not what the customer had
-        # before it.
+        # A field left out (not read, quoting the key, or refused) is done with
+        # too: a later record's value for it is the run's, not what the customer
+        # had before it.
         unknown = tuple(path for path in unknown if path not in restored)
         covered.update(_paths(kept) | secret | refused | set(unknown))
         if kept:
