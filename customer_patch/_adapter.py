@@ -81,28 +81,34 @@ def _dumps(value: Any) -> str:
     return "".join(_C_ENCODE(value, 0))
 
 
-# json.loads(bytes) guesses the encoding and strips whitespace in Python before
-# its C scanner runs (about a microsecond an answer).  A body that is plain
-# UTF-8 JSON with nothing around it goes to the scanner directly; anything else
-# (a BOM, UTF-16, whitespace, an error) is left to json.loads, so every result
-# and every error is json.loads's own.
-class _NotANumber(ValueError):
+class NotJSONError(ValueError):
     """NaN, Infinity, or a number too large for a float (read as inf): Python's
     json reads them, but JSON has no such number, and a report or a plan that
     quotes the value would hold what strict JSON readers refuse."""
 
 
 def _no_constant(name: str) -> Any:
-    raise _NotANumber(f"{name} is not a JSON number")
+    raise NotJSONError(f"{name} is not JSON")
 
 
 def _finite(text: str) -> float:
     value = float(text)
     if math.isinf(value):
-        raise _NotANumber(f"{text:.40} is too large a number")
+        raise NotJSONError(f"{text:.40} is too large a number")
     return value
 
 
+def strict_loads(data: str | bytes, **options: Any) -> Any:
+    """``json.loads(data, **options)``, raising :class:`NotJSONError` for what JSON
+    does not have: the one reader of JSON from a provider or a file of updates."""
+    return json.loads(data, parse_constant=_no_constant, parse_float=_finite, **options)
+
+
+# json.loads(bytes) guesses the encoding and strips whitespace in Python before
+# its C scanner runs (about a microsecond an answer).  A body that is plain
+# UTF-8 JSON with nothing around it goes to the scanner directly; anything else
+# (a BOM, UTF-16, whitespace, an error) is left to strict_loads, so every
+# result and every error is its own.
 _DECODER = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite)
 _scan_once = getattr(json.scanner, "c_make_scanner", None)  # not in typeshed
 _SCAN = None if _scan_once is None else _scan_once(_DECODER)
@@ -110,13 +116,12 @@ _EDGES = frozenset(" \t\n\r\ufeff")
 
 
 def _loads(body: bytes) -> Any:
-    """``json.loads(body)`` (numbers JSON can write only), with a shortcut for
-    the common case."""
+    """``strict_loads(body)``, with a shortcut for the common case."""
     if _SCAN is not None and body:
         try:
             text = body.decode()
         except UnicodeDecodeError:
-            return _slow_loads(body)
+            return strict_loads(body)
         if text[0] not in _EDGES and text[-1] not in _EDGES:
             try:
                 value, end = _SCAN(text, 0)
@@ -125,11 +130,7 @@ def _loads(body: bytes) -> Any:
             else:
                 if end == len(text):
                     return value
-    return _slow_loads(body)
-
-
-def _slow_loads(body: bytes) -> Any:
-    return json.loads(body, parse_constant=_no_constant, parse_float=_finite)
+    return strict_loads(body)
 
 
 # The characters quote(..., safe="") leaves as they are (RFC 3986 unreserved).
@@ -799,7 +800,7 @@ class Adapter(ABC):
         # connection is not (worth a retry, as any body that is not JSON).
         except (json.JSONDecodeError, UnicodeDecodeError):
             data = _NOT_JSON
-        except _NotANumber as e:
+        except NotJSONError as e:
             data, unreadable = _NOT_JSON, f"JSON this client will not read: {e}"
         except (ValueError, RecursionError) as e:
             # Well-formed, perhaps, but past what this client reads: an integer

@@ -25,7 +25,6 @@ import hashlib
 import io
 import itertools
 import json
-import math
 import os
 import shutil
 import stat
@@ -38,7 +37,7 @@ from typing import IO, Any
 import attrs
 from attrs import define, frozen
 
-from customer_patch._adapter import Adapter
+from customer_patch._adapter import Adapter, NotJSONError, strict_loads
 from customer_patch._bulk import customer_key
 from customer_patch._errors import CustomerPatchError, Problem, ValidationError
 from customer_patch._model import CustomerPatch, ExternalIds
@@ -331,28 +330,6 @@ class _DuplicateKeyError(ValueError):
     pass
 
 
-class _NotJSON(ValueError):
-    """What Python's json reads but JSON does not have."""
-
-
-def _no_constant(name: str) -> Any:
-    raise _NotJSON(f"{name} is not JSON")
-
-
-def _finite(text: str) -> float:
-    value = float(text)
-    if value in (math.inf, -math.inf):
-        raise _NotJSON(f"{text:.40} is too large a number")
-    return value
-
-
-def _loads(text: str, **options: Any) -> Any:
-    """``json.loads``, refusing NaN, Infinity and numbers too large for a float
-    (read as inf), which Python's json takes: an id NaN would go into the
-    report, which other tools cannot read."""
-    return json.loads(text, parse_constant=_no_constant, parse_float=_finite, **options)
-
-
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     record = dict(pairs)
     if len(record) != len(pairs):
@@ -374,12 +351,13 @@ def _jsonl(lines: Iterable[bytes], key: str = "id") -> Iterator[_Raw]:
             yield _Raw(number, digest, None, Problem("", f"not UTF-8 (byte {e.start + 1})"))
             continue
         try:
-            record = _loads(text, object_pairs_hook=_unique_keys)
+            # Strict: an id NaN would go into the report, which other tools cannot read.
+            record = strict_loads(text, object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as e:
             problem = Problem("", f"not valid JSON: {e.msg} at column {e.pos + 1}")
             yield _Raw(number, digest, None, problem)
             continue
-        except _NotJSON as e:
+        except NotJSONError as e:
             yield _Raw(number, digest, None, Problem("", f"not valid JSON: {e}"))
             continue
         except _DuplicateKeyError as e:
@@ -527,14 +505,14 @@ def _row_to_patch(cells: dict[str, str]) -> dict[str, Any]:
             value = cell
         elif dotted:  # custom_fields.<name>: JSON, or else text
             try:
-                value = _loads(cell)
+                value = strict_loads(cell)
             except RecursionError:
                 raise ValueError(f"{column}: nested too deeply to read") from None
             except ValueError:
                 value = cell
         else:
             try:
-                value = _loads(cell)
+                value = strict_loads(cell)
             except RecursionError:
                 raise ValueError(f"{column}: nested too deeply to read") from None
             except ValueError as e:
