@@ -699,11 +699,12 @@ async def run_bulk(
                 if before is not None and last is not None and last.sent is not None:
                     # Unless its only attempt was refused (a 4xx), what it sent
                     # may have landed after that read was served (a read that
-                    # lags behind writes): not known, so sent again.
+                    # lags behind writes): not known, so sent again.  A redirect
+                    # (never followed) or a 200 saying it failed is no refusal.
                     rejected = (
                         last.attempts == 1
                         and isinstance(last.error, ProviderError)
-                        and last.error.status < 500
+                        and 400 <= last.error.status < 500
                     )
                     if not rejected:
                         disputed = frozenset(path for path, _ in last.sent.set_fields())

@@ -31,7 +31,7 @@ from aiohttp import web
 
 from customer_patch import Client, Customer, CustomerPatch, get_adapter
 from customer_patch.cli._commands import _problems_of
-from customer_patch.cli._report import UndoFile
+from customer_patch.cli._report import History, UndoFile
 from customer_patch.sandbox import Faults
 from customer_patch_dualentry._fake import DualEntryFake, definition
 from tests.test_cli import CLI, TOKEN, digest, jsonl, report_lines, run
@@ -1308,6 +1308,22 @@ def test_a_resume_with_an_undo_file_of_a_run_that_had_none_is_refused(tmp_path):
     one_line_error(resumed_with_undo, "without an undo file", "nothing sent")
     assert refused_sent == 0
     assert not undo.exists()
+
+
+@pytest.mark.parametrize(
+    ("status", "sent"), [(422, False), (404, False), (303, True), (500, True)]
+)
+def test_only_a_4xx_at_the_one_attempt_counts_as_nothing_changed(tmp_path, status, sent):
+    """A report line failed at its one attempt: a 4xx changed nothing, but a redirect
+    (never followed) or a 5xx may have, so a resume with an undo file, which would
+    restore what that line left, is refused."""
+    history = History()
+    history.add(
+        {"line": 1, "id": 1001, "to": "dualentry x", "ok": False, "attempts": 1,
+         "status": status, "hash": "ab"}
+    )  # fmt: skip
+    refusal = history.undo_refusal(tmp_path / "undo.jsonl")
+    assert (refusal is not None) is sent, refusal
 
 
 # -- careless operators: refusals that must leave every file as it was -------------------------

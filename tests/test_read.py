@@ -27,6 +27,7 @@ from customer_patch import (
     NotAttemptedError,
     NotFoundError,
     PermissionDeniedError,
+    ProviderError,
     RateLimit,
     Response,
     ResponseFormatError,
@@ -750,6 +751,38 @@ async def test_after_a_write_that_landed_then_was_refused_the_next_is_still_sent
             key=lambda r: r.index,
         )
     assert results[0].error is not None
+    assert results[1].changed
+    assert store.customers[7]["name"] == "C7"
+
+
+@pytest.mark.parametrize("status", [303, 307, 500])
+async def test_after_a_write_that_landed_and_was_answered_with_no_refusal_the_next_is_sent(
+    status,
+):
+    """The write landed and the answer was a redirect (never followed) or a 5xx:
+    not a refusal (a 4xx), so what it sent may be there.  A read that lags
+    behind writes must not make the next record of that customer look unchanged
+    (a red team found a 3xx taken for a refusal: the older value stayed)."""
+    store = Store(10)
+    list_lagging_behind_writes(store, gets_too=True)
+    lagging = store.transport.handler
+    first = iter([True])
+
+    def answer(request):
+        if request.method == "PATCH" and next(first, False):
+            store.answer(request)  # applied...
+            headers = {"Location": "/public/v2/customers/7/"}
+            return Response(status=status, headers=headers, body=b"")  # ...answered so
+        return lagging(request)
+
+    store.transport = MockTransport(answer)
+    updates = [(7, CustomerPatch(name="A")), (7, CustomerPatch(name="C7"))]
+    async with client(store, retry=None) as de:
+        results = sorted(
+            [r async for r in de.iter_updates(updates, skip_unchanged=True)],
+            key=lambda r: r.index,
+        )
+    assert isinstance(results[0].error, ProviderError)
     assert results[1].changed
     assert store.customers[7]["name"] == "C7"
 

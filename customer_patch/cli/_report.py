@@ -93,8 +93,9 @@ class History:
             self.changed.setdefault(customer_key(entry["customer"]), set()).update(changed)
         number, key = entry["line"], customer_key(entry.get("id"))
         # Its one attempt refused with a 4xx: it changed nothing, undo file or not.
+        # (A redirect, never followed, or a 200 saying it failed may have.)
         status = entry.get("status")
-        refused = entry["attempts"] == 1 and isinstance(status, int) and status < 500
+        refused = entry["attempts"] == 1 and isinstance(status, int) and 400 <= status < 500
         if entry["attempts"] > 0 and not (refused and not entry["ok"]):
             if entry.get("undo") is True:
                 if self._sent_with_undo is None:
