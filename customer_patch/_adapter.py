@@ -44,6 +44,7 @@ from customer_patch._errors import (
     UnsupportedOperationError,
     ValidationError,
     error_class_for,
+    quoted,
 )
 from customer_patch._http import RateLimit, Request, Response, parse_retry_after, status_text
 from customer_patch._model import (
@@ -153,12 +154,12 @@ def _text_or_null(value: Any) -> str | None:
 
 def _key(instance: object, attribute: Any, value: Any) -> None:
     if not isinstance(value, str) or not value:
-        raise ValueError(f"{attribute.name} must be a non-empty string, got {value!r:.80}")
+        raise ValueError(f"{attribute.name} must be a non-empty string, got {quoted(value)}")
 
 
 def _function(instance: object, attribute: Any, value: Any) -> None:
     if not callable(value):
-        raise TypeError(f"{attribute.name} must be callable, got {value!r:.80}")
+        raise TypeError(f"{attribute.name} must be callable, got {quoted(value)}")
 
 
 @frozen(kw_only=True)
@@ -732,7 +733,7 @@ class Adapter(ABC):
         customer = self._reading(self.customer_from, data, response)
         if customer_id is not None and not self.same_customer(customer_id, customer.id):
             raise ResponseFormatError(
-                f"the answer is about customer {customer.id!r:.80}, not {customer_id!r}",
+                f"the answer is about customer {quoted(customer.id)}, not {customer_id!r}",
                 provider=self.provider,
                 status=response.status,
                 body=response.body,
@@ -749,7 +750,7 @@ class Adapter(ABC):
             # in the reader's sets): an id of another shape is not a customer.
             if self.check_customer_id(customer.id):
                 raise ResponseFormatError(
-                    f"the list shows a customer whose id is {customer.id!r:.80}, "
+                    f"the list shows a customer whose id is {quoted(customer.id)}, "
                     f"not an id {self.provider} gives",
                     provider=self.provider,
                     status=response.status,

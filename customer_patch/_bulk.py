@@ -43,6 +43,7 @@ from customer_patch._errors import (
     UnknownCustomFieldError,
     UnsupportedFieldError,
     ValidationError,
+    quoted,
 )
 from customer_patch._model import (
     _EXTERNAL_ID_FIELDS,
@@ -186,14 +187,6 @@ def read_key(customer_id: Any) -> Any:
     except Exception:  # unhashable (a TypeError), or a __hash__ that fails otherwise
         return None
     return (type(customer_id), customer_id)
-
-
-def _shown(value: Any) -> str:
-    """``value``'s repr for a message, cut short; a repr that fails says so."""
-    try:
-        return f"{value!r:.80}"
-    except Exception:  # a caller's object, which its message must not end the run for
-        return f"a {type(value).__name__} (whose repr failed)"
 
 
 def _refuses_the_patch(error: BaseException | None) -> bool:
@@ -590,7 +583,7 @@ async def run_bulk(
     if not isinstance(updates, Iterable | AsyncIterable):
         raise TypeError(
             "updates must be an iterable of (customer_id, CustomerPatch) pairs, "
-            f"got {updates!r:.80}"
+            f"got {quoted(updates)}"
         )
     stop = _Stop(max_failures, max_consecutive_failures)
     if total is None and isinstance(updates, Sized):
@@ -634,7 +627,7 @@ async def run_bulk(
                 # Registered as its customer's latest: a later record of that
                 # customer follows it, so it ends only once the one before has.
                 await previous.wait()
-            problem = Problem("", f"expected (customer_id, CustomerPatch), got {_shown(item)}")
+            problem = Problem("", f"expected (customer_id, CustomerPatch), got {quoted(item)}")
             return UpdateResult(
                 index=index, customer_id=customer_id, patch=None, error=ValidationError([problem])
             )

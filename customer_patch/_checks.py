@@ -19,13 +19,11 @@ import types
 from collections.abc import Callable
 from typing import Any
 
+from customer_patch._errors import quoted
+
 A_DAY = 86_400
 """Seconds: the longest wait or time budget taken.  Longer is a typo, or a
 hang by another name."""
-
-
-def _shown(value: Any) -> str:
-    return f"{value!r:.80}"
 
 
 def check_whole(
@@ -43,7 +41,7 @@ def check_whole(
         upto = f" and at most {most}" if most is not None else ""
         also = " or None" if none else ""
         raise ValueError(
-            f"{name} must be a whole number of at least {least}{upto}{also}, got {_shown(value)}"
+            f"{name} must be a whole number of at least {least}{upto}{also}, got {quoted(value)}"
         )
 
 
@@ -63,14 +61,14 @@ def check_seconds(name: str, value: Any, *, zero: bool = False, none: bool = Fal
         also = " or None" if none else ""
         raise ValueError(
             f"{name} must be a finite number of seconds{least} and at most a day "
-            f"({A_DAY}){also}, got {_shown(value)}"
+            f"({A_DAY}){also}, got {quoted(value)}"
         )
 
 
 def check_flag(name: str, value: Any) -> None:
     """``True`` or ``False``, nothing else that is merely true or false."""
     if not isinstance(value, bool):
-        raise ValueError(f"{name} must be True or False, got {_shown(value)}")
+        raise ValueError(f"{name} must be True or False, got {quoted(value)}")
 
 
 def on_field(check: Callable[..., None], **options: Any) -> Callable[[Any, Any, Any], None]:
@@ -86,7 +84,7 @@ def on_field(check: Callable[..., None], **options: Any) -> Callable[[Any, Any, 
 def check_choices(name: str, value: Any) -> None:
     """Not one string: that is a collection of its characters ("ab" would be one of "abc")."""
     if isinstance(value, str):
-        raise TypeError(f"{name} must be a collection of strings, not one string: {_shown(value)}")
+        raise TypeError(f"{name} must be a collection of strings, not one string: {quoted(value)}")
 
 
 def _is_coroutine_function(value: Any) -> bool:
@@ -112,7 +110,7 @@ def check_hook(name: str, value: Any, *, takes: str, count: int) -> None:
     if value is None:
         return
     if not callable(value):
-        raise TypeError(f"{name} must be callable or None, got {_shown(value)}")
+        raise TypeError(f"{name} must be callable or None, got {quoted(value)}")
     if _is_coroutine_function(value):
         raise TypeError(
             f"{name} must be a plain function, not a coroutine function: it is not awaited"
@@ -126,4 +124,4 @@ def check_hook(name: str, value: Any, *, takes: str, count: int) -> None:
     try:
         signature.bind(*[None] * count)
     except TypeError:
-        raise TypeError(f"{name} must take {takes}, got {_shown(value)}") from None
+        raise TypeError(f"{name} must take {takes}, got {quoted(value)}") from None

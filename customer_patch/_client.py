@@ -53,6 +53,7 @@ from customer_patch._errors import (
     UnknownCustomFieldError,
     UnsupportedOperationError,
     ValidationError,
+    quoted,
 )
 from customer_patch._http import RateLimit, Request, as_limits
 from customer_patch._model import (
@@ -184,7 +185,7 @@ def _is_loopback(host: str) -> bool:
 
 def _check_base_url(base_url: str) -> str:
     if not isinstance(base_url, str):
-        raise ValueError(f"base_url must be a string or None, got {base_url!r:.80}")
+        raise ValueError(f"base_url must be a string or None, got {quoted(base_url)}")
     if re.search(r"[\s\x00-\x1f\x7f]", base_url):
         # urlsplit drops a tab or a line break, so every check below would pass
         # while the URL kept them, and requests went to another path.
@@ -331,25 +332,27 @@ def _check_options(
             "or session=, the pool is yours to size"
         )
     if user_agent is not None and not isinstance(user_agent, str):
-        raise ValueError(f"user_agent must be a non-empty string or None, got {user_agent!r:.80}")
+        raise ValueError(
+            f"user_agent must be a non-empty string or None, got {quoted(user_agent)}"
+        )
     if user_agent == "":
         raise ValueError("user_agent must be a non-empty string or None, got ''")
     if isinstance(user_agent, str) and _CONTROL.search(user_agent):
         # Sent as a header with every request: a line break would end it.
         raise ValueError("user_agent must not contain control characters (line breaks, NUL...)")
     if retry is not None and not isinstance(retry, RetryPolicy):
-        raise TypeError(f"retry must be a RetryPolicy or None, got {retry!r:.80}")
+        raise TypeError(f"retry must be a RetryPolicy or None, got {quoted(retry)}")
     if registry is not None and not isinstance(registry, AdapterRegistry):
-        raise TypeError(f"registry must be an AdapterRegistry or None, got {registry!r:.80}")
+        raise TypeError(f"registry must be an AdapterRegistry or None, got {quoted(registry)}")
     check_flag("check_custom_fields", check_custom_fields)
     if session is not None and not isinstance(session, aiohttp.ClientSession):
-        raise TypeError(f"session must be an aiohttp.ClientSession or None, got {session!r:.80}")
+        raise TypeError(f"session must be an aiohttp.ClientSession or None, got {quoted(session)}")
     if isinstance(transport, type):
         raise TypeError(f"transport must be an instance, not the class {transport.__name__}")
     if transport is not None and not (
         callable(getattr(transport, "send", None)) and callable(getattr(transport, "aclose", None))
     ):
-        raise TypeError(f"transport must have async send() and aclose(), got {transport!r:.80}")
+        raise TypeError(f"transport must have async send() and aclose(), got {quoted(transport)}")
     if session is not None and transport is not None:
         raise ValueError(
             "session and transport: give one (a session is for the built-in transport)"
@@ -439,7 +442,7 @@ class Client:
                 else adapter
             )
             if not isinstance(self.adapter, Adapter):
-                raise TypeError(f"expected an adapter name or an Adapter, got {adapter!r:.80}")
+                raise TypeError(f"expected an adapter name or an Adapter, got {quoted(adapter)}")
             self.base_url = _check_base_url(
                 self.adapter.default_base_url if base_url is None else base_url
             )
@@ -863,7 +866,7 @@ class Client:
                     # Two rows for one customer: comparing with either could
                     # skip a record that must be sent.
                     found[key] = ResponseFormatError(
-                        f"the list shows customer {c.id!r:.80} twice, differently",
+                        f"the list shows customer {quoted(c.id)} twice, differently",
                         provider=self.provider,
                         status=200,
                     )
@@ -1004,7 +1007,7 @@ class Client:
         self._check_open()
         check_flag("skip_unchanged", skip_unchanged)  # "no" is true: it would read
         if match_on is not None and not isinstance(match_on, str):
-            raise ValueError(f"match_on must be a string or None, got {match_on!r:.80}")
+            raise ValueError(f"match_on must be a string or None, got {quoted(match_on)}")
         if before_write is not None and not skip_unchanged and match_on is None:
             # It is given the customer as read: with no read it would never be called.
             raise ValueError(
@@ -1175,8 +1178,8 @@ class Client:
             value = getattr(found, field, None)
             if not (isinstance(value, str) and value.casefold() == key.casefold()):
                 return ResponseFormatError(
-                    f"asked for {field} {key!r}, the list answered customer {found.id!r} "
-                    f"whose {field} is {value!r}",
+                    f"asked for {field} {key!r}, the list answered customer {quoted(found.id)} "
+                    f"whose {field} is {quoted(value)}",
                     provider=self.provider,
                     status=200,
                 )

@@ -20,7 +20,7 @@ import cattrs
 from cattrs.cols import homogenous_tuple_structure_factory
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 
-from customer_patch._errors import Problem, ValidationError
+from customer_patch._errors import Problem, ValidationError, quoted
 from customer_patch._model import (
     Address,
     CustomerPatch,
@@ -164,7 +164,7 @@ def structure_patch(data: Any) -> CustomerPatch:
         raise ValidationError([Problem("", f"a patch must be an object, not {type_name(data)}")])
     keys = [k for k in data if not isinstance(k, str)]
     if keys:  # cattrs would fail on them with a TypeError, not a report
-        listed = ", ".join(f"{k!r:.40}" for k in keys)
+        listed = ", ".join(f"{quoted(k, 40)}" for k in keys)
         raise ValidationError([Problem("", f"field names must be strings, got {listed}")])
     try:
         return _converter.structure(data, CustomerPatch)

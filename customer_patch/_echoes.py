@@ -4,9 +4,10 @@ An echo is any run of at least :data:`LEAST` consecutive characters of the
 token (all of it, if shorter), in any case (an ISO date parser upper-cases
 what it reads), each character as is, JSON-escaped or percent-encoded, in
 any mix, in UTF-8; or the whole token in UTF-16 or UTF-32.  A run, not only
-the token whole: messages quote a provider's values cut short
-(``{value!r:.80}``), and a provider can split the token over two fields.
-Fewer characters than that cannot be told from ordinary text.
+the token whole: a provider can quote it cut short, or split it over two
+fields.  Fewer characters than that cannot be told from ordinary text, which
+is why the client's own cuts (:func:`customer_patch._errors.cut`) leave out
+the run they fall inside.
 
 How, in time linear in the text (an answer can hold 8 MiB): one regular
 expression finds each maximal run of units that could belong to the token

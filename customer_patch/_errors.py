@@ -6,9 +6,11 @@ only text, so code can act on them.  None of them ever holds a token.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import attrs
 from attrs import frozen
 from multidict import CIMultiDict
 
@@ -22,6 +24,52 @@ HEADERS_KEPT = 16 * 1024
 ``headers``, at most, whole headers in the order received (and the first
 ``Retry-After`` wherever it came): for the same reason, as aiohttp reads up
 to 128 headers of 8 KB each."""
+
+
+MESSAGE_KEPT = 1000
+"""Characters of a message an error keeps, at most (a provider's own text, or
+a parser's quoting it): a provider can answer with megabytes of it."""
+
+# What a token (or its escaped forms) can be made of: the run of these a cut
+# falls inside goes whole, as the cut's end could be the start of an echo of
+# the token, too short there (under 12 characters) to be found and masked.
+_END_OF_RUN = re.compile(r"[^\w\-.~+/=%\\]")
+_END_OF_BYTES_RUN = re.compile(rb"[^\w\-.~+/=%\\]", re.ASCII)
+_MORE = "\u2026"  # an ellipsis
+
+
+def cut(text: str, most: int = MESSAGE_KEPT) -> str:
+    """``text``, or its start and an ellipsis, ``most`` characters at most; a
+    word (a run of what a token can hold) the cut falls inside is left out whole."""
+    if len(text) <= most:
+        return text
+    kept: str = _start_of(text, most - 1, _END_OF_RUN)
+    return kept + _MORE
+
+
+def cut_bytes(data: bytes, most: int) -> bytes:
+    """``data``, or its start, ``most`` bytes at most, as :func:`cut` (no ellipsis)."""
+    return data if len(data) <= most else _start_of(data, most, _END_OF_BYTES_RUN)
+
+
+def _start_of(text: Any, end: int, boundary: re.Pattern[Any]) -> Any:
+    kept = text[:end]
+    if boundary.match(text, end) or boundary.match(text, end - 1):
+        return kept  # the cut falls between two runs, or right after one
+    # Back to where the run the cut falls inside begins: searched in the
+    # reversed text, so a run of any length costs one pass over it.
+    found = boundary.search(kept[::-1])
+    return kept[: len(kept) - found.start()] if found else kept[:0]
+
+
+def quoted(value: Any, most: int = 80) -> str:
+    """``value``'s repr for a message, :func:`cut` to ``most`` characters; a repr
+    that fails says so."""
+    try:
+        text = repr(value)
+    except Exception:  # a caller's object, which its message must not end a run for
+        return f"a {type(value).__name__} (whose repr failed)"
+    return cut(text, most)
 
 
 def _kept_headers(headers: Mapping[str, str] | None) -> CIMultiDict[str]:
@@ -54,14 +102,21 @@ def _rebuild(
     return error
 
 
+def _cut_if_text(value: Any) -> Any:
+    # Anything else is left as it is, for the code that made it to answer for.
+    return cut(value) if isinstance(value, str) else value
+
+
 @frozen
 class Problem:
     """One thing wrong with an input: where (``field``) and what (``message``)."""
 
-    field: str
-    """Where: a field path such as ``"phone"`` or ``"custom_fields"`` (``""``: the whole input)."""
-    message: str
-    """What is wrong, for people."""
+    field: str = attrs.field(converter=_cut_if_text)
+    """Where: a field path such as ``"phone"`` or ``"custom_fields"`` (``""``: the whole
+    input); at most 1,000 characters, as the message."""
+    message: str = attrs.field(converter=_cut_if_text)
+    """What is wrong, for people (at most 1,000 characters: it can quote a
+    provider's values, and a failed record keeps it)."""
 
     def __str__(self) -> str:
         return f"{self.field}: {self.message}" if self.field else self.message
@@ -118,7 +173,7 @@ class NotAttemptedError(CustomerPatchError):
 
     def __init__(self, cause: BaseException) -> None:
         self.cause = cause
-        super().__init__(f"not attempted, after {type(cause).__name__}: {cause}")
+        super().__init__(cut(f"not attempted, after {type(cause).__name__}: {cause}"))
 
 
 class TooManyFailuresError(CustomerPatchError):
@@ -151,7 +206,8 @@ class ProviderError(CustomerPatchError):
         headers: Mapping[str, str] | None = None,
         sent: bool = True,
     ) -> None:
-        self.message = message
+        self.message = cut(message)
+        """What the provider said went wrong (at most 1,000 characters)."""
         self.provider = provider
         self.status = status
         self.sent = sent
@@ -160,13 +216,14 @@ class ProviderError(CustomerPatchError):
         rate limit (a wait past the update's time budget): ``status`` is then
         the one the provider answers such a request with."""
         self.field_errors = {k: tuple(v) for k, v in (field_errors or {}).items()}
-        self.body = body[:BODY_KEPT]
+        self.body = cut_bytes(body, BODY_KEPT)
         """The start of the provider's answer (at most :data:`BODY_KEPT` bytes)."""
         self.headers: Mapping[str, str] = _kept_headers(headers)
         """The answer's headers, looked up without regard to case (at most
         :data:`HEADERS_KEPT` characters of them, and ``Retry-After``)."""
         details = "; ".join(f"{k}: {' '.join(v)}" for k, v in self.field_errors.items())
-        text = f"{provider} answered {status}: {message}" if sent else f"{provider}: {message}"
+        said = self.message
+        text = f"{provider} answered {status}: {said}" if sent else f"{provider}: {said}"
         super().__init__(f"{text} ({details})" if details else text)
 
 
@@ -215,7 +272,7 @@ class TransportError(CustomerPatchError):
 
     def __init__(self, message: str, *, provider: str) -> None:
         self.provider = provider
-        super().__init__(f"{provider}: {message}")
+        super().__init__(f"{provider}: {cut(message)}")
 
 
 class ResponseFormatError(CustomerPatchError):
@@ -230,10 +287,11 @@ class ResponseFormatError(CustomerPatchError):
         body: bytes = b"",
         incomplete: bool = False,
     ) -> None:
-        self.message = message
+        self.message = message = cut(message)
+        """What is wrong with the answer (at most 1,000 characters)."""
         self.provider = provider
         self.status = status
-        self.body = body[:BODY_KEPT]
+        self.body = cut_bytes(body, BODY_KEPT)
         """The start of the provider's answer (at most :data:`BODY_KEPT` bytes)."""
         self.incomplete = incomplete
         """The body is not JSON at all (cut short or garbled in transit), so

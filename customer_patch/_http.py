@@ -20,6 +20,7 @@ from attrs import field, frozen
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from customer_patch._checks import check_flag, on_field
+from customer_patch._errors import quoted
 
 _MASK = "********"
 
@@ -109,7 +110,7 @@ def as_limits(value: object, *, name: str) -> tuple[RateLimit, ...]:
         return (value,)
     limits = tuple(value) if isinstance(value, Iterable) and not isinstance(value, str) else None
     if limits is None or not all(isinstance(limit, RateLimit) for limit in limits):
-        raise TypeError(f"{name} must be a RateLimit, several, or None, got {value!r:.80}")
+        raise TypeError(f"{name} must be a RateLimit, several, or None, got {quoted(value)}")
     return limits
 
 

@@ -21,6 +21,7 @@ from customer_patch._errors import (
     ResponseFormatError,
     ResponseTooLargeError,
     TransportError,
+    quoted,
 )
 from customer_patch._http import Request, Response
 
@@ -267,7 +268,7 @@ class AiohttpTransport:
             return await resp.read()  # as in send: a known length within the cap
         if encoding not in ("identity", "gzip", "x-gzip", "deflate"):
             raise ResponseFormatError(
-                f"the body is encoded as {encoding!r:.40}, which was not asked for",
+                f"the body is encoded as {quoted(encoding, 40)}, which was not asked for",
                 provider=self._provider,
                 status=resp.status,
             )

@@ -27,7 +27,7 @@ from attrs import field, frozen
 
 from customer_patch._adapter import Adapter
 from customer_patch._checks import A_DAY, check_flag, check_seconds, check_whole
-from customer_patch._errors import AdapterRegistrationError
+from customer_patch._errors import AdapterRegistrationError, quoted
 from customer_patch._http import RateLimit, as_limits
 
 __all__ = ["FAULT_KINDS", "FakeProvider", "Faults", "RecordedRequest", "TokenBucket", "fake_for"]
@@ -71,7 +71,7 @@ class Faults:
         if self.seed is not None and (
             isinstance(self.seed, bool) or not isinstance(self.seed, int)
         ):
-            raise ValueError(f"seed must be a whole number or None, got {self.seed!r:.80}")
+            raise ValueError(f"seed must be a whole number or None, got {quoted(self.seed)}")
         unknown = set(self.rates) - set(FAULT_KINDS)
         if unknown:
             raise ValueError(f"unknown fault kind(s) {sorted(unknown)}; known: {FAULT_KINDS}")
@@ -84,7 +84,7 @@ class Faults:
         ):
             raise ValueError(
                 "fault rates must be numbers from 0 to 1 and add up to at most 1, "
-                f"got {rates!r:.80}"
+                f"got {quoted(rates)}"
             )
 
     @classmethod
@@ -185,7 +185,7 @@ class FakeProvider:
         limits: RateLimit | tuple[RateLimit, ...] | None = None,
     ) -> None:
         if faults is not None and not isinstance(faults, Faults):
-            raise TypeError(f"faults must be a Faults or None, got {faults!r:.80}")
+            raise TypeError(f"faults must be a Faults or None, got {quoted(faults)}")
         self.token = token
         self.faults = faults or Faults()
         # One limit or several, as a client takes them; () enforces none.

@@ -14,6 +14,7 @@ from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from customer_patch._checks import check_choices
+from customer_patch._errors import MESSAGE_KEPT, cut
 from customer_patch._model import Address
 
 __all__ = [
@@ -466,7 +467,7 @@ def optional_str(data: Mapping[str, Any], key: str) -> str | None:
 
 MAX_FIELD_ERRORS = 100
 """The messages :func:`field_errors` keeps of a provider's errors object."""
-MAX_MESSAGE = 1000
+MAX_MESSAGE = MESSAGE_KEPT
 """The characters :func:`field_errors` keeps of each message, and of each field's name."""
 
 
@@ -489,7 +490,7 @@ def field_errors(value: Any) -> dict[str, list[str]]:
             left += len(messages)
             continue
         kept = messages[:room]
-        errors[str(key)[:MAX_MESSAGE]] = [str(m)[:MAX_MESSAGE] for m in kept]
+        errors[cut(str(key), MAX_MESSAGE)] = [cut(str(m), MAX_MESSAGE) for m in kept]
         room -= max(len(kept), 1)  # a field with no message still takes a place
         left += len(messages) - len(kept)
     if left:

@@ -40,6 +40,7 @@ from customer_patch import (
     ValidationError,
     wire,
 )
+from customer_patch._errors import MESSAGE_KEPT
 from customer_patch._pacing import Pacer
 from customer_patch._retry import HeldPastDeadline, send_with_retries
 from customer_patch._transport import _Inflate
@@ -345,6 +346,106 @@ async def test_a_huge_refusal_leaves_a_small_error():
     assert sum(map(len, info.value.field_errors.values())) <= wire.MAX_FIELD_ERRORS + 1
 
 
+def _texts(error):
+    """Every text an error keeps: what a run holds on to for each failed record."""
+    yield str(error)
+    yield from (a for a in error.args if isinstance(a, str))
+    yield getattr(error, "message", "")
+    for messages in getattr(error, "field_errors", {}).values():
+        yield from messages
+    for problem in getattr(error, "problems", ()):
+        yield from (problem.field, problem.message)
+    yield getattr(error, "body", b"").decode("utf-8", "replace")
+
+
+HUGE = "x" * 4_000_000
+
+
+def _select_definitions(request):
+    if "custom-fields" in request.url:
+        options = [f"option {i} " + "o" * 1000 for i in range(4000)]
+        field = {"id": 5, "name": "Tier", "field_type": "single_select", "options": options}
+        return Response(status=200, body=json.dumps({"items": [field], "count": 1}).encode())
+    return Response(status=200, body=customer(1))
+
+
+@pytest.mark.parametrize(
+    ("adapter", "answer", "patch", "options"),
+    [
+        ("dualentry", lambda r: (400, {"detail": HUGE}), CustomerPatch(name="A"), {}),
+        ("qwoty", lambda r: (400, {"success": False, "error": HUGE}), CustomerPatch(name="A"), {}),
+        (  # a parser quoting the provider's value
+            "dualentry",
+            lambda r: (200, {"id": 1, "name": "A", "updated_by": {"timestamp": HUGE}}),
+            CustomerPatch(name="A"),
+            {},
+        ),
+        (  # a key looked up, quoted
+            "dualentry",
+            lambda r: (200, {"items": [{"id": 7, "name": "A", "unique_id": HUGE}], "count": 1}),
+            CustomerPatch(name="A"),
+            {"match_on": "unique_id"},
+        ),
+        ("dualentry", _select_definitions, CustomerPatch(custom_fields={"Tier": "no"}), {}),
+    ],
+    ids=["detail", "qwoty error", "bad date", "matched key", "select options"],
+)
+async def test_a_providers_huge_text_leaves_a_small_error(adapter, answer, patch, options):
+    """A failed record kept the provider's message whole, twice (``message`` and
+    the error's text): 2 MiB a record for a 1 MiB ``detail``, 680 MB for 300
+    records.  Every text it keeps is cut to MESSAGE_KEPT characters."""
+
+    def respond(request):
+        found = answer(request)
+        if isinstance(found, Response):
+            return found
+        status, data = found
+        return Response(status=status, body=json.dumps(data).encode())
+
+    cid = QID if adapter == "qwoty" else "K1" if "match_on" in options else 1
+    async with mock_client(respond, adapter, retry=None) as client:
+        report = await client.update_many([(cid, patch), (cid, patch)], **options)
+    assert len(report.failed) == 2
+    for result in report.failed:
+        sizes = [len(text) for text in _texts(result.error)]
+        assert max(sizes) <= 2 * MESSAGE_KEPT, sizes
+        assert sum(sizes) <= 64 * 1024 + 10 * MESSAGE_KEPT, sizes
+
+
+def _cut_inside_the_key(where, key, k):
+    """An answer whose text the client cuts ``k`` characters into ``key``."""
+    if where == "field message":  # cut at 1,000 characters
+        return 400, {"success": False, "errors": {"__all__": ["x" * (999 - k) + key]}}
+    if where == "message":  # cut at MESSAGE_KEPT characters
+        return 400, {"detail": "x" * (MESSAGE_KEPT - 1 - k) + key}
+    if where == "quoted id":  # a repr cut at 80 characters, its quote first
+        return 200, {"id": "x" * (78 - k) + key, "name": "A"}
+    start = b'{"detail": "No.", "pad": "'  # the body, cut at 64 KiB
+    return 400, start + b"x" * (64 * 1024 - len(start) - k) + key.encode() + b'"}'
+
+
+@pytest.mark.parametrize("k", [4, 8, 11])
+@pytest.mark.parametrize("where", ["field message", "message", "quoted id", "body"])
+async def test_a_cut_inside_an_echo_of_the_key_leaves_none_of_it(where, k):
+    """A text is cut before it is masked, and a mask needs 12 characters of the
+    key: an echo the cut fell inside left its first 11 in the error.  The run of
+    letters a cut falls inside is left out whole."""
+
+    def echo(request):
+        status, data = _cut_inside_the_key(where, request.headers["X-API-KEY"], k)
+        body = data if isinstance(data, bytes) else json.dumps(data).encode()
+        return Response(status=status, body=body)
+
+    async with mock_client(echo, retry=None) as client:
+        [result] = (await client.update_many([(1, CustomerPatch(name="A"))])).failed
+    texts = list(_texts(result.error))
+    if where == "body":  # cut where asked, back to where the run began
+        assert result.error.body.endswith(b'"pad": "')
+    else:
+        assert any(text.endswith("\u2026") or "\u2026," in text for text in texts)
+    assert not [text for text in texts if TOKEN[:k].lower() in text.lower()]
+
+
 @pytest.mark.parametrize(
     ("status", "body", "error"),
     [
@@ -371,7 +472,11 @@ async def test_an_error_keeps_the_start_of_a_huge_answer_only(status, body, erro
         )
     assert [type(r.error) for r in report.results] == [error, error]
     for result in report.results:
-        assert result.error.body == body[: 64 * 1024]
+        # The start, within 64 KiB, less the run of letters the cut fell inside
+        # (it could hold the start of the key: see the test after next).
+        assert body.startswith(result.error.body)
+        assert len(result.error.body) <= 64 * 1024
+        assert len(result.error.body) >= body.index(b"x")
 
 
 async def test_an_error_keeps_the_first_16_kib_of_huge_headers_and_the_wait_asked_for():
@@ -407,7 +512,8 @@ async def test_a_content_encoding_echoing_the_key_never_shows_it():
     async with serve(echo) as base, loopback_client(base) as client:
         with pytest.raises(ResponseFormatError) as info:
             await client.update(1, CustomerPatch(name="A"))
-    assert "encoded as '********" in str(info.value)  # cut short, then masked
+    # Cut short inside the key: the run it fell inside is left out whole.
+    assert "encoded as '\u2026, which" in str(info.value)
     assert TOKEN.lower() not in repr(info.value).lower()
 
 

@@ -39,7 +39,7 @@ from attrs import define, frozen
 
 from customer_patch._adapter import Adapter, NotJSONError, strict_loads
 from customer_patch._bulk import customer_key
-from customer_patch._errors import CustomerPatchError, Problem, ValidationError
+from customer_patch._errors import CustomerPatchError, Problem, ValidationError, quoted
 from customer_patch._model import CustomerPatch, ExternalIds
 from customer_patch.cli._pipe import Stoppable, stoppable
 
@@ -292,7 +292,7 @@ def _check(raw: _Raw, adapter: Adapter, match_on: str | None = None) -> Line:
     if isinstance(data, Problem):
         return Line(number, customer_id, error=ValidationError([data]), digest=raw.digest)
     if match_on is not None and not (isinstance(customer_id, str) and customer_id.strip()):
-        problem = Problem(match_on, f"must be a non-empty string, not {customer_id!r:.40}")
+        problem = Problem(match_on, f"must be a non-empty string, not {quoted(customer_id, 40)}")
         return Line(number, customer_id, error=ValidationError([problem]), digest=raw.digest)
     try:
         patch = CustomerPatch.from_dict(data)
