@@ -695,11 +695,12 @@ class Client:
     async def _read_definitions(self) -> list[CustomFieldDefinition]:
         definitions: list[CustomFieldDefinition] = []
         pages = _Pages(asked=self.adapter.page_size, provider=self.provider)
+        deadline = self._read_deadline()
         while True:
             path, route = self.adapter.prepare_definitions(offset=pages.shown)
             request = self._request("GET", path, route)
             value, error, _ = await self._call(
-                request, self.adapter.parse_definitions, label="custom fields"
+                request, self.adapter.parse_definitions, label="custom fields", deadline=deadline
             )
             if error is not None:
                 raise error
@@ -721,11 +722,19 @@ class Client:
                 )
 
     async def _page(
-        self, filters: Mapping[str, Any], *, offset: int, limit: int | None = None
+        self,
+        filters: Mapping[str, Any],
+        *,
+        offset: int,
+        limit: int | None = None,
+        deadline: float = math.inf,
     ) -> tuple[list[Customer], int]:
         path, route = self.adapter.prepare_list(filters, offset=offset, limit=limit)
         value, error, _ = await self._call(
-            self._request("GET", path, route), self.adapter.parse_page, label="customer list"
+            self._request("GET", path, route),
+            self.adapter.parse_page,
+            label="customer list",
+            deadline=deadline,
         )
         if error is not None:
             raise error
@@ -845,9 +854,12 @@ class Client:
         # size of its own), and the pages after the first must not move.
         filters = {**self.adapter.list_defaults, many: part}
         offset, last_ids = 0, None
+        deadline = self._read_deadline()
         while True:
             try:
-                customers, count = await self._page(filters, offset=offset, limit=len(part))
+                customers, count = await self._page(
+                    filters, offset=offset, limit=len(part), deadline=deadline
+                )
             except ResponseFormatError as e:  # a malformed customer fails its page
                 return found, e
             ids = [c.id for c in customers]
@@ -1234,10 +1246,12 @@ class Client:
         *,
         label: str,
         label_args: tuple[Any, ...] = (),
+        deadline: float = math.inf,
     ) -> Coroutine[Any, Any, tuple[T | None, CustomerPatchError | None, int]]:
         """Send ``request`` with retries and pacing; ``parse(response, request=...)``
         reads the answer.  Never raises a :class:`CustomerPatchError`.
-        ``label % label_args`` names it in log lines.
+        ``label % label_args`` names it in log lines.  ``deadline`` (a time of
+        :func:`time.monotonic`) ends its budget if sooner than its own.
 
         Returns the retry loop itself, to await: no frame of its own between
         the caller and every resumption of the request."""
@@ -1251,7 +1265,14 @@ class Client:
             stopped=self._is_closed,
             label=label,
             label_args=label_args,
+            deadline=deadline,
         )
+
+    def _read_deadline(self) -> float:
+        """When a read of many pages must end: one budget for all of them, or a
+        list that drips one item a page holds its caller for a budget a page."""
+        timeout = self.retry.timeout
+        return math.inf if timeout is None else time.monotonic() + timeout
 
     def _is_closed(self) -> bool:
         return self._closed
@@ -1278,9 +1299,17 @@ class Client:
                     sent=False,
                 )
             )
+        budget = deadline - time.monotonic()
+        if budget <= 0:  # a read of many pages spent it on the pages before
+            raise HeldPastDeadline(
+                TransportError(
+                    "the read's time budget (RetryPolicy.timeout) ran out before this "
+                    "request; nothing was sent",
+                    provider=self.provider,
+                )
+            )
         debug = log.isEnabledFor(logging.DEBUG)
         started = time.perf_counter() if debug else 0.0
-        budget = deadline - time.monotonic()
         bound = min(budget, self._timeout)
         try:
             # A timer of ours is needed only when the update's budget ends before

@@ -58,7 +58,9 @@ class RetryPolicy:
     """Seconds an update may take in all, from its first attempt: attempts and waits
     count.  A retry whose wait would end past it is not made (the last error stands),
     and a ``Retry-After`` longer than what is left ends the update with
-    :class:`RateLimitedError` rather than waiting.  ``None``: no limit."""
+    :class:`RateLimitedError` rather than waiting.  A read of many pages the client
+    makes for an update (the custom-field definitions, a batch's read) has one
+    budget for them all.  ``None``: no limit."""
     wait_initial: float = field(default=0.5, validator=on_field(check_seconds))
     """The *ceiling* of the first (jittered) wait: it is drawn from 0 to this.
     (In stamina the parameter of this name is the *minimum* first wait.)"""
@@ -128,13 +130,16 @@ async def send_with_retries(
     stopped: Callable[[], bool] = lambda: False,
     sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
     clock: Callable[[], float] = time.monotonic,
+    deadline: float = math.inf,
 ) -> tuple[T | None, CustomerPatchError | None, int]:
     """Call ``send(*args, deadline)`` until it succeeds or ``policy`` says stop.
 
     Returns ``(value, error, attempts)``.
 
-    ``deadline`` is when the time budget ends (a time of ``clock``; ``inf`` with no
-    budget): ``send`` raises :class:`HeldPastDeadline` rather than wait past it.
+    ``send`` is given when the time budget ends (a time of ``clock``; ``inf`` with
+    no budget): the policy's ``timeout`` from now, or ``deadline`` if sooner (a read
+    of many pages has one budget for all); it raises :class:`HeldPastDeadline`
+    rather than wait past it.
 
     Never raises a :class:`CustomerPatchError`: the last one is returned.  A
     429 calls ``on_rate_limited(wait)`` (even with retries off: the provider's
@@ -147,8 +152,8 @@ async def send_with_retries(
     true ends the loop before a retry, the last error standing: the client
     was closed, and nothing more goes out.
     """
-    started = clock()
-    deadline = math.inf if policy.timeout is None else started + policy.timeout
+    if policy.timeout is not None:
+        deadline = min(deadline, clock() + policy.timeout)
     attempt = 0
     last: CustomerPatchError | None = None
     while True:
@@ -177,7 +182,7 @@ async def send_with_retries(
                 # this attempt's connection): nothing more goes out, nor is a retry
                 # logged that will not be made.
                 return None, error, attempt
-            if policy.timeout is not None and clock() - started + wait > policy.timeout:
+            if clock() + wait > deadline:
                 log.info(
                     label + ": %s; no retry: the %gs budget would run out",
                     *label_args,

@@ -23,7 +23,9 @@ from customer_patch import (
     PermissionDeniedError,
     Response,
     ResponseFormatError,
+    RetryPolicy,
     ServerError,
+    TransportError,
     UnknownCustomFieldError,
     UnsupportedFieldError,
     ValidationError,
@@ -248,6 +250,51 @@ async def test_definitions_drip_fed_one_a_page_are_read_for_a_hundred_pages_at_m
         with pytest.raises(ResponseFormatError, match="of more than 100 pages"):
             await de.custom_field_definitions()
     assert len(transport.requests) == 100
+
+
+async def test_a_read_of_many_pages_ends_within_one_time_budget():
+    """Each page of the definitions had a time budget of its own: pages answered
+    slowly, one definition each, held an update 100 budgets long (100 x 300 s
+    with the defaults).  The whole read has one budget; after it, nothing more
+    is sent.  (Fewer pages on a slower machine, never more.)"""
+
+    async def answer(request):
+        await asyncio.sleep(0.02)
+        offset = int(parse_qs(urlsplit(request.url).query)["offset"][0])
+        body = {"items": [definition(offset + 1, f"F{offset}")], "count": 10**9}
+        return Response(status=200, body=json.dumps(body).encode())
+
+    transport = MockTransport(answer)
+    async with mock_client(transport, retry=RetryPolicy(timeout=0.2)) as de:
+        with pytest.raises(TransportError, match=r"time budget \(RetryPolicy.timeout\)"):
+            await de.update(1, CustomerPatch(custom_fields={"F0": "x"}))
+    assert len(transport.requests) <= 11
+    assert all(r.method == "GET" for r in transport.requests)
+
+
+async def test_a_batch_read_of_many_pages_ends_within_one_time_budget():
+    """The same for the read of a batch: a list answering one customer a page,
+    slowly, held the batch's first result for 100 budgets."""
+    store = Store(100)
+    listing = store.transport.handler
+
+    async def answer(request):
+        if request.method == "GET":
+            await asyncio.sleep(0.02)
+        response = listing(request)
+        if request.method == "GET" and "/customers/?" in request.url:
+            body = json.loads(response.body)
+            return list_answer(*body["items"][:1], count=body["count"])
+        return response
+
+    store.transport = MockTransport(answer)
+    updates = [(cid, CustomerPatch(name="New")) for cid in range(1, 101)]
+    async with client(store, retry=RetryPolicy(timeout=0.2)) as de:
+        results = [r async for r in de.iter_updates(updates, skip_unchanged=True)]
+    assert len(results) == 100
+    assert len(store.sent("GET")) <= 11
+    assert store.sent("PATCH") == []
+    assert {type(r.error) for r in results} == {TransportError}
 
 
 async def test_records_waiting_on_a_failed_read_of_the_definitions_share_its_answer():
