@@ -55,7 +55,7 @@ from customer_patch._errors import (
     ValidationError,
     quoted,
 )
-from customer_patch._http import RateLimit, Request, as_limits
+from customer_patch._http import RateLimit, Request, Response, as_limits
 from customer_patch._model import (
     UNSET,
     Customer,
@@ -75,7 +75,7 @@ from customer_patch._retry import (
     is_retryable,
     send_with_retries,
 )
-from customer_patch._transport import AiohttpTransport, Transport
+from customer_patch._transport import DEFAULT_MAX_RESPONSE_BYTES, AiohttpTransport, Transport
 from customer_patch._version import __version__
 
 log = logging.getLogger("customer_patch")
@@ -220,6 +220,20 @@ DEFAULT_MAX_CONNECTIONS = 100
 MAX_DEFINITION_PAGES = 100
 """Pages of custom field definitions read at most (10,000 definitions at 100
 a page; a page longer than asked for is refused)."""
+
+KEPT_OF_READS = DEFAULT_MAX_RESPONSE_BYTES
+"""Bytes of answers a read of many pages keeps, in all (the definitions, kept
+for the client's life; the customers of a batch): one answer's worth.  A list
+that pages one large item at a time would have them grow with the pages."""
+
+
+def _measured(parse: Callable[..., T]) -> Callable[..., tuple[T, int]]:
+    """``parse``, also giving the size of the answer it read."""
+
+    def measured(response: Response, *, request: Request) -> tuple[T, int]:
+        return parse(response, request=request), len(response.body)
+
+    return measured
 
 
 async def _done(value: T) -> T:
@@ -630,7 +644,7 @@ class Client:
         self.adapter.prepare_list(filters, offset=0)  # refuse bad filters before any request
         pages = _Pages(asked=self.adapter.page_size, provider=self.provider)
         while True:
-            customers, count = await self._page(filters, offset=pages.shown)
+            customers, count, _ = await self._page(filters, offset=pages.shown)
             more = pages.more([c.id for c in customers], count)
             for customer in customers:
                 yield customer
@@ -696,18 +710,28 @@ class Client:
         definitions: list[CustomFieldDefinition] = []
         pages = _Pages(asked=self.adapter.page_size, provider=self.provider)
         deadline = self._read_deadline()
+        parse = _measured(self.adapter.parse_definitions)
+        received = 0
         while True:
             path, route = self.adapter.prepare_definitions(offset=pages.shown)
             request = self._request("GET", path, route)
             value, error, _ = await self._call(
-                request, self.adapter.parse_definitions, label="custom fields", deadline=deadline
+                request, parse, label="custom fields", deadline=deadline
             )
             if error is not None:
                 raise error
             assert value is not None
-            page, count = value
+            (page, count), size = value
             more = pages.more([d.id for d in page], count)
             definitions += page
+            received += size
+            if received > KEPT_OF_READS:
+                raise ResponseFormatError(
+                    f"custom field definitions of more than {KEPT_OF_READS // 2**20} MiB "
+                    "in all: not read further",
+                    provider=self.provider,
+                    status=200,
+                )
             if not more:
                 return definitions
             if pages.read == MAX_DEFINITION_PAGES:
@@ -728,18 +752,20 @@ class Client:
         offset: int,
         limit: int | None = None,
         deadline: float = math.inf,
-    ) -> tuple[list[Customer], int]:
+    ) -> tuple[list[Customer], int, int]:
+        """A page of the list: its customers, the count it says, and its size in bytes."""
         path, route = self.adapter.prepare_list(filters, offset=offset, limit=limit)
         value, error, _ = await self._call(
             self._request("GET", path, route),
-            self.adapter.parse_page,
+            _measured(self.adapter.parse_page),
             label="customer list",
             deadline=deadline,
         )
         if error is not None:
             raise error
         assert value is not None
-        return value
+        (customers, count), size = value
+        return customers, count, size
 
     async def _get(
         self, customer_id: CustomerId
@@ -855,13 +881,22 @@ class Client:
         filters = {**self.adapter.list_defaults, many: part}
         offset, last_ids = 0, None
         deadline = self._read_deadline()
+        received = 0
         while True:
             try:
-                customers, count = await self._page(
+                customers, count, size = await self._page(
                     filters, offset=offset, limit=len(part), deadline=deadline
                 )
             except ResponseFormatError as e:  # a malformed customer fails its page
                 return found, e
+            received += size
+            if received > KEPT_OF_READS:  # what the batch keeps until its records run
+                raise ResponseFormatError(
+                    f"the list answered with more than {KEPT_OF_READS // 2**20} MiB for "
+                    "these customers: not read further",
+                    provider=self.provider,
+                    status=200,
+                )
             ids = [c.id for c in customers]
             if customers and ids == last_ids:  # it ignored the offset
                 unreliable = True
@@ -1170,7 +1205,7 @@ class Client:
                 )
             filters = {**self.adapter.list_defaults, field: key}
             try:
-                customers, count = await self._page(filters, offset=0, limit=2)
+                customers, count, _ = await self._page(filters, offset=0, limit=2)
             except CustomerPatchError as e:
                 return e
             if not customers:

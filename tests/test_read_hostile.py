@@ -297,6 +297,50 @@ async def test_a_batch_read_of_many_pages_ends_within_one_time_budget():
     assert {type(r.error) for r in results} == {TransportError}
 
 
+async def test_definitions_kept_for_the_client_are_at_most_one_answers_worth():
+    """The client keeps the definitions it read, JSON and all, for its lifetime:
+    100 pages of 8 MiB made it keep gigabytes.  More than the 8 MiB of one answer,
+    in all, is refused, and no page is asked for after."""
+    pad = "p" * 30_000  # 100 definitions a page: about 3 MiB a page
+
+    def answer(request):
+        offset = int(parse_qs(urlsplit(request.url).query)["offset"][0])
+        items = [{**definition(offset + i + 1, f"F{offset + i}"), "pad": pad} for i in range(100)]
+        return Response(status=200, body=json.dumps({"items": items, "count": 10_000}).encode())
+
+    transport = MockTransport(answer)
+    async with mock_client(transport) as de:
+        with pytest.raises(ResponseFormatError, match="more than 8 MiB"):
+            await de.custom_field_definitions()
+    assert len(transport.requests) == 3
+
+
+async def test_a_batch_read_holds_at_most_one_answers_worth_of_customers():
+    """A list answering one customer of 1 MiB a page made a batch hold 100 MiB of
+    JSON (a red team's 6 MiB customers: 627 MB at concurrency 1), whatever the
+    concurrency.  More than one answer's 8 MiB for a batch is refused."""
+    store = Store(100)
+    listing = store.transport.handler
+    pad = "p" * 1024 * 1024
+
+    def answer(request):
+        response = listing(request)
+        if request.method == "GET" and "/customers/?" in request.url:
+            body = json.loads(response.body)
+            return list_answer({**body["items"][0], "pad": pad}, count=body["count"])
+        return response
+
+    store.transport = MockTransport(answer)
+    updates = [(cid, CustomerPatch(name="New")) for cid in range(1, 101)]
+    async with client(store) as de:
+        results = [r async for r in de.iter_updates(updates, skip_unchanged=True)]
+    assert len(results) == 100
+    assert len(store.sent("GET")) == 8  # 1 MiB and a little each: past 8 MiB at the 8th
+    assert store.sent("PATCH") == []
+    assert {type(r.error) for r in results} == {ResponseFormatError}
+    assert "more than 8 MiB" in str(results[0].error)
+
+
 async def test_records_waiting_on_a_failed_read_of_the_definitions_share_its_answer():
     """A 5xx is not kept (the next record asks again), but the records that waited
     for that very read take its answer: each read them again, one after another,
