@@ -200,8 +200,8 @@ class CustomerPatch:
         * addresses whole, with the provider's defaults filled (``""`` for a
           missing state, second line or country);
         * ``custom_fields`` entry by entry, by name or by id, against the values
-          read; ``None`` equals a field with no value; a name two fields share,
-          or an id the read did not show, is kept.  Values are equal when they
+          read; ``None`` equals a field the read shows with no value; a name two
+          fields share, or a name or an id the read did not show, is kept.  Values are equal when they
           are the same JSON value (``True`` is not ``1``; ``1`` is ``1.0``);
         * ``extra`` keys against the provider's own JSON (:attr:`Customer.raw`).
         """
@@ -320,10 +320,11 @@ def _custom_value(customer: Customer, key: CustomFieldKey) -> tuple[bool, Any]:
         if name is None:
             return False, None
         return True, values.get(key if name in shared else name)
-    if key not in values and None in names.values():
-        # A field the read showed without its name (keyed by id) may be this one.
+    if key not in values:
+        # Not a field the read showed: perhaps none at all (its provider would
+        # refuse it), or one the read showed without its name (keyed by id).
         return False, None
-    return key not in shared, values.get(key)
+    return key not in shared, values[key]
 
 
 def _same(a: Any, b: Any) -> bool:

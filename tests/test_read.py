@@ -434,11 +434,14 @@ def test_custom_fields_compare_entry_by_entry_by_name_or_by_id():
             "Tier": None,  # same
             "Region": "x",  # a shared name: cannot tell, kept
             99: "x",  # an id the read did not show: kept
-            "New": None,  # a field with no value, never seen: None equals absent
+            # A name the read did not show: not known to be a field at all, kept
+            # (sent, DualEntry's 422 says so if it is not one; a spec audit found
+            # it reported unchanged, never sent: an unknown name silently dropped).
+            "New": None,
         }
     )
     assert patch.changes_from(before) == CustomerPatch(
-        custom_fields={"Count": True, "Region": "x", 99: "x"}
+        custom_fields={"Count": True, "Region": "x", 99: "x", "New": None}
     )
 
 

@@ -103,6 +103,19 @@ async def test_dualentry_unknown_custom_field_is_a_422_and_changes_nothing(sandb
     assert json.dumps(sb.fake.customers[cid], sort_keys=True) == before
 
 
+async def test_dualentry_clearing_an_unknown_custom_field_is_a_422_even_when_compared(sandbox):
+    """Unchecked by the client, compared with the read first: the name the read
+    does not show is sent, and DualEntry's 422 names it, never "unchanged"."""
+    sb = await sandbox("dualentry", customers=1, check_custom_fields=False, **FAST)
+    [cid] = sb.ids
+    report = await sb.client.update_many(
+        [(cid, CustomerPatch(custom_fields={"Nope": None}))], skip_unchanged=True
+    )
+    [result] = report.results
+    assert isinstance(result.error, UnknownCustomFieldError)
+    assert result.error.names == ("Nope",)
+
+
 async def test_dualentry_addresses_get_their_defaults(sandbox):
     from customer_patch import Address
 
