@@ -201,8 +201,9 @@ class CustomerPatch:
           missing state, second line or country);
         * ``custom_fields`` entry by entry, by name or by id, against the values
           read; ``None`` equals a field the read shows with no value; a name two
-          fields share, or a name or an id the read did not show, is kept.  Values are equal when they
-          are the same JSON value (``True`` is not ``1``; ``1`` is ``1.0``);
+          fields share, or a name or an id the read did not show, is kept.
+          Values are equal when they are the same JSON value (``True`` is not
+          ``1``; ``1`` is ``1.0``);
         * ``extra`` keys against the provider's own JSON (:attr:`Customer.raw`).
         """
         known = customer.read_fields

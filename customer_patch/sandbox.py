@@ -213,6 +213,12 @@ class FakeProvider:
         """Fill the store with ``count`` demo customers; return their ids."""
         raise NotImplementedError
 
+    def seed_examples(self) -> list[Any]:
+        """Add the customers the provider's own documentation uses in its examples,
+        as it shows them, so that those examples run against the sandbox as
+        written; return their ids (none by default)."""
+        return []
+
     # -- shared behaviour ---------------------------------------------------------
 
     def error(

@@ -49,6 +49,17 @@ QWOTY_RESPONSE = """{
 
 QWOTY_CUSTOMER_ID = "550e8400-e29b-41d4-a716-446655440000"
 
+# The page's example request, as a command to run.
+QWOTY_CURL = """curl -X PATCH https://qwoty.app/api/customers/550e8400-e29b-41d4-a716-446655440000 \\
+-H "Authorization: Bearer qwoty_your_token" \\
+-H "Content-Type: application/json" \\
+-d '{
+"name": "Acme Corp (Renamed)",
+"tax_ids": [
+{ "tax": "VAT", "tax_value": "FR98765432100" }
+]
+}'"""
+
 DUALENTRY_RENAME = '{"name": "Acme Holdings, Inc."}'
 DUALENTRY_PHONE_WEBSITE = '{"phone": "555-0199", "website": "https://acme.example"}'
 DUALENTRY_CUSTOM_BY_NAME = '{"custom_fields": [{"Partner": true}, {"Tier": "Gold"}]}'

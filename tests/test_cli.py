@@ -310,6 +310,56 @@ def test_a_sandbox_on_a_port_already_taken_is_one_line_and_exit_2():
     assert len(result.output.strip().splitlines()) == 1, result.output
 
 
+def test_the_sandbox_runs_the_qwoty_pages_curl_example_with_the_pages_token():
+    """`customer-patch sandbox --provider qwoty --token qwoty_your_token` answers
+    the page's command as written (its host swapped) with a 200."""
+    import signal
+    import time
+    import urllib.request
+
+    from tests import seeds
+    from tests.test_sandbox import _curl
+
+    with socket.socket() as probe:  # a free port, so the test can find the server
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen(
+        [*CLI, "sandbox", "--provider", "qwoty", "--port", str(port)]
+        + ["--token", "qwoty_your_token", "--customers", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        method, url, headers, body = _curl(seeds.QWOTY_CURL, f"http://127.0.0.1:{port}/api")
+        request = urllib.request.Request(  # noqa: S310 - a loopback URL of the test's
+            url, data=body.encode(), headers=headers, method=method
+        )
+        status, end = None, time.monotonic() + 30
+        while status is None and proc.poll() is None and time.monotonic() < end:
+            try:
+                with urllib.request.urlopen(request, timeout=5) as answer:  # noqa: S310
+                    status, data = answer.status, json.loads(answer.read())
+            except urllib.error.URLError:
+                time.sleep(0.05)  # polling for the server to listen
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert status == 200, err
+    assert data["data"]["name"] == "Acme Corp (Renamed)"
+    assert "token: qwoty_your_token" in out
+    assert f"example customer(s): '{seeds.QWOTY_CUSTOMER_ID}'" in out
+
+
+@pytest.mark.parametrize("token", ["", " x", "a\nb"])
+def test_a_sandbox_token_that_no_header_can_carry_is_one_line_and_exit_2(token):
+    result = run(["sandbox", "--provider", "qwoty", "--token", token])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error: --token must be printable")
+    assert len(result.output.strip().splitlines()) == 1, result.output
+
+
 def test_demo_runs_and_exits_0():
     proc = subprocess.run(
         [*CLI, "demo"],

@@ -1,6 +1,8 @@
 """The real client against the fake providers over loopback HTTP."""
 
+import datetime as dt
 import json
+import shlex
 import time
 
 import aiohttp
@@ -21,30 +23,76 @@ from customer_patch import (
     TaxId,
     TransportError,
     UnknownCustomFieldError,
+    get_adapter,
 )
-from customer_patch.sandbox import FakeProvider, Faults
+from customer_patch.sandbox import FakeProvider, Faults, fake_for
 from tests import seeds
 
 FAST = {"limits": (), "rate_limit": None}  # no limits on either side, for speed
 
 
 async def test_qwoty_seed_example_end_to_end(sandbox):
+    """The page's update, through the client, of the page's customer."""
     sb = await sandbox("qwoty")
-    sb.fake.add(
-        id=seeds.QWOTY_CUSTOMER_ID, name="Acme Corp", tax_ids=[{"tax": "VAT", "tax_value": "OLD"}]
-    )
+    sb.fake.seed_examples()
+    sb.fake.customers[seeds.QWOTY_CUSTOMER_ID]["tax_ids"] = [{"tax": "VAT", "tax_value": "OLD"}]
     customer = await sb.client.update(
         seeds.QWOTY_CUSTOMER_ID,
         CustomerPatch(name="Acme Corp (Renamed)", tax_ids=[TaxId("VAT", "FR98765432100")]),
     )
-    assert customer.name == "Acme Corp (Renamed)"
-    assert customer.updated_at is not None
+    page = json.loads(seeds.QWOTY_RESPONSE)["data"]
+    assert customer.name == page["name"]
+    assert customer.external_ids.crm == page["id_crm"]
+    assert customer.created_at == dt.datetime.fromisoformat(page["created_at"])
+    assert customer.updated_at > customer.created_at
     [request] = sb.fake.requests
     assert request.body == json.loads(seeds.QWOTY_REQUEST)
     stored = sb.fake.customers[seeds.QWOTY_CUSTOMER_ID]
     assert stored["tax_ids"] == [
         {"tax": "VAT", "tax_value": "FR98765432100"}
     ]  # replaced, not merged
+
+
+def _curl(command, base_url):
+    """The method, URL, headers and body of a ``curl`` command, its documented
+    host swapped for ``base_url``."""
+    words = shlex.split(command.replace("\\\n", " "))  # a line continued, as a shell reads it
+    assert words[:3] == ["curl", "-X", "PATCH"]
+    method, url, headers, body = words[2], words[3], {}, None
+    rest = iter(words[4:])
+    for flag in rest:
+        value = next(rest)
+        if flag == "-H":
+            name, _, header = value.partition(": ")
+            headers[name] = header
+        else:
+            assert flag == "-d", flag
+            body = value
+    return method, url.replace("https://qwoty.app/api", base_url), headers, body
+
+
+async def test_the_qwoty_pages_curl_example_runs_as_written_and_answers_as_the_page_shows():
+    """The page's command, its host swapped for the sandbox's, with the page's
+    token (``customer-patch sandbox --token``): the page's answer, its
+    ``updated_at`` aside (the time of the update)."""
+    fake = fake_for(get_adapter("qwoty"))(token="qwoty_your_token", limits=())
+    async with fake.running() as base:
+        assert fake.seed_examples() == [seeds.QWOTY_CUSTOMER_ID]
+        method, url, headers, body = _curl(seeds.QWOTY_CURL, base)
+        async with (
+            aiohttp.ClientSession() as session,
+            session.request(method, url, headers=headers, data=body.encode()) as response,
+        ):
+            status, answer = response.status, await response.json()
+    page = json.loads(seeds.QWOTY_RESPONSE)
+    assert status == 200
+    assert dt.datetime.fromisoformat(answer["data"].pop("updated_at")) > dt.datetime.fromisoformat(
+        answer["data"]["created_at"]
+    )
+    del page["data"]["updated_at"]
+    assert answer == page
+    stored = fake.customers[seeds.QWOTY_CUSTOMER_ID]
+    assert stored["tax_ids"] == [{"tax": "VAT", "tax_value": "FR98765432100"}]
 
 
 async def test_qwoty_null_unsets_and_empty_tax_ids_remove_all(sandbox):

@@ -18,6 +18,7 @@ from tests.helpers import DEID, build
         (seeds.QWOTY_PAGE, seeds.QWOTY_REQUEST),
         (seeds.QWOTY_PAGE, seeds.QWOTY_SKELETON),
         (seeds.QWOTY_PAGE, seeds.QWOTY_RESPONSE),
+        (seeds.QWOTY_PAGE, seeds.QWOTY_CURL),
         (seeds.DUALENTRY_PAGE, seeds.DUALENTRY_RENAME),
         (seeds.DUALENTRY_PAGE, seeds.DUALENTRY_PHONE_WEBSITE),
         (seeds.DUALENTRY_PAGE, seeds.DUALENTRY_CUSTOM_BY_NAME),

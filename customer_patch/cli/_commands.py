@@ -1136,8 +1136,19 @@ def plan_command(
     show_default=True,
     help="'documented', 'off', or BURST/PER_SECOND[/route][,...] (raised limits).",
 )
-def sandbox(provider: str, port: int, faults: str, customers: int, limits: str) -> None:
-    """Run a fake provider on 127.0.0.1 in the foreground (Ctrl-C stops it)."""
+@click.option(
+    "--token",
+    default="sandbox-token",
+    show_default=True,
+    help="The token it accepts (e.g. a documentation example's, to run it as written).",
+)
+def sandbox(
+    provider: str, port: int, faults: str, customers: int, limits: str, token: str
+) -> None:
+    """Run a fake provider on 127.0.0.1 in the foreground (Ctrl-C stops it).
+
+    Besides the demo customers, it holds those the provider's documentation
+    uses in its examples."""
     _output_is_progress()  # a banner: the server is what it is for (`sandbox ... >&- &`)
     adapter = _adapter(provider)
     enforced: tuple[RateLimit, ...] | None = None  # the provider's documented limits
@@ -1145,7 +1156,9 @@ def sandbox(provider: str, port: int, faults: str, customers: int, limits: str) 
         parsed = _rate_limit(limits, "--limits")
         enforced = parsed if isinstance(parsed, tuple) else ()
     try:
-        fake = fake_for(adapter)(faults=Faults.parse(faults), limits=enforced)
+        if not token or not token.isprintable() or token != token.strip():
+            raise ValueError(f"--token must be printable, without spaces around it: {token!r}")
+        fake = fake_for(adapter)(faults=Faults.parse(faults), limits=enforced, token=token)
     except (CustomerPatchError, ValueError) as e:
         _fail(str(e))
 
@@ -1155,10 +1168,14 @@ def sandbox(provider: str, port: int, faults: str, customers: int, limits: str) 
         except OSError as e:  # the port is taken, or not ours to take
             _fail(f"--port {port}: {e.strerror or e}")
         ids = fake.seed_demo(customers)
+        examples = fake.seed_examples()
         out.print(f"{adapter.provider} sandbox on {base_url} (token: {fake.token})")
         out.print(
             f"seeded {len(ids)} customers, e.g. {ids[0]!r}" if ids else "no customers seeded"
         )
+        if examples:
+            listed = ", ".join(map(repr, examples))
+            out.print(f"and the documentation's example customer(s): {listed}")
         out.print(
             f"try: {adapter.tooling.token_env}={fake.token} customer-patch apply FILE "
             f"--provider {provider} --base-url {base_url}"

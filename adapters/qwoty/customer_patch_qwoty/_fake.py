@@ -86,6 +86,19 @@ class QwotyFake(FakeProvider):
             for n in range(1, count + 1)
         ]
 
+    def seed_examples(self) -> list[Any]:
+        # The customer of the "Partially update a customer" page, as its
+        # example answer shows it before the rename.
+        return [
+            self.add(
+                id="550e8400-e29b-41d4-a716-446655440000",
+                name="Acme Corp",
+                id_crm="crm_001",
+                created_at="2026-01-15T10:30:00Z",
+                updated_at="2026-01-15T10:30:00Z",
+            )["id"]
+        ]
+
     def _find(self, request: web.Request) -> tuple[dict[str, Any] | None, web.Response | None]:
         if request.headers.get("Authorization") != f"Bearer {self.token}":
             return None, self.error(401, "Invalid API token")
