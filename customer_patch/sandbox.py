@@ -32,6 +32,9 @@ from customer_patch._http import RateLimit, as_limits
 
 __all__ = ["FAULT_KINDS", "FakeProvider", "Faults", "RecordedRequest", "TokenBucket", "fake_for"]
 
+RATE_LIMITED = "Rate limit exceeded. Please try again later."
+"""What a 429 says, as a provider documents it (one that documents none says it too)."""
+
 FAULT_KINDS = ("429", "500", "503", "drop", "truncate", "garbage", "false_success")
 """What :class:`Faults` can inject, each at its own rate:
 
@@ -251,11 +254,7 @@ class FakeProvider:
         if not waits:
             return None
         self.answered_429 += 1
-        return self.error(
-            429,
-            "Rate limit exceeded. Please try again later.",
-            **{"Retry-After": str(max(1, math.ceil(max(waits))))},
-        )
+        return self.error(429, RATE_LIMITED, **{"Retry-After": str(max(1, math.ceil(max(waits))))})
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
@@ -276,8 +275,11 @@ class FakeProvider:
             self.injected[fault] += 1
         if fault in ("429", "500", "503"):
             status = int(fault)
-            headers = {"Retry-After": str(self.faults.retry_after)} if status == 429 else {}
-            return self.error(status, "injected fault", **headers)
+            if status == 429:  # as a provider's own 429 says it
+                return self.error(
+                    429, RATE_LIMITED, **{"Retry-After": str(self.faults.retry_after)}
+                )
+            return self.error(status, "injected fault")
         if fault == "false_success":
             return web.json_response(self.error_body(200, "injected fault"))
         if fault == "drop":

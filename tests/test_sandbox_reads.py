@@ -19,6 +19,7 @@ import aiohttp
 import pytest
 
 from customer_patch import RateLimit
+from customer_patch.sandbox import Faults
 from customer_patch_dualentry import DualEntryAdapter
 from customer_patch_dualentry._fake import (
     CUSTOM_FIELDS,
@@ -162,8 +163,9 @@ async def test_get_one_customer_and_its_errors():
             one = await api.ok(f"/public/{version}/customers/2/", schema="CustomerSchemaOut")
             assert (one["id"], one["unique_id"], one["record_status"]) == (2, "beta-002", "draft")
         assert "Not found." in str(await api.bad(f"{V2}/customers/99/", status=404))
-        error = await api.bad(f"{V2}/customers/abc/", status=400)
-        assert list(error["errors"]) == ["customer_id"]
+        for odd in ("abc", "1_001", "\u0661\u0660\u0660\u0661", "+1001"):
+            error = await api.bad(f"{V2}/customers/{odd}/", status=400)
+            assert list(error["errors"]) == ["customer_id"], odd
     async with serving(fake) as anonymous:
         await anonymous.bad(f"{V2}/customers/1/", status=401)
         await anonymous.bad(f"{V2}/customers/", status=401)
@@ -486,6 +488,33 @@ async def test_each_route_and_method_has_its_own_bucket():
     assert fake.answered_429 == 5
 
 
+async def test_an_injected_429_answers_as_the_providers_own_does():
+    """Fault injection's 429 said "injected fault": a client tested against it
+    met a body the provider never sends."""
+    fake = dualentry(faults=Faults(rates={"429": 1.0}, retry_after=2))
+    fake.add(id=1)
+    async with serving(fake, {"X-API-KEY": KEY}) as api:
+        status, body, headers = await send(api, "PATCH", f"{V2}/customers/1/")
+    assert_limited(status, body, headers)
+    assert headers["Retry-After"] == "2"
+
+
+async def test_an_address_takes_the_specs_defaults_for_the_parts_left_out():
+    """AddressSchemaIn: ``state``, ``second_line`` and ``country`` default to "".
+    The client always sends every part, so only a raw request shows them."""
+    fake = dualentry()
+    fake.add(id=1)
+    sent = {"street": "1 Main St", "city": "Springfield", "postal_code": "12345"}
+    async with serving(fake, {"X-API-KEY": KEY}) as api:
+        status, answer = await patch(api, 1, {"full_address": sent})
+    assert status == 200, answer
+    stored = fake.customers[1]["full_address"]
+    assert {k: stored[k] for k in ("state", "second_line", "country")} == dict.fromkeys(
+        ("state", "second_line", "country"), ""
+    )
+    assert {k: stored[k] for k in sent} == sent
+
+
 async def test_every_route_shares_the_keys_bucket():
     fake = DualEntryFake(
         limits=(
@@ -602,6 +631,11 @@ async def test_list_items_are_the_list_schema_not_the_get_schema():
         ([("record_status", "posted"), ("record_status", "POSTED")], "record_status"),
         ([("limit", "0")], "limit"),
         ([("limit", "x")], "limit"),
+        # Integers as the spec's validators read them: what Python's int() also
+        # takes (underscores, spaces, another script's digits) is no integer.
+        ([("limit", "1_0")], "limit"),
+        ([("limit", " 10")], "limit"),
+        ([("id", "\u0661\u0660\u0660\u0661")], "id"),
         ([("offset", "-1")], "offset"),
         ([("ordering", "colour")], "ordering"),
         ([("ordering", "name,-id")], "ordering"),
@@ -757,6 +791,57 @@ async def test_qwoty_get_customer_errors_and_no_list():
         async with serving(fake, headers) as anonymous:
             error = await qwoty_error(anonymous, "GET", f"/customers/{customer_id}", 401)
             assert error == "Invalid API token"
+
+
+SEGMENT = "0b6b2a52-1c1a-4a0e-9a43-5e5c0c2d0a11"
+
+
+@pytest.mark.parametrize(
+    ("body", "accepted"),
+    [
+        # providers.md, Qwoty "body fields" and "semantics", rule by rule.
+        ({"name": "A"}, True),
+        ({"name": None}, False),  # not nullable
+        ({"name": 5}, False),
+        ({"type": "company"}, True),
+        ({"type": "individual"}, True),
+        ({"type": "person"}, False),
+        ({"segment_id": SEGMENT}, True),
+        ({"segment_id": None}, True),  # null unsets
+        ({"segment_id": "{" + SEGMENT + "}"}, False),  # a UUID as written, not another form
+        ({"segment_id": "urn:uuid:" + SEGMENT}, False),
+        ({"segment_id": SEGMENT.replace("-", "")}, False),
+        ({"segment_id": "not-a-uuid"}, False),
+        ({"logo": "https://x.example/l.png"}, True),
+        ({"logo": None}, True),
+        ({"logo": "not a url"}, False),
+        ({"logo": "ftp://x.example/l.png"}, False),
+        ({"tax_ids": [{"tax": "VAT", "tax_value": "FR1"}]}, True),
+        ({"tax_ids": []}, True),
+        ({"tax_ids": None}, False),
+        ({"tax_ids": [{"tax": "VAT"}]}, False),  # each entry needs both keys
+        ({"tax_ids": [{"tax": 1, "tax_value": None}]}, False),
+        ({"tax_ids": [{"tax": "VAT", "tax_value": "1", "x": "y"}]}, False),
+        *(({key: None}, True) for key in ("id_crm", "id_erp", "id_accounting")),
+        *(({key: "x1"}, True) for key in ("id_crm", "id_erp", "id_accounting")),
+        *(({key: 1}, False) for key in ("id_crm", "id_erp", "id_accounting")),
+        ({"workspace_id": SEGMENT}, False),  # not a field a PATCH takes
+    ],
+)
+async def test_qwoty_sandbox_takes_what_the_documentation_allows_and_nothing_else(body, accepted):
+    """A spec audit changed each of these rules in the fake in turn and no test
+    failed: the sandbox took values the client itself refuses."""
+    fake, customer_id = qwoty()
+    before = dict(fake.customers[customer_id])
+    async with serving(fake, {"Authorization": f"Bearer {fake.token}"}) as api:
+        status, answer, _ = await api.call("PATCH", f"/customers/{customer_id}", json=body)
+    assert status == (200 if accepted else 422), answer
+    [(key, value)] = body.items()
+    if accepted:
+        assert fake.customers[customer_id][key] == value
+    else:
+        assert answer["success"] is False
+        assert fake.customers[customer_id] == before
 
 
 async def test_qwoty_get_and_patch_share_the_workspace_bucket():

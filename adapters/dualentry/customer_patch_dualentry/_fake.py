@@ -283,6 +283,16 @@ class _BadQuery(Exception):
         self.message = message
 
 
+_INTEGER = re.compile(r"-?[0-9]+")
+
+
+def _integer(text: str) -> int | None:
+    """An integer as the spec's ``type: integer`` reads in a path or a query:
+    ASCII digits only (Python's ``int`` also takes "1_001", " 7 " and other
+    scripts' digits, which the spec's validators refuse)."""
+    return int(text) if _INTEGER.fullmatch(text) else None
+
+
 class _Query:
     """Typed reads of a request's query, as the document declares each parameter."""
 
@@ -308,12 +318,10 @@ class _Query:
         values = self.texts(name)
         if values is None:
             return None
-        try:
-            return [int(v) for v in values]
-        except ValueError:
-            raise _BadQuery(
-                name, "Expected integers (repeat the parameter for several)."
-            ) from None
+        numbers = [_integer(v) for v in values]
+        if None in numbers:
+            raise _BadQuery(name, "Expected integers (repeat the parameter for several).")
+        return numbers  # type: ignore[return-value]
 
     def integer(self, name: str) -> int | None:
         values = self.integers(name)
@@ -474,9 +482,8 @@ class DualEntryFake(FakeProvider):
 
     def _customer(self, request: web.Request) -> web.Response | dict[str, Any]:
         """The customer the path names, or the error answer (400 not an integer, 404)."""
-        try:
-            customer_id = int(request.match_info["id"])
-        except ValueError:
+        customer_id = _integer(request.match_info["id"])
+        if customer_id is None:
             return self.error(400, "Input should be a valid integer.", "customer_id")
         customer = self.customers.get(customer_id)
         return self.error(404, "Not found.") if customer is None else customer

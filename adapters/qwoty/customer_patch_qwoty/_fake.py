@@ -26,6 +26,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -150,14 +151,29 @@ def _check(body: Any) -> tuple[str, str] | None:
             return key, "must be company or individual"
         elif key == "tax_ids":
             if not isinstance(value, list) or not all(
-                isinstance(t, dict) and set(t) == {"tax", "tax_value"} for t in value
+                isinstance(t, dict)
+                and set(t) == {"tax", "tax_value"}
+                and all(isinstance(v, str) for v in t.values())
+                for t in value
             ):
-                return key, "must be a list of {tax, tax_value}"
-        elif key == "segment_id":
-            try:
-                uuid.UUID(str(value))
-            except ValueError:
-                return key, "must be a UUID"
-        elif key != "tax_ids" and not isinstance(value, str):
+                return key, "must be a list of {tax, tax_value} (strings)"
+        elif not isinstance(value, str):
             return key, "must be a string"
+        elif key == "segment_id" and not _is_uuid(value):
+            return key, "must be a UUID"
+        elif key == "logo" and not _is_url(value):
+            return key, "must be a URL"
     return None
+
+
+def _is_uuid(text: str) -> bool:
+    # uuid.UUID also reads "{...}", "urn:uuid:..." and 32 hex digits: not a UUID as written.
+    try:
+        return str(uuid.UUID(text)) == text.lower()
+    except ValueError:
+        return False
+
+
+def _is_url(text: str) -> bool:
+    parts = urlsplit(text)
+    return parts.scheme in ("http", "https") and bool(parts.netloc)
