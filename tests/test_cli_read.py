@@ -1326,6 +1326,64 @@ def test_only_a_4xx_at_the_one_attempt_counts_as_nothing_changed(tmp_path, statu
     assert (refusal is not None) is sent, refusal
 
 
+def _matched(path, base, *extra):
+    return apply(path, base, "--rate-limit", "off", "--match-on", "unique_id", *extra)
+
+
+def test_a_resume_follows_a_customer_under_every_key_it_had(tmp_path):
+    """A customer renamed away and back: a record it failed (a 5xx, which may
+    have landed) was sent again on resume, but its later records, named by the
+    other key, were taken for another customer's and skipped: the older name
+    landed last (a red team's find)."""
+    path = jsonl(
+        tmp_path / "u.jsonl",
+        [
+            {"unique_id": "DEMO-1001", "patch": {"name": "first"}},
+            {"unique_id": "DEMO-1001", "patch": {"unique_id": "TMP-1001"}},
+            {"unique_id": "TMP-1001", "patch": {"name": "second"}},
+            {"unique_id": "TMP-1001", "patch": {"unique_id": "DEMO-1001"}},
+        ],
+    )
+    report = tmp_path / "r.jsonl"
+    fake = ScriptedPatches({1001: [501]}, limits=())
+    fake.seed_demo(2)
+    with serving(fake) as base:
+        first = _matched(path, base, "--report", str(report))
+        resumed = _matched(path, base, "--resume", str(report))
+    assert first.exit_code == 1, first.output
+    assert resumed.exit_code == 0, resumed.output
+    customer = fake.customers[1001]
+    assert (customer["name"], customer["unique_id"]) == ("second", "DEMO-1001")
+
+
+def test_a_resume_that_would_look_a_key_up_after_it_moved_is_refused(tmp_path):
+    """Two customers swap keys through a third; the first record failed (a 5xx).
+    Sent again on resume, it would look its key up again, now another
+    customer's, and write there: refused, nothing sent."""
+    path = jsonl(
+        tmp_path / "u.jsonl",
+        [
+            {"unique_id": "DEMO-1001", "patch": {"name": "meant for 1001"}},
+            {"unique_id": "DEMO-1001", "patch": {"unique_id": "TMP"}},
+            {"unique_id": "DEMO-1002", "patch": {"unique_id": "DEMO-1001"}},
+            {"unique_id": "TMP", "patch": {"unique_id": "DEMO-1002"}},
+        ],
+    )
+    report = tmp_path / "r.jsonl"
+    fake = ScriptedPatches({1001: [501]}, limits=())
+    fake.seed_demo(2)
+    with serving(fake) as base:
+        first = _matched(path, base, "--report", str(report))
+        after_first = copy.deepcopy(fake.customers)
+        sent = len(fake.requests)
+        resumed = _matched(path, base, "--resume", str(report))
+        resent = len(fake.requests) - sent
+    assert first.exit_code == 1, first.output
+    one_line_error(resumed, "line 1", "'DEMO-1001'", "line 3", "nothing sent")
+    assert resent == 0
+    assert fake.customers == after_first
+
+
 # -- careless operators: refusals that must leave every file as it was -------------------------
 
 

@@ -212,10 +212,15 @@ class Resume:
 
     def __call__(self, line: Line) -> bool:
         history = self._history
-        if history and history.is_done(line) and line.key not in self._resent:
+        if not history:
+            return False
+        # A customer by the id a line was matched to, and by the key it gave: a
+        # file that renames keys can name one customer by two.
+        who = {history.customer_of(line), line.key}
+        if history.is_done(line) and who.isdisjoint(self._resent):
             return True
-        if history and line.error is None:
-            self._resent.add(line.key)
+        if line.error is None:
+            self._resent |= who
         return False
 
 

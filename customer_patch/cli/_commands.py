@@ -519,7 +519,11 @@ def apply_command(
                 )
             except ReportError as e:
                 _fail(str(e))
-            refusal = sink.history.undo_refusal(undo_file) if resume is not None else None
+            refusal = None
+            if resume is not None:
+                refusal = sink.history.undo_refusal(undo_file)
+                if refusal is None and match_on is not None:
+                    refusal = sink.history.moved_key_refusal(match_on)
             if refusal is not None:
                 sink.discard_if_unused()
                 _fail(refusal)

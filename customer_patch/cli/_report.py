@@ -58,6 +58,14 @@ class History:
     def __init__(self) -> None:
         self.hashes: dict[int, str] = {}
         self._done: dict[str, set[int]] = {}  # customer key -> line numbers done
+        # With --match-on, a line names a customer by a key, and a file that
+        # renames keys names one customer by two, or one key two customers: the
+        # provider's id each line was matched to groups a customer's lines.
+        self._customer_of: dict[int, str] = {}  # line number -> customer key
+        self._key_of: dict[int, Any] = {}  # line number -> the key as the line gave it
+        # (field, value) -> the customers the report shows holding it: matched
+        # by it, or given it by a record.
+        self._holders: dict[tuple[str, str], dict[str, int]] = {}
         self.entries = 0
         self.changed: dict[str, set[str]] = {}
         """Customer key -> the fields records sent to it changed (see :class:`UndoFile`)."""
@@ -92,6 +100,10 @@ class History:
                 changed = set()  # masked past reading: the undo file's own lines decide
             self.changed.setdefault(customer_key(entry["customer"]), set()).update(changed)
         number, key = entry["line"], customer_key(entry.get("id"))
+        if "customer" in entry:  # matched (or read) to a customer: grouped by it
+            key = self._customer_of[number] = customer_key(entry["customer"])
+            self._key_of[number] = entry.get("id")
+            self._held(key, number, entry.get("id"), after)
         # Its one attempt refused with a 4xx: it changed nothing, undo file or not.
         # (A redirect, never followed, or a 200 saying it failed may have.)
         status = entry.get("status")
@@ -139,9 +151,45 @@ class History:
             )
         return None
 
+    def _held(self, customer: str, number: int, key: Any, after: Any) -> None:
+        found = [(None, key)] + (list(after.items()) if isinstance(after, dict) else [])
+        for field, value in found:
+            if isinstance(value, str):  # a key matched on (any field), or a value given
+                self._holders.setdefault((field or "", value.casefold()), {})[customer] = number
+
+    def customer_of(self, line: Line) -> str:
+        """Who ``line`` updates: the customer the report shows it matched, or its key."""
+        return self._customer_of.get(line.number, line.key)
+
     def is_done(self, line: Line) -> bool:
         """Whether the report shows ``line`` as applied and not overwritten since."""
-        return line.number in self._done.get(line.key, ())
+        return line.number in self._done.get(self.customer_of(line), ())
+
+    def moved_key_refusal(self, match_on: str) -> str | None:
+        """Why a resume matching on ``match_on`` cannot send again a line the
+        report shows matched and not done, or ``None``: its key, looked up again,
+        would find another customer, one the report shows holding that key
+        since.  (A line the run matched is sent again by its key, not its id.)"""
+        for number, customer in sorted(self._customer_of.items()):
+            if number in self._done.get(customer, ()):
+                continue
+            key = self._key_of[number]
+            if not isinstance(key, str):
+                continue
+            holders = {
+                **self._holders.get(("", key.casefold()), {}),
+                **self._holders.get((match_on, key.casefold()), {}),
+            }
+            others = {c: n for c, n in holders.items() if c != customer}
+            if others:
+                since = min(others.values())
+                return (
+                    f"line {number} ({match_on} {key!r}) must be sent again, but line "
+                    f"{since} of the report gave that key to another customer: looked up "
+                    "again, it would update that one.  Apply what is left with ids "
+                    "instead; nothing sent"
+                )
+        return None
 
     @property
     def done(self) -> int:
