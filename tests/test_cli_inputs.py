@@ -749,6 +749,45 @@ def test_a_report_whose_lines_were_reordered_is_refused(tmp_path):
     assert report.read_bytes() == content
 
 
+@pytest.mark.parametrize("flag", ["--strict", "--resume"])
+def test_a_pipe_that_cannot_be_copied_aside_is_one_line_and_no_report_left(tmp_path, flag):
+    """--strict and --resume read a pipe twice, from a temporary copy: a disk
+    too full for it (here a file size limit) gave a traceback, exit 1, and left
+    an empty report that refused the same command after."""
+    records = [{"id": 1001, "patch": {"name": f"N{n}"}} for n in range(3000)]
+    lines = "".join(json.dumps(record) + "\n" for record in records)
+    report = tmp_path / "r.jsonl"
+    limit = 16 * 1024
+
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    with threaded_fake("dualentry", customers=1, **FAST) as (fake, base, _):
+        if flag == "--resume":  # a report of the first line: the rest is to send
+            done = {"line": 1, "id": 1001, "ok": True, "attempts": 1, "n": 1}
+            done |= {"hash": digest(records[0]), "to": f"dualentry {base}"}
+            report.write_text(json.dumps(done) + "\n")
+        given = [str(report)] if flag == "--resume" else ["--report", str(report)]
+        proc = subprocess.run(
+            [*CLI, "apply", "-", "--provider", "dualentry", "--base-url", base, flag, *given]
+            + ["--rate-limit", "off"],
+            input=lines,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "DUALENTRY_API_KEY": TOKEN},
+            preexec_fn=small_files,
+            timeout=60,
+        )
+        sent = fake.requests
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    [error] = proc.stderr.strip().splitlines()
+    assert error.startswith("error: standard input cannot be copied aside"), error
+    assert "nothing was sent" in error
+    assert sent == []
+    assert report.exists() == (flag == "--resume")  # the given one kept, a new one gone
+
+
 class FullDisk:
     """A report file whose writes fail with ENOSPC once ``room`` lines were written."""
 

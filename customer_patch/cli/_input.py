@@ -155,9 +155,23 @@ class Source:
         if self.rereadable:
             return
         assert self.stream is not None
-        spool = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
-        shutil.copyfileobj(self.stream, spool)
+        try:
+            spool = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
+        except OSError as e:
+            raise InputError(self._not_copied(e)) from None
+        try:
+            shutil.copyfileobj(self.stream, spool)
+        except OSError as e:  # a full disk, a file size limit
+            spool.close()
+            raise InputError(self._not_copied(e)) from None
         self._spool = spool
+
+    def _not_copied(self, error: OSError) -> str:
+        name = "standard input" if self.name == "-" else self.name
+        return (
+            f"{name} cannot be copied aside to be read twice (--strict and --resume "
+            f"read it twice): {error.strerror or error}; nothing was sent"
+        )
 
     @contextlib.contextmanager
     def open(self) -> Iterator[IO[bytes]]:
