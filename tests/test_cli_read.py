@@ -1384,6 +1384,30 @@ def test_a_resume_that_would_look_a_key_up_after_it_moved_is_refused(tmp_path):
     assert fake.customers == after_first
 
 
+def test_file_names_the_summary_and_hints_print_cannot_forge_lines(tmp_path):
+    """A report or undo file named with a line break and a terminal escape was
+    printed raw in the hint to resume and in the summary's undo line: three
+    lines for one, and the escape reached the terminal."""
+    odd = "\x1b[2J\nall done: 0 failed\n"
+    report, undo = tmp_path / f"r{odd}.jsonl", tmp_path / f"u{odd}.jsonl"
+    missing = jsonl(
+        tmp_path / "m.jsonl", [{"id": 9001 + n, "patch": {"name": "X"}} for n in range(3)]
+    )
+    one = jsonl(tmp_path / "o.jsonl", [{"id": 1001, "patch": {"name": "New"}}])
+    with threaded_fake("dualentry", customers=1, **FAST) as (fake, base, _):
+        stopped = run(  # a key the provider refuses stops the run
+            [*("apply", str(missing), "--provider", "dualentry", "--base-url", base)]
+            + ["--rate-limit", "off", "--report", str(report)],
+            env={"DUALENTRY_API_KEY": "not-the-key"},
+        )
+        undone = changes_only(one, base, "--undo-file", str(undo))
+    assert "continue with --resume" in stopped.stderr, stopped.output
+    assert "undo: " in undone.stdout, undone.output
+    for result in (stopped, undone):
+        assert "\x1b" not in result.output
+        assert not [line for line in result.output.splitlines() if line.startswith("all done")]
+
+
 # -- careless operators: refusals that must leave every file as it was -------------------------
 
 

@@ -583,7 +583,7 @@ def apply_command(
                     if not tally.done:
                         _discard_unused(sink, undo)
                         _fail(f"{e}; nothing was sent")
-                    again = f"; continue with --resume {sink.path}" if sink.path else ""
+                    again = f"; continue with --resume {shown(sink.path)}" if sink.path else ""
                     _fail(f"{e}; stopped after {tally.done} records{again}")
         except (Interrupted, KeyboardInterrupt) as e:
             if status is not None:
@@ -821,7 +821,9 @@ def _apply_and_report(
     reading: Reading,
     waits: Stoppable | None = None,
 ) -> int:
-    resume_hint = f"; continue with --resume {report.path}" if report.path else ""
+    # File names are the operator's: a line break or an escape in one must not
+    # forge a line or reach the terminal (as in every "error:" line).
+    resume_hint = f"; continue with --resume {shown(report.path)}" if report.path else ""
     try:
         try:
             provider = adapter.provider
@@ -846,8 +848,8 @@ def _apply_and_report(
         except ReportWriteError as e:
             _summary(tally, reading)
             err.print(
-                f"error: {e}: stopped after {tally.done} records; make room, then "
-                f"continue with --resume {report.path} (a record whose line the report "
+                f"error: {shown(e)}: stopped after {tally.done} records; make room, then "
+                f"continue with --resume {shown(report.path)} (a record whose line the report "
                 "could not hold whole is done again)",
                 markup=False,
             )
@@ -1008,7 +1010,7 @@ def _summary(tally: Tally, reading: Reading | None = None) -> None:
     if reading is not None and reading.undo is not None:
         missing = reading.undo.missing
         out.print(
-            f"undo: {reading.undo.path}"
+            f"undo: {shown(reading.undo.path)}"
             + (f" ({missing} field(s) could not be recorded; see the notes)" if missing else ""),
             markup=False,
         )
