@@ -927,7 +927,8 @@ def test_a_file_named_as_the_reports_copy_is_refused_not_destroyed(tmp_path, fla
 
 def test_a_full_disk_healing_a_torn_report_is_one_line(tmp_path, monkeypatch):
     """--resume ends a torn last line first: on a full disk that write failed
-    with a traceback (exit 1)."""
+    with a traceback (exit 1), then exited 2 ("bad input or usage"), where a
+    full disk exits 3 ("the report could not be written") everywhere else."""
     path = jsonl(tmp_path / "u.jsonl", [{"id": 1001, "patch": {"name": "x"}}])
     report = tmp_path / "r.jsonl"
     report.write_bytes(b'{"line": 1, "id": 10')  # a kill mid-write
@@ -936,7 +937,8 @@ def test_a_full_disk_healing_a_torn_report_is_one_line(tmp_path, monkeypatch):
     with threaded_fake("dualentry", customers=1, **FAST) as (fake, base, _):
         result = run([*apply_fast(path, base), "--resume", str(report)])
         sent = fake.requests
-    assert result.exit_code == 2, result.output
+    assert result.exit_code == 3, result.output
+    assert report.read_bytes() == b'{"line": 1, "id": 10'  # as it was
     assert result.output == (
         f"error: cannot write the report {report} (No space left on device); nothing was sent\n"
     )

@@ -519,6 +519,8 @@ def apply_command(
                 )
             except ReportError as e:
                 _fail(str(e))
+            except ReportWriteError as e:  # a full disk, as later in the run: status 3
+                _fail(f"{e}; nothing was sent", EXIT_STOPPED)
             refusal = None
             if resume is not None:
                 refusal = sink.history.undo_refusal(undo_file)

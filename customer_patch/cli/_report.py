@@ -430,10 +430,9 @@ class Report:
             if in_place:
                 self._file = self._opened(target, "ab")
                 if _ends_torn(target):
-                    try:
-                        self._write(b"\n")  # a crash mid-write left half a line: end it first
-                    except ReportWriteError as e:
-                        raise ReportError(f"{e}; nothing was sent") from None
+                    # A crash mid-write left half a line: end it first (a full disk
+                    # raises ReportWriteError, as for any write of the report).
+                    self._write(b"\n")
             else:
                 if target.exists() and not overwrite:
                     raise ReportError(
