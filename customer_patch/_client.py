@@ -42,6 +42,7 @@ from customer_patch._bulk import (
 from customer_patch._checks import check_flag, check_seconds, check_whole
 from customer_patch._echoes import Echoes
 from customer_patch._errors import (
+    CUT,
     CustomerPatchError,
     NotAttemptedError,
     NotFoundError,
@@ -111,16 +112,18 @@ class _Credentials:
         for name in ("message", "body", "field_errors", "headers"):
             value = getattr(error, name, None)
             if isinstance(value, str):
-                setattr(error, name, self.mask(value))
+                setattr(error, name, self._mask_kept(value))
             elif isinstance(value, bytes):
-                setattr(error, name, self._masked_bytes(value))
+                cut_end = getattr(error, "body_cut", False) is True
+                setattr(error, name, self._masked_bytes(value, cut_end=cut_end))
         if isinstance(error, ValidationError):
             error.problems = tuple(
                 Problem(self._masked(p.field), self._masked(p.message)) for p in error.problems
             )
         if isinstance(error, ProviderError):
             error.field_errors = {
-                self.mask(k): tuple(self.mask(m) for m in v) for k, v in error.field_errors.items()
+                self._mask_kept(k): tuple(self._mask_kept(m) for m in v)
+                for k, v in error.field_errors.items()
             }
             error.headers = CIMultiDict(
                 (self.mask(k), self.mask(v)) for k, v in error.headers.items()
@@ -143,22 +146,29 @@ class _Credentials:
         return error
 
     def _masked(self, value: Any) -> Any:
-        return self.mask(value) if isinstance(value, str) else value
+        return self._mask_kept(value) if isinstance(value, str) else value
 
-    def _masked_bytes(self, body: bytes) -> bytes:
+    def _masked_bytes(self, body: bytes, *, cut_end: bool = False) -> bytes:
         # JSON in UTF-16 or UTF-32 is masked as text, in its own encoding: the
         # key's escaped forms are matched in UTF-8 only, and a mask written in
-        # UTF-8 bytes would leave it unreadable.
+        # UTF-8 bytes would leave it unreadable.  (``cut_end``: the body was cut
+        # there, perhaps inside an echo.)
         encoding = json.detect_encoding(body)  # as json.loads tells them apart
         if not encoding.startswith("utf-8"):
             try:
                 text = body.decode(encoding, "surrogatepass")
             except UnicodeError:  # an odd byte: what decodes is still read, and masked
                 text = body.decode(encoding, "replace")
-            masked = self.mask(text)
-            if masked != text:  # else as it came (a BOM's byte order kept)
-                return masked.encode(encoding, "surrogatepass")
-        return self._echoes.masked(body, _MASK)
+            wide = self._mask_kept(text + CUT if cut_end else text).removesuffix(CUT)
+            if wide != text:  # else as it came (a BOM's byte order kept)
+                return wide.encode(encoding, "surrogatepass")
+            return body
+        masked = self._echoes.masked(body, _MASK)
+        if cut_end:  # latin-1: one character a byte, so the piece's length is its bytes'
+            piece = self._echoes.cut_piece(masked[-256:].decode("latin-1"))
+            if piece:
+                masked = masked[:-piece] + _MASK
+        return masked
 
     def mask(self, value: str) -> str:
         # surrogateescape keeps bytes a decoder let through as they were (the key's
@@ -172,6 +182,19 @@ class _Credentials:
         if masked == raw:
             return value  # as it was: a round trip could join escaped bytes into a character
         return masked.decode("utf-8", errors)
+
+    def _mask_kept(self, text: str) -> str:
+        """``text``, a text an error keeps, masked, and where it was cut short
+        (:data:`CUT`), the piece of the token it may end with masked too."""
+        text = self.mask(text)
+        if CUT not in text:
+            return text
+        parts = text.split(CUT)
+        for i, part in enumerate(parts[:-1]):
+            piece = self._echoes.cut_piece(part)
+            if piece:
+                parts[i] = part[:-piece] + _MASK.decode()
+        return CUT.join(parts)
 
 
 def _is_loopback(host: str) -> bool:
@@ -1338,8 +1361,8 @@ class Client:
         if budget <= 0:  # a read of many pages spent it on the pages before
             raise HeldPastDeadline(
                 TransportError(
-                    "the read's time budget (RetryPolicy.timeout) ran out before this "
-                    "request; nothing was sent",
+                    "the time budget (RetryPolicy.timeout) ran out before this request "
+                    "(a read of many pages has one for all); nothing was sent",
                     provider=self.provider,
                 )
             )

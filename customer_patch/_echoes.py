@@ -5,9 +5,9 @@ token (all of it, if shorter), in any case (an ISO date parser upper-cases
 what it reads), each character as is, JSON-escaped or percent-encoded, in
 any mix, in UTF-8; or the whole token in UTF-16 or UTF-32.  A run, not only
 the token whole: a provider can quote it cut short, or split it over two
-fields.  Fewer characters than that cannot be told from ordinary text, which
-is why the client's own cuts (:func:`customer_patch._errors.cut`) leave out
-the run they fall inside.
+fields.  Fewer characters than that cannot be told from ordinary text, but
+where the client cut a text short (:func:`customer_patch._errors.cut`), the
+piece of the token it ends with is masked too (:meth:`Echoes.cut_piece`).
 
 How, in time linear in the text (an answer can hold 8 MiB): one regular
 expression finds each maximal run of units that could belong to the token
@@ -37,13 +37,14 @@ _ODD_PERCENT = re.compile(rb"%(?![0-9a-fA-F]{2})")
 class Echoes:
     """The echoes of one token; holds it (as windows), so its repr says nothing."""
 
-    __slots__ = ("_least", "_runs", "_wide", "_windows")
+    __slots__ = ("_least", "_lower", "_runs", "_wide", "_windows")
 
     def __init__(self, token: str) -> None:
         raw = token.encode("utf-8", "surrogateescape")
         own = b"".join(re.escape(bytes([b])) for b in sorted(set(raw.lower() + raw.upper())))
         unit = b"[" + own + b"]"
         self._least = least = min(len(token), LEAST)
+        self._lower = token.lower()
         # A run starts where no byte of the token precedes it (else the run from
         # there is longer, and found from there), and only if LEAST units follow:
         # the engine tries each start once, and short words cost no call below.
@@ -65,6 +66,17 @@ class Echoes:
 
     def __repr__(self) -> str:
         return "<echoes>"
+
+    def cut_piece(self, text: str) -> int:
+        """How many characters at the end of ``text`` (a text cut short) are a
+        piece of the token, in any case, 2 or more; 0 if none.  An echo a cut
+        falls inside leaves fewer than :data:`LEAST` characters, which
+        :meth:`masked` takes for text; at a cut the next may have been the rest."""
+        end = text[-len(self._lower) :].lower()
+        for size in range(len(end), 1, -1):
+            if end[-size:] in self._lower:
+                return size
+        return 0
 
     def masked(self, data: bytes, mask: bytes) -> bytes:
         """``data`` with every echo replaced by ``mask``."""

@@ -6,7 +6,6 @@ only text, so code can act on them.  None of them ever holds a token.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -30,36 +29,21 @@ MESSAGE_KEPT = 1000
 """Characters of a message an error keeps, at most (a provider's own text, or
 a parser's quoting it): a provider can answer with megabytes of it."""
 
-# What a token (or its escaped forms) can be made of: the run of these a cut
-# falls inside goes whole, as the cut's end could be the start of an echo of
-# the token, too short there (under 12 characters) to be found and masked.
-_END_OF_RUN = re.compile(r"[^\w\-.~+/=%\\]")
-_END_OF_BYTES_RUN = re.compile(rb"[^\w\-.~+/=%\\]", re.ASCII)
-_MORE = "\u2026"  # an ellipsis
+CUT = "\u2026"
+"""Ends a text an error keeps cut short (an ellipsis).  The client masks the
+piece of the token a cut may end with, too short there to be told from text
+otherwise: a text is cut (its error made) before the client, which knows the
+token, masks it."""
 
 
 def cut(text: str, most: int = MESSAGE_KEPT) -> str:
-    """``text``, or its start and an ellipsis, ``most`` characters at most; a
-    word (a run of what a token can hold) the cut falls inside is left out whole."""
-    if len(text) <= most:
-        return text
-    kept: str = _start_of(text, most - 1, _END_OF_RUN)
-    return kept + _MORE
+    """``text``, or its start and :data:`CUT`, ``most`` characters at most."""
+    return text if len(text) <= most else text[: most - 1] + CUT
 
 
-def cut_bytes(data: bytes, most: int) -> bytes:
-    """``data``, or its start, ``most`` bytes at most, as :func:`cut` (no ellipsis)."""
-    return data if len(data) <= most else _start_of(data, most, _END_OF_BYTES_RUN)
-
-
-def _start_of(text: Any, end: int, boundary: re.Pattern[Any]) -> Any:
-    kept = text[:end]
-    if boundary.match(text, end) or boundary.match(text, end - 1):
-        return kept  # the cut falls between two runs, or right after one
-    # Back to where the run the cut falls inside begins: searched in the
-    # reversed text, so a run of any length costs one pass over it.
-    found = boundary.search(kept[::-1])
-    return kept[: len(kept) - found.start()] if found else kept[:0]
+def cut_bytes(data: bytes, most: int) -> tuple[bytes, bool]:
+    """``data``'s first ``most`` bytes, and whether that cut it."""
+    return data[:most], len(data) > most
 
 
 def quoted(value: Any, most: int = 80) -> str:
@@ -216,8 +200,10 @@ class ProviderError(CustomerPatchError):
         rate limit (a wait past the update's time budget): ``status`` is then
         the one the provider answers such a request with."""
         self.field_errors = {k: tuple(v) for k, v in (field_errors or {}).items()}
-        self.body = cut_bytes(body, BODY_KEPT)
+        self.body, cut_short = cut_bytes(body, BODY_KEPT)
         """The start of the provider's answer (at most :data:`BODY_KEPT` bytes)."""
+        self.body_cut = cut_short
+        """Whether the answer was longer than ``body``, which ends where it was cut."""
         self.headers: Mapping[str, str] = _kept_headers(headers)
         """The answer's headers, looked up without regard to case (at most
         :data:`HEADERS_KEPT` characters of them, and ``Retry-After``)."""
@@ -291,8 +277,10 @@ class ResponseFormatError(CustomerPatchError):
         """What is wrong with the answer (at most 1,000 characters)."""
         self.provider = provider
         self.status = status
-        self.body = cut_bytes(body, BODY_KEPT)
+        self.body, cut_short = cut_bytes(body, BODY_KEPT)
         """The start of the provider's answer (at most :data:`BODY_KEPT` bytes)."""
+        self.body_cut = cut_short
+        """Whether the answer was longer than ``body``, which ends where it was cut."""
         self.incomplete = incomplete
         """The body is not JSON at all (cut short or garbled in transit), so
         another attempt may get a whole answer; a body of the wrong shape, or

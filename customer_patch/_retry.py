@@ -153,7 +153,9 @@ async def send_with_retries(
     was closed, and nothing more goes out.
     """
     if policy.timeout is not None:
-        deadline = min(deadline, clock() + policy.timeout)
+        own = clock() + policy.timeout
+        if own < deadline:  # (not min(): this runs for every update)
+            deadline = own
     attempt = 0
     last: CustomerPatchError | None = None
     while True:

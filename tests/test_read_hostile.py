@@ -21,6 +21,7 @@ from customer_patch import (
     NotAttemptedError,
     NotFoundError,
     PermissionDeniedError,
+    RateLimitedError,
     Response,
     ResponseFormatError,
     RetryPolicy,
@@ -294,7 +295,10 @@ async def test_a_batch_read_of_many_pages_ends_within_one_time_budget():
     assert len(results) == 100
     assert len(store.sent("GET")) <= 11
     assert store.sent("PATCH") == []
-    assert {type(r.error) for r in results} == {TransportError}
+    # The budget spent on the pages, or (on a slow machine) while the pace held
+    # the next request: either way it is the time budget that ended the read.
+    assert {type(r.error) for r in results} <= {TransportError, RateLimitedError}
+    assert all("time budget (RetryPolicy.timeout)" in str(r.error) for r in results)
 
 
 async def test_definitions_kept_for_the_client_are_at_most_one_answers_worth():
