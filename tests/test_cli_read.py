@@ -1408,6 +1408,82 @@ def test_file_names_the_summary_and_hints_print_cannot_forge_lines(tmp_path):
         assert not [line for line in result.output.splitlines() if line.startswith("all done")]
 
 
+class ScriptedLookups(DualEntryFake):
+    """Refuses (400) the first lookup of some unique_ids, then behaves."""
+
+    def __init__(self, refuse, **options):
+        super().__init__(**options)
+        self.refuse = set(refuse)
+
+    async def list_customers(self, request):
+        key = request.query.get("unique_id__iexact") or request.query.get("unique_id")
+        if key in self.refuse:
+            self.refuse.discard(key)
+            return self.error(400, "scripted refusal")
+        return await super().list_customers(request)
+
+
+def test_a_resume_whose_unmatched_record_names_a_key_given_away_since_is_refused(tmp_path):
+    """The record whose lookup failed has no customer in the report; sent again,
+    its key, given to another customer since, found that one (the reviewer's
+    find: 1002 got the name meant for 1001)."""
+    path = jsonl(
+        tmp_path / "u.jsonl",
+        [
+            {"unique_id": "DEMO-1001", "patch": {"unique_id": "TMP"}},  # 1001 holds TMP
+            {"unique_id": "TMP", "patch": {"name": "meant for 1001"}},  # its lookup fails
+            {"unique_id": "TMP", "patch": {"unique_id": "OLD-1001"}},  # 1001 lets TMP go
+            {"unique_id": "DEMO-1002", "patch": {"unique_id": "TMP"}},  # 1002 takes it
+        ],
+    )
+    report = tmp_path / "r.jsonl"
+    fake = ScriptedLookups({"TMP"}, limits=())
+    fake.seed_demo(2)
+    with serving(fake) as base:
+        first = _matched(path, base, "--report", str(report), "--concurrency", "1")
+        after_first = copy.deepcopy(fake.customers)
+        resumed = _matched(path, base, "--resume", str(report), "--concurrency", "1")
+    assert first.exit_code == 1, first.output
+    one_line_error(resumed, "line 2", "'TMP'", "line 4", "nothing sent")
+    assert fake.customers == after_first
+
+
+class FailsOnName(DualEntryFake):
+    """Answers 501 to the first PATCH that sets ``name`` to ``name`` (applying nothing)."""
+
+    def __init__(self, name, **options):
+        super().__init__(**options)
+        self.fail_name = name
+
+    async def patch(self, request):
+        if (await request.json()).get("name") == self.fail_name:
+            self.fail_name = None
+            return self.error(501, "scripted")
+        return await super().patch(request)
+
+
+def test_a_key_given_away_before_the_record_is_no_reason_to_refuse_a_resume(tmp_path):
+    """The key moved to another customer before the record to send again, which
+    that customer matched: looked up again, it finds the same one."""
+    path = jsonl(
+        tmp_path / "u.jsonl",
+        [
+            {"unique_id": "DEMO-1001", "patch": {"unique_id": "OLD"}},  # 1001 drops the key
+            {"unique_id": "DEMO-1002", "patch": {"unique_id": "DEMO-1001"}},  # 1002 takes it
+            {"unique_id": "DEMO-1001", "patch": {"name": "x"}},  # 1002; a 501
+        ],
+    )
+    report = tmp_path / "r.jsonl"
+    fake = FailsOnName("x", limits=())
+    fake.seed_demo(2)
+    with serving(fake) as base:
+        first = _matched(path, base, "--report", str(report), "--concurrency", "1")
+        resumed = _matched(path, base, "--resume", str(report), "--concurrency", "1")
+    assert first.exit_code == 1, first.output
+    assert resumed.exit_code == 0, resumed.output
+    assert (fake.customers[1002]["name"], fake.customers[1002]["unique_id"]) == ("x", "DEMO-1001")
+
+
 # -- careless operators: refusals that must leave every file as it was -------------------------
 
 

@@ -516,6 +516,7 @@ def apply_command(
                     overwrite=overwrite_report,
                     source=given,
                     destination=f"{client.provider} {client.base_url}",
+                    match_on=match_on,
                 )
             except ReportError as e:
                 _fail(str(e))
@@ -525,7 +526,7 @@ def apply_command(
             if resume is not None:
                 refusal = sink.history.undo_refusal(undo_file)
                 if refusal is None and match_on is not None:
-                    refusal = sink.history.moved_key_refusal(match_on)
+                    refusal = sink.history.moved_key_refusal()
             if refusal is not None:
                 sink.discard_if_unused()
                 _fail(refusal)

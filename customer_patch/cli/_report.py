@@ -55,17 +55,18 @@ class ReportWriteError(Exception):
 class History:
     """What a report shows: each line's content hash, and the lines done, in order."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, match_on: str | None = None) -> None:
         self.hashes: dict[int, str] = {}
         self._done: dict[str, set[int]] = {}  # customer key -> line numbers done
         # With --match-on, a line names a customer by a key, and a file that
         # renames keys names one customer by two, or one key two customers: the
         # provider's id each line was matched to groups a customer's lines.
         self._customer_of: dict[int, str] = {}  # line number -> customer key
-        self._key_of: dict[int, Any] = {}  # line number -> the key as the line gave it
-        # (field, value) -> the customers the report shows holding it: matched
-        # by it, or given it by a record.
-        self._holders: dict[tuple[str, str], dict[str, int]] = {}
+        self._match_on = match_on
+        self._key_of: dict[int, str] = {}  # line number -> its key (with match_on)
+        # With match_on, each key's renames the report shows, in line order:
+        # (line, the customer given the key, or None: the key taken from it).
+        self._renames: dict[str, list[tuple[int, str | None]]] = {}
         self.entries = 0
         self.changed: dict[str, set[str]] = {}
         """Customer key -> the fields records sent to it changed (see :class:`UndoFile`)."""
@@ -100,10 +101,10 @@ class History:
                 changed = set()  # masked past reading: the undo file's own lines decide
             self.changed.setdefault(customer_key(entry["customer"]), set()).update(changed)
         number, key = entry["line"], customer_key(entry.get("id"))
+        if self._match_on is not None:
+            self._renamed(number, entry, after)
         if "customer" in entry:  # matched (or read) to a customer: grouped by it
             key = self._customer_of[number] = customer_key(entry["customer"])
-            self._key_of[number] = entry.get("id")
-            self._held(key, number, entry.get("id"), after)
         # Its one attempt refused with a 4xx: it changed nothing, undo file or not.
         # (A redirect, never followed, or a 200 saying it failed may have.)
         status = entry.get("status")
@@ -151,11 +152,18 @@ class History:
             )
         return None
 
-    def _held(self, customer: str, number: int, key: Any, after: Any) -> None:
-        found = [(None, key)] + (list(after.items()) if isinstance(after, dict) else [])
-        for field, value in found:
-            if isinstance(value, str):  # a key matched on (any field), or a value given
-                self._holders.setdefault((field or "", value.casefold()), {})[customer] = number
+    def _renamed(self, number: int, entry: dict[str, Any], after: Any) -> None:
+        assert self._match_on is not None
+        key = entry.get("id")
+        if isinstance(key, str):
+            self._key_of[number] = key
+        new = after.get(self._match_on) if isinstance(after, dict) else None
+        if not isinstance(new, str) or "customer" not in entry:
+            return
+        if isinstance(key, str) and key.casefold() != new.casefold():
+            self._renames.setdefault(key.casefold(), []).append((number, None))
+        given = customer_key(entry["customer"])
+        self._renames.setdefault(new.casefold(), []).append((number, given))
 
     def customer_of(self, line: Line) -> str:
         """Who ``line`` updates: the customer the report shows it matched, or its key."""
@@ -165,29 +173,27 @@ class History:
         """Whether the report shows ``line`` as applied and not overwritten since."""
         return line.number in self._done.get(self.customer_of(line), ())
 
-    def moved_key_refusal(self, match_on: str) -> str | None:
-        """Why a resume matching on ``match_on`` cannot send again a line the
-        report shows matched and not done, or ``None``: its key, looked up again,
-        would find another customer, one the report shows holding that key
-        since.  (A line the run matched is sent again by its key, not its id.)"""
-        for number, customer in sorted(self._customer_of.items()):
-            if number in self._done.get(customer, ()):
+    def moved_key_refusal(self) -> str | None:
+        """Why a resume matching on keys cannot send again a line the report
+        shows not done, or ``None``: a line sent again is looked up by its key
+        again, and a record after it in the report gave that key to another
+        customer than the one it matched (or took it from that customer, or
+        the line matched none): the lookup would find another, or none."""
+        for number, key in sorted(self._key_of.items()):
+            customer = self._customer_of.get(number)
+            if number in self._done.get(customer or customer_key(key), ()):
                 continue
-            key = self._key_of[number]
-            if not isinstance(key, str):
+            renames = self._renames.get(key.casefold(), ())
+            since = [(n, given) for n, given in renames if n > number]
+            if not since:
                 continue
-            holders = {
-                **self._holders.get(("", key.casefold()), {}),
-                **self._holders.get((match_on, key.casefold()), {}),
-            }
-            others = {c: n for c, n in holders.items() if c != customer}
-            if others:
-                since = min(others.values())
+            last, given = max(since)
+            if given is None or given != customer:
                 return (
-                    f"line {number} ({match_on} {key!r}) must be sent again, but line "
-                    f"{since} of the report gave that key to another customer: looked up "
-                    "again, it would update that one.  Apply what is left with ids "
-                    "instead; nothing sent"
+                    f"line {number} ({self._match_on} {key!r}) must be sent again, but "
+                    f"line {last} of the report gave that key to another customer, or "
+                    "took it away: looked up again, it would not find the same one.  "
+                    "Apply what is left with ids instead; nothing sent"
                 )
         return None
 
@@ -215,9 +221,10 @@ class History:
             )
 
 
-def read_history(path: Path) -> History:
-    """Every line of the report ``path``, checked; a torn line (a crash mid-write) is skipped."""
-    history = History()
+def read_history(path: Path, *, match_on: str | None = None) -> History:
+    """Every line of the report ``path``, checked; a torn line (a crash mid-write)
+    is skipped.  ``match_on``: the run names customers by that key."""
+    history = History(match_on=match_on)
     for number, line in enumerate(_lines(path), start=1):
         entry = _entry(line)
         if entry is None:
@@ -381,10 +388,11 @@ class Report:
         overwrite: bool,
         source: Path | None,
         destination: str,
+        match_on: str | None = None,
     ) -> Report:
         """The report for a run writing ``report`` (or continuing ``resume``) for
         ``source``, its records sent to ``destination`` (``"provider base_url"``,
-        written on each line).
+        written on each line), naming customers by ``match_on`` if given.
 
         Raises :class:`ReportError`, before anything is written, when the
         report would be the input file, exists and would be overwritten
@@ -419,7 +427,7 @@ class Report:
             if resume is not None:
                 if not in_place:
                     self._lock(resume)
-                self.history = read_history(resume)
+                self.history = read_history(resume, match_on=match_on)
                 elsewhere = self.history.destinations - {destination}
                 if elsewhere:
                     raise ReportError(
