@@ -246,8 +246,9 @@ a page; a page longer than asked for is refused)."""
 
 KEPT_OF_READS = DEFAULT_MAX_RESPONSE_BYTES
 """Bytes of answers a read of many pages keeps, in all (the definitions, kept
-for the client's life; the customers of a batch): one answer's worth.  A list
-that pages one large item at a time would have them grow with the pages."""
+for the client's life; the customers of a batch): one answer's worth, or its
+first page's if larger (a transport may take larger answers).  A list that
+pages one large item at a time would have them grow with the pages."""
 
 
 def _measured(parse: Callable[..., T]) -> Callable[..., tuple[T, int]]:
@@ -734,7 +735,7 @@ class Client:
         pages = _Pages(asked=self.adapter.page_size, provider=self.provider)
         deadline = self._read_deadline()
         parse = _measured(self.adapter.parse_definitions)
-        received = 0
+        received = first = 0
         while True:
             path, route = self.adapter.prepare_definitions(offset=pages.shown)
             request = self._request("GET", path, route)
@@ -747,8 +748,9 @@ class Client:
             (page, count), size = value
             more = pages.more([d.id for d in page], count)
             definitions += page
+            first = first or size
             received += size
-            if received > KEPT_OF_READS:
+            if received > max(KEPT_OF_READS, first):
                 raise ResponseFormatError(
                     f"custom field definitions of more than {KEPT_OF_READS // 2**20} MiB "
                     "in all: not read further",
@@ -904,7 +906,7 @@ class Client:
         filters = {**self.adapter.list_defaults, many: part}
         offset, last_ids = 0, None
         deadline = self._read_deadline()
-        received = 0
+        received = first = 0
         while True:
             try:
                 customers, count, size = await self._page(
@@ -912,8 +914,10 @@ class Client:
                 )
             except ResponseFormatError as e:  # a malformed customer fails its page
                 return found, e
+            first = first or size
             received += size
-            if received > KEPT_OF_READS:  # what the batch keeps until its records run
+            # What the batch keeps until its records run (one page is an answer).
+            if received > max(KEPT_OF_READS, first):
                 raise ResponseFormatError(
                     f"the list answered with more than {KEPT_OF_READS // 2**20} MiB for "
                     "these customers: not read further",

@@ -319,6 +319,19 @@ async def test_definitions_kept_for_the_client_are_at_most_one_answers_worth():
     assert len(transport.requests) == 3
 
 
+async def test_one_page_a_transport_takes_past_8_mib_is_read():
+    """A transport of the caller's may take answers past 8 MiB: one page of it
+    is one answer's worth, and read (the cap counts what pages add up to)."""
+    pad = "p" * 100_000  # 100 definitions: about 10 MB in one page
+
+    def answer(request):
+        items = [{**definition(i + 1, f"F{i}"), "pad": pad} for i in range(100)]
+        return Response(status=200, body=json.dumps({"items": items, "count": 100}).encode())
+
+    async with mock_client(answer) as de:
+        assert len(await de.custom_field_definitions()) == 100
+
+
 async def test_a_batch_read_holds_at_most_one_answers_worth_of_customers():
     """A list answering one customer of 1 MiB a page made a batch hold 100 MiB of
     JSON (a red team's 6 MiB customers: 627 MB at concurrency 1), whatever the
