@@ -457,6 +457,13 @@ def _reconciled(
     return (_forgetting(left, paths) if paths else left), paths
 
 
+def refused_at_once(attempts: int, status: object) -> bool:
+    """Whether a record that failed with ``status`` after ``attempts`` changed
+    nothing: its one attempt refused with a 4xx.  A 5xx, a redirect (never
+    followed) or a 200 saying it failed may have landed."""
+    return attempts == 1 and isinstance(status, int) and 400 <= status < 500
+
+
 def customer_key(customer_id: Any) -> str:
     """Equal for every record of one customer (and perhaps of a few more)."""
     # Conservative on purpose: two spellings of one id ("5" and 5, or a UUID in
@@ -692,12 +699,9 @@ async def run_bulk(
                 if before is not None and last is not None and last.sent is not None:
                     # Unless its only attempt was refused (a 4xx), what it sent
                     # may have landed after that read was served (a read that
-                    # lags behind writes): not known, so sent again.  A redirect
-                    # (never followed) or a 200 saying it failed is no refusal.
-                    rejected = (
-                        last.attempts == 1
-                        and isinstance(last.error, ProviderError)
-                        and 400 <= last.error.status < 500
+                    # lags behind writes): not known, so sent again.
+                    rejected = isinstance(last.error, ProviderError) and refused_at_once(
+                        last.attempts, last.error.status
                     )
                     if not rejected:
                         disputed = frozenset(path for path, _ in last.sent.set_fields())

@@ -1184,7 +1184,7 @@ def sandbox(
         )
         if examples:
             listed = ", ".join(map(repr, examples))
-            out.print(f"and the documentation's example customer(s): {listed}")
+            out.print(f"the documentation's example customer(s): {listed}")
         out.print(
             f"try: {adapter.tooling.token_env}={fake.token} customer-patch apply FILE "
             f"--provider {provider} --base-url {base_url}"

@@ -27,7 +27,7 @@ from typing import Any, BinaryIO
 
 import filelock
 
-from customer_patch._bulk import UpdateResult, customer_key
+from customer_patch._bulk import UpdateResult, customer_key, refused_at_once
 from customer_patch._errors import CustomerPatchError, Problem, ProviderError
 from customer_patch._model import Customer, CustomerPatch, ExternalIds, shared_names
 from customer_patch.cli._input import Line
@@ -106,9 +106,7 @@ class History:
         if "customer" in entry:  # matched (or read) to a customer: grouped by it
             key = self._customer_of[number] = customer_key(entry["customer"])
         # Its one attempt refused with a 4xx: it changed nothing, undo file or not.
-        # (A redirect, never followed, or a 200 saying it failed may have.)
-        status = entry.get("status")
-        refused = entry["attempts"] == 1 and isinstance(status, int) and 400 <= status < 500
+        refused = refused_at_once(entry["attempts"], entry.get("status"))
         if entry["attempts"] > 0 and not (refused and not entry["ok"]):
             if entry.get("undo") is True:
                 if self._sent_with_undo is None:

@@ -166,6 +166,8 @@ def _check(body: Any) -> tuple[str, str] | None:
     return None
 
 
+# The fake's own reading of the documentation, not the client's checks
+# (wire.uuid_text, the adapter's _url): tests then compare two readings.
 def _is_uuid(text: str) -> bool:
     # uuid.UUID also reads "{...}", "urn:uuid:..." and 32 hex digits: not a UUID as written.
     try:
