@@ -251,6 +251,27 @@ first page's if larger (a transport may take larger answers).  A list that
 pages one large item at a time would have them grow with the pages."""
 
 
+class _Kept:
+    """The bytes a read of many pages has kept, refused past :data:`KEPT_OF_READS`
+    (or its first page's size, if larger)."""
+
+    def __init__(self, what: str, *, provider: str) -> None:
+        self._what = what
+        self._provider = provider
+        self._first = self._total = 0
+
+    def add(self, size: int) -> None:
+        """Count a page of ``size`` bytes; raise :class:`ResponseFormatError` past the cap."""
+        self._first = self._first or size
+        self._total += size
+        if self._total > max(KEPT_OF_READS, self._first):
+            raise ResponseFormatError(
+                f"{self._what} of more than {KEPT_OF_READS // 2**20} MiB in all: not read further",
+                provider=self._provider,
+                status=200,
+            )
+
+
 def _measured(parse: Callable[..., T]) -> Callable[..., tuple[T, int]]:
     """``parse``, also giving the size of the answer it read."""
 
@@ -735,7 +756,7 @@ class Client:
         pages = _Pages(asked=self.adapter.page_size, provider=self.provider)
         deadline = self._read_deadline()
         parse = _measured(self.adapter.parse_definitions)
-        received = first = 0
+        kept = _Kept("custom field definitions", provider=self.provider)
         while True:
             path, route = self.adapter.prepare_definitions(offset=pages.shown)
             request = self._request("GET", path, route)
@@ -748,15 +769,7 @@ class Client:
             (page, count), size = value
             more = pages.more([d.id for d in page], count)
             definitions += page
-            first = first or size
-            received += size
-            if received > max(KEPT_OF_READS, first):
-                raise ResponseFormatError(
-                    f"custom field definitions of more than {KEPT_OF_READS // 2**20} MiB "
-                    "in all: not read further",
-                    provider=self.provider,
-                    status=200,
-                )
+            kept.add(size)
             if not more:
                 return definitions
             if pages.read == MAX_DEFINITION_PAGES:
@@ -906,7 +919,7 @@ class Client:
         filters = {**self.adapter.list_defaults, many: part}
         offset, last_ids = 0, None
         deadline = self._read_deadline()
-        received = first = 0
+        kept = _Kept("the list's answers for these customers", provider=self.provider)
         while True:
             try:
                 customers, count, size = await self._page(
@@ -914,16 +927,7 @@ class Client:
                 )
             except ResponseFormatError as e:  # a malformed customer fails its page
                 return found, e
-            first = first or size
-            received += size
-            # What the batch keeps until its records run (one page is an answer).
-            if received > max(KEPT_OF_READS, first):
-                raise ResponseFormatError(
-                    f"the list answered with more than {KEPT_OF_READS // 2**20} MiB for "
-                    "these customers: not read further",
-                    provider=self.provider,
-                    status=200,
-                )
+            kept.add(size)  # what the batch keeps until its records run
             ids = [c.id for c in customers]
             if customers and ids == last_ids:  # it ignored the offset
                 unreliable = True
