@@ -30,6 +30,19 @@ LEAST = 12
 """The fewest consecutive characters of the token that make an echo."""
 
 _ESCAPE = rb"%[0-9a-fA-F]{2}|\\u[0-9a-fA-F]{4}|\\[\\/\"]"
+# The same, in text, ending where a search ends; and one a cut fell inside.
+_ESCAPE_AT_END = re.compile(r"(?:%[0-9a-fA-F]{2}|\\u[0-9a-fA-F]{4}|\\[\\/\"])\Z")
+_PARTIAL_ESCAPE = re.compile(r"(?:%[0-9a-fA-F]?|\\u[0-9a-fA-F]{0,3}|\\)\Z")
+
+
+def _unescaped(escape: str) -> str:
+    if escape[0] == "%":
+        return chr(int(escape[1:], 16))
+    if escape[1] == "u":
+        return chr(int(escape[2:], 16))
+    return escape[1]
+
+
 _PERCENT = re.compile(rb"%(?=[0-9a-fA-F]{2})")
 _ODD_PERCENT = re.compile(rb"%(?![0-9a-fA-F]{2})")
 
@@ -69,14 +82,26 @@ class Echoes:
 
     def cut_piece(self, text: str) -> int:
         """How many characters at the end of ``text`` (a text cut short) are a
-        piece of the token, in any case, 2 or more; 0 if none.  An echo a cut
-        falls inside leaves fewer than :data:`LEAST` characters, which
-        :meth:`masked` takes for text; at a cut the next may have been the rest."""
-        end = text[-len(self._lower) :].lower()
-        for size in range(len(end), 1, -1):
-            if end[-size:] in self._lower:
-                return size
-        return 0
+        piece of the token, in any case, as written or escaped, 2 or more; 0 if
+        none (an escape the cut fell inside counts with the piece before it).
+        An echo a cut falls inside leaves fewer than :data:`LEAST` characters,
+        which :meth:`masked` takes for text; at a cut, the rest may have followed.
+        Longer pieces :meth:`masked` has found: at most ``LEAST - 1`` are read."""
+        partial = _PARTIAL_ESCAPE.search(text[-6:])
+        end = len(text) - (len(partial.group()) if partial else 0)
+        piece, start, found = "", end, 0
+        while start > 0 and len(piece) < self._least - 1:
+            escape = _ESCAPE_AT_END.search(text, max(0, start - 6), start)
+            unit = escape.group() if escape is not None else text[start - 1]
+            read = _unescaped(unit) if escape is not None else unit
+            if (read + piece).lower() not in self._lower:
+                if escape is None or (unit + piece).lower() not in self._lower:
+                    break
+                read = unit  # the token holds it as written
+            piece, start = read + piece, start - len(unit)
+            if len(piece) >= 2:
+                found = len(text) - start
+        return found
 
     def masked(self, data: bytes, mask: bytes) -> bytes:
         """``data`` with every echo replaced by ``mask``."""

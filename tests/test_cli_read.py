@@ -1456,7 +1456,7 @@ class FailsOnName(DualEntryFake):
         self.fail_name = name
 
     async def patch(self, request):
-        if (await request.json()).get("name") == self.fail_name:
+        if self.fail_name is not None and (await request.json()).get("name") == self.fail_name:
             self.fail_name = None
             return self.error(501, "scripted")
         return await super().patch(request)
@@ -1482,6 +1482,33 @@ def test_a_key_given_away_before_the_record_is_no_reason_to_refuse_a_resume(tmp_
     assert first.exit_code == 1, first.output
     assert resumed.exit_code == 0, resumed.output
     assert (fake.customers[1002]["name"], fake.customers[1002]["unique_id"]) == ("x", "DEMO-1001")
+
+
+def test_a_resume_checks_the_keys_of_the_records_it_sends_again_though_done(tmp_path):
+    """A record sent again takes every later record of its customer with it,
+    done or not: line 2, sent again, gives 1001 the key line 5 gave 1002 since,
+    and the older name landed (a red team's find; the check had looked at the
+    records not done only)."""
+    path = jsonl(
+        tmp_path / "u.jsonl",
+        [
+            {"unique_id": "DEMO-1001", "patch": {"name": "a"}},  # a 501
+            {"unique_id": "DEMO-1001", "patch": {"unique_id": "K"}},
+            {"unique_id": "K", "patch": {"name": "b"}},
+            {"unique_id": "K", "patch": {"unique_id": "DEMO-1001"}},
+            {"unique_id": "DEMO-1002", "patch": {"unique_id": "K"}},  # K: 1002's since
+        ],
+    )
+    report = tmp_path / "r.jsonl"
+    fake = FailsOnName("a", limits=())
+    fake.seed_demo(2)
+    with serving(fake) as base:
+        first = _matched(path, base, "--report", str(report), "--concurrency", "1")
+        after_first = copy.deepcopy(fake.customers)
+        resumed = _matched(path, base, "--resume", str(report), "--concurrency", "1")
+    assert first.exit_code == 1, first.output
+    one_line_error(resumed, "line 2", "'K'", "line 5", "nothing sent")
+    assert fake.customers == after_first
 
 
 # -- careless operators: refusals that must leave every file as it was -------------------------

@@ -456,6 +456,39 @@ async def test_a_cut_inside_an_echo_of_the_key_leaves_none_of_it(where, k, token
 
 
 @pytest.mark.parametrize(
+    ("tail", "where"),
+    [
+        ("%32", "message"),  # a percent-escape after the piece, inside what is kept
+        ("%3", "message"),  # the cut inside the escape
+        ("%", "message"),
+        ("\\u0032", "body"),  # JSON's escape, in a body cut at 64 KiB
+        ("\\u00", "body"),
+    ],
+)
+async def test_a_piece_of_the_key_escaped_at_a_cut_is_masked_too(tail, where):
+    """The piece of the key a cut text ends with was matched as written: one
+    followed by an escape (or an escape the cut fell inside) kept its 10 plain
+    characters (a red team's find)."""
+
+    def echo(request):
+        key = request.headers["X-API-KEY"]
+        piece = key[:10] + tail  # what is kept, and the cut right after
+        if where == "message":
+            text = "x" * (999 - len(piece)) + piece + key[11:]
+            body = json.dumps({"success": False, "errors": {"__all__": [text]}}).encode()
+        else:
+            start = b'{"detail": "'
+            body = start + b"y" * (64 * 1024 - len(start) - len(piece)) + piece.encode()
+            body += b"more" * 10 + b'"}'
+        return Response(status=400, body=body)
+
+    async with mock_client(echo, retry=None) as client:
+        [result] = (await client.update_many([(1, CustomerPatch(name="A"))])).failed
+    texts = list(_texts(result.error))
+    assert not [text for text in texts if TOKEN[:6] in text]
+
+
+@pytest.mark.parametrize(
     ("status", "body", "error"),
     [
         (

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import math
 import os
 import stat
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -67,6 +68,7 @@ class History:
         # With match_on, each key's renames the report shows, in line order:
         # (line, the customer given the key, or None: the key taken from it).
         self._renames: dict[str, list[tuple[int, str | None]]] = {}
+        self._spelled: dict[str, str] = {}  # a key given, as the report wrote it
         self.entries = 0
         self.changed: dict[str, set[str]] = {}
         """Customer key -> the fields records sent to it changed (see :class:`UndoFile`)."""
@@ -162,6 +164,7 @@ class History:
             self._renames.setdefault(key.casefold(), []).append((number, None))
         given = customer_key(entry["customer"])
         self._renames.setdefault(new.casefold(), []).append((number, given))
+        self._spelled.setdefault(new.casefold(), new)
 
     def customer_of(self, line: Line) -> str:
         """Who ``line`` updates: the customer the report shows it matched, or its key."""
@@ -172,28 +175,53 @@ class History:
         return line.number in self._done.get(self.customer_of(line), ())
 
     def moved_key_refusal(self) -> str | None:
-        """Why a resume matching on keys cannot send again a line the report
-        shows not done, or ``None``: a line sent again is looked up by its key
-        again, and a record after it in the report gave that key to another
-        customer than the one it matched (or took it from that customer, or
-        the line matched none): the lookup would find another, or none."""
+        """Why a resume matching on keys cannot send again a line it would send
+        again (see :class:`~customer_patch.cli._apply.Resume`), or ``None``.
+
+        Such a line is looked up by its key again, when the provider holds what
+        the whole report did, and the lines sent again before it did again.
+        That must find the customer it found (or, unmatched, the one the file
+        says held the key there), and a key it gives must be free or its
+        customer's: else it would update another customer, or give two one key.
+        """
+        renames = {key: sorted(events) for key, events in self._renames.items()}
+        by_line: dict[int, list[tuple[str, str | None]]] = {}
+        for key, events in renames.items():
+            for number, given in events:
+                by_line.setdefault(number, []).append((key, given))
+
+        def holder(key: str, before: float = math.inf) -> tuple[int, str | None] | None:
+            """The last rename of ``key`` the report shows before that line: (line, who)."""
+            found = [event for event in renames.get(key, ()) if event[0] < before]
+            return found[-1] if found else None
+
+        resent: set[str] = set()  # which lines the resume sends again, as Resume decides
+        replayed: dict[str, tuple[int, str | None]] = {}  # renames sent again, so far
         for number, key in sorted(self._key_of.items()):
             customer = self._customer_of.get(number)
-            if number in self._done.get(customer or customer_key(key), ()):
+            who = {customer or customer_key(key), customer_key(key)}
+            done = number in self._done.get(customer or customer_key(key), ())
+            if done and who.isdisjoint(resent):
                 continue
-            renames = self._renames.get(key.casefold(), ())
-            since = [(n, given) for n, given in renames if n > number]
-            if not since:
-                continue
-            last, given = max(since)
-            if given is None or given != customer:
-                return (
-                    f"line {number} ({self._match_on} {key!r}) must be sent again, but "
-                    f"line {last} of the report gave that key to another customer, or "
-                    "took it away: looked up again, it would not find the same one.  "
-                    "Apply what is left with ids instead; nothing sent"
-                )
+            resent |= who
+            looked_up = key.casefold()
+            expected = customer if customer is not None else _who(holder(looked_up, number))
+            found = replayed.get(looked_up) or holder(looked_up)
+            if found is not None and found[1] != expected:
+                return self._moved(number, key, found[0])
+            for given_key, given in by_line.get(number, ()):
+                taken = replayed.get(given_key) or holder(given_key)
+                if given is not None and taken is not None and taken[1] not in (None, given):
+                    return self._moved(number, self._spelled[given_key], taken[0])
+                replayed[given_key] = (number, given)
         return None
+
+    def _moved(self, number: int, key: str, since: int) -> str:
+        return (
+            f"line {number} ({self._match_on} {key!r}) must be sent again, but line {since} "
+            "of the report moved that key between customers: sent again, it would not "
+            "update the customer it did.  Apply what is left with ids instead; nothing sent"
+        )
 
     @property
     def done(self) -> int:
@@ -217,6 +245,10 @@ class History:
                 f"{report} is not a report of {source}: it has results for "
                 f"{len(self.hashes) - seen} line(s) the file does not have; nothing sent"
             )
+
+
+def _who(event: tuple[int, str | None] | None) -> str | None:
+    return None if event is None else event[1]
 
 
 def read_history(path: Path, *, match_on: str | None = None) -> History:
