@@ -1330,26 +1330,35 @@ def _matched(path, base, *extra):
     return apply(path, base, "--rate-limit", "off", "--match-on", "unique_id", *extra)
 
 
+def _run_then_resume(tmp_path, records, fake, *extra):
+    """``records`` applied with --match-on to ``fake`` (seeded with 2 customers),
+    then resumed: both results, the customers after the first run, and the
+    requests the resume sent."""
+    path = jsonl(tmp_path / "u.jsonl", records)
+    report = tmp_path / "r.jsonl"
+    fake.seed_demo(2)
+    with serving(fake) as base:
+        first = _matched(path, base, "--report", str(report), *extra)
+        after_first = copy.deepcopy(fake.customers)
+        sent = len(fake.requests)
+        resumed = _matched(path, base, "--resume", str(report), *extra)
+        resent = len(fake.requests) - sent
+    return first, resumed, after_first, resent
+
+
 def test_a_resume_follows_a_customer_under_every_key_it_had(tmp_path):
     """A customer renamed away and back: a record it failed (a 5xx, which may
     have landed) was sent again on resume, but its later records, named by the
     other key, were taken for another customer's and skipped: the older name
     landed last (a red team's find)."""
-    path = jsonl(
-        tmp_path / "u.jsonl",
-        [
-            {"unique_id": "DEMO-1001", "patch": {"name": "first"}},
-            {"unique_id": "DEMO-1001", "patch": {"unique_id": "TMP-1001"}},
-            {"unique_id": "TMP-1001", "patch": {"name": "second"}},
-            {"unique_id": "TMP-1001", "patch": {"unique_id": "DEMO-1001"}},
-        ],
-    )
-    report = tmp_path / "r.jsonl"
+    records = [
+        {"unique_id": "DEMO-1001", "patch": {"name": "first"}},
+        {"unique_id": "DEMO-1001", "patch": {"unique_id": "TMP-1001"}},
+        {"unique_id": "TMP-1001", "patch": {"name": "second"}},
+        {"unique_id": "TMP-1001", "patch": {"unique_id": "DEMO-1001"}},
+    ]
     fake = ScriptedPatches({1001: [501]}, limits=())
-    fake.seed_demo(2)
-    with serving(fake) as base:
-        first = _matched(path, base, "--report", str(report))
-        resumed = _matched(path, base, "--resume", str(report))
+    first, resumed, after_first, resent = _run_then_resume(tmp_path, records, fake)
     assert first.exit_code == 1, first.output
     assert resumed.exit_code == 0, resumed.output
     customer = fake.customers[1001]
@@ -1360,24 +1369,14 @@ def test_a_resume_that_would_look_a_key_up_after_it_moved_is_refused(tmp_path):
     """Two customers swap keys through a third; the first record failed (a 5xx).
     Sent again on resume, it would look its key up again, now another
     customer's, and write there: refused, nothing sent."""
-    path = jsonl(
-        tmp_path / "u.jsonl",
-        [
-            {"unique_id": "DEMO-1001", "patch": {"name": "meant for 1001"}},
-            {"unique_id": "DEMO-1001", "patch": {"unique_id": "TMP"}},
-            {"unique_id": "DEMO-1002", "patch": {"unique_id": "DEMO-1001"}},
-            {"unique_id": "TMP", "patch": {"unique_id": "DEMO-1002"}},
-        ],
-    )
-    report = tmp_path / "r.jsonl"
+    records = [
+        {"unique_id": "DEMO-1001", "patch": {"name": "meant for 1001"}},
+        {"unique_id": "DEMO-1001", "patch": {"unique_id": "TMP"}},
+        {"unique_id": "DEMO-1002", "patch": {"unique_id": "DEMO-1001"}},
+        {"unique_id": "TMP", "patch": {"unique_id": "DEMO-1002"}},
+    ]
     fake = ScriptedPatches({1001: [501]}, limits=())
-    fake.seed_demo(2)
-    with serving(fake) as base:
-        first = _matched(path, base, "--report", str(report))
-        after_first = copy.deepcopy(fake.customers)
-        sent = len(fake.requests)
-        resumed = _matched(path, base, "--resume", str(report))
-        resent = len(fake.requests) - sent
+    first, resumed, after_first, resent = _run_then_resume(tmp_path, records, fake)
     assert first.exit_code == 1, first.output
     one_line_error(resumed, "line 1", "'DEMO-1001'", "line 3", "nothing sent")
     assert resent == 0
@@ -1427,22 +1426,16 @@ def test_a_resume_whose_unmatched_record_names_a_key_given_away_since_is_refused
     """The record whose lookup failed has no customer in the report; sent again,
     its key, given to another customer since, found that one (the reviewer's
     find: 1002 got the name meant for 1001)."""
-    path = jsonl(
-        tmp_path / "u.jsonl",
-        [
-            {"unique_id": "DEMO-1001", "patch": {"unique_id": "TMP"}},  # 1001 holds TMP
-            {"unique_id": "TMP", "patch": {"name": "meant for 1001"}},  # its lookup fails
-            {"unique_id": "TMP", "patch": {"unique_id": "OLD-1001"}},  # 1001 lets TMP go
-            {"unique_id": "DEMO-1002", "patch": {"unique_id": "TMP"}},  # 1002 takes it
-        ],
-    )
-    report = tmp_path / "r.jsonl"
+    records = [
+        {"unique_id": "DEMO-1001", "patch": {"unique_id": "TMP"}},  # 1001 holds TMP
+        {"unique_id": "TMP", "patch": {"name": "meant for 1001"}},  # its lookup fails
+        {"unique_id": "TMP", "patch": {"unique_id": "OLD-1001"}},  # 1001 lets TMP go
+        {"unique_id": "DEMO-1002", "patch": {"unique_id": "TMP"}},  # 1002 takes it
+    ]
     fake = ScriptedLookups({"TMP"}, limits=())
-    fake.seed_demo(2)
-    with serving(fake) as base:
-        first = _matched(path, base, "--report", str(report), "--concurrency", "1")
-        after_first = copy.deepcopy(fake.customers)
-        resumed = _matched(path, base, "--resume", str(report), "--concurrency", "1")
+    first, resumed, after_first, resent = _run_then_resume(
+        tmp_path, records, fake, "--concurrency", "1"
+    )
     assert first.exit_code == 1, first.output
     one_line_error(resumed, "line 2", "'TMP'", "line 4", "nothing sent")
     assert fake.customers == after_first
@@ -1465,20 +1458,15 @@ class FailsOnName(DualEntryFake):
 def test_a_key_given_away_before_the_record_is_no_reason_to_refuse_a_resume(tmp_path):
     """The key moved to another customer before the record to send again, which
     that customer matched: looked up again, it finds the same one."""
-    path = jsonl(
-        tmp_path / "u.jsonl",
-        [
-            {"unique_id": "DEMO-1001", "patch": {"unique_id": "OLD"}},  # 1001 drops the key
-            {"unique_id": "DEMO-1002", "patch": {"unique_id": "DEMO-1001"}},  # 1002 takes it
-            {"unique_id": "DEMO-1001", "patch": {"name": "x"}},  # 1002; a 501
-        ],
-    )
-    report = tmp_path / "r.jsonl"
+    records = [
+        {"unique_id": "DEMO-1001", "patch": {"unique_id": "OLD"}},  # 1001 drops the key
+        {"unique_id": "DEMO-1002", "patch": {"unique_id": "DEMO-1001"}},  # 1002 takes it
+        {"unique_id": "DEMO-1001", "patch": {"name": "x"}},  # 1002; a 501
+    ]
     fake = FailsOnName("x", limits=())
-    fake.seed_demo(2)
-    with serving(fake) as base:
-        first = _matched(path, base, "--report", str(report), "--concurrency", "1")
-        resumed = _matched(path, base, "--resume", str(report), "--concurrency", "1")
+    first, resumed, after_first, resent = _run_then_resume(
+        tmp_path, records, fake, "--concurrency", "1"
+    )
     assert first.exit_code == 1, first.output
     assert resumed.exit_code == 0, resumed.output
     assert (fake.customers[1002]["name"], fake.customers[1002]["unique_id"]) == ("x", "DEMO-1001")
@@ -1489,23 +1477,17 @@ def test_a_resume_checks_the_keys_of_the_records_it_sends_again_though_done(tmp_
     done or not: line 2, sent again, gives 1001 the key line 5 gave 1002 since,
     and the older name landed (a red team's find; the check had looked at the
     records not done only)."""
-    path = jsonl(
-        tmp_path / "u.jsonl",
-        [
-            {"unique_id": "DEMO-1001", "patch": {"name": "a"}},  # a 501
-            {"unique_id": "DEMO-1001", "patch": {"unique_id": "K"}},
-            {"unique_id": "K", "patch": {"name": "b"}},
-            {"unique_id": "K", "patch": {"unique_id": "DEMO-1001"}},
-            {"unique_id": "DEMO-1002", "patch": {"unique_id": "K"}},  # K: 1002's since
-        ],
-    )
-    report = tmp_path / "r.jsonl"
+    records = [
+        {"unique_id": "DEMO-1001", "patch": {"name": "a"}},  # a 501
+        {"unique_id": "DEMO-1001", "patch": {"unique_id": "K"}},
+        {"unique_id": "K", "patch": {"name": "b"}},
+        {"unique_id": "K", "patch": {"unique_id": "DEMO-1001"}},
+        {"unique_id": "DEMO-1002", "patch": {"unique_id": "K"}},  # K: 1002's since
+    ]
     fake = FailsOnName("a", limits=())
-    fake.seed_demo(2)
-    with serving(fake) as base:
-        first = _matched(path, base, "--report", str(report), "--concurrency", "1")
-        after_first = copy.deepcopy(fake.customers)
-        resumed = _matched(path, base, "--resume", str(report), "--concurrency", "1")
+    first, resumed, after_first, resent = _run_then_resume(
+        tmp_path, records, fake, "--concurrency", "1"
+    )
     assert first.exit_code == 1, first.output
     one_line_error(resumed, "line 2", "'K'", "line 5", "nothing sent")
     assert fake.customers == after_first

@@ -706,17 +706,11 @@ async def test_after_a_write_that_may_have_landed_a_lagging_read_does_not_skip_t
     """Record 0 landed but its answer was lost; every read lags behind writes: the
     next record, setting the old name again, must be sent, not found unchanged."""
     store = Store(10)
-    list_lagging_behind_writes(store, gets_too=True)
-    lagging = store.transport.handler
-    cut = iter([True])
 
-    def answer(request):
-        if request.method == "PATCH" and next(cut, False):
-            store.answer(request)  # applied, and the connection lost
-            raise TransportError("the answer was cut short", provider="dualentry")
-        return lagging(request)
+    def lost(request):  # the connection lost
+        raise TransportError("the answer was cut short", provider="dualentry")
 
-    store.transport = MockTransport(answer)
+    first_write_landed_then(store, lost)
     updates = [(7, CustomerPatch(name="A")), (7, CustomerPatch(name="C7"))]
     async with client(store, retry=None) as de:
         results = [r async for r in de.iter_updates(updates, skip_unchanged=True)]
@@ -767,20 +761,13 @@ async def test_after_a_write_that_landed_and_was_answered_with_no_refusal_the_ne
     behind writes must not make the next record of that customer look unchanged
     (a red team found a 3xx taken for a refusal: the older value stayed)."""
     store = Store(10)
-    list_lagging_behind_writes(store, gets_too=True)
-    lagging = store.transport.handler
-    first = iter([True])
 
-    def answer(request):
-        if request.method == "PATCH" and next(first, False):
-            store.answer(request)  # applied...
-            if status == 200:  # ...and said to have failed
-                return Response(status=200, body=b'{"success": false, "errors": {}}')
-            headers = {"Location": "/public/v2/customers/7/"}
-            return Response(status=status, headers=headers, body=b"")  # ...answered so
-        return lagging(request)
+    def answered(request):
+        if status == 200:  # said to have failed
+            return Response(status=200, body=b'{"success": false, "errors": {}}')
+        return Response(status=status, headers={"Location": request.url}, body=b"")
 
-    store.transport = MockTransport(answer)
+    first_write_landed_then(store, answered)
     updates = [(7, CustomerPatch(name="A")), (7, CustomerPatch(name="C7"))]
     async with client(store, retry=None) as de:
         results = sorted(
@@ -812,6 +799,22 @@ def test_a_read_of_every_field_does_not_replace_what_an_earlier_record_left():
     fuller = attrs.evolve(known, name="old", country="US", read_fields=None)
     merged = _merged(known, fuller)
     assert (merged.name, merged.country) == ("A", "US")
+
+
+def first_write_landed_then(store, how):
+    """``store``, every read lagging behind writes, its first PATCH applied, then
+    answered by ``how(request)`` (which may raise, for an answer lost)."""
+    list_lagging_behind_writes(store, gets_too=True)
+    lagging = store.transport.handler
+    first = iter([True])
+
+    def answer(request):
+        if request.method == "PATCH" and next(first, False):
+            store.answer(request)
+            return how(request)
+        return lagging(request)
+
+    store.transport = MockTransport(answer)
 
 
 def first_write_answered(store, how):

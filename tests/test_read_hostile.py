@@ -237,16 +237,17 @@ async def test_a_definition_of_the_wrong_shape_is_a_format_error_not_a_crash(odd
     assert store.sent("PATCH") == []
 
 
+def one_definition_a_page(request):
+    """Definitions one a page, with a count that never ends."""
+    offset = int(parse_qs(urlsplit(request.url).query)["offset"][0])
+    body = {"items": [definition(offset + 1, f"F{offset}")], "count": 10**9}
+    return Response(status=200, body=json.dumps(body).encode())
+
+
 async def test_definitions_drip_fed_one_a_page_are_read_for_a_hundred_pages_at_most():
     """The cap counted definitions, not requests: one a page, with a count that
     never ends, took 10,001 requests (about 2.8 hours at DualEntry's pace)."""
-
-    def answer(request):
-        offset = int(parse_qs(urlsplit(request.url).query)["offset"][0])
-        body = {"items": [definition(offset + 1, f"F{offset}")], "count": 10**9}
-        return Response(status=200, body=json.dumps(body).encode())
-
-    transport = MockTransport(answer)
+    transport = MockTransport(one_definition_a_page)
     async with mock_client(transport) as de:
         with pytest.raises(ResponseFormatError, match="of more than 100 pages"):
             await de.custom_field_definitions()
@@ -261,9 +262,7 @@ async def test_a_read_of_many_pages_ends_within_one_time_budget():
 
     async def answer(request):
         await asyncio.sleep(0.02)
-        offset = int(parse_qs(urlsplit(request.url).query)["offset"][0])
-        body = {"items": [definition(offset + 1, f"F{offset}")], "count": 10**9}
-        return Response(status=200, body=json.dumps(body).encode())
+        return one_definition_a_page(request)
 
     transport = MockTransport(answer)
     async with mock_client(transport, retry=RetryPolicy(timeout=0.2)) as de:
