@@ -57,7 +57,6 @@ from customer_patch.cli._report import (
     UndoFile,
     aside_of,
 )
-from customer_patch.sandbox import Faults, fake_for
 
 T = TypeVar("T")
 
@@ -1158,6 +1157,10 @@ def sandbox(
 
     Besides the demo customers, it holds those the provider's documentation
     uses in its examples."""
+    # Here, not at the top: the fakes and aiohttp's server would cost every
+    # other command's start (tens of ms) for nothing.
+    from customer_patch.sandbox import Faults, fake_for
+
     _output_is_progress()  # a banner: the server is what it is for (`sandbox ... >&- &`)
     adapter = _adapter(provider)
     enforced: tuple[RateLimit, ...] | None = None  # the provider's documented limits
