@@ -1,6 +1,6 @@
 """Sphinx configuration for the customer-patch documentation.
 
-Build (the same command the test suite runs)::
+Build (the same command ``.ci/run`` runs)::
 
     python -m sphinx -W --keep-going -n -b html docs docs/_build/html
 """
