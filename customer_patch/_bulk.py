@@ -324,6 +324,36 @@ def _known_only(customer: Customer, patch: CustomerPatch) -> Customer:
     return attrs.evolve(customer, read_fields=known)
 
 
+def _holder_as_planned(
+    key: str, found: Any, moved: tuple[set[str], set[str]], planned: Mapping[str, Customer]
+) -> Any:
+    """Who holds ``key`` once a plan's earlier records have renamed it: ``found``
+    (how a lookup of it before the run ended) less the customers renamed away
+    from it, plus those renamed to it (``moved``, by customer key); as a
+    lookup ends, a customer or the error why not."""
+    if isinstance(found, Customer):
+        holders = {customer_key(found.id)}
+        provider = found.provider
+    elif isinstance(found, NotFoundError):
+        holders, provider = set(), found.provider
+    else:  # an outage, or two holders: says nothing of whom the renames leave
+        return found
+    lost, gained = moved
+    holders = (holders - lost) | gained
+    if not holders:
+        return NotFoundError(
+            f"no customer has the key {key!r} once the records before rename it",
+            provider=provider,
+            status=404,
+            sent=False,
+        )
+    if len(holders) > 1:
+        problem = Problem("", f"{key!r} matches {len(holders)} customers: not a guess")
+        return ValidationError([problem], provider=provider)
+    [holder] = holders
+    return planned.get(holder, found)
+
+
 _NO_KEYS: frozenset[str] = frozenset()
 
 
@@ -619,6 +649,10 @@ async def run_bulk(
     # With matched_by: each key renamed (from or to) by a record not ended yet -> the
     # last such record: two keys at most for each record taken and not ended.
     renaming: dict[str, _Record] = {}
+    # With plan and matched_by: each key (casefolded) a planned rename moves -> the
+    # customers (by customer key) renamed away from it, and those renamed to it.
+    # The provider still shows every key's holder before the run.
+    moved: dict[str, tuple[set[str], set[str]]] = {}
     taking = asyncio.Lock()  # one worker at a time awaits the input (or a read)
     leaving = False  # set once the run ends: workers take nothing more
 
@@ -756,6 +790,8 @@ async def run_bulk(
         if plan and error is None and before is not None:
             customer = _applied(before, changes, read_back)  # what the provider should show
             planned[key] = _knowing(customer, changes)
+            if matched_by is not None:
+                _plan_rename(key, before, planned[key])
         if before is None and isinstance(was, Customer):
             # An earlier record of it failed after sending, so the whole patch went
             # out: what was read stands for the fields it sets (their undo needs
@@ -897,6 +933,31 @@ async def run_bulk(
                 _absorb_cancel()
             error = e if isinstance(e, Exception) else _from_inside(e, f"a read of {len(ids)}")
             was_read = {read_key(i): error for i in ids}
+        if moved:
+            # Read before any of the plan's renames: looked up through them, as
+            # the records would find their keys once the earlier ones had run.
+            was_read = dict(was_read)
+            for i in ids:
+                if isinstance(i, str) and i.casefold() in moved:
+                    found = was_read.get(read_key(i))
+                    was_read[read_key(i)] = _holder_as_planned(
+                        i, found, moved[i.casefold()], planned
+                    )
+
+    def _plan_rename(key: str, before: Customer, after: Customer) -> None:
+        """A planned record renames its customer (``key``) from one match key to another."""
+        assert matched_by is not None
+        old, new = getattr(before, matched_by, None), getattr(after, matched_by, None)
+        if not (isinstance(old, str) and isinstance(new, str)):
+            return
+        if old.casefold() == new.casefold():  # the filter ignores case: no move
+            return
+        lost, gained = moved.setdefault(old.casefold(), (set(), set()))
+        gained.discard(key)
+        lost.add(key)
+        lost, gained = moved.setdefault(new.casefold(), (set(), set()))
+        lost.discard(key)
+        gained.add(key)
 
     def key_of(item: Any, was: Any) -> str:
         try:

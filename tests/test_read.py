@@ -1184,6 +1184,51 @@ def test_match_on_ends_as_applying_the_records_in_order_would(
     assert got == matched_in_order(holders, updates)
 
 
+async def plan_matched(store, updates, *, concurrency):
+    """A plan matched on ``unique_id`` through ``store``: each record's outcome (the
+    customer it would change, or the error's class); the store is left as it was."""
+    before = json.dumps(store.customers, sort_keys=True)
+    async with client(store) as de:
+        run = de.iter_plan(updates, concurrency=concurrency, match_on="unique_id")
+        results = await asyncio.wait_for(collect(run), HANG_GUARD)
+    assert json.dumps(store.customers, sort_keys=True) == before
+    assert not store.sent("PATCH")
+    results.sort(key=lambda r: r.index)
+    return [r.customer.id if r.ok else type(r.error) for r in results]
+
+
+@settings(max_examples=60)
+@given(
+    records=st.lists(
+        st.tuples(
+            st.sampled_from(["K1", "K2", "k3", "TMP", "gone"]),
+            st.sampled_from(["K1", "K2", "K3", "tmp", None]),  # None: set the name
+        ),
+        max_size=12,
+    ),
+    concurrency=st.integers(1, 6),
+)
+def test_a_plan_matched_on_a_key_follows_the_renames_it_plans(records, concurrency):
+    """A plan writes nothing, so the provider still shows every key's holder
+    before the run: a record naming a key that an earlier record renames is
+    looked up through the plan's own renames, finding whom applying the
+    records in order would.  (It was looked up as the provider held it: a
+    record after a swap was shown against the key's old holder, and one
+    naming a key an earlier record creates as not found.)"""
+    updates = [
+        (key, CustomerPatch(name=f"set by {i}") if new is None else CustomerPatch(unique_id=new))
+        for i, (key, new) in enumerate(records)
+    ]
+    store = Store(3)
+    for cid in (1, 2, 3):
+        store.customers[cid]["unique_id"] = f"K{cid}"
+    holders = {
+        c: {"unique_id": f["unique_id"], "name": f["name"]} for c, f in store.customers.items()
+    }
+    expected, _ = matched_in_order(holders, updates)
+    assert asyncio.run(plan_matched(store, updates, concurrency=concurrency)) == expected
+
+
 async def plan_and_apply(provider, records, *, concurrency, setup=None):
     """Each record's ``changed`` as a plan predicts it and as a skip_unchanged run
     finds it, each against a fresh fake seeded the same; and the run's end state."""
