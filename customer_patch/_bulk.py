@@ -325,33 +325,42 @@ def _known_only(customer: Customer, patch: CustomerPatch) -> Customer:
 
 
 def _holder_as_planned(
-    key: str, found: Any, moved: tuple[set[str], set[str]], planned: Mapping[str, Customer]
+    field: str,
+    key: str,
+    found: Any,
+    moved: tuple[set[str], set[str]],
+    planned: Mapping[str, Customer],
 ) -> Any:
-    """Who holds ``key`` once a plan's earlier records have renamed it: ``found``
-    (how a lookup of it before the run ended) less the customers renamed away
-    from it, plus those renamed to it (``moved``, by customer key); as a
-    lookup ends, a customer or the error why not."""
+    """Who holds ``key`` (of ``field``) once a plan's earlier records have renamed
+    it: ``found`` (how a lookup of it before the run ended) less the customers
+    renamed away from it, plus those renamed to it (``moved``, by customer key);
+    as a lookup ends, a customer or the error why not."""
     if isinstance(found, Customer):
-        holders = {customer_key(found.id)}
+        holders = {customer_key(found.id): found}
         provider = found.provider
     elif isinstance(found, NotFoundError):
-        holders, provider = set(), found.provider
-    else:  # an outage, or two holders: says nothing of whom the renames leave
+        holders, provider = {}, found.provider
+    else:
+        # An outage; or two holders, which stay two: neither can be named by
+        # any record (its key names both), so neither is renamed away.
         return found
     lost, gained = moved
-    holders = (holders - lost) | gained
+    for holder in lost:
+        holders.pop(holder, None)
+    holders.update((holder, planned[holder]) for holder in gained)
     if not holders:
         return NotFoundError(
-            f"no customer has the key {key!r} once the records before rename it",
+            f"no customer has {field} {key!r} once the records before rename it",
             provider=provider,
             status=404,
             sent=False,
         )
     if len(holders) > 1:
-        problem = Problem("", f"{key!r} matches {len(holders)} customers: not a guess")
+        ids = ", ".join(quoted(c.id) for c in holders.values())
+        problem = Problem(field, f"{key!r} matches {len(holders)} customers ({ids}): not a guess")
         return ValidationError([problem], provider=provider)
-    [holder] = holders
-    return planned.get(holder, found)
+    [(holder, customer)] = holders.items()
+    return planned.get(holder, customer)
 
 
 _NO_KEYS: frozenset[str] = frozenset()
@@ -791,7 +800,7 @@ async def run_bulk(
             customer = _applied(before, changes, read_back)  # what the provider should show
             planned[key] = _knowing(customer, changes)
             if matched_by is not None:
-                _plan_rename(key, before, planned[key])
+                note_rename(key, before, planned[key])
         if before is None and isinstance(was, Customer):
             # An earlier record of it failed after sending, so the whole patch went
             # out: what was read stands for the fields it sets (their undo needs
@@ -934,6 +943,7 @@ async def run_bulk(
             error = e if isinstance(e, Exception) else _from_inside(e, f"a read of {len(ids)}")
             was_read = {read_key(i): error for i in ids}
         if moved:
+            assert matched_by is not None  # moved is kept only then
             # Read before any of the plan's renames: looked up through them, as
             # the records would find their keys once the earlier ones had run.
             was_read = dict(was_read)
@@ -941,23 +951,26 @@ async def run_bulk(
                 if isinstance(i, str) and i.casefold() in moved:
                     found = was_read.get(read_key(i))
                     was_read[read_key(i)] = _holder_as_planned(
-                        i, found, moved[i.casefold()], planned
+                        matched_by, i, found, moved[i.casefold()], planned
                     )
 
-    def _plan_rename(key: str, before: Customer, after: Customer) -> None:
-        """A planned record renames its customer (``key``) from one match key to another."""
+    def note_rename(key: str, before: Customer, after: Customer) -> None:
+        """A planned record (of customer ``key``) that changes its match key: the
+        old one (if any) loses it, the new one (``None``: cleared) gains it."""
         assert matched_by is not None
-        old, new = getattr(before, matched_by, None), getattr(after, matched_by, None)
-        if not (isinstance(old, str) and isinstance(new, str)):
+        old, new = (getattr(c, matched_by, None) for c in (before, after))
+        old = old.casefold() if isinstance(old, str) else None
+        new = new.casefold() if isinstance(new, str) else None
+        if old == new:  # the filter ignores case: no move
             return
-        if old.casefold() == new.casefold():  # the filter ignores case: no move
-            return
-        lost, gained = moved.setdefault(old.casefold(), (set(), set()))
-        gained.discard(key)
-        lost.add(key)
-        lost, gained = moved.setdefault(new.casefold(), (set(), set()))
-        lost.discard(key)
-        gained.add(key)
+        if old is not None:
+            lost, gained = moved.setdefault(old, (set(), set()))
+            gained.discard(key)
+            lost.add(key)
+        if new is not None:
+            lost, gained = moved.setdefault(new, (set(), set()))
+            lost.discard(key)
+            gained.add(key)
 
     def key_of(item: Any, was: Any) -> str:
         try:

@@ -1186,7 +1186,8 @@ def test_match_on_ends_as_applying_the_records_in_order_would(
 
 async def plan_matched(store, updates, *, concurrency):
     """A plan matched on ``unique_id`` through ``store``: each record's outcome (the
-    customer it would change, or the error's class); the store is left as it was."""
+    customer it would change, or the error's class), and each customer's last
+    predicted ``(unique_id, name)``; the store is left as it was."""
     before = json.dumps(store.customers, sort_keys=True)
     async with client(store) as de:
         run = de.iter_plan(updates, concurrency=concurrency, match_on="unique_id")
@@ -1194,7 +1195,8 @@ async def plan_matched(store, updates, *, concurrency):
     assert json.dumps(store.customers, sort_keys=True) == before
     assert not store.sent("PATCH")
     results.sort(key=lambda r: r.index)
-    return [r.customer.id if r.ok else type(r.error) for r in results]
+    predicted = {r.customer.id: (r.customer.unique_id, r.customer.name) for r in results if r.ok}
+    return [r.customer.id if r.ok else type(r.error) for r in results], predicted
 
 
 @settings(max_examples=60)
@@ -1202,7 +1204,7 @@ async def plan_matched(store, updates, *, concurrency):
     records=st.lists(
         st.tuples(
             st.sampled_from(["K1", "K2", "k3", "TMP", "gone"]),
-            st.sampled_from(["K1", "K2", "K3", "tmp", None]),  # None: set the name
+            st.sampled_from(["K1", "K2", "K3", "tmp", "clear", "name"]),
         ),
         max_size=12,
     ),
@@ -1210,13 +1212,19 @@ async def plan_matched(store, updates, *, concurrency):
 )
 def test_a_plan_matched_on_a_key_follows_the_renames_it_plans(records, concurrency):
     """A plan writes nothing, so the provider still shows every key's holder
-    before the run: a record naming a key that an earlier record renames is
-    looked up through the plan's own renames, finding whom applying the
-    records in order would.  (It was looked up as the provider held it: a
-    record after a swap was shown against the key's old holder, and one
-    naming a key an earlier record creates as not found.)"""
+    before the run: a record naming a key that an earlier record renames (or
+    clears) is looked up through the plan's own renames, finding whom applying
+    the records in order would, and predicting what that leaves.  (It was
+    looked up as the provider held it: a record after a swap was shown against
+    the key's old holder, and one naming a key an earlier record creates as
+    not found.)"""
     updates = [
-        (key, CustomerPatch(name=f"set by {i}") if new is None else CustomerPatch(unique_id=new))
+        (
+            key,
+            CustomerPatch(name=f"set by {i}")
+            if new == "name"
+            else CustomerPatch(unique_id=None if new == "clear" else new),
+        )
         for i, (key, new) in enumerate(records)
     ]
     store = Store(3)
@@ -1225,8 +1233,10 @@ def test_a_plan_matched_on_a_key_follows_the_renames_it_plans(records, concurren
     holders = {
         c: {"unique_id": f["unique_id"], "name": f["name"]} for c, f in store.customers.items()
     }
-    expected, _ = matched_in_order(holders, updates)
-    assert asyncio.run(plan_matched(store, updates, concurrency=concurrency)) == expected
+    expected, final = matched_in_order(holders, updates)
+    outcomes, predicted = asyncio.run(plan_matched(store, updates, concurrency=concurrency))
+    assert outcomes == expected
+    assert predicted == {c: final[c] for c in predicted}
 
 
 async def plan_and_apply(provider, records, *, concurrency, setup=None):
