@@ -1,4 +1,5 @@
 import os
+import tempfile
 from types import SimpleNamespace
 
 import aiohttp
@@ -11,16 +12,20 @@ from customer_patch import RetryPolicy
 pytest_plugins = ["customer_patch.testing"]
 
 # The suite starts about 90 Python processes (the CLI, the docs' examples),
-# and in each, importing aiohttp loads the system's certificate store for the
-# TLS contexts it makes at import: a sixth of such a process's CPU, for
-# nothing, as they speak plain HTTP to 127.0.0.1 only.  They inherit an empty
-# store instead.  (The tests of TLS bring their own certificates.)
-os.environ.setdefault("SSL_CERT_FILE", os.devnull)
-# And where PYTHONDONTWRITEBYTECODE is set (as on these machines), each of
-# them compiled the package from source: 0.09 s of CPU a process.  They may
-# write its bytecode (to __pycache__/, which git ignores), so it is compiled
-# once.
+# which inherit the environment set here:
+# - an empty certificate store: importing aiohttp loads the system's for the
+#   TLS contexts it makes at import (a sixth of such a process's CPU), and
+#   they speak plain HTTP to 127.0.0.1 only.  The tests of TLS bring their
+#   own certificates; an empty store could only refuse more.
+# - bytecode, written to a cache outside the tree: with PYTHONDONTWRITEBYTECODE
+#   set (as on these machines) each of them compiled the package from source,
+#   0.09 s of CPU a process.
+os.environ["SSL_CERT_FILE"] = os.devnull
 os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+os.environ.setdefault(
+    "PYTHONPYCACHEPREFIX",
+    os.path.join(tempfile.gettempdir(), f"customer-patch-tests-{os.getuid()}", "pycache"),
+)
 
 # Property tests check values, never time.  Hypothesis's default deadline
 # (200 ms an example, for examples that typically take 0-4 ms here) failed one
