@@ -1,4 +1,5 @@
 import os
+import signal
 import tempfile
 from types import SimpleNamespace
 
@@ -26,6 +27,16 @@ os.environ.setdefault(
     "PYTHONPYCACHEPREFIX",
     os.path.join(tempfile.gettempdir(), f"customer-patch-tests-{os.getuid()}", "pycache"),
 )
+
+# The CLI keeps a signal that was ignored when it started ignored (nohup, a
+# script's `&`), as documented, and the signal tests need it not ignored.  A
+# suite started with SIGINT or SIGHUP ignored (a CI script's `&`, nohup) failed
+# 17 of them.  It handles them instead, doing nothing, so it goes on as it
+# would have; what it starts sees them at their default (exec resets a handler,
+# not an ignored signal), and the CLI run in-process sees them not ignored.
+for _signum in (signal.SIGINT, signal.SIGHUP):
+    if signal.getsignal(_signum) is signal.SIG_IGN:
+        signal.signal(_signum, lambda signum, frame: None)
 
 # Property tests check values, never time.  Hypothesis's default deadline
 # (200 ms an example, for examples that typically take 0-4 ms here) failed one
