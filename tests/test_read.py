@@ -1095,6 +1095,18 @@ def matched_in_order(holders, updates):
     return outcomes, {c: (f["unique_id"], f["name"]) for c, f in state.items()}
 
 
+def keyed_store():
+    """Three customers keyed K1, K2, K3; and each one's ``unique_id`` and ``name``
+    as :func:`matched_in_order` starts from."""
+    store = Store(3)
+    for cid in (1, 2, 3):
+        store.customers[cid]["unique_id"] = f"K{cid}"
+    holders = {
+        c: {"unique_id": f["unique_id"], "name": f["name"]} for c, f in store.customers.items()
+    }
+    return store, holders
+
+
 async def run_matched(store, updates, *, concurrency, shuffle=None, **options):
     """A match_on run through ``store``; ``shuffle(request)`` is awaited before each answer."""
     if shuffle is not None:
@@ -1121,9 +1133,7 @@ async def test_match_on_follows_a_key_that_an_earlier_record_renames(concurrency
     applying the file line by line would find it.  (The whole batch was looked
     up before any of it ran: the last record went to the key's first holder,
     and the third found no customer at all.)"""
-    store = Store(3)
-    for cid in (1, 2, 3):
-        store.customers[cid]["unique_id"] = f"K{cid}"
+    store, holders = keyed_store()
     updates = [
         ("K1", CustomerPatch(unique_id="TMP")),
         ("K2", CustomerPatch(unique_id="K1")),
@@ -1131,9 +1141,6 @@ async def test_match_on_follows_a_key_that_an_earlier_record_renames(concurrency
         ("K1", CustomerPatch(name="the second holder of K1")),
         ("K3", CustomerPatch(name="no part of the swap")),
     ]
-    holders = {
-        c: {"unique_id": f["unique_id"], "name": f["name"]} for c, f in store.customers.items()
-    }
     expected = matched_in_order(holders, updates)
     assert expected == (
         [1, 2, 1, 2, 3],
@@ -1164,12 +1171,7 @@ def test_match_on_ends_as_applying_the_records_in_order_would(
         (key, CustomerPatch(name=f"set by {i}") if new is None else CustomerPatch(unique_id=new))
         for i, (key, new) in enumerate(records)
     ]
-    store = Store(3)
-    for cid in (1, 2, 3):
-        store.customers[cid]["unique_id"] = f"K{cid}"
-    holders = {
-        c: {"unique_id": f["unique_id"], "name": f["name"]} for c, f in store.customers.items()
-    }
+    store, holders = keyed_store()
     rng = random.Random(seed)
 
     async def shuffle(request):
@@ -1227,12 +1229,7 @@ def test_a_plan_matched_on_a_key_follows_the_renames_it_plans(records, concurren
         )
         for i, (key, new) in enumerate(records)
     ]
-    store = Store(3)
-    for cid in (1, 2, 3):
-        store.customers[cid]["unique_id"] = f"K{cid}"
-    holders = {
-        c: {"unique_id": f["unique_id"], "name": f["name"]} for c, f in store.customers.items()
-    }
+    store, holders = keyed_store()
     expected, final = matched_in_order(holders, updates)
     outcomes, predicted = asyncio.run(plan_matched(store, updates, concurrency=concurrency))
     assert outcomes == expected
