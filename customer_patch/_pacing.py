@@ -33,10 +33,11 @@ log = logging.getLogger("customer_patch.pacing")
 
 
 class _Bucket:
-    __slots__ = ("interval", "tat", "tolerance")
+    __slots__ = ("interval", "sent", "tat", "tolerance")
 
     def __init__(self, burst: int, per_second: float) -> None:
         self.tat = -math.inf  # theoretical arrival time of the next request
+        self.sent = -math.inf  # the same, counting requests when they actually went
         self.set_rate(burst, per_second)
 
     def set_rate(self, burst: int, per_second: float) -> None:
@@ -48,6 +49,9 @@ class _Bucket:
 
     def commit(self, send_at: float) -> None:
         self.tat = max(self.tat, send_at) + self.interval
+
+    def count_sent(self, now: float) -> None:
+        self.sent = max(self.sent, now) + self.interval
 
 
 class _Adaptive:
@@ -183,6 +187,7 @@ class Pacer:
             start_slow=not limits if start_slow is None else start_slow, now=clock()
         )
         self._paused_until = -math.inf
+        self._going = asyncio.Lock()  # see acquire()
         self.closed = False
         self._naps: set[asyncio.Task[Any]] = set()  # the waits close() ends
 
@@ -262,14 +267,49 @@ class Pacer:
             send_at = self._reserve(deadline, buckets)
             if send_at is None:
                 return False
-            while (delay := send_at - self._clock()) > 0:
-                await self.sleep(delay)
-                if self.closed:
-                    return False
-                if self._paused_until > send_at:
-                    break  # a 429 arrived meanwhile: take a new slot after the pause
-            else:
-                return True
+            if await self._wait_until(send_at):
+                # One at a time, in the order their slots came: after a stall,
+                # the first held must not be overtaken by every later slot.
+                async with self._going:
+                    while True:
+                        now = self._clock()
+                        at = self._count_sent(now, buckets)
+                        if at <= now:
+                            return True
+                        if at > deadline:
+                            return False
+                        if not await self._wait_until(at):
+                            break
+            if self.closed:
+                return False
+            # A 429 arrived meanwhile: take a new slot after its pause.
+
+    def _count_sent(self, now: float, buckets: list[_Bucket]) -> float:
+        """When a request whose slot has come may go, counting the requests that
+        went when they went; if that is ``now``, it is counted as sent.
+
+        Slots are taken ahead, so a loop blocked past several of them (a GC
+        pause, a busy machine, a laptop's sleep) would send their requests
+        together, and the provider would refuse all but its burst.  On time,
+        the two counts agree and this is ``now``."""
+        if self._adaptive.bucket is not None:
+            buckets = [*buckets, self._adaptive.bucket]
+        at = now
+        for bucket in buckets:
+            at = max(at, bucket.sent - bucket.tolerance)
+        if at <= now:
+            for bucket in buckets:
+                bucket.count_sent(now)
+        return at
+
+    async def _wait_until(self, at: float) -> bool:
+        """Sleep until ``at`` (a time of ``clock``); ``False`` if the pacer is
+        closed meanwhile, or a 429 pauses the client past ``at``."""
+        while (delay := at - self._clock()) > 0:
+            await self.sleep(delay)
+            if self.closed or self._paused_until > at:
+                return False
+        return True
 
     def _reserve(self, deadline: float, buckets: list[_Bucket]) -> float | None:
         now = self._clock()

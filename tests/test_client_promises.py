@@ -7,6 +7,7 @@ sockets are used where the behaviour lives in the transport (compression).
 import asyncio
 import contextlib
 import gzip
+import itertools
 import json
 import logging
 import math
@@ -958,6 +959,84 @@ def test_the_log_of_successes_stays_bounded_and_the_estimate_exact(per_second):
     # A 429 counts exactly the last second's successes, whatever was kept.
     pacer.on_rate_limited(1.0)
     assert adaptive.recover_to == pytest.approx(adaptive.CUT * per_second, rel=0.01)
+
+
+class StallingTime:
+    """Virtual time for a pacer whose loop can be blocked: a sleep ends at its
+    time, or, if that falls in a stall, when the stall ends (all together)."""
+
+    def __init__(self, stalls):
+        self.now = 0.0
+        self.stalls = stalls  # (start, end) pairs, sorted
+        self._sleepers = []  # (wake at, order, future)
+        self._order = itertools.count()
+
+    def clock(self):
+        return self.now
+
+    async def sleep(self, seconds):
+        future = asyncio.get_running_loop().create_future()
+        self._sleepers.append((self.now + seconds, next(self._order), future))
+        await future
+
+    async def run(self, tasks):
+        while True:
+            for _ in range(20):  # every task runs until it sleeps or ends
+                await asyncio.sleep(0)
+            self._sleepers = [s for s in self._sleepers if not s[2].done()]
+            if not self._sleepers:
+                break
+            wake = min(self._sleepers)[0]
+            for start, end in self.stalls:
+                if start <= wake < end:
+                    wake = end
+            self.now = max(self.now, wake)
+            for at, _, future in sorted(self._sleepers):
+                if at <= self.now:
+                    future.set_result(None)
+        assert all(t.done() for t in tasks)
+
+
+def refused_by(limit, times):
+    """The requests a provider's token bucket at ``limit`` refuses, as the
+    sandbox's bucket counts them."""
+    tokens, last, refused = float(limit.burst), 0.0, 0
+    for at in times:
+        tokens = min(limit.burst, tokens + (at - last) * limit.per_second)
+        last = at
+        if tokens >= 1:
+            tokens -= 1
+        else:
+            refused += 1
+    return refused
+
+
+@pytest.mark.parametrize(
+    "limit",
+    [RateLimit(burst=3, per_second=20), RateLimit(burst=1, per_second=1), RateLimit(50, 10)],
+)
+@pytest.mark.parametrize("stalls", [[], [(0.03, 1.0)], [(0.2, 0.5), (0.6, 3.0), (3.01, 9.0)]])
+async def test_requests_held_by_a_stalled_loop_leave_at_the_pace_not_all_at_once(limit, stalls):
+    """Slots are taken ahead; a loop blocked past several of them (GC, a
+    laptop's sleep, a busy machine) must not send their requests together."""
+    time = StallingTime(stalls)
+    pacer = Pacer([limit], clock=time.clock, sleep=time.sleep)
+    sent = []
+
+    order = []
+
+    async def request(n):
+        assert await pacer.acquire()
+        sent.append(time.now)
+        order.append(n)
+
+    tasks = [asyncio.ensure_future(request(n)) for n in range(3 * limit.burst + 12)]
+    await time.run(tasks)
+    assert order == list(range(len(tasks)))  # the first held is not overtaken
+    assert refused_by(limit, sent) == 0
+    # Held no longer than the stalls and the pace explain.
+    pace = (len(tasks) - 1) / (limit.per_second * Pacer.HEADROOM)
+    assert sent[-1] <= sum(end - start for start, end in stalls) + pace + 1e-9
 
 
 # -- careless use of a client ------------------------------------------------------------------
