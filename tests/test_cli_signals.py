@@ -549,6 +549,31 @@ def test_a_signal_before_anything_is_sent_ends_cleanly(tmp_path, signum, status)
         assert f"continue with --resume {report}" in stderr
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("made", ["report", "undo file"])
+def test_a_signal_as_a_file_is_created_leaves_no_file(tmp_path, monkeypatch, signum, made):
+    """The test above saw it once in CI: a signal just after the report was
+    created, before the command held it, left it behind, and the command said
+    to run again with --overwrite-report."""
+    report, undo = tmp_path / "r.jsonl", tmp_path / "undo.jsonl"
+    opened = _report._open
+
+    def open_then_signal(path, mode):
+        file = opened(path, mode)
+        if path == (report if made == "report" else undo):
+            os.kill(os.getpid(), signum)  # its handler runs here, the file just made
+        return file
+
+    monkeypatch.setattr(_report, "_open", open_then_signal)
+    path = jsonl(tmp_path / "u.jsonl", [{"id": 1001, "patch": {"name": "x"}}])
+    args = [*apply_dualentry(path, "http://127.0.0.1:9"), "--report", str(report)]
+    result = run([*args, "--changes-only", "--undo-file", str(undo)])
+    assert result.exit_code == 128 + signum, result.output
+    assert result.output == "interrupted before anything was sent\n"
+    assert not report.exists()
+    assert not undo.exists()
+
+
 def test_a_signal_while_a_line_is_parsed_is_not_an_invalid_line(monkeypatch):
     """SIGTERM raises Interrupted wherever the main thread is; inside cattrs (which
     gathers every Exception of a structure hook into its report) it became "line N:

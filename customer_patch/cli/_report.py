@@ -483,6 +483,11 @@ class Report:
                 self._file = self._opened(target, "ab")
                 self._replacing = (not self._created, resume)
         except BaseException:
+            # A signal raises anywhere in here, the file just made included:
+            # made by this run (under its lock) and holding nothing, it goes.
+            if self._created:
+                with contextlib.suppress(OSError):
+                    target.unlink()
             self.close()
             raise
         return self
@@ -751,8 +756,14 @@ class UndoFile:
                 raise ReportError(f"--undo-file {path}: cannot be written ({why})") from None
         try:
             self._file = _open(path, "ab")
-        except OSError as e:
-            raise ReportError(f"--undo-file {path}: cannot be written ({e.strerror})") from None
+        except BaseException as e:
+            if self.created:  # as for the report: a signal as it was made leaves none
+                with contextlib.suppress(OSError):
+                    path.unlink()
+            if isinstance(e, OSError):
+                why = e.strerror
+                raise ReportError(f"--undo-file {path}: cannot be written ({why})") from None
+            raise
 
     @staticmethod
     def check(path: Path, *, resume: bool) -> None:
