@@ -572,6 +572,8 @@ def test_a_signal_as_a_file_is_created_leaves_no_file(tmp_path, monkeypatch, sig
     assert result.output == "interrupted before anything was sent\n"
     assert not report.exists()
     assert not undo.exists()
+    # Kept by the command, the signal must not stop the next one this process runs.
+    assert _commands._signals.received == []
 
 
 def test_a_signal_while_a_line_is_parsed_is_not_an_invalid_line(monkeypatch):

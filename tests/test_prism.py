@@ -31,9 +31,6 @@ ROOT = Path(__file__).resolve().parents[1]
 LOCAL_PRISM = ROOT / ".ci" / "node" / "node_modules" / ".bin" / "prism"
 INSTALL = "npm install --prefix .ci/node @stoplight/prism-cli@5"
 READY_WITHIN = 120.0  # seconds; npx may first have to download Prism
-# One worker runs them all: each worker that ran some started a Prism of its
-# own, 2-3 s of CPU each (``--dist loadgroup`` in pyproject.toml).
-pytestmark = pytest.mark.xdist_group("prism")
 
 
 def prism_command() -> list[str] | None:

@@ -632,6 +632,9 @@ def _signals_interrupt() -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        # Acted on inside, or lost with the command's end: none may stop a
+        # later command of the same process (a test's, an application's).
+        _signals.received.clear()
 
 
 @contextlib.contextmanager
