@@ -308,7 +308,7 @@ class Pacer:
         together, and the provider would refuse all but its burst.  So the
         requests must also fit each declared bucket by when they went: its
         whole burst (the tokens the slots keep in hand would make each wait
-        here add its own wake-up's lateness, measured 13% slower at 200/s),
+        here add its own wake-up's lateness: measured 12% slower at 200/s),
         at 1% under its rate (the slots' 2% absorbs the small lateness of
         each wake-up, and no request goes at the very edge)."""
         at = now
