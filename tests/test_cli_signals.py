@@ -576,6 +576,59 @@ def test_a_signal_as_a_file_is_created_leaves_no_file(tmp_path, monkeypatch, sig
     assert _commands._signals.received == []
 
 
+@pytest.mark.parametrize("flag", ["--report", "--undo-file"])
+@pytest.mark.parametrize("link", ["a loop", "dangling"])
+@pytest.mark.parametrize("signalled", [False, True])
+def test_a_link_given_for_a_file_to_make_is_never_removed(
+    tmp_path, monkeypatch, flag, link, signalled
+):
+    """Only what the run made may go: a link it was given (to nothing, or to
+    itself) stays, and a file made through a dangling one goes, not the link."""
+    given = tmp_path / "given.jsonl"
+    points_to = given if link == "a loop" else tmp_path / "made-through-the-link.jsonl"
+    given.symlink_to(points_to)
+    if signalled:
+        opened = _report._open
+
+        def open_then_signal(path, mode):
+            file = opened(path, mode)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return file
+
+        monkeypatch.setattr(_report, "_open", open_then_signal)
+    path = jsonl(tmp_path / "u.jsonl", [{"id": 1001, "patch": {"name": "x"}}])
+    args = [*apply_dualentry(path, "http://127.0.0.1:9"), "--changes-only"]
+    args += ["--report", str(tmp_path / "r.jsonl"), "--undo-file", str(tmp_path / "undo.jsonl")]
+    args[args.index(flag) + 1] = str(given)
+    result = run(args)
+    assert "Traceback" not in result.output
+    assert os.readlink(given) == str(points_to)  # the link is as it was given
+    if link == "a loop":  # "cannot be written", or the signal, if it came first
+        assert result.exit_code in ((2, 143) if signalled else (2,)), result.output
+    elif signalled:
+        assert result.exit_code == 143, result.output
+        assert not points_to.exists()  # made by the run, through the link: gone
+
+
+def test_a_file_another_program_makes_as_the_run_opens_it_is_not_removed(tmp_path, monkeypatch):
+    """Between seeing no report and making one, another program may make it: the
+    run refuses it, as an existing report, and leaves it as that program wrote it."""
+    report = tmp_path / "r.jsonl"
+    opened = _report._open
+
+    def another_program_first(path, mode):
+        if path in (report, report.resolve()):
+            report.write_bytes(b"another program's line\n")
+        return opened(path, mode)
+
+    monkeypatch.setattr(_report, "_open", another_program_first)
+    path = jsonl(tmp_path / "u.jsonl", [{"id": 1001, "patch": {"name": "x"}}])
+    result = run([*apply_dualentry(path, "http://127.0.0.1:9"), "--report", str(report)])
+    assert result.exit_code == 2, result.output
+    assert "exists" in result.output
+    assert report.read_bytes() == b"another program's line\n"
+
+
 def test_a_signal_while_a_line_is_parsed_is_not_an_invalid_line(monkeypatch):
     """SIGTERM raises Interrupted wherever the main thread is; inside cattrs (which
     gathers every Exception of a structure hook into its report) it became "line N:

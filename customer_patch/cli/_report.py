@@ -403,7 +403,7 @@ class Report:
         self._file: BinaryIO | None = None
         self._locks: list[filelock.BaseFileLock] = []
         self.error: ReportWriteError | None = None
-        self._created = False  # by this run, which may remove it unused
+        self._made: Path | None = None  # the file this run made, which it may remove unused
         self._entries = 0  # written by this run (not those a resumed report had)
         # Until the run begins: whether the file holds an old report to empty,
         # and the report a resumed run copies into it.
@@ -477,17 +477,15 @@ class Report:
                         f"--report {target} exists; continue it with --resume {target}, "
                         "or pass --overwrite-report to replace it"
                     )
-                self._created = not target.exists()
+                existed = target.exists()
                 # Emptied (and given what the resumed report holds) only when the
                 # run begins: one refused or stopped before sending leaves it whole.
-                self._file = self._opened(target, "ab")
-                self._replacing = (not self._created, resume)
+                self._file = self._opened(target, "ab") if existed else self._made_at(target)
+                self._replacing = (existed, resume)
         except BaseException:
             # A signal raises anywhere in here, the file just made included:
-            # made by this run (under its lock) and holding nothing, it goes.
-            if self._created:
-                with contextlib.suppress(OSError):
-                    target.unlink()
+            # made by this run and holding nothing, it goes.
+            self._discard_made()
             self.close()
             raise
         return self
@@ -510,6 +508,30 @@ class Report:
         except OSError as e:
             raise ReportError(f"{path}: cannot be locked ({e.strerror})") from None
         self._locks.append(lock)
+
+    def _made_at(self, target: Path) -> BinaryIO:
+        # Made by this run, and only then its to remove: through a link to
+        # nothing, the file the link names (never the link); and never one
+        # another program made meanwhile (refused, as any existing report).
+        # Marked before it is made: a signal can raise as the call returns.
+        self._made = made = Path(os.path.realpath(target))
+        try:
+            return _open(made, "xb")
+        except FileExistsError:
+            self._made = None
+            raise ReportError(
+                f"--report {target} exists (made as this run started, or a link that "
+                "leads nowhere); name another file"
+            ) from None
+        except OSError as e:
+            self._made = None
+            raise ReportError(f"--report {target}: cannot be written ({e.strerror})") from None
+
+    def _discard_made(self) -> None:
+        if self._made is not None:
+            with contextlib.suppress(OSError):
+                self._made.unlink()
+            self._made = None
 
     def _opened(self, path: Path, mode: str) -> BinaryIO:
         try:
@@ -594,10 +616,8 @@ class Report:
         the same command again is not refused for it.  An old report the run
         was to replace is left as it was, unless :meth:`begin` replaced it."""
         self._replacing = None  # an old report stays as it was
-        if self._created and not self._entries and self.path is not None:
-            with contextlib.suppress(OSError):
-                self.path.unlink()  # under the lock still, which close() releases
-            self._created = False
+        if not self._entries:
+            self._discard_made()  # under the lock still, which close() releases
         self.close()
 
     def close(self) -> None:
@@ -754,15 +774,27 @@ class UndoFile:
             except OSError as e:
                 why = e.strerror
                 raise ReportError(f"--undo-file {path}: cannot be written ({why})") from None
+        # As for the report: only a file this run made (exclusively, through a
+        # link to nothing the file it names) is its to remove, and a signal as
+        # it is made leaves none.
+        # Marked before it is made: a signal can raise as the call returns.
+        made = Path(os.path.realpath(path))
+        self._made: Path | None = made if self.created else None
         try:
-            self._file = _open(path, "ab")
-        except BaseException as e:
-            if self.created:  # as for the report: a signal as it was made leaves none
+            self._file = _open(made, "xb") if self.created else _open(path, "ab")
+        except FileExistsError:
+            self._made = None
+            raise ReportError(
+                f"--undo-file {path} exists (made as this run started, or a link that "
+                "leads nowhere); name a new file"
+            ) from None
+        except OSError as e:
+            self._made = None
+            raise ReportError(f"--undo-file {path}: cannot be written ({e.strerror})") from None
+        except BaseException:
+            if self._made is not None:
                 with contextlib.suppress(OSError):
-                    path.unlink()
-            if isinstance(e, OSError):
-                why = e.strerror
-                raise ReportError(f"--undo-file {path}: cannot be written ({why})") from None
+                    self._made.unlink()
             raise
 
     @staticmethod
@@ -780,9 +812,10 @@ class UndoFile:
         for a run that ends before sending anything, so that running the same
         command again is not refused for it."""
         self.close()
-        if self.created and not self.written:
+        if self._made is not None and not self.written:
             with contextlib.suppress(OSError):
-                self.path.unlink()
+                self._made.unlink()
+            self._made = None
 
     def add(
         self, before: Customer, sent: CustomerPatch
