@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import logging
 import math
 import time
@@ -36,7 +37,7 @@ class _Bucket:
     """GCRA: the theoretical arrival time (``tat``) of the next slot handed out;
     for a declared limit also one (``sent``) counting requests when they
     actually went, at the provider's rate, which a slot whose time passed
-    long ago must still fit (see :meth:`Pacer._count_sent`)."""
+    long ago must still fit (see :meth:`Pacer._room_at`)."""
 
     __slots__ = ("interval", "sent", "sent_interval", "sent_tolerance", "tat", "tolerance")
 
@@ -170,7 +171,7 @@ class Pacer:
     """Decides when each request of one client may go."""
 
     HEADROOM = 0.98
-    SENT_HEADROOM = 0.99  # see _count_sent
+    SENT_HEADROOM = 0.99  # see _room_at
     JITTER = 0.05
 
     def __init__(
@@ -200,7 +201,9 @@ class Pacer:
             start_slow=not limits if start_slow is None else start_slow, now=clock()
         )
         self._paused_until = -math.inf
-        self._going = asyncio.Lock()  # see acquire()
+        # Per route: the requests whose slot came, waiting for room, in order.
+        self._held: dict[str, collections.deque[int]] = {}
+        self._tickets = itertools.count()
         self.closed = False
         self._naps: set[asyncio.Task[Any]] = set()  # the waits close() ends
 
@@ -282,26 +285,40 @@ class Pacer:
             if send_at is None:
                 return False
             if await self._wait_until(send_at):
-                # One at a time, in the order their slots came: after a stall,
-                # the first held must not be overtaken by every later slot.
-                async with self._going:
-                    while True:
-                        now = self._clock()
-                        at = self._count_sent(now, buckets)
-                        if at <= now:
+                if not buckets:  # nothing declared: the adaptive ceiling alone
+                    return True
+                # Held until each declared bucket has room (see _room_at), in
+                # the order their slots came, per route: each wakes about when
+                # its turn comes, not all at once for one of them to go.
+                key = route if self._route_limits else ""
+                held = self._held.setdefault(key, collections.deque())
+                ticket = next(self._tickets)
+                held.append(ticket)
+                try:
+                    while not self.closed and self._paused_until <= (now := self._clock()):
+                        at = self._room_at(now, buckets)
+                        place = held.index(ticket)
+                        if at <= now and place == 0:
+                            for bucket in buckets:
+                                bucket.count_sent(now)
                             return True
-                        if at > deadline:
+                        if at > deadline or now >= deadline:
                             return False
-                        if not await self._wait_until(at):
+                        turn = at + place * min(bucket.sent_interval for bucket in buckets)
+                        if not await self._wait_until(min(turn, deadline)):
                             break
+                finally:
+                    held.remove(ticket)
+                    if not held:
+                        del self._held[key]
             if self.closed:
                 return False
             # A 429 arrived meanwhile: take a new slot after its pause.
 
-    def _count_sent(self, now: float, buckets: list[_Bucket]) -> float:
-        """When a request whose slot has come may go: when the declared buckets,
-        counting the requests when they actually went, hold a token for it.
-        If that is ``now``, it is counted as sent.
+    @staticmethod
+    def _room_at(now: float, buckets: list[_Bucket]) -> float:
+        """When each declared bucket, counting the requests when they actually
+        went, has room for one more: ``now`` if it has.
 
         Slots are taken ahead, so a loop blocked past several of them (a GC
         pause, a busy machine, a laptop's sleep) would send their requests
@@ -314,9 +331,6 @@ class Pacer:
         at = now
         for bucket in buckets:
             at = max(at, bucket.sent - bucket.sent_tolerance)
-        if at <= now:
-            for bucket in buckets:
-                bucket.count_sent(now)
         return at
 
     async def _wait_until(self, at: float) -> bool:

@@ -963,11 +963,14 @@ def test_the_log_of_successes_stays_bounded_and_the_estimate_exact(per_second):
 
 class StallingTime:
     """Virtual time for a pacer whose loop can be blocked: a sleep ends at its
-    time, or, if that falls in a stall, when the stall ends (all together)."""
+    time, or, if that falls in a stall, when the stall ends (all together).
+    ``events`` are (time, function) pairs, called when the time comes."""
 
-    def __init__(self, stalls):
+    def __init__(self, stalls, events=()):
         self.now = 0.0
         self.stalls = stalls  # (start, end) pairs, sorted
+        self.events = sorted(events, key=lambda e: e[0])
+        self.sleeps = 0
         self._sleepers = []  # (wake at, order, future)
         self._order = itertools.count()
 
@@ -975,6 +978,7 @@ class StallingTime:
         return self.now
 
     async def sleep(self, seconds):
+        self.sleeps += 1
         future = asyncio.get_running_loop().create_future()
         self._sleepers.append((self.now + seconds, next(self._order), future))
         await future
@@ -984,13 +988,15 @@ class StallingTime:
             for _ in range(20):  # every task runs until it sleeps or ends
                 await asyncio.sleep(0)
             self._sleepers = [s for s in self._sleepers if not s[2].done()]
-            if not self._sleepers:
+            if not self._sleepers and not self.events:
                 break
-            wake = min(self._sleepers)[0]
+            wake = min([s[0] for s in self._sleepers] + [e[0] for e in self.events])
             for start, end in self.stalls:
                 if start <= wake < end:
                     wake = end
             self.now = max(self.now, wake)
+            while self.events and self.events[0][0] <= self.now:
+                self.events.pop(0)[1]()
             for at, _, future in sorted(self._sleepers):
                 if at <= self.now:
                     future.set_result(None)
@@ -1037,6 +1043,97 @@ async def test_requests_held_by_a_stalled_loop_leave_at_the_pace_not_all_at_once
     # Held no longer than the stalls and the pace explain.
     pace = (len(tasks) - 1) / (limit.per_second * Pacer.HEADROOM)
     assert sent[-1] <= sum(end - start for start, end in stalls) + pace + 1e-9
+
+
+async def test_a_429_pause_holds_the_requests_held_after_a_stall():
+    time = StallingTime([(0.01, 2.0)], events=[(2.05, lambda: pacer.on_rate_limited(5.0))])
+    pacer = Pacer([RateLimit(burst=2, per_second=10)], clock=time.clock, sleep=time.sleep)
+    sent = []
+
+    async def request():
+        assert await pacer.acquire()
+        sent.append(time.now)
+
+    tasks = [asyncio.ensure_future(request()) for _ in range(20)]
+    await time.run(tasks)
+    assert [t for t in sent if 2.05 <= t < 7.05] == []
+
+
+async def test_a_request_held_after_a_stall_keeps_its_deadline():
+    outcome = []
+
+    def late_request():
+        deadline = time.now + 0.2
+        tasks.append(asyncio.ensure_future(request(deadline, outcome)))
+
+    time = StallingTime([(0.01, 12.0)], events=[(12.05, late_request)])
+    pacer = Pacer([RateLimit(burst=5, per_second=10)], clock=time.clock, sleep=time.sleep)
+
+    async def request(deadline=math.inf, out=None):
+        went = await pacer.acquire(deadline)
+        if out is not None:
+            out.append((went, time.now))
+
+    tasks = [asyncio.ensure_future(request()) for _ in range(100)]
+    await time.run(tasks)
+    [(went, at)] = outcome
+    assert not went
+    assert at <= 12.05 + 0.2  # refused by its deadline, not after the backlog
+
+
+async def test_a_route_with_room_is_not_held_behind_another_routes_backlog():
+    went = {}
+
+    def other_routes():
+        tasks.append(asyncio.ensure_future(request("GET /customers/{id}")))
+        tasks.append(asyncio.ensure_future(request("GET /custom-fields")))
+
+    time = StallingTime([(0.01, 10.0)], events=[(10.5, other_routes)])
+    limits = [RateLimit(burst=100, per_second=100), RateLimit(1, 1, per_route=True)]
+    pacer = Pacer(limits, clock=time.clock, sleep=time.sleep)
+
+    async def request(route):
+        assert await pacer.acquire(route=route)
+        went.setdefault(route, []).append(time.now)
+
+    tasks = [asyncio.ensure_future(request("PATCH /customers/{id}")) for _ in range(10)]
+    await time.run(tasks)
+    assert went["GET /customers/{id}"] == [10.5]
+    assert went["GET /custom-fields"] == [10.5]
+
+
+async def test_many_requests_held_after_a_stall_wake_about_once_each():
+    time = StallingTime([(0.01, 2.0)])
+    pacer = Pacer([RateLimit(burst=10, per_second=1000)], clock=time.clock, sleep=time.sleep)
+    tasks = [asyncio.ensure_future(pacer.acquire()) for _ in range(1000)]
+    await time.run(tasks)
+    assert all(t.result() for t in tasks)
+    assert time.sleeps < 4 * len(tasks)  # all waking for each one to go: half a million
+
+
+def test_a_paced_client_serves_one_asyncio_run_after_another():
+    """A client's pacer holds no loop's object: a second asyncio.run, after
+    requests were held in the first, paces as the first did."""
+
+    def answer(request):
+        if request.url.endswith("/3/"):  # blocks the loop: the later slots pass
+            threading.Event().wait(0.2)
+        return Response(status=200, body=customer(int(request.url.rsplit("/", 2)[-2])))
+
+    client = Client(
+        "dualentry",
+        token=TOKEN,
+        transport=MockTransport(answer),
+        rate_limit=RateLimit(burst=2, per_second=50),
+    )
+
+    async def run():
+        updates = [(i, CustomerPatch(name="A")) for i in range(1, 9)]
+        results = await client.update_many(updates, concurrency=8)
+        assert len(results.succeeded) == 8, results.failed
+
+    asyncio.run(run())
+    asyncio.run(run())
 
 
 # -- careless use of a client ------------------------------------------------------------------
