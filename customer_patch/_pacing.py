@@ -296,13 +296,15 @@ class Pacer:
                 held.append(ticket)
                 try:
                     while not self.closed and self._paused_until <= (now := self._clock()):
+                        if now > deadline:  # woken past it (a stall): it would go late
+                            return False
                         at = self._room_at(now, buckets)
                         place = held.index(ticket)
                         if at <= now and place == 0:
                             for bucket in buckets:
                                 bucket.count_sent(now)
                             return True
-                        if at > deadline or now >= deadline:
+                        if at > deadline or now == deadline:
                             return False
                         turn = at + place * min(bucket.sent_interval for bucket in buckets)
                         if not await self._wait_until(min(turn, deadline)):

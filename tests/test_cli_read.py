@@ -717,6 +717,19 @@ def test_the_undo_file_may_not_be_the_input_the_report_or_need_no_reading(tmp_pa
             "--undo-file",
             str(report),
         )
+        # The new report named another way, made only once the run starts.
+        new = tmp_path / "new.jsonl"
+        (tmp_path / "sub").mkdir()
+        (tmp_path / "to-new.jsonl").symlink_to(new)
+        new_named_otherwise = [
+            changes_only(
+                path, base, "--resume", str(report), "--report", str(new), "--undo-file", other
+            )
+            for other in (
+                str(tmp_path / "sub" / ".." / "new.jsonl"),
+                str(tmp_path / "to-new.jsonl"),
+            )
+        ]
         no_reading = apply(path, base, "--undo-file", str(tmp_path / "undo.jsonl"))
         dry = apply(
             path, base, "--dry-run", "--changes-only", "--undo-file", str(tmp_path / "d.jsonl")
@@ -727,6 +740,8 @@ def test_the_undo_file_may_not_be_the_input_the_report_or_need_no_reading(tmp_pa
     one_line_error(link_to_input, f"--undo-file {linked} is the input file")
     one_line_error(same_as_report, f"--undo-file {report} is the report")
     one_line_error(same_as_resumed, f"--undo-file {report} is the report")
+    for result in new_named_otherwise:
+        one_line_error(result, "is the report")
     assert not (tmp_path / "new.jsonl").exists()
     one_line_error(no_reading, "--undo-file needs --changes-only")
     one_line_error(dry, "--dry-run reads nothing", "customer-patch plan")

@@ -610,6 +610,22 @@ def test_a_link_given_for_a_file_to_make_is_never_removed(
         assert not points_to.exists()  # made by the run, through the link: gone
 
 
+@pytest.mark.parametrize("flag", ["--report", "--undo-file"])
+def test_a_link_into_a_folder_that_does_not_exist_is_refused(tmp_path, flag):
+    given = tmp_path / "given.jsonl"
+    given.symlink_to(tmp_path / "nowhere" / "r.jsonl")
+    path = jsonl(tmp_path / "u.jsonl", [{"id": 1001, "patch": {"name": "x"}}])
+    args = [*apply_dualentry(path, "http://127.0.0.1:9"), "--changes-only"]
+    args += ["--report", str(tmp_path / "r.jsonl"), "--undo-file", str(tmp_path / "undo.jsonl")]
+    args[args.index(flag) + 1] = str(given)
+    result = run(args)
+    assert result.exit_code == 2, result.output
+    assert result.output == (
+        f"error: {flag} {given}: the folder {tmp_path / 'nowhere'} does not exist\n"
+    )
+    assert not (tmp_path / "nowhere").exists()
+
+
 def test_a_file_another_program_makes_as_the_run_opens_it_is_not_removed(tmp_path, monkeypatch):
     """Between seeing no report and making one, another program may make it: the
     run refuses it, as an existing report, and leaves it as that program wrote it."""

@@ -1081,6 +1081,21 @@ async def test_a_request_held_after_a_stall_keeps_its_deadline():
     assert at <= 12.05 + 0.2  # refused by its deadline, not after the backlog
 
 
+async def test_no_request_goes_past_its_deadline_when_a_stall_woke_it_late():
+    time = StallingTime([(0.01, 5.0)])
+    pacer = Pacer([RateLimit(burst=5, per_second=10)], clock=time.clock, sleep=time.sleep)
+    went = []
+
+    async def request():
+        if await pacer.acquire(3.0):
+            went.append(time.now)
+
+    tasks = [asyncio.ensure_future(request()) for _ in range(12)]
+    await time.run(tasks)
+    assert went  # some went in time
+    assert max(went) <= 3.0
+
+
 async def test_a_route_with_room_is_not_held_behind_another_routes_backlog():
     went = {}
 

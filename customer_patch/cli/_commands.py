@@ -56,6 +56,7 @@ from customer_patch.cli._report import (
     ReportWriteError,
     UndoFile,
     aside_of,
+    same_file,
 )
 
 T = TypeVar("T")
@@ -703,7 +704,7 @@ def _check_undo_file(
 ) -> None:
     """Refuse an --undo-file that is another file of the run, or that cannot be used."""
     for other, flag in ((given, "the input file"), (report, "the report"), (resume, "the report")):
-        if other is not None and (undo_file == other or _same_file(undo_file, other)):
+        if other is not None and same_file(undo_file, other):
             _fail(f"--undo-file {undo_file} is {flag}; name another file")
     target = report or resume
     if target is not None and aside_of(target) == Path(os.path.realpath(undo_file)):
@@ -715,13 +716,6 @@ def _check_undo_file(
         UndoFile.check(undo_file, resume=resume is not None)
     except ReportError as e:
         _fail(str(e))
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
 
 
 def _discard_unused(report: Report | None, undo: UndoFile | None) -> None:

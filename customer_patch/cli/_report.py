@@ -437,15 +437,16 @@ class Report:
         if report is not None:  # a pipe would block the run as it opens it
             regular_file(report, "--report")
         for given, flag in ((report, "--report"), (resume, "--resume")):
-            if given is not None and source is not None and _same(given, source):
+            if given is not None and source is not None and same_file(given, source):
                 raise ReportError(f"{flag} {given} is the input file; name another file")
-        if source is not None and _same(aside_of(target), source):
+        if source is not None and same_file(aside_of(target), source):
             raise ReportError(
                 f"the input file {source} is the copy the report is replaced through; "
                 "name another file"
             )
-        if not target.parent.is_dir():
-            raise ReportError(f"--report {target}: the folder {target.parent} does not exist")
+        folder = _folder_of(target)
+        if not folder.is_dir():
+            raise ReportError(f"--report {target}: the folder {folder} does not exist")
         self = cls(target, destination)
         try:
             self._lock(target)
@@ -453,7 +454,7 @@ class Report:
             # under the lock no run is writing it now.
             with contextlib.suppress(OSError):  # none (the common case), or a folder
                 aside_of(target).unlink()
-            in_place = resume is not None and (resume == target or _same(resume, target))
+            in_place = resume is not None and same_file(resume, target)
             if resume is not None:
                 if not in_place:
                     self._lock(resume)
@@ -513,8 +514,11 @@ class Report:
         # Made by this run, and only then its to remove: through a link to
         # nothing, the file the link names (never the link); and never one
         # another program made meanwhile (refused, as any existing report).
+        made = Path(os.path.realpath(target))
+        if os.path.lexists(made):  # a link that leads round to itself
+            raise ReportError(f"--report {target}: cannot be written (a link loop)")
         # Marked before it is made: a signal can raise as the call returns.
-        self._made = made = Path(os.path.realpath(target))
+        self._made = made
         try:
             return _open(made, "xb")
         except FileExistsError:
@@ -645,8 +649,20 @@ def aside_of(report: Path) -> Path:
     return real.with_name(f".{real.name}.customer-patch.tmp")
 
 
-def _same(a: Path, b: Path) -> bool:
-    """Whether ``a`` and ``b`` are one file (through links too)."""
+def _folder_of(path: Path) -> Path:
+    """The folder ``path`` is to be made in: a link's target's, for a link to
+    nothing (``r.jsonl -> nowhere/r.jsonl``)."""
+    if os.path.islink(path):
+        return Path(os.path.realpath(path)).parent
+    return path.parent
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` are one file (through links too), or name one:
+    a report the run has yet to make (``sub/../r.jsonl``, a link to it) is no
+    file ``samefile`` can compare."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
     try:
         return os.path.samefile(a, b)
     except OSError:
@@ -777,8 +793,10 @@ class UndoFile:
         # As for the report: only a file this run made (exclusively, through a
         # link to nothing the file it names) is its to remove, and a signal as
         # it is made leaves none.
-        # Marked before it is made: a signal can raise as the call returns.
         made = Path(os.path.realpath(path))
+        if self.created and os.path.lexists(made):  # a link that leads round to itself
+            raise ReportError(f"--undo-file {path}: cannot be written (a link loop)")
+        # Marked before it is made: a signal can raise as the call returns.
         self._made: Path | None = made if self.created else None
         try:
             self._file = _open(made, "xb") if self.created else _open(path, "ab")
@@ -804,8 +822,9 @@ class UndoFile:
         regular_file(path, "--undo-file")
         if path.exists() and not resume:
             raise ReportError(f"--undo-file {path} exists; name a new file (it is never replaced)")
-        if not path.parent.is_dir():
-            raise ReportError(f"--undo-file {path}: the folder {path.parent} does not exist")
+        folder = _folder_of(path)
+        if not folder.is_dir():
+            raise ReportError(f"--undo-file {path}: the folder {folder} does not exist")
 
     def discard_if_unused(self) -> None:
         """Close the file, and remove it if this run created it and wrote nothing:
