@@ -389,7 +389,39 @@ def _write_all(file: BinaryIO, data: bytes) -> None:
         view = view[written:]
 
 
-class Report:
+class _MakesItsFile:
+    """A file of the run's that it may have made, and then only may remove:
+    made exclusively (never one another program made meanwhile, which is
+    refused as existing), through a link to nothing the file the link names
+    (never the link)."""
+
+    _made: Path | None = None
+
+    def _make(self, given: Path, flag: str) -> BinaryIO:
+        made = Path(os.path.realpath(given))
+        if os.path.lexists(made):  # a link that leads round to itself
+            raise ReportError(f"{flag} {given}: cannot be written (a link loop)")
+        self._made = made  # before it is made: a signal can raise as the call returns
+        try:
+            return _open(made, "xb")
+        except FileExistsError:
+            self._made = None
+            raise ReportError(
+                f"{flag} {given} exists (made as this run started, or a link that "
+                "leads nowhere); name another file"
+            ) from None
+        except OSError as e:
+            self._made = None
+            raise ReportError(f"{flag} {given}: cannot be written ({e.strerror})") from None
+
+    def _discard_made(self) -> None:
+        if self._made is not None:
+            with contextlib.suppress(OSError):
+                self._made.unlink()
+            self._made = None
+
+
+class Report(_MakesItsFile):
     """The report file of one run: locked, healed, appended to; and what it shows done.
 
     With no file (no ``--report`` nor ``--resume``) it writes nothing and
@@ -403,7 +435,6 @@ class Report:
         self._file: BinaryIO | None = None
         self._locks: list[filelock.BaseFileLock] = []
         self.error: ReportWriteError | None = None
-        self._made: Path | None = None  # the file this run made, which it may remove unused
         self._entries = 0  # written by this run (not those a resumed report had)
         # Until the run begins: whether the file holds an old report to empty,
         # and the report a resumed run copies into it.
@@ -481,7 +512,10 @@ class Report:
                 existed = target.exists()
                 # Emptied (and given what the resumed report holds) only when the
                 # run begins: one refused or stopped before sending leaves it whole.
-                self._file = self._opened(target, "ab") if existed else self._made_at(target)
+                if existed:
+                    self._file = self._opened(target, "ab")
+                else:
+                    self._file = self._make(target, "--report")
                 self._replacing = (existed, resume)
         except BaseException:
             # A signal raises anywhere in here, the file just made included:
@@ -509,33 +543,6 @@ class Report:
         except OSError as e:
             raise ReportError(f"{path}: cannot be locked ({e.strerror})") from None
         self._locks.append(lock)
-
-    def _made_at(self, target: Path) -> BinaryIO:
-        # Made by this run, and only then its to remove: through a link to
-        # nothing, the file the link names (never the link); and never one
-        # another program made meanwhile (refused, as any existing report).
-        made = Path(os.path.realpath(target))
-        if os.path.lexists(made):  # a link that leads round to itself
-            raise ReportError(f"--report {target}: cannot be written (a link loop)")
-        # Marked before it is made: a signal can raise as the call returns.
-        self._made = made
-        try:
-            return _open(made, "xb")
-        except FileExistsError:
-            self._made = None
-            raise ReportError(
-                f"--report {target} exists (made as this run started, or a link that "
-                "leads nowhere); name another file"
-            ) from None
-        except OSError as e:
-            self._made = None
-            raise ReportError(f"--report {target}: cannot be written ({e.strerror})") from None
-
-    def _discard_made(self) -> None:
-        if self._made is not None:
-            with contextlib.suppress(OSError):
-                self._made.unlink()
-            self._made = None
 
     def _opened(self, path: Path, mode: str) -> BinaryIO:
         try:
@@ -731,7 +738,7 @@ def changes_entry(result: UpdateResult) -> dict[str, Any]:
     return entry
 
 
-class UndoFile:
+class UndoFile(_MakesItsFile):
     """``--undo-file``: for each record sent, a line that restores what it changed.
 
     Lines are in the format ``apply`` reads (``{"id": ..., "patch": {...}}``),
@@ -787,33 +794,16 @@ class UndoFile:
             # is refused as it was.
             try:
                 _cut_torn_end(path)
+                self._file = _open(path, "ab")
             except OSError as e:
                 why = e.strerror
                 raise ReportError(f"--undo-file {path}: cannot be written ({why})") from None
-        # As for the report: only a file this run made (exclusively, through a
-        # link to nothing the file it names) is its to remove, and a signal as
-        # it is made leaves none.
-        made = Path(os.path.realpath(path))
-        if self.created and os.path.lexists(made):  # a link that leads round to itself
-            raise ReportError(f"--undo-file {path}: cannot be written (a link loop)")
-        # Marked before it is made: a signal can raise as the call returns.
-        self._made: Path | None = made if self.created else None
-        try:
-            self._file = _open(made, "xb") if self.created else _open(path, "ab")
-        except FileExistsError:
-            self._made = None
-            raise ReportError(
-                f"--undo-file {path} exists (made as this run started, or a link that "
-                "leads nowhere); name a new file"
-            ) from None
-        except OSError as e:
-            self._made = None
-            raise ReportError(f"--undo-file {path}: cannot be written ({e.strerror})") from None
-        except BaseException:
-            if self._made is not None:
-                with contextlib.suppress(OSError):
-                    self._made.unlink()
-            raise
+        else:
+            try:
+                self._file = self._make(path, "--undo-file")
+            except BaseException:
+                self._discard_made()  # a signal as it was made: as for the report
+                raise
 
     @staticmethod
     def check(path: Path, *, resume: bool) -> None:
@@ -831,10 +821,8 @@ class UndoFile:
         for a run that ends before sending anything, so that running the same
         command again is not refused for it."""
         self.close()
-        if self._made is not None and not self.written:
-            with contextlib.suppress(OSError):
-                self._made.unlink()
-            self._made = None
+        if not self.written:
+            self._discard_made()
 
     def add(
         self, before: Customer, sent: CustomerPatch
