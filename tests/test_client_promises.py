@@ -1027,9 +1027,7 @@ async def test_requests_held_by_a_stalled_loop_leave_at_the_pace_not_all_at_once
     laptop's sleep, a busy machine) must not send their requests together."""
     time = StallingTime(stalls)
     pacer = Pacer([limit], clock=time.clock, sleep=time.sleep)
-    sent = []
-
-    order = []
+    sent, order = [], []
 
     async def request(n):
         assert await pacer.acquire()
