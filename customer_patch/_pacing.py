@@ -268,8 +268,11 @@ class Pacer:
         )
 
     async def acquire(self, deadline: float = math.inf, *, route: str = "") -> bool:
-        """Wait until one more request of ``route`` may be sent; ``False`` (at once,
-        nothing reserved) if that would be after ``deadline`` (a time of ``clock``)."""
+        """Wait until one more request of ``route`` may be sent; ``False`` if that
+        would be after ``deadline`` (a time of ``clock``): at once, nothing
+        reserved, when its slot would come later; when it sees so, if a stall of
+        the loop held it past its slot (see :meth:`_room_at`); and, with the
+        pacer closed, at once."""
         if self.free(deadline):
             return True
         if self.closed:

@@ -23,9 +23,10 @@ pytest_plugins = ["customer_patch.testing"]
 #   0.09 s of CPU a process.
 os.environ["SSL_CERT_FILE"] = os.devnull
 os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+_user = getattr(os, "getuid", lambda: "user")()  # none on Windows
 os.environ.setdefault(
     "PYTHONPYCACHEPREFIX",
-    os.path.join(tempfile.gettempdir(), f"customer-patch-tests-{os.getuid()}", "pycache"),
+    os.path.join(tempfile.gettempdir(), f"customer-patch-tests-{_user}", "pycache"),
 )
 
 # The CLI keeps a signal that was ignored when it started ignored (nohup, a
@@ -34,7 +35,7 @@ os.environ.setdefault(
 # 17 of them.  It handles them instead, doing nothing, so it goes on as it
 # would have; what it starts sees them at their default (exec resets a handler,
 # not an ignored signal), and the CLI run in-process sees them not ignored.
-for _signum in (signal.SIGINT, signal.SIGHUP):
+for _signum in (signal.SIGINT, getattr(signal, "SIGHUP", signal.SIGINT)):  # none on Windows
     if signal.getsignal(_signum) is signal.SIG_IGN:
         signal.signal(_signum, lambda signum, frame: None)
 
