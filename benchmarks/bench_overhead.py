@@ -136,11 +136,12 @@ def child(name: str, base: str, n: int, concurrency: int) -> None:
             in_gc[0] += time.process_time() - in_gc[1]
 
     gc.callbacks.append(collecting)
-    wall, cpu = time.perf_counter(), time.process_time()
+    wall, cpu, before = time.perf_counter(), time.process_time(), os.times()
     asyncio.run(run(base, n, concurrency))
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    wall, cpu, after = time.perf_counter() - wall, time.process_time() - cpu, os.times()
     gc.callbacks.remove(collecting)
-    print(json.dumps({"wall": wall, "cpu": cpu, "gc": in_gc[0]}))
+    system = after.system - before.system
+    print(json.dumps({"wall": wall, "cpu": cpu, "gc": in_gc[0], "sys": system}))
 
 
 def main() -> None:
@@ -168,6 +169,7 @@ def main() -> None:
     rates: dict[str, list[float]] = {name: [] for name in names}
     cpus: dict[str, list[float]] = {name: [] for name in names}
     gcs: dict[str, list[float]] = {name: [] for name in names}
+    systems: dict[str, list[float]] = {name: [] for name in names}
     # Pinned, neither the server nor a run moves between the two cores (or
     # shares one): less of the machine's noise in each figure.
     on_cpu_1 = (lambda: os.sched_setaffinity(0, {1})) if args.pin else None
@@ -188,6 +190,7 @@ def main() -> None:
                 rates[name].append(args.updates / run["wall"])
                 cpus[name].append(run["cpu"] / args.updates * 1e6)
                 gcs[name].append(run["gc"] / args.updates * 1e6)
+                systems[name].append(run["sys"] / args.updates * 1e6)
     raw_rate = statistics.median(rates.get("raw aiohttp loop", [math_nan()]))
     raw_cpu = statistics.median(cpus.get("raw aiohttp loop", [math_nan()]))
     raw_cpus = cpus.get("raw aiohttp loop", [math_nan()] * args.rounds)
@@ -217,6 +220,7 @@ def main() -> None:
             "CPU x aiohttp",
             "paired",
             "of it GC us",
+            "of it system us",
         ],
         [
             [
@@ -231,6 +235,7 @@ def main() -> None:
                 statistics.median(cpus[name]) / raw_cpu,
                 paired(name),
                 statistics.median(gcs[name]),
+                statistics.median(systems[name]),
             ]
             for name in names
         ],
