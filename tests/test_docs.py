@@ -2,8 +2,9 @@
 and the site builds with warnings as errors.
 
 Every fenced ``python`` block in ``docs/**/*.md`` runs as a script of its own,
-in a subprocess, behind an audit hook that refuses any connection that is not
-to a loopback address.  A block defining ``test_*`` functions runs under
+in a process of its own (forked from one that has imported the library once),
+behind an audit hook that refuses any connection that is not to a loopback
+address.  A block defining ``test_*`` functions runs under
 pytest instead, with the ``customer_patch.testing`` plugin enabled, as the
 testing page tells readers to do.  When a ``text`` or ``json`` block follows a
 python block with nothing but blank lines between them, it is the block's
@@ -15,9 +16,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import attrs
@@ -100,11 +101,19 @@ def fenced_blocks(page: Path) -> list[Block]:
 ALL_BLOCKS = [block for page in PAGES for block in fenced_blocks(page)]
 PYTHON_BLOCKS = [block for block in ALL_BLOCKS if block.language == "python"]
 
-# Runs a script (or pytest) after installing an audit hook that lets
-# examples reach loopback only: the docs promise that they start whatever
+# One process imports what the examples import (a third of a second of CPU
+# each time) and forks a child per example, a few at a time.  A child is a
+# process of its own, as a script run by hand is: its own module namespace
+# (a missing import still fails), its own cwd, files for its stdout and
+# stderr, and the interpreter's normal exit, where "Unclosed" warnings are
+# written.  Before running its example, a child installs an audit hook that
+# lets it reach loopback only: the docs promise that examples start whatever
 # server they talk to on 127.0.0.1, and this keeps that promise checked.
-RUNNER = r"""
-import ipaddress, runpy, socket, sys
+ZYGOTE = r"""
+import ipaddress, json, os, runpy, signal, socket, sys
+
+import aiohttp.web
+import customer_patch, customer_patch.sandbox, customer_patch.testing
 
 def loopback(host):
     if isinstance(host, bytes):
@@ -124,8 +133,37 @@ def audit(event, args):
     elif event == "socket.getaddrinfo" and not loopback(args[0]):
         raise RuntimeError(f"a docs example tried to resolve {args[0]!r}")
 
+jobs, at_once, limit = json.loads(sys.stdin.read())
+running, ended = {}, {}
+job = None
+for one in jobs:
+    while len(running) >= at_once:
+        pid, status = os.waitpid(-1, 0)
+        ended[running.pop(pid)] = os.waitstatus_to_exitcode(status)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        job = one
+        break
+    running[pid] = one["id"]
+if job is None:  # the zygote: every child has been started
+    while running:
+        pid, status = os.waitpid(-1, 0)
+        ended[running.pop(pid)] = os.waitstatus_to_exitcode(status)
+    print(json.dumps(ended))
+    sys.exit(0)
+# A child: becomes the example's process.
+signal.alarm(limit)  # a hang ends the child (SIGALRM), not the session
+os.chdir(job["cwd"])
+written = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+for fd, path, mode in ((0, os.devnull, os.O_RDONLY), (1, job["stdout"], written), (2, job["stderr"], written)):
+    opened = os.open(path, mode)
+    os.dup2(opened, fd)
+    os.close(opened)
+del jobs, running, ended, one
 sys.addaudithook(audit)
-mode, target, *rest = sys.argv[1:]
+mode, target, *rest = job["args"]
 sys.argv = [target, *rest]
 if mode == "script":
     runpy.run_path(target, run_name="__main__")
@@ -134,11 +172,12 @@ else:
 """
 
 CONFTEST = 'pytest_plugins = ["customer_patch.testing"]\n'
+EXAMPLE_TIMEOUT = 120  # seconds: a hang guard only
 
 
-def run_block(block: Block, workdir: Path) -> subprocess.CompletedProcess[str]:
+def job_for(block: Block, workdir: Path) -> dict[str, object]:
+    """The example's files written in ``workdir``, and the zygote's job to run it."""
     workdir.mkdir(parents=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
     if block.is_pytest:
         (workdir / "conftest.py").write_text(CONFTEST)
         (workdir / "test_example.py").write_text(block.code)
@@ -155,25 +194,46 @@ def run_block(block: Block, workdir: Path) -> subprocess.CompletedProcess[str]:
     else:
         (workdir / "example.py").write_text(block.code)
         args = ["script", "example.py"]
-    return subprocess.run(
-        [sys.executable, "-c", RUNNER, *args],
-        cwd=workdir,
+    return {
+        "id": block.id,
+        "cwd": str(workdir),
+        "args": args,
+        "stdout": str(workdir / "stdout"),
+        "stderr": str(workdir / "stderr"),
+    }
+
+
+def run_blocks(
+    base: Path, blocks: list[Block] = PYTHON_BLOCKS, limit: int = EXAMPLE_TIMEOUT
+) -> dict[str, subprocess.CompletedProcess[str]]:
+    """Every python block, run by one zygote, a few at a time: they are
+    independent processes.  Each is ended by SIGALRM after ``limit`` seconds."""
+    jobs = [job_for(block, base / f"block{n}") for n, block in enumerate(blocks)]
+    at_once = max(2, os.cpu_count() or 2)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    zygote = subprocess.run(
+        [sys.executable, "-c", ZYGOTE],
+        input=json.dumps([jobs, at_once, limit]),
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        # Every example's own hang guard has gone off by then.
+        timeout=limit * (len(jobs) // at_once + 2),
         check=False,
     )
+    assert zygote.returncode == 0, zygote.stderr
+    status = json.loads(zygote.stdout)
 
+    def read(path: object) -> str:
+        return Path(str(path)).read_text(encoding="utf-8", errors="replace")
 
-def run_blocks(base: Path) -> dict[str, subprocess.CompletedProcess[str]]:
-    """Every python block, run concurrently: they are independent processes."""
-    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
-        futures = {
-            block.id: pool.submit(run_block, block, base / f"block{n}")
-            for n, block in enumerate(PYTHON_BLOCKS)
-        }
-        return {key: future.result() for key, future in futures.items()}
+    return {
+        job["id"]: subprocess.CompletedProcess(
+            job["args"], status[job["id"]], read(job["stdout"]), read(job["stderr"])
+        )
+        for job in jobs
+        if isinstance(job["id"], str)
+    }
 
 
 @pytest.fixture(scope="module")
@@ -195,6 +255,33 @@ def example_runs(tmp_path_factory, worker_id):
     return {k: subprocess.CompletedProcess(k, *outcome) for k, outcome in kept.items()}
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="the examples run in forked processes")
+def test_an_example_runs_as_a_script_run_by_hand_would(tmp_path):
+    """What the zygote's children must still catch: each has its own names,
+    exit status, loopback-only network and interpreter exit, and a hang ends."""
+    examples = {
+        "import missing": "print(json.dumps(1))\n",
+        "exit status": "import sys\nprint('out')\nsys.exit(3)\n",
+        "network": "import socket\nsocket.create_connection(('10.9.8.7', 80), timeout=1)\n",
+        "unclosed": "import aiohttp, asyncio\n\n\nasync def main():\n"
+        "    global s\n    s = aiohttp.ClientSession()\n\n\nasyncio.run(main())\n",
+        "hang": "import time\ntime.sleep(600)\n",
+        "fine": "import os\nprint(sorted(os.listdir('.')))\n",
+    }
+    page = DOCS / "example.md"
+    blocks = [Block(page, n, "python", code) for n, code in enumerate(examples.values())]
+    runs = run_blocks(tmp_path, blocks, limit=1)
+    result = dict(zip(examples, (runs[block.id] for block in blocks), strict=True))
+    assert result["import missing"].returncode == 1
+    assert "NameError: name 'json' is not defined" in result["import missing"].stderr
+    assert (result["exit status"].returncode, result["exit status"].stdout) == (3, "out\n")
+    assert "tried to resolve '10.9.8.7'" in result["network"].stderr
+    assert "Unclosed client session" in result["unclosed"].stderr
+    assert result["hang"].returncode == -signal.SIGALRM
+    assert result["fine"].returncode == 0
+    assert result["fine"].stdout == "['example.py', 'stderr', 'stdout']\n"
+
+
 def test_the_docs_have_examples():
     assert len(PYTHON_BLOCKS) >= 10
     assert PAGES
@@ -208,6 +295,7 @@ def test_code_blocks_use_known_languages(block):
     )
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="the examples run in forked processes")
 @pytest.mark.parametrize("block", PYTHON_BLOCKS, ids=[b.id for b in PYTHON_BLOCKS])
 def test_python_example_runs(block, example_runs):
     result = example_runs[block.id]
