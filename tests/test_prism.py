@@ -9,17 +9,18 @@ module locally, see CONTRIBUTING.md.  Skipped, saying why, only when neither
 that install, ``prism`` nor ``npx`` is found; in CI (``CI=true``) it fails instead.
 """
 
-import contextlib
 import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
 import aiohttp
+import filelock
 import pytest
 
 from customer_patch import Client, Customer, CustomerPatch, ProviderError, Response
@@ -55,9 +56,9 @@ def listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-@pytest.fixture(scope="module")
-def prism(tmp_path_factory):
-    """The base URL of ``prism mock --errors`` serving the spec on 127.0.0.1."""
+def start_prism(folder: Path) -> tuple[str, int]:
+    """``prism mock --errors`` serving the spec on 127.0.0.1: its base URL and
+    process group, once it listens."""
     command = prism_command()
     if command is None:
         message = f"Prism not found (no .ci/node install, no prism, no npx): {INSTALL}"
@@ -65,7 +66,7 @@ def prism(tmp_path_factory):
             pytest.fail(f"CI must run the Prism tests. {message}")
         pytest.skip(message)
     port = free_port()
-    folder = tmp_path_factory.mktemp("prism")
+    folder.mkdir(parents=True, exist_ok=True)
     # The one addition to the spec: an example id, so that Prism's answers
     # are about the customer asked for, as DualEntry's are (the client checks).
     spec = json.loads(SPEC_FILE.read_text(encoding="utf-8"))
@@ -79,21 +80,62 @@ def prism(tmp_path_factory):
         proc = subprocess.Popen(
             [*command, *args], stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
-    try:
-        deadline = time.monotonic() + READY_WITHIN
-        while not listening(port):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"Prism did not start on port {port}:\n{log.read_text()[-3000:]}")
-            time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
+    # Reaped here whoever stops it (another worker may): a child left unreaped
+    # would still count as a member of its group.
+    threading.Thread(target=proc.wait, daemon=True).start()
+    deadline = time.monotonic() + READY_WITHIN
+    while not listening(port):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop_prism(proc.pid)
+            pytest.fail(f"Prism did not start on port {port}:\n{log.read_text()[-3000:]}")
+        time.sleep(0.1)
+    return f"http://127.0.0.1:{port}", proc.pid
+
+
+def stop_prism(group: int) -> None:
+    """Stop Prism's process group and wait until it has gone: SIGTERM, then
+    SIGKILL if it is still there 10 s later."""
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        deadline = time.monotonic() + 10
         try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            os.killpg(group, signum)
+            while time.monotonic() < deadline:
+                time.sleep(0.05)
+                os.killpg(group, 0)  # ProcessLookupError once every member has gone
+        except ProcessLookupError:
+            return
+
+
+@pytest.fixture(scope="session")
+def prism(tmp_path_factory, worker_id):
+    """The base URL of one Prism for the whole session, shared by the workers
+    of pytest-xdist: starting it costs 3 to 4 s of CPU, once per worker before.
+    The first worker to ask starts it; each worker that used it says so in the
+    session's shared directory, and the last to finish stops it."""
+    if worker_id == "master":  # no workers
+        url, group = start_prism(tmp_path_factory.mktemp("prism"))
+        yield url
+        stop_prism(group)
+        return
+    shared = tmp_path_factory.getbasetemp().parent
+    state = shared / "prism.json"
+    with filelock.FileLock(shared / "prism.lock"):
+        if state.is_file():
+            running = json.loads(state.read_text())
+        else:
+            url, group = start_prism(shared / "prism")
+            running = {"url": url, "group": group, "users": []}
+        running["users"].append(worker_id)
+        state.write_text(json.dumps(running))
+    yield running["url"]
+    with filelock.FileLock(shared / "prism.lock"):
+        running = json.loads(state.read_text())
+        running["users"].remove(worker_id)
+        if running["users"]:
+            state.write_text(json.dumps(running))
+        else:
+            state.unlink()
+            stop_prism(running["group"])
 
 
 @pytest.mark.parametrize("case", PATCHES)
