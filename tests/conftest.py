@@ -79,3 +79,23 @@ def _no_retry_waits(request, monkeypatch):
     """
     if request.node.get_closest_marker("real_waits") is None:
         monkeypatch.setattr(RetryPolicy, "backoff", lambda self, retry_number: 0.0)
+
+
+# The modules whose tests wait on other processes or on real time, first: the
+# workers of pytest-xdist then end on the many short tests, together, rather
+# than one of them running a 3 s test while the others have nothing left.
+_LONG_FIRST = [
+    "test_cli_signals.py",
+    "test_cli_inputs.py",
+    "test_cli.py",
+    "test_docs.py",
+    "test_cli_read.py",
+    "test_client_promises.py",
+    "test_sandbox.py",
+    "test_prism.py",
+]
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: n for n, name in enumerate(_LONG_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
