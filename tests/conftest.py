@@ -1,6 +1,5 @@
 import os
 import signal
-import tempfile
 from types import SimpleNamespace
 
 import aiohttp
@@ -18,16 +17,14 @@ pytest_plugins = ["customer_patch.testing"]
 #   TLS contexts it makes at import (a sixth of such a process's CPU), and
 #   they speak plain HTTP to 127.0.0.1 only.  The tests of TLS bring their
 #   own certificates; an empty store could only refuse more.
-# - bytecode, written to a cache outside the tree: with PYTHONDONTWRITEBYTECODE
-#   set (as on these machines) each of them compiled the package from source,
-#   0.09 s of CPU a process.
+# - bytecode: with PYTHONDONTWRITEBYTECODE set (as on these machines) each of
+#   them compiled the package from source, 0.05-0.09 s of CPU a process.  It
+#   is written where Python writes it by default, beside the sources (and
+#   gitignored); a PYTHONPYCACHEPREFIX would disown the bytecode pip and the
+#   interpreter installed, and a fresh machine's first processes compiled the
+#   standard library and every dependency again (1.8 s of CPU for the first).
 os.environ["SSL_CERT_FILE"] = os.devnull
 os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
-_user = getattr(os, "getuid", lambda: "user")()  # none on Windows
-os.environ.setdefault(
-    "PYTHONPYCACHEPREFIX",
-    os.path.join(tempfile.gettempdir(), f"customer-patch-tests-{_user}", "pycache"),
-)
 
 # The CLI keeps a signal that was ignored when it started ignored (nohup, a
 # script's `&`), as documented, and the signal tests need it not ignored.  A
