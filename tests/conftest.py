@@ -81,16 +81,26 @@ def _no_retry_waits(request, monkeypatch):
 # The modules whose tests wait on other processes or on real time, first: the
 # workers of pytest-xdist then end on the many short tests, together, rather
 # than one of them running a 3 s test while the others have nothing left.
+# (test_docs.py is not among them: its examples start with the session, and
+# its tests wait for them, so it comes later.)
 _LONG_FIRST = [
     "test_cli_signals.py",
     "test_cli_inputs.py",
     "test_cli.py",
-    "test_docs.py",
     "test_cli_read.py",
     "test_client_promises.py",
     "test_sandbox.py",
     "test_prism.py",
 ]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _docs_examples_started(request, tmp_path_factory, worker_id):
+    """The docs' examples start as the session does (see tests/test_docs.py)."""
+    if any(item.name.startswith("test_python_example_runs[") for item in request.session.items):
+        from tests.test_docs import examples_folder, start_examples
+
+        start_examples(examples_folder(tmp_path_factory, worker_id))
 
 
 def pytest_collection_modifyitems(items):

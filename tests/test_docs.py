@@ -19,6 +19,8 @@ import re
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import attrs
@@ -133,7 +135,7 @@ def audit(event, args):
     elif event == "socket.getaddrinfo" and not loopback(args[0]):
         raise RuntimeError(f"a docs example tried to resolve {args[0]!r}")
 
-jobs, at_once, limit = json.loads(sys.stdin.read())
+jobs, at_once, limit, out = json.loads(sys.stdin.read())
 running, ended = {}, {}
 job = None
 for one in jobs:
@@ -151,7 +153,9 @@ if job is None:  # the zygote: every child has been started
     while running:
         pid, status = os.waitpid(-1, 0)
         ended[running.pop(pid)] = os.waitstatus_to_exitcode(status)
-    print(json.dumps(ended))
+    with open(out + ".part", "w") as f:
+        json.dump(ended, f)
+    os.replace(out + ".part", out)  # whole, or not there
     sys.exit(0)
 # A child: becomes the example's process.
 signal.alarm(limit)  # a hang ends the child (SIGALRM), not the session
@@ -203,56 +207,98 @@ def job_for(block: Block, workdir: Path) -> dict[str, object]:
     }
 
 
-def run_blocks(
-    base: Path, blocks: list[Block] = PYTHON_BLOCKS, limit: int = EXAMPLE_TIMEOUT
-) -> dict[str, subprocess.CompletedProcess[str]]:
-    """Every python block, run by one zygote, a few at a time: they are
-    independent processes.  Each is ended by SIGALRM after ``limit`` seconds."""
-    jobs = [job_for(block, base / f"block{n}") for n, block in enumerate(blocks)]
-    at_once = max(2, os.cpu_count() or 2)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
-    zygote = subprocess.run(
-        [sys.executable, "-c", ZYGOTE],
-        input=json.dumps([jobs, at_once, limit]),
-        env=env,
-        capture_output=True,
-        text=True,
-        # Every example's own hang guard has gone off by then.
-        timeout=limit * (len(jobs) // at_once + 2),
-        check=False,
-    )
-    assert zygote.returncode == 0, zygote.stderr
-    status = json.loads(zygote.stdout)
+AT_ONCE = max(2, os.cpu_count() or 2)
 
-    def read(path: object) -> str:
-        return Path(str(path)).read_text(encoding="utf-8", errors="replace")
+
+def start_blocks(folder: Path, blocks: list[Block], limit: int) -> None:
+    """Start running ``blocks`` in the background, in one zygote, a few at a
+    time (they are independent processes), each ended by SIGALRM after
+    ``limit`` seconds.  :func:`finish_blocks` waits for them; any process may."""
+    folder.mkdir(parents=True)
+    jobs = [job_for(block, folder / f"block{n}") for n, block in enumerate(blocks)]
+    (folder / "jobs.json").write_text(json.dumps([jobs, limit]))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    with (folder / "zygote.stderr").open("wb") as stderr:
+        zygote = subprocess.Popen(
+            [sys.executable, "-c", ZYGOTE],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            env=env,
+            text=True,
+        )
+    (folder / "zygote.pid").write_text(str(zygote.pid))
+    assert zygote.stdin is not None
+    with zygote.stdin:
+        zygote.stdin.write(json.dumps([jobs, AT_ONCE, limit, str(folder / "status.json")]))
+    # Reaped here, whoever waits for it: its pid then says whether it still runs.
+    threading.Thread(target=zygote.wait, daemon=True).start()
+
+
+def finish_blocks(folder: Path) -> dict[str, subprocess.CompletedProcess[str]]:
+    """The runs that :func:`start_blocks` started in ``folder``, once all ended."""
+    jobs, limit = json.loads((folder / "jobs.json").read_text())
+    status_file = folder / "status.json"
+    pid = int((folder / "zygote.pid").read_text())
+    # Every example's own hang guard has gone off by then.
+    deadline = time.monotonic() + limit * (len(jobs) // AT_ONCE + 2)
+    while not status_file.is_file():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            gone = True
+        else:
+            gone = False
+        if status_file.is_file():
+            break
+        if gone or time.monotonic() > deadline:
+            stderr = (folder / "zygote.stderr").read_text(errors="replace")
+            pytest.fail(f"the examples' zygote ended without their outcomes:\n{stderr}")
+        time.sleep(0.05)
+    status = json.loads(status_file.read_text())
+
+    def read(path: str) -> str:
+        return Path(path).read_text(encoding="utf-8", errors="replace")
 
     return {
         job["id"]: subprocess.CompletedProcess(
             job["args"], status[job["id"]], read(job["stdout"]), read(job["stderr"])
         )
         for job in jobs
-        if isinstance(job["id"], str)
     }
+
+
+def run_blocks(
+    folder: Path, blocks: list[Block], limit: int
+) -> dict[str, subprocess.CompletedProcess[str]]:
+    start_blocks(folder, blocks, limit)
+    return finish_blocks(folder)
+
+
+def examples_folder(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
+    """Where the docs' examples run, once per session: in the directory the
+    workers of pytest-xdist share (its own recipe for running something once)."""
+    if worker_id == "master":  # no workers
+        return tmp_path_factory.getbasetemp() / "docs-examples"
+    return tmp_path_factory.getbasetemp().parent / "docs-examples"
+
+
+def start_examples(folder: Path) -> None:
+    """Start every example running, unless a worker has: conftest.py calls this
+    as a session begins, so that their seconds of CPU overlap other tests
+    rather than hold up the first worker to need them."""
+    with filelock.FileLock(f"{folder}.lock"):
+        if not folder.exists():
+            start_blocks(folder, PYTHON_BLOCKS, EXAMPLE_TIMEOUT)
 
 
 @pytest.fixture(scope="module")
 def example_runs(tmp_path_factory, worker_id):
     """Every python block's run, once per test session: pytest-xdist would
-    run them all (seconds of CPU) once per worker.  The first worker to ask
-    runs them and leaves the outcomes in the session's shared directory
-    (pytest-xdist's own recipe for a fixture to run once)."""
-    if worker_id == "master":  # no workers
-        return run_blocks(tmp_path_factory.mktemp("docs-examples"))
-    shared = tmp_path_factory.getbasetemp().parent
-    outcomes = shared / "docs-examples.json"
-    with filelock.FileLock(f"{outcomes}.lock"):
-        if not outcomes.is_file():
-            runs = run_blocks(shared / "docs-examples")
-            kept = {k: [r.returncode, r.stdout, r.stderr] for k, r in runs.items()}
-            outcomes.write_text(json.dumps(kept))
-        kept = json.loads(outcomes.read_text())
-    return {k: subprocess.CompletedProcess(k, *outcome) for k, outcome in kept.items()}
+    run them all (seconds of CPU) once per worker."""
+    folder = examples_folder(tmp_path_factory, worker_id)
+    start_examples(folder)  # if nothing started them (a test run by its id)
+    return finish_blocks(folder)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="the examples run in forked processes")
@@ -270,7 +316,7 @@ def test_an_example_runs_as_a_script_run_by_hand_would(tmp_path):
     }
     page = DOCS / "example.md"
     blocks = [Block(page, n, "python", code) for n, code in enumerate(examples.values())]
-    runs = run_blocks(tmp_path, blocks, limit=1)
+    runs = run_blocks(tmp_path / "examples", blocks, limit=1)
     result = dict(zip(examples, (runs[block.id] for block in blocks), strict=True))
     assert result["import missing"].returncode == 1
     assert "NameError: name 'json' is not defined" in result["import missing"].stderr
