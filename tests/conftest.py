@@ -95,12 +95,12 @@ _LONG_FIRST = [
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _docs_examples_started(request, tmp_path_factory, worker_id):
+def _docs_examples_started(request, tmp_path_factory):
     """The docs' examples start as the session does (see tests/test_docs.py)."""
     if any(item.name.startswith("test_python_example_runs[") for item in request.session.items):
         from tests.test_docs import examples_folder, start_examples
 
-        start_examples(examples_folder(tmp_path_factory, worker_id))
+        start_examples(examples_folder(tmp_path_factory))
 
 
 def pytest_collection_modifyitems(items):

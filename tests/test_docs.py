@@ -13,6 +13,7 @@ output, and stdout must match it exactly.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -103,10 +104,13 @@ def fenced_blocks(page: Path) -> list[Block]:
 ALL_BLOCKS = [block for page in PAGES for block in fenced_blocks(page)]
 PYTHON_BLOCKS = [block for block in ALL_BLOCKS if block.language == "python"]
 
-# One process imports what the examples import (a third of a second of CPU
-# each time) and forks a child per example, a few at a time.  A child is a
-# process of its own, as a script run by hand is: its own module namespace
-# (a missing import still fails), its own cwd, files for its stdout and
+# One process imports the library (a third of a second of CPU each time) and
+# forks a child per example, a few at a time.  It imports `customer_patch`
+# and nothing more, so a child starts as an example that imports it first
+# does: an example using a module it never imported fails here as by hand
+# (a preloaded `customer_patch.sandbox` would be bound on the package).  A
+# child is a process of its own, as a script run by hand is: its own module
+# namespace (a missing import still fails), its own cwd, files for its stdout and
 # stderr, and the interpreter's normal exit, where "Unclosed" warnings are
 # written.  Before running its example, a child installs an audit hook that
 # lets it reach loopback only: the docs promise that examples start whatever
@@ -114,8 +118,7 @@ PYTHON_BLOCKS = [block for block in ALL_BLOCKS if block.language == "python"]
 ZYGOTE = r"""
 import ipaddress, json, os, runpy, signal, socket, sys
 
-import aiohttp.web
-import customer_patch, customer_patch.sandbox, customer_patch.testing
+import customer_patch  # what every example imports first, and only that
 
 def loopback(host):
     if isinstance(host, bytes):
@@ -135,7 +138,7 @@ def audit(event, args):
     elif event == "socket.getaddrinfo" and not loopback(args[0]):
         raise RuntimeError(f"a docs example tried to resolve {args[0]!r}")
 
-jobs, at_once, limit, out = json.loads(sys.stdin.read())
+jobs, at_once, out = json.loads(sys.stdin.read())
 running, ended = {}, {}
 job = None
 for one in jobs:
@@ -158,7 +161,7 @@ if job is None:  # the zygote: every child has been started
     os.replace(out + ".part", out)  # whole, or not there
     sys.exit(0)
 # A child: becomes the example's process.
-signal.alarm(limit)  # a hang ends the child (SIGALRM), not the session
+signal.alarm(job["limit"])  # a hang ends the child (SIGALRM), not the session
 os.chdir(job["cwd"])
 written = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
 for fd, path, mode in ((0, os.devnull, os.O_RDONLY), (1, job["stdout"], written), (2, job["stderr"], written)):
@@ -179,7 +182,7 @@ CONFTEST = 'pytest_plugins = ["customer_patch.testing"]\n'
 EXAMPLE_TIMEOUT = 120  # seconds: a hang guard only
 
 
-def job_for(block: Block, workdir: Path) -> dict[str, object]:
+def job_for(block: Block, workdir: Path, limit: int) -> dict[str, object]:
     """The example's files written in ``workdir``, and the zygote's job to run it."""
     workdir.mkdir(parents=True)
     if block.is_pytest:
@@ -204,19 +207,25 @@ def job_for(block: Block, workdir: Path) -> dict[str, object]:
         "args": args,
         "stdout": str(workdir / "stdout"),
         "stderr": str(workdir / "stderr"),
+        "limit": limit,
     }
 
 
 AT_ONCE = max(2, os.cpu_count() or 2)
 
 
-def start_blocks(folder: Path, blocks: list[Block], limit: int) -> None:
+def start_blocks(folder: Path, blocks: list[Block], limits: list[int]) -> None:
     """Start running ``blocks`` in the background, in one zygote, a few at a
-    time (they are independent processes), each ended by SIGALRM after
-    ``limit`` seconds.  :func:`finish_blocks` waits for them; any process may."""
+    time (they are independent processes), each ended by SIGALRM after its
+    limit in seconds.  :func:`finish_blocks` waits for them; any process may."""
     folder.mkdir(parents=True)
-    jobs = [job_for(block, folder / f"block{n}") for n, block in enumerate(blocks)]
-    (folder / "jobs.json").write_text(json.dumps([jobs, limit]))
+    jobs = [
+        job_for(block, folder / f"block{n}", limit)
+        for n, (block, limit) in enumerate(zip(blocks, limits, strict=True))
+    ]
+    # If every child's hang guard were needed, in turn: then the zygote is stuck.
+    deadline = max(limits) * (len(jobs) // AT_ONCE + 2) + 30
+    (folder / "jobs.json").write_text(json.dumps([jobs, deadline]))
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
     with (folder / "zygote.stderr").open("wb") as stderr:
         zygote = subprocess.Popen(
@@ -226,22 +235,22 @@ def start_blocks(folder: Path, blocks: list[Block], limit: int) -> None:
             stderr=stderr,
             env=env,
             text=True,
+            start_new_session=True,  # its group, children included, can be stopped
         )
     (folder / "zygote.pid").write_text(str(zygote.pid))
     assert zygote.stdin is not None
     with zygote.stdin:
-        zygote.stdin.write(json.dumps([jobs, AT_ONCE, limit, str(folder / "status.json")]))
+        zygote.stdin.write(json.dumps([jobs, AT_ONCE, str(folder / "status.json")]))
     # Reaped here, whoever waits for it: its pid then says whether it still runs.
     threading.Thread(target=zygote.wait, daemon=True).start()
 
 
 def finish_blocks(folder: Path) -> dict[str, subprocess.CompletedProcess[str]]:
     """The runs that :func:`start_blocks` started in ``folder``, once all ended."""
-    jobs, limit = json.loads((folder / "jobs.json").read_text())
+    jobs, wait = json.loads((folder / "jobs.json").read_text())
     status_file = folder / "status.json"
     pid = int((folder / "zygote.pid").read_text())
-    # Every example's own hang guard has gone off by then.
-    deadline = time.monotonic() + limit * (len(jobs) // AT_ONCE + 2)
+    deadline = time.monotonic() + wait
     while not status_file.is_file():
         try:
             os.kill(pid, 0)
@@ -252,8 +261,12 @@ def finish_blocks(folder: Path) -> dict[str, subprocess.CompletedProcess[str]]:
         if status_file.is_file():
             break
         if gone or time.monotonic() > deadline:
+            if not gone:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
+            what = "ended" if gone else f"was still running after {wait} s (stopped)"
             stderr = (folder / "zygote.stderr").read_text(errors="replace")
-            pytest.fail(f"the examples' zygote ended without their outcomes:\n{stderr}")
+            pytest.fail(f"the examples' zygote {what} without their outcomes:\n{stderr}")
         time.sleep(0.05)
     status = json.loads(status_file.read_text())
 
@@ -269,16 +282,16 @@ def finish_blocks(folder: Path) -> dict[str, subprocess.CompletedProcess[str]]:
 
 
 def run_blocks(
-    folder: Path, blocks: list[Block], limit: int
+    folder: Path, blocks: list[Block], limits: list[int]
 ) -> dict[str, subprocess.CompletedProcess[str]]:
-    start_blocks(folder, blocks, limit)
+    start_blocks(folder, blocks, limits)
     return finish_blocks(folder)
 
 
-def examples_folder(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
+def examples_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Where the docs' examples run, once per session: in the directory the
     workers of pytest-xdist share (its own recipe for running something once)."""
-    if worker_id == "master":  # no workers
+    if "PYTEST_XDIST_WORKER" not in os.environ:  # no workers (or no xdist)
         return tmp_path_factory.getbasetemp() / "docs-examples"
     return tmp_path_factory.getbasetemp().parent / "docs-examples"
 
@@ -289,14 +302,14 @@ def start_examples(folder: Path) -> None:
     rather than hold up the first worker to need them."""
     with filelock.FileLock(f"{folder}.lock"):
         if not folder.exists():
-            start_blocks(folder, PYTHON_BLOCKS, EXAMPLE_TIMEOUT)
+            start_blocks(folder, PYTHON_BLOCKS, [EXAMPLE_TIMEOUT] * len(PYTHON_BLOCKS))
 
 
 @pytest.fixture(scope="module")
-def example_runs(tmp_path_factory, worker_id):
+def example_runs(tmp_path_factory):
     """Every python block's run, once per test session: pytest-xdist would
     run them all (seconds of CPU) once per worker."""
-    folder = examples_folder(tmp_path_factory, worker_id)
+    folder = examples_folder(tmp_path_factory)
     start_examples(folder)  # if nothing started them (a test run by its id)
     return finish_blocks(folder)
 
@@ -313,10 +326,13 @@ def test_an_example_runs_as_a_script_run_by_hand_would(tmp_path):
         "    global s\n    s = aiohttp.ClientSession()\n\n\nasyncio.run(main())\n",
         "hang": "import time\ntime.sleep(600)\n",
         "fine": "import os\nprint(sorted(os.listdir('.')))\n",
+        "not imported": "import customer_patch\n\nprint(customer_patch.sandbox)\n",
     }
     page = DOCS / "example.md"
     blocks = [Block(page, n, "python", code) for n, code in enumerate(examples.values())]
-    runs = run_blocks(tmp_path / "examples", blocks, limit=1)
+    # The hang is ended after 1 s; the others have time enough on a loaded machine.
+    limits = [1 if name == "hang" else EXAMPLE_TIMEOUT for name in examples]
+    runs = run_blocks(tmp_path / "examples", blocks, limits)
     result = dict(zip(examples, (runs[block.id] for block in blocks), strict=True))
     assert result["import missing"].returncode == 1
     assert "NameError: name 'json' is not defined" in result["import missing"].stderr
@@ -326,6 +342,8 @@ def test_an_example_runs_as_a_script_run_by_hand_would(tmp_path):
     assert result["hang"].returncode == -signal.SIGALRM
     assert result["fine"].returncode == 0
     assert result["fine"].stdout == "['example.py', 'stderr', 'stdout']\n"
+    # A module the example never imported is not there, as by hand.
+    assert "has no attribute 'sandbox'" in result["not imported"].stderr
 
 
 def test_the_docs_have_examples():
