@@ -84,12 +84,21 @@ def start_prism(folder: Path) -> tuple[str, int]:
     # would still count as a member of its group.
     threading.Thread(target=proc.wait, daemon=True).start()
     deadline = time.monotonic() + READY_WITHIN
-    while not listening(port):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            stop_prism(proc.pid)
-            pytest.fail(f"Prism did not start on port {port}:\n{log.read_text()[-3000:]}")
-        time.sleep(0.1)
+    try:
+        while not listening(port):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise PrismFailed(
+                    f"Prism did not start on port {port}:\n{log.read_text()[-3000:]}"
+                )
+            time.sleep(0.1)
+    except BaseException:  # a Ctrl-C too: never left running with no one to stop it
+        stop_prism(proc.pid)
+        raise
     return f"http://127.0.0.1:{port}", proc.pid
+
+
+class PrismFailed(Exception):
+    pass
 
 
 def stop_prism(group: int) -> None:
@@ -106,33 +115,56 @@ def stop_prism(group: int) -> None:
             return
 
 
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 @pytest.fixture(scope="session")
-def prism(tmp_path_factory, worker_id):
+def prism(tmp_path_factory):
     """The base URL of one Prism for the whole session, shared by the workers
     of pytest-xdist: starting it costs 3 to 4 s of CPU, once per worker before.
-    The first worker to ask starts it; each worker that used it says so in the
-    session's shared directory, and the last to finish stops it."""
-    if worker_id == "master":  # no workers
-        url, group = start_prism(tmp_path_factory.mktemp("prism"))
+    The first worker to ask starts it, and a failure to start is kept, for the
+    others to fail at once.  Each worker using it records its pid in the
+    session's shared directory; the last to finish (of those still alive: a
+    worker that crashed never finishes) stops it."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:  # no workers (or no xdist)
+        try:
+            url, group = start_prism(tmp_path_factory.mktemp("prism"))
+        except PrismFailed as e:
+            pytest.fail(str(e))
         yield url
         stop_prism(group)
         return
     shared = tmp_path_factory.getbasetemp().parent
     state = shared / "prism.json"
+
+    def save(running: dict[str, object]) -> None:
+        state.with_suffix(".part").write_text(json.dumps(running))
+        state.with_suffix(".part").replace(state)  # whole, or as it was
+
     with filelock.FileLock(shared / "prism.lock"):
-        if state.is_file():
-            running = json.loads(state.read_text())
-        else:
-            url, group = start_prism(shared / "prism")
+        running = json.loads(state.read_text()) if state.is_file() else None
+        if running is None:
+            try:
+                url, group = start_prism(shared / "prism")
+            except PrismFailed as e:
+                save({"failed": str(e)})
+                pytest.fail(str(e))
             running = {"url": url, "group": group, "users": []}
-        running["users"].append(worker_id)
-        state.write_text(json.dumps(running))
+        if "failed" in running:
+            pytest.fail(f"another worker could not start Prism: {running['failed']}")
+        running["users"].append(os.getpid())
+        save(running)
     yield running["url"]
     with filelock.FileLock(shared / "prism.lock"):
         running = json.loads(state.read_text())
-        running["users"].remove(worker_id)
+        running["users"] = [pid for pid in running["users"] if pid != os.getpid() and alive(pid)]
         if running["users"]:
-            state.write_text(json.dumps(running))
+            save(running)
         else:
             state.unlink()
             stop_prism(running["group"])
