@@ -120,6 +120,8 @@ def alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
+    except PermissionError:  # there, another user's
+        return True
     return True
 
 
