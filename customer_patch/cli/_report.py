@@ -773,8 +773,7 @@ class UndoFile(_MakesItsFile):
         self.written = 0  # lines this run wrote
         self.error: ReportWriteError | None = None
         self.check(path, resume=resume)
-        self.created = not path.exists()
-        if not self.created:
+        if path.exists():
             for number, line in enumerate(_lines(path), start=1):
                 if not line.endswith(b"\n") and (
                     line.startswith(_UNDO_START) or _UNDO_START.startswith(line)
