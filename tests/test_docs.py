@@ -116,7 +116,7 @@ PYTHON_BLOCKS = [block for block in ALL_BLOCKS if block.language == "python"]
 # lets it reach loopback only: the docs promise that examples start whatever
 # server they talk to on 127.0.0.1, and this keeps that promise checked.
 ZYGOTE = r"""
-import ipaddress, json, os, runpy, signal, socket, sys
+import ipaddress, json, os, runpy, signal, socket, sys, time
 
 import customer_patch  # what every example imports first, and only that
 
@@ -138,24 +138,52 @@ def audit(event, args):
     elif event == "socket.getaddrinfo" and not loopback(args[0]):
         raise RuntimeError(f"a docs example tried to resolve {args[0]!r}")
 
-jobs, at_once, out = json.loads(sys.stdin.read())
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # the pid is another user's now: not known to be gone
+        pass
+    return True
+
+def reap():
+    # Waits for one child to end.  Meanwhile a child past its limit and a grace
+    # (one that ignores SIGALRM) is killed, and if the session that wants the
+    # outcomes is gone (ended early, interrupted), so is the whole group.
+    checked = 0.0
+    while True:
+        pid, status = os.waitpid(-1, os.WNOHANG)
+        if pid:
+            ended[running.pop(pid)[0]] = os.waitstatus_to_exitcode(status)
+            return
+        now = time.monotonic()
+        for pid, (_, due) in running.items():
+            if now > due:
+                os.kill(pid, signal.SIGKILL)
+        if now - checked > 0.5:
+            checked = now
+            if not alive(watch):
+                os.killpg(0, signal.SIGKILL)
+        time.sleep(0.02)
+
+jobs, at_once, out, watch = json.loads(sys.stdin.read())
 running, ended = {}, {}
 job = None
 for one in jobs:
     while len(running) >= at_once:
-        pid, status = os.waitpid(-1, 0)
-        ended[running.pop(pid)] = os.waitstatus_to_exitcode(status)
+        reap()
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
     if pid == 0:
         job = one
         break
-    running[pid] = one["id"]
+    limit = one["limit"]
+    running[pid] = (one["id"], time.monotonic() + limit + max(1, limit // 10))
 if job is None:  # the zygote: every child has been started
     while running:
-        pid, status = os.waitpid(-1, 0)
-        ended[running.pop(pid)] = os.waitstatus_to_exitcode(status)
+        reap()
     with open(out + ".part", "w") as f:
         json.dump(ended, f)
     os.replace(out + ".part", out)  # whole, or not there
@@ -168,7 +196,7 @@ for fd, path, mode in ((0, os.devnull, os.O_RDONLY), (1, job["stdout"], written)
     opened = os.open(path, mode)
     os.dup2(opened, fd)
     os.close(opened)
-del jobs, running, ended, one
+del jobs, running, ended, one, watch
 sys.addaudithook(audit)
 mode, target, *rest = job["args"]
 sys.argv = [target, *rest]
@@ -214,17 +242,20 @@ def job_for(block: Block, workdir: Path, limit: int) -> dict[str, object]:
 AT_ONCE = max(2, os.cpu_count() or 2)
 
 
-def start_blocks(folder: Path, blocks: list[Block], limits: list[int]) -> None:
+def start_blocks(folder: Path, blocks: list[Block], limits: list[int], *, watch: int) -> None:
     """Start running ``blocks`` in the background, in one zygote, a few at a
     time (they are independent processes), each ended by SIGALRM after its
-    limit in seconds.  :func:`finish_blocks` waits for them; any process may."""
+    limit in seconds (killed a little later if it ignores that), and every one
+    of them killed once process ``watch`` (which wants their outcomes) is gone.
+    :func:`finish_blocks` waits for them; any process may."""
     folder.mkdir(parents=True)
     jobs = [
         job_for(block, folder / f"block{n}", limit)
         for n, (block, limit) in enumerate(zip(blocks, limits, strict=True))
     ]
-    # If every child's hang guard were needed, in turn: then the zygote is stuck.
-    deadline = max(limits) * (len(jobs) // AT_ONCE + 2) + 30
+    # If every child ran until the zygote killed it, in turn: then the zygote is stuck.
+    waves = -(-len(jobs) // AT_ONCE)
+    deadline = waves * (max(limits) + max(1, max(limits) // 10) + 1) + 30
     (folder / "jobs.json").write_text(json.dumps([jobs, deadline]))
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
     with (folder / "zygote.stderr").open("wb") as stderr:
@@ -240,7 +271,7 @@ def start_blocks(folder: Path, blocks: list[Block], limits: list[int]) -> None:
     (folder / "zygote.pid").write_text(str(zygote.pid))
     assert zygote.stdin is not None
     with zygote.stdin:
-        zygote.stdin.write(json.dumps([jobs, AT_ONCE, str(folder / "status.json")]))
+        zygote.stdin.write(json.dumps([jobs, AT_ONCE, str(folder / "status.json"), watch]))
     # Reaped here, whoever waits for it: its pid then says whether it still runs.
     threading.Thread(target=zygote.wait, daemon=True).start()
 
@@ -284,7 +315,7 @@ def finish_blocks(folder: Path) -> dict[str, subprocess.CompletedProcess[str]]:
 def run_blocks(
     folder: Path, blocks: list[Block], limits: list[int]
 ) -> dict[str, subprocess.CompletedProcess[str]]:
-    start_blocks(folder, blocks, limits)
+    start_blocks(folder, blocks, limits, watch=os.getpid())
     return finish_blocks(folder)
 
 
@@ -300,9 +331,14 @@ def start_examples(folder: Path) -> None:
     """Start every example running, unless a worker has: conftest.py calls this
     as a session begins, so that their seconds of CPU overlap other tests
     rather than hold up the first worker to need them."""
+    # The session's main process: a worker of pytest-xdist may end before
+    # another has read the outcomes; the session ends with its main process.
+    session = os.getppid() if "PYTEST_XDIST_WORKER" in os.environ else os.getpid()
     with filelock.FileLock(f"{folder}.lock"):
         if not folder.exists():
-            start_blocks(folder, PYTHON_BLOCKS, [EXAMPLE_TIMEOUT] * len(PYTHON_BLOCKS))
+            start_blocks(
+                folder, PYTHON_BLOCKS, [EXAMPLE_TIMEOUT] * len(PYTHON_BLOCKS), watch=session
+            )
 
 
 @pytest.fixture(scope="module")
@@ -325,13 +361,15 @@ def test_an_example_runs_as_a_script_run_by_hand_would(tmp_path):
         "unclosed": "import aiohttp, asyncio\n\n\nasync def main():\n"
         "    global s\n    s = aiohttp.ClientSession()\n\n\nasyncio.run(main())\n",
         "hang": "import time\ntime.sleep(600)\n",
+        "deaf hang": "import signal, time\n\nsignal.signal(signal.SIGALRM, signal.SIG_IGN)\n"
+        "time.sleep(600)\n",
         "fine": "import os\nprint(sorted(os.listdir('.')))\n",
         "not imported": "import customer_patch\n\nprint(customer_patch.sandbox)\n",
     }
     page = DOCS / "example.md"
     blocks = [Block(page, n, "python", code) for n, code in enumerate(examples.values())]
-    # The hang is ended after 1 s; the others have time enough on a loaded machine.
-    limits = [1 if name == "hang" else EXAMPLE_TIMEOUT for name in examples]
+    # The hangs are ended after 1 s; the others have time enough on a loaded machine.
+    limits = [1 if "hang" in name else EXAMPLE_TIMEOUT for name in examples]
     runs = run_blocks(tmp_path / "examples", blocks, limits)
     result = dict(zip(examples, (runs[block.id] for block in blocks), strict=True))
     assert result["import missing"].returncode == 1
@@ -340,10 +378,58 @@ def test_an_example_runs_as_a_script_run_by_hand_would(tmp_path):
     assert "tried to resolve '10.9.8.7'" in result["network"].stderr
     assert "Unclosed client session" in result["unclosed"].stderr
     assert result["hang"].returncode == -signal.SIGALRM
+    # One that ignores the alarm is killed by the zygote a little later.
+    assert result["deaf hang"].returncode == -signal.SIGKILL
     assert result["fine"].returncode == 0
     assert result["fine"].stdout == "['example.py', 'stderr', 'stdout']\n"
     # A module the example never imported is not there, as by hand.
     assert "has no attribute 'sandbox'" in result["not imported"].stderr
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="the examples run in forked processes")
+def test_examples_end_once_the_session_that_wants_them_is_gone(tmp_path):
+    """A session ended early (-x, Ctrl-C) does not leave its examples running."""
+    session = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    pids = tmp_path / "pids"
+    code = f"import os, time\nopen({str(pids)!r}, 'a').write(f'{{os.getpid()}}\\n')\ntime.sleep(600)\n"
+    page = DOCS / "example.md"
+    blocks = [Block(page, n, "python", code) for n in range(AT_ONCE + 1)]
+    folder = tmp_path / "examples"
+    start_blocks(folder, blocks, [EXAMPLE_TIMEOUT] * len(blocks), watch=session.pid)
+    zygote = int((folder / "zygote.pid").read_text())
+    try:
+        # Until every example of the first wave has started (or far too long).
+        give_up = time.monotonic() + EXAMPLE_TIMEOUT
+        while len(started(pids)) < AT_ONCE and time.monotonic() < give_up:
+            time.sleep(0.05)
+    finally:
+        session.kill()
+        session.wait()
+    children = started(pids)
+    assert len(children) == AT_ONCE, children
+    give_up = time.monotonic() + EXAMPLE_TIMEOUT  # an outcome, not a time: far off
+    while any(alive(pid) for pid in [zygote, *children]) and time.monotonic() < give_up:
+        time.sleep(0.05)
+    assert not [pid for pid in [zygote, *children] if alive(pid)]
+    assert not (folder / "status.json").exists()  # nobody is told they passed
+    assert len(started(pids)) == AT_ONCE  # the one waiting for a slot never started
+
+
+def started(pids: Path) -> list[int]:
+    return [int(pid) for pid in pids.read_text().split()] if pids.exists() else []
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, which nobody may reap here, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # no /proc: the signal's answer stands
+        return True
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def test_the_docs_have_examples():
