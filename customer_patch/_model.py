@@ -320,7 +320,13 @@ def _custom_value(customer: Customer, key: CustomFieldKey) -> tuple[bool, Any]:
         name = names.get(key)
         if name is None:
             return False, None
-        return True, values.get(key if name in shared else name)
+        # Where the read keyed its value: by name, or by id where the name
+        # cannot say which field (shared, or empty).  Not there (a read that
+        # keys it otherwise): not known, rather than read as cleared.
+        where = name if name and name not in shared else key
+        if where not in values:
+            return False, None
+        return True, values[where]
     if key not in values:
         # Not a field the read showed: perhaps none at all (its provider would
         # refuse it), or one the read showed without its name (keyed by id).
@@ -410,7 +416,8 @@ class Customer:
     shipping_address: Address | None = None
     """The shipping address."""
     custom_fields: Mapping[CustomFieldKey, Any] | None = None
-    """Custom field values by name, or by id where two fields share a name."""
+    """Custom field values by name, or by id where two fields share a name (or
+    the answer showed a field without a name, or with an empty one)."""
     created_at: dt.datetime | None = None
     """When the customer was created, timezone-aware."""
     updated_at: dt.datetime | None = None
@@ -423,8 +430,8 @@ class Customer:
     answer a list with fewer fields than a get."""
     custom_field_ids: Mapping[int, str | None] | None = field(default=None, repr=False)
     """The id and name of every custom field the answer showed (names may repeat;
-    ``None`` where the answer left a name out), so a value can be found by id as
-    well as by name."""
+    ``None`` where the answer left a name out; the first, where it showed one
+    field twice), so a value can be found by id as well as by name."""
 
 
 @frozen(kw_only=True)

@@ -16,6 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from customer_patch import (
+    UNSET,
     BadRequestError,
     CustomerPatch,
     NotAttemptedError,
@@ -824,6 +825,42 @@ async def test_clearing_a_custom_field_the_read_shows_oddly_is_still_sent(shown)
     assert result.ok
     assert result.changed
     assert len(store.sent("PATCH")) == 1
+
+
+PARTNER_UNNAMED = [entry(41, "", True)]
+PARTNER_UNDER_TWO_NAMES = [entry(41, "Old name", True), entry(41, "Partner", True)]
+
+
+@pytest.mark.parametrize(
+    "shown",
+    [
+        PARTNER_ONCE_LISTED_TWICE,
+        PARTNER_WITHOUT_ITS_NAME,
+        PARTNER_UNNAMED,
+        PARTNER_UNDER_TWO_NAMES,
+    ],
+    ids=["the-same-entry-twice", "an-entry-without-its-name", "an-empty-name", "two-names"],
+)
+async def test_clearing_a_custom_field_by_id_the_read_shows_oddly_is_still_sent(shown):
+    """Field 41 holds True however it is shown: clearing it by id must be sent, and
+    its undo must put True back or say it cannot.  (With an empty name, or one
+    field shown under two names, the value was looked up under a name the read
+    did not key it by, found "None", and the record ended ok with nothing sent.)"""
+    store = Store(1, [definition(41, "Partner", "boolean")])
+    store.customers[1]["custom_fields"] = shown
+    patch = CustomerPatch(custom_fields={41: None})
+    async with client(store) as de:
+        [result] = [r async for r in de.iter_updates([(1, patch)], skip_unchanged=True)]
+    assert result.ok
+    assert result.changed
+    assert len(store.sent("PATCH")) == 1
+    before = get_adapter("dualentry").customer_from(row(1, custom_fields=shown))
+    assert patch.changes_from(before)
+    undo, unrestorable = patch.undo_for(before)
+    assert (undo.custom_fields, unrestorable) in [
+        ({41: True}, ()),
+        (UNSET, ("custom_fields[41]",)),
+    ]
 
 
 def test_one_custom_field_shown_twice_with_two_values_is_a_format_error():

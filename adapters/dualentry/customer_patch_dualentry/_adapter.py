@@ -147,7 +147,12 @@ def _custom_field_ids(items: Any) -> dict[int, str | None] | None:
         return None
     if items == []:
         return {}
-    return {_field_id(item["field"]): _field_name(item["field"]) for item in items}
+    names: dict[int, str | None] = {}
+    for item in items:
+        # The first name, as _custom_fields_from keys the value: one field shown
+        # under two names is looked up where its value is.
+        names.setdefault(_field_id(item["field"]), _field_name(item["field"]))
+    return names
 
 
 def _actor_time(data: Mapping[str, Any], key: str) -> Any:
