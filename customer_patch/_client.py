@@ -360,6 +360,16 @@ class _Pages:
                 provider=self._provider,
                 status=200,
             )
+        if not ids and self.shown < count:
+            # One answer, two stories: those it counts and does not show would
+            # be left out without a word.  (Items deleted between pages lower
+            # the count the next page gives; they do not make this.)
+            raise ResponseFormatError(
+                f"the list counts {count} items, yet its page at offset {self.shown} "
+                "is empty: it ended before its count",
+                provider=self._provider,
+                status=200,
+            )
         self._last = ids
         self.shown += len(ids)
         self.read += 1
@@ -682,7 +692,9 @@ class Client:
         the list is read on until a page shorter than asked, keeping the ids
         (not the customers) it shows from then on, and raises
         :class:`~customer_patch.ResponseFormatError` if it shows one of them
-        again.
+        again.  An empty page from a list that counts more than it has shown
+        raises :class:`~customer_patch.ResponseFormatError` too, rather than end
+        short without a word.
         """
         self._check_open()
         filters = {**self.adapter.list_defaults, **filters}
@@ -913,7 +925,7 @@ class Client:
         error that ends the read otherwise."""
         asked = {read_key(c) for c in part}
         found: dict[Any, Customer | Exception] = {}
-        unreliable = False  # answered others, a page again, or a customer twice
+        unreliable = False  # others, a page again, a customer twice, fewer than counted
         # In a stable order: a provider may answer fewer than asked (a page
         # size of its own), and the pages after the first must not move.
         filters = {**self.adapter.list_defaults, many: part}
@@ -951,14 +963,17 @@ class Client:
             offset += len(customers)
             # No more than asked for can match: at most one page an id.
             if offset >= len(part) or not _reads_on(offset, count, len(customers)):
+                # Ended by an empty page while it counts more than it showed:
+                # which of those it did not show exist is not known.
+                unreliable = unreliable or (not customers and count > offset)
                 break
         if not unreliable:
             return found, None
         # It ignored the filter or the offset, or paged unreliably: who is
         # missing is not known.
         return found, ResponseFormatError(
-            "the list did not page as asked (other ids, a page again, or a customer "
-            "twice): whether this customer exists is not known",
+            "the list did not page as asked (other ids, a page again, a customer "
+            "twice, or fewer than it counts): whether this customer exists is not known",
             provider=self.provider,
             status=200,
         )
@@ -1239,6 +1254,12 @@ class Client:
                 customers, count, _ = await self._page(filters, offset=0, limit=2)
             except CustomerPatchError as e:
                 return e
+            if not customers and count > 0:
+                return ResponseFormatError(
+                    f"the list counts {count} customers with {field} {key!r} but shows none",
+                    provider=self.provider,
+                    status=200,
+                )
             if not customers:
                 return NotFoundError(
                     f"no customer has {field} {key!r}",

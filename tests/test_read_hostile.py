@@ -420,6 +420,24 @@ async def test_a_list_whose_count_says_fewer_than_it_shows_is_read_to_its_end(co
     assert ids == list(range(1, 151))
 
 
+async def test_a_list_that_ends_short_of_its_own_count_is_an_error_not_the_end():
+    """An empty page at offset 100 of a list that counts 150 in that same answer:
+    the 50 it did not show are not left out without a word."""
+    rows = [row(i) for i in range(1, 101)]
+
+    def answer(request):
+        query = parse_qs(urlsplit(request.url).query)
+        offset, limit = int(query["offset"][0]), int(query["limit"][0])
+        return list_answer(*rows[offset : offset + limit], count=150)
+
+    ids = []
+    async with mock_client(answer) as de:
+        with pytest.raises(ResponseFormatError, match="counts 150"):
+            async for c in de.iter_customers():
+                ids.append(c.id)
+    assert ids == list(range(1, 101))
+
+
 @pytest.mark.parametrize(
     ("pages", "count", "requests"),
     [
@@ -684,6 +702,51 @@ async def test_one_malformed_customer_in_a_batch_read_fails_only_its_own_record(
     gets = [r.url.rsplit("/", 2)[-2] for r in store.sent("GET") if "?" not in r.url]
     assert sorted(gets) == ["1", "2", "3", "4", "5"]  # the page asked, each once
     assert "one at a time" in caplog.text
+
+
+async def test_a_list_that_counts_customers_it_does_not_show_is_not_taken_at_its_word():
+    """The list counts 3 customers with these ids and shows none: who is missing
+    is not known, so each is read on its own (they exist), never "not found"."""
+    store = Store(3)
+
+    def answer(request):
+        if request.method == "GET" and "/customers/?" in request.url:
+            return list_answer(count=3)
+        return store.answer(request)
+
+    store.transport = MockTransport(answer)
+    updates = [(cid, CustomerPatch(name="New")) for cid in range(1, 4)]
+    async with client(store) as de:
+        results = [r async for r in de.iter_updates(updates, skip_unchanged=True)]
+    assert sorted((r.customer_id, r.ok, r.changed) for r in results) == [
+        (1, True, True),
+        (2, True, True),
+        (3, True, True),
+    ]
+    assert [c["name"] for c in store.customers.values()] == ["New"] * 3
+
+
+async def test_match_on_a_list_that_counts_a_holder_it_does_not_show_is_a_format_error():
+    """Not "no customer has it": the list says one does."""
+    store = Store(1)
+    store.customers[1]["unique_id"] = "CRM-1"
+
+    def answer(request):
+        if request.method == "GET" and "/customers/?" in request.url:
+            return list_answer(count=1)
+        return store.answer(request)
+
+    store.transport = MockTransport(answer)
+    async with client(store) as de:
+        [result] = [
+            r
+            async for r in de.iter_updates(
+                [("CRM-1", CustomerPatch(name="New"))], match_on="unique_id"
+            )
+        ]
+    assert isinstance(result.error, ResponseFormatError), result.error
+    assert "1" in str(result.error)
+    assert store.sent("PATCH") == []
 
 
 async def test_a_batch_read_without_a_read_of_one_customer_fails_the_page_typed():
