@@ -53,6 +53,7 @@ from customer_patch._model import (
     CustomerId,
     CustomerPatch,
     ExternalIds,
+    _custom_key,
     _read_value,
 )
 
@@ -252,11 +253,16 @@ def _applied(
             changes["external_ids"] = attrs.evolve(current, **member)
         elif path == "custom_fields":
             values = dict(customer.custom_fields or {})
-            names = customer.custom_field_ids or {}
             for key, v in value.items():
-                name = names.get(key) if isinstance(key, int) else None
-                values[name if name in values else key] = v
-            changes[path] = values
+                where = _custom_key(customer, key)
+                if where is None:
+                    # Not a field the read showed in a place of its own: which of
+                    # them it changes is not known, so none of them is.
+                    changes[path] = changes["custom_field_ids"] = None
+                    break
+                values[where] = v
+            else:
+                changes[path] = values
         elif path == "tax_ids":
             changes[path] = None if value is None else tuple(value)
         else:

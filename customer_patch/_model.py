@@ -309,29 +309,37 @@ def shared_names(names: Mapping[int, str | None]) -> set[str | None]:
     return {n for n, count in collections.Counter(names.values()).items() if count > 1}
 
 
-def _custom_value(customer: Customer, key: CustomFieldKey) -> tuple[bool, Any]:
-    """``(known, value)`` of one custom field, by name or id, as read."""
+def _custom_key(customer: Customer, key: CustomFieldKey) -> CustomFieldKey | None:
+    """Where the read put custom field ``key``'s value (a name or an id) in
+    ``customer.custom_fields``, or ``None`` where it is not known: by its name,
+    or by its id where the name cannot say which field (shared, empty or left
+    out).  A name two fields share, or a name or id the read did not show in
+    that place, is not known, rather than read as cleared."""
     values = customer.custom_fields
-    if values is None:
-        return False, None
+    read = customer.read_fields
+    if values is None or (read is not None and "custom_fields" not in read):
+        return None
     names = customer.custom_field_ids or {}
     shared = shared_names(names)
     if isinstance(key, int) and not isinstance(key, bool):
-        name = names.get(key)
-        if name is None:
-            return False, None
-        # Where the read keyed its value: by name, or by id where the name
-        # cannot say which field (shared, or empty).  Not there (a read that
-        # keys it otherwise): not known, rather than read as cleared.
-        where = name if name and name not in shared else key
-        if where not in values:
-            return False, None
-        return True, values[where]
-    if key not in values:
-        # Not a field the read showed: perhaps none at all (its provider would
-        # refuse it), or one the read showed without its name (keyed by id).
+        if key not in names:
+            return None
+        name = names[key]
+        where: CustomFieldKey = name if name and name not in shared else key
+    elif key in shared:
+        return None
+    else:
+        where = key
+    return where if where in values else None
+
+
+def _custom_value(customer: Customer, key: CustomFieldKey) -> tuple[bool, Any]:
+    """``(known, value)`` of one custom field, by name or id, as read."""
+    where = _custom_key(customer, key)
+    if where is None:
         return False, None
-    return key not in shared, values[key]
+    assert customer.custom_fields is not None  # where is a key of them
+    return True, customer.custom_fields[where]
 
 
 def _same(a: Any, b: Any) -> bool:

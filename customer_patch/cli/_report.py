@@ -915,7 +915,7 @@ def _aliases(paths: set[str], names: Mapping[int, str | None]) -> set[str]:
     shared = shared_names(names)
     other: set[str] = set()
     for field_id, name in names.items():
-        if name is None or name in shared:  # no name, or one that says no one field
+        if not name or name in shared:  # no name (or an empty one), or one of several fields
             continue
         by_id, by_name = f"custom_fields[{field_id!r}]", f"custom_fields[{name!r}]"
         if by_id in paths:

@@ -130,9 +130,13 @@ def _custom_fields_from(items: Any) -> dict[str | int, Any] | None:
         value = item.get("value")
         entry = (_field_name(field), value["value"] if value else None)
         field_id = _field_id(field)
-        # One field shown twice is one field; with two values, which holds is not known.
-        if entries.setdefault(field_id, entry)[1] != entry[1]:
-            raise ValueError(f"custom field {field_id} is shown twice, with two values")
+        # One field shown twice is one field; with two values, which holds is not
+        # known, and with two names, by which it is keyed (a record by either
+        # name would be compared with nothing, or an undo miss the other).
+        shown = entries.setdefault(field_id, entry)
+        if shown != entry:
+            which = "values" if shown[1] != entry[1] else "names"
+            raise ValueError(f"custom field {field_id} is shown twice, with two {which}")
     # Counted once: a count per field would take a minute for an answer of 100,000.
     names = collections.Counter(name for name, _ in entries.values() if name)
     # Keyed by name, which people know; two fields sharing a name go by id.
@@ -147,12 +151,7 @@ def _custom_field_ids(items: Any) -> dict[int, str | None] | None:
         return None
     if items == []:
         return {}
-    names: dict[int, str | None] = {}
-    for item in items:
-        # The first name, as _custom_fields_from keys the value: one field shown
-        # under two names is looked up where its value is.
-        names.setdefault(_field_id(item["field"]), _field_name(item["field"]))
-    return names
+    return {_field_id(item["field"]): _field_name(item["field"]) for item in items}
 
 
 def _actor_time(data: Mapping[str, Any], key: str) -> Any:
