@@ -340,6 +340,7 @@ class _Pages:
         # itself, in any order, is not read again and again.  None until then,
         # as for every honest list.
         self._seen: set[Any] | None = None
+        self._short_at: int | None = None  # the offset of an empty page short of its count
 
     def more(self, ids: list[Any], count: int) -> bool:
         """Whether to read another page after one of ``ids``, the list saying it
@@ -361,15 +362,20 @@ class _Pages:
                 status=200,
             )
         if not ids and self.shown < count:
-            # One answer, two stories: those it counts and does not show would
-            # be left out without a word.  (Items deleted between pages lower
-            # the count the next page gives; they do not make this.)
-            raise ResponseFormatError(
-                f"the list counts {count} items, yet its page at offset {self.shown} "
-                "is empty: it ended before its count",
-                provider=self._provider,
-                status=200,
-            )
+            # One answer, two stories: those it counts and does not show would be
+            # left out without a word.  Read once more first: a list that counts
+            # in one query and pages in another shows this when an item goes
+            # between the two (its next answer then counts without it).
+            if self._short_at == self.shown:
+                raise ResponseFormatError(
+                    f"the list counts {count} items, yet its page at offset {self.shown} "
+                    "is empty, twice: it ended before its count",
+                    provider=self._provider,
+                    status=200,
+                )
+            self._short_at = self.shown
+            self.read += 1
+            return True
         self._last = ids
         self.shown += len(ids)
         self.read += 1
@@ -1250,13 +1256,19 @@ class Client:
                     provider=self.provider,
                 )
             filters = {**self.adapter.list_defaults, field: key}
-            try:
-                customers, count, _ = await self._page(filters, offset=0, limit=2)
-            except CustomerPatchError as e:
-                return e
-            if not customers and count > 0:
+            for _ in range(2):
+                try:
+                    customers, count, _ = await self._page(filters, offset=0, limit=2)
+                except CustomerPatchError as e:
+                    return e
+                if customers or count <= 0:
+                    break
+                # Counted and not shown: read once more (see _Pages.more) before
+                # taking the list for one that contradicts itself.
+            else:
                 return ResponseFormatError(
-                    f"the list counts {count} customers with {field} {key!r} but shows none",
+                    f"the list counts {count} customers with {field} {key!r} but shows "
+                    "none, twice",
                     provider=self.provider,
                     status=200,
                 )

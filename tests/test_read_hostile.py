@@ -437,6 +437,38 @@ async def test_a_list_that_ends_short_of_its_own_count_is_an_error_not_the_end()
     assert ids == list(range(1, 101))
 
 
+async def test_a_row_deleted_between_a_lists_count_and_its_page_is_read_once_more():
+    """An honest list counts in one query and slices in another: a customer
+    deleted between them leaves the last page empty under the old count.  That
+    page is read once more, and the list ends where the new count says."""
+    rows = [row(i) for i in range(1, 101)]
+    counts = iter([101, 101, 100])  # the first page, the empty one, once more
+
+    def answer(request):
+        query = parse_qs(urlsplit(request.url).query)
+        offset, limit = int(query["offset"][0]), int(query["limit"][0])
+        return list_answer(*rows[offset : offset + limit], count=next(counts))
+
+    async with mock_client(answer) as de:
+        ids = [c.id async for c in de.iter_customers()]
+    assert ids == list(range(1, 101))
+
+
+async def test_match_on_reads_once_more_a_list_that_counts_a_holder_it_does_not_show():
+    """The holder was deleted between the list's count and its page: read once
+    more, the list agrees with itself, and no customer has the key."""
+    answers = iter([list_answer(count=1), list_answer(count=0)])
+
+    async with mock_client(lambda request: next(answers)) as de:
+        [result] = [
+            r
+            async for r in de.iter_updates(
+                [("CRM-1", CustomerPatch(name="New"))], match_on="unique_id"
+            )
+        ]
+    assert isinstance(result.error, NotFoundError), result.error
+
+
 @pytest.mark.parametrize(
     ("pages", "count", "requests"),
     [
