@@ -701,7 +701,10 @@ async def run_bulk(
                 refused = (await check(None, patch))[1]
                 if not _refuses_the_patch(refused):
                     refused = None
-            if refused is None and _answered(was):
+            # The provider refused the read, or answered that no such customer
+            # is there: evidence for the failure limits, as a 404 on the write
+            # would be (they are there for a file of wrong ids).
+            if refused is None and (_answered(was) or isinstance(was, NotFoundError)):
                 read_failures.add(index)
             return UpdateResult(
                 index=index,

@@ -1121,6 +1121,31 @@ async def test_a_client_closed_mid_run_sends_no_more_reads(how):
 # -- match_on -----------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("limit", ["max_failures", "max_consecutive_failures"])
+@pytest.mark.parametrize("reading", ["skip_unchanged", "match_on"])
+async def test_a_file_of_wrong_ids_stops_at_the_failure_limit_when_reading_first(limit, reading):
+    """A customer the read does not find fails its record as a 404 on the write
+    would: the limits (there "so that a file of wrong ids does not send every
+    record to fail") stop the run.  Reads run a batch ahead of the records, so
+    what two batches read ends as read; the records after are not attempted
+    (before this, every record was read, and failed)."""
+    store = Store(0)
+    if reading == "match_on":
+        updates = [(f"CRM-{i}", CustomerPatch(name="x")) for i in range(20)]
+        options, batch = {"match_on": "unique_id", "concurrency": 4}, 4
+    else:
+        updates = [(i, CustomerPatch(name="x")) for i in range(1, 351)]
+        options, batch = {"skip_unchanged": True}, 100
+    async with client(store) as de:
+        results = [r async for r in de.iter_updates(updates, **options, **{limit: 3})]
+    outcomes = [type(r.error).__name__ for r in sorted(results, key=lambda r: r.index)]
+    found = outcomes.count("NotFoundError")
+    assert 3 <= found <= 2 * batch
+    assert outcomes == ["NotFoundError"] * found + ["NotAttemptedError"] * (len(updates) - found)
+    if reading == "match_on":  # one lookup a key: none after the stop
+        assert len(store.sent("GET")) == found
+
+
 async def test_match_on_orders_the_records_of_one_customer_whatever_key_named_it():
     """Record 0 renames customer 1's unique_id from A to B; record 2, read in the next
     batch while record 0's answer is still on its way, names B: the same customer.
