@@ -698,9 +698,10 @@ class Client:
         the list is read on until a page shorter than asked, keeping the ids
         (not the customers) it shows from then on, and raises
         :class:`~customer_patch.ResponseFormatError` if it shows one of them
-        again.  An empty page from a list that counts more than it has shown
-        raises :class:`~customer_patch.ResponseFormatError` too, rather than end
-        short without a word.
+        again.  An empty page from a list that counts more than it has shown is
+        read once more (an item deleted between the list's count and its page
+        makes one), then raises :class:`~customer_patch.ResponseFormatError`,
+        rather than end short without a word.
         """
         self._check_open()
         filters = {**self.adapter.list_defaults, **filters}

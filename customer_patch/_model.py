@@ -438,8 +438,8 @@ class Customer:
     answer a list with fewer fields than a get."""
     custom_field_ids: Mapping[int, str | None] | None = field(default=None, repr=False)
     """The id and name of every custom field the answer showed (names may repeat;
-    ``None`` where the answer left a name out; the first, where it showed one
-    field twice), so a value can be found by id as well as by name."""
+    ``None`` where the answer left a name out), so a value can be found by id as
+    well as by name."""
 
 
 @frozen(kw_only=True)
