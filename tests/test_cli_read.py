@@ -1140,6 +1140,11 @@ def test_a_resume_that_would_leave_the_undo_file_short_is_refused(tmp_path):
         other = changes_only(
             path, base, "--resume", str(report), "--undo-file", str(tmp_path / "other.jsonl")
         )
+        # Another run's undo file: its lines would "cover" fields this run
+        # changed, and the undo file of neither run would restore them.
+        another = tmp_path / "another.jsonl"
+        another.write_text('{"id": 1009, "patch": {"name": "Other run"}}\n')
+        anothers = changes_only(path, base, "--resume", str(report), "--undo-file", str(another))
         refused_sent = len(fake.requests) - sent
         files_after_refusals = report.read_text(), undo.read_text()
         second = changes_only(path, base, "--resume", str(report), *flags)
@@ -1150,6 +1155,8 @@ def test_a_resume_that_would_leave_the_undo_file_short_is_refused(tmp_path):
         one_line_error(result, "undo file", "--undo-file", "nothing sent")
     one_line_error(other, "other.jsonl", "does not exist", "nothing sent")
     assert not (tmp_path / "other.jsonl").exists()
+    one_line_error(anothers, "another.jsonl", "not the undo file", "nothing sent")
+    assert another.read_text() == '{"id": 1009, "patch": {"name": "Other run"}}\n'
     assert refused_sent == 0
     assert files_after_refusals == kept
     assert second.exit_code == 0, second.output

@@ -178,6 +178,8 @@ async def apply(
             entry = entry_for(line, result.error, result.attempts)
             if undo is not None:  # a resume must continue the undo file: see History
                 entry["undo"] = True
+                if undo.first is not None:
+                    entry["undo_file"] = undo.first
             if reading:
                 entry.update(changes_entry(result))
             if isinstance(result.error, ReportWriteError):

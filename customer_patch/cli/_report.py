@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import math
 import os
@@ -77,6 +78,8 @@ class History:
         # The first line sent by a run that wrote an undo file, and by one that did not.
         self._sent_with_undo: int | None = None
         self._sent_without_undo: int | None = None
+        self.undo_file: str | None = None
+        """:func:`first_line_print` of the undo file the report's run wrote, if it said."""
 
     def __bool__(self) -> bool:
         return self.entries > 0
@@ -109,6 +112,8 @@ class History:
             key = self._customer_of[number] = customer_key(entry["customer"])
         # Its one attempt refused with a 4xx: it changed nothing, undo file or not.
         refused = refused_at_once(entry["attempts"], entry.get("status"))
+        if entry.get("undo") is True and isinstance(entry.get("undo_file"), str):
+            self.undo_file = entry["undo_file"]
         if entry["attempts"] > 0 and not (refused and not entry["ok"]):
             if entry.get("undo") is True:
                 if self._sent_with_undo is None:
@@ -319,6 +324,7 @@ _KEPT = (
     "changed",
     "customer",
     "undo",
+    "undo_file",
 )
 
 
@@ -354,6 +360,19 @@ def _lines(path: Path) -> Iterable[bytes]:
                 yield line
     except OSError as e:
         raise ReportError(f"{path}: cannot be read ({e.strerror})") from None
+
+
+def first_line_print(path: Path) -> str | None:
+    """A fingerprint of the first line of the file at ``path`` (``None``: no whole
+    line yet): the undo file is only ever appended to, so its first line, once
+    written, tells it from another run's."""
+    for line in _lines(path):
+        return _line_print(line) if line.endswith(b"\n") else None
+    return None
+
+
+def _line_print(line: bytes) -> str:
+    return hashlib.sha256(line).hexdigest()[:16]
 
 
 def regular_file(path: Path, flag: str) -> None:
@@ -772,6 +791,9 @@ class UndoFile(_MakesItsFile):
         self.missing = 0
         self.written = 0  # lines this run wrote
         self.error: ReportWriteError | None = None
+        self.first: str | None = None
+        """:func:`first_line_print` of this file, once it has a line (each report
+        line says it, so a resume can tell this file from another run's)."""
         self.check(path, resume=resume)
         if path.exists():
             for number, line in enumerate(_lines(path), start=1):
@@ -791,6 +813,15 @@ class UndoFile(_MakesItsFile):
                 self.covered.setdefault(customer_key(record["id"]), set()).update(_paths(patch))
             # Only once every whole line is an undo file's: a file given by mistake
             # is refused as it was.
+            self.first = first_line_print(path)
+            expected = None if history is None or not resume else history.undo_file
+            if expected is not None and self.first != expected:
+                # Another run's: its lines would stand for fields this run changed,
+                # and neither file would restore them.
+                raise ReportError(
+                    f"--undo-file {path} is not the undo file the report's run wrote "
+                    "(its first line differs): give the file it wrote; nothing sent"
+                )
             try:
                 _cut_torn_end(path)
                 self._file = _open(path, "ab")
@@ -848,9 +879,11 @@ class UndoFile(_MakesItsFile):
         unknown = tuple(path for path in unknown if path not in restored)
         covered.update(_paths(kept) | secret | refused | set(unknown))
         if kept:
-            record = {"id": before.id, "patch": kept.to_dict()}
-            self._put(json.dumps(record).encode() + b"\n")
+            line = json.dumps({"id": before.id, "patch": kept.to_dict()}).encode() + b"\n"
+            self._put(line)
             self.written += 1
+            if self.first is None:
+                self.first = _line_print(line)
         quoting = tuple(sorted(path for path in secret if path not in restored))
         invalid = tuple(sorted(path for path in refused if path not in restored))
         self.missing += len(unknown) + len(quoting) + len(invalid)
