@@ -811,8 +811,6 @@ class UndoFile(_MakesItsFile):
                 except (ValueError, KeyError, TypeError, CustomerPatchError):
                     raise ReportError(f"{path}:{number}: not a line of an undo file") from None
                 self.covered.setdefault(customer_key(record["id"]), set()).update(_paths(patch))
-            # Only once every whole line is an undo file's: a file given by mistake
-            # is refused as it was.
             self.first = first_line_print(path)
             expected = None if history is None or not resume else history.undo_file
             if expected is not None and self.first != expected:
@@ -822,6 +820,8 @@ class UndoFile(_MakesItsFile):
                     f"--undo-file {path} is not the undo file the report's run wrote "
                     "(its first line differs): give the file it wrote; nothing sent"
                 )
+            # Only once every whole line is an undo file's, and the run's: a file
+            # given by mistake is refused as it was.
             try:
                 _cut_torn_end(path)
                 self._file = _open(path, "ab")
