@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import ssl as _ssl
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -167,3 +169,19 @@ async def ends(task: asyncio.Task[Any]) -> bool:
 
 class Boom(BaseException):
     """Not an Exception: what a caller's generator or a transport may raise (a custom abort)."""
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` runs: a zombie (ended, perhaps never reaped here)
+    does not; a pid now another user's is not known to be gone."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # no /proc: the signal's answer stands
+        return True
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"

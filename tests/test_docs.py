@@ -30,6 +30,7 @@ import pytest
 
 import customer_patch
 from customer_patch import get_adapter
+from tests.helpers import alive
 
 ROOT = Path(__file__).parent.parent
 DOCS = ROOT / "docs"
@@ -138,7 +139,7 @@ def audit(event, args):
     elif event == "socket.getaddrinfo" and not loopback(args[0]):
         raise RuntimeError(f"a docs example tried to resolve {args[0]!r}")
 
-def alive(pid):
+def alive(pid):  # tests.helpers.alive, here: this process imports nothing of the tests
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -287,12 +288,7 @@ def finish_blocks(folder: Path) -> dict[str, subprocess.CompletedProcess[str]]:
     pid = int((folder / "zygote.pid").read_text())
     deadline = time.monotonic() + wait
     while not status_file.is_file():
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            gone = True
-        else:
-            gone = False
+        gone = not alive(pid)
         if status_file.is_file():
             break
         if gone or time.monotonic() > deadline:
@@ -422,19 +418,6 @@ def test_examples_end_once_the_session_that_wants_them_is_gone(tmp_path):
 
 def started(pids: Path) -> list[int]:
     return [int(pid) for pid in pids.read_text().split()] if pids.exists() else []
-
-
-def alive(pid: int) -> bool:
-    """Whether process ``pid`` runs (a zombie, which nobody may reap here, does not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:  # no /proc: the signal's answer stands
-        return True
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def test_the_docs_have_examples():

@@ -26,7 +26,7 @@ import pytest
 from customer_patch import Client, Customer, CustomerPatch, ProviderError, Response
 from customer_patch_dualentry import DualEntryAdapter
 from tests.contract import PATCHES, SPEC_FILE, problems
-from tests.helpers import DEID, build
+from tests.helpers import DEID, alive, build
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL_PRISM = ROOT / ".ci" / "node" / "node_modules" / ".bin" / "prism"
@@ -113,16 +113,6 @@ def stop_prism(group: int) -> None:
                 os.killpg(group, 0)  # ProcessLookupError once every member has gone
         except ProcessLookupError:
             return
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # there, another user's
-        return True
-    return True
 
 
 @pytest.fixture(scope="session")
